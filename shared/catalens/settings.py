@@ -1,0 +1,70 @@
+"""All settings read from the environment, in one place.
+
+Handlers and commands call :func:`load_settings` once (at init) and pass values down; nothing
+else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_REPO_MODEL_DIR = Path(__file__).resolve().parents[2] / "build" / "models"
+_LAMBDA_MODEL_DIR = Path("/opt/model")
+
+
+def default_model_dir() -> Path:
+    """Where the built model lives: a Lambda layer mounts it at /opt/model; a checkout builds it in build/models."""
+    if _LAMBDA_MODEL_DIR.is_dir():
+        return _LAMBDA_MODEL_DIR
+    return _REPO_MODEL_DIR
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Defaults suit the local stack; template.yaml sets them on Lambda."""
+
+    model_dir: Path = field(default_factory=default_model_dir)
+    model_variant: str = "fp32"  # "fp32" or "int8"
+    onnx_threads: int = 1
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    catalog_bucket: str = ""
+    index_bucket: str = ""
+    index_prefix: str = "index/"
+    events_table: str = ""
+    profiles_table: str = ""
+    manifest_ttl_seconds: int = 2
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            model_dir=Path(env["CATALENS_MODEL_DIR"]) if env.get("CATALENS_MODEL_DIR") else default_model_dir(),
+            model_variant=env.get("CATALENS_MODEL_VARIANT", "fp32"),
+            onnx_threads=_int(env, "CATALENS_ONNX_THREADS", 1),
+            max_image_bytes=_int(env, "CATALENS_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+            max_image_pixels=_int(env, "CATALENS_MAX_IMAGE_PIXELS", 50_000_000),
+            catalog_bucket=env.get("CATALOG_BUCKET", ""),
+            index_bucket=env.get("INDEX_BUCKET", ""),
+            index_prefix=env.get("INDEX_PREFIX", "index/"),
+            events_table=env.get("EVENTS_TABLE", ""),
+            profiles_table=env.get("PROFILES_TABLE", ""),
+            manifest_ttl_seconds=_int(env, "CATALENS_MANIFEST_TTL_SECONDS", 2),
+        )
+
+
+def load_settings() -> Settings:
+    """Settings of this process, from its environment."""
+    return Settings.from_env()
