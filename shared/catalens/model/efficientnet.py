@@ -1,0 +1,297 @@
+"""EfficientNet-Lite as an ONNX graph, built with ``onnx.helper`` straight from a numpy state dict (no torch).
+
+The state dict (lukemelas / EfficientNet-Lite-PyTorch key names) tells us widths, kernel sizes and expansion
+ratios; only the stage strides are not stored in the weights and come from the EfficientNet block table. So the
+same builder reads lite0, lite1 and lite2 (more blocks, wider channels, larger input) without per-variant code.
+
+Graph, for input ``image`` float32 [n, 3, S, S] normalised (x − 127) / 128:
+
+* stem 3×3/2 conv → 16 MBConv blocks (expand 1×1, depthwise k×k, project 1×1; skip when shapes match; no SE)
+  → head 1×1 conv; every conv has its batch norm (eps 1e-3) folded in, every activation is ReLU6 (``Clip 0..6``);
+* padding is TensorFlow "SAME", computed for S: stride-2 convs pad more at the bottom/right than at the top/left;
+* ``embedding`` [n, C]: pooled head features (``avg`` by default), L2-normalised inside the graph;
+* ``logits`` [n, 1000]: the ImageNet classifier on average-pooled features (proves the weights are wired right).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from catalens.errors import ModelError
+
+OPSET = 17
+BN_EPS = 1e-3
+# EfficientNet's seven stages: the stride of each stage's first block (the weights do not record it).
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+STEM_STRIDE = 2
+INPUT_NAME = "image"
+EMBEDDING_OUTPUT = "embedding"
+LOGITS_OUTPUT = "logits"
+L2_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One MBConv block as read from the weights."""
+
+    index: int
+    in_channels: int
+    expanded_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expanded_channels != self.in_channels
+
+    @property
+    def has_skip(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Shapes of an EfficientNet-Lite network, inferred from its state dict."""
+
+    stem_channels: int
+    blocks: tuple[BlockSpec, ...]
+    head_channels: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How the head's feature map becomes one vector: ``avg``, ``max`` or ``gem`` (generalised mean, power p)."""
+
+    kind: str
+    p: float = 3.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Pooling:
+        """``"avg"``, ``"max"``, ``"gem"`` (p = 3) or ``"gem:2.5"``."""
+        kind, _, arg = spec.strip().lower().partition(":")
+        if kind in ("avg", "max") and not arg:
+            return cls(kind)
+        if kind == "gem":
+            try:
+                p = float(arg) if arg else 3.0
+            except ValueError:
+                raise ModelError(f"pooling {spec!r}: GeM power must be a number") from None
+            if not (0.0 < p <= 16.0):
+                raise ModelError(f"pooling {spec!r}: GeM power must be in (0, 16]")
+            return cls("gem", p)
+        raise ModelError(f"unknown pooling {spec!r} (use avg, max, gem or gem:<p>)")
+
+    def __str__(self) -> str:
+        return f"gem:{self.p:g}" if self.kind == "gem" else self.kind
+
+
+def _shape(state_dict: dict[str, np.ndarray], key: str) -> tuple[int, ...]:
+    try:
+        return tuple(state_dict[key].shape)
+    except KeyError:
+        raise ModelError(f"state dict lacks {key!r}; not an EfficientNet-Lite checkpoint") from None
+
+
+def infer_architecture(state_dict: dict[str, np.ndarray]) -> Architecture:
+    """Read block widths, kernels and expansions from the weights; strides from the stage table."""
+    if any(".se_" in k or "_se_" in k for k in state_dict):
+        raise ModelError("state dict has squeeze-excitation weights: this builder handles EfficientNet-Lite only")
+    indices = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"_blocks\.(\d+)\.", k))})
+    if not indices or indices != list(range(len(indices))):
+        raise ModelError("state dict has no contiguous _blocks.<i> entries")
+    stem_out, stem_in, *_ = _shape(state_dict, "_conv_stem.weight")
+    if stem_in != 3:
+        raise ModelError(f"stem expects {stem_in} input channels, not RGB")
+    blocks: list[BlockSpec] = []
+    channels = stem_out
+    stage, previous_out = -1, None
+    for i in indices:
+        dw_out, dw_group, k_h, k_w = _shape(state_dict, f"_blocks.{i}._depthwise_conv.weight")
+        if dw_group != 1 or k_h != k_w:
+            raise ModelError(f"block {i}: depthwise conv has shape {(dw_out, dw_group, k_h, k_w)}")
+        expand_key = f"_blocks.{i}._expand_conv.weight"
+        if expand_key in state_dict:
+            expanded, expand_in, *_ = _shape(state_dict, expand_key)
+            if expand_in != channels:
+                raise ModelError(f"block {i}: expand conv takes {expand_in} channels, previous layer gives {channels}")
+        else:
+            expanded = channels
+        if dw_out != expanded:
+            raise ModelError(f"block {i}: depthwise conv has {dw_out} channels, expected {expanded}")
+        out, project_in, *_ = _shape(state_dict, f"_blocks.{i}._project_conv.weight")
+        if project_in != expanded:
+            raise ModelError(f"block {i}: project conv takes {project_in} channels, expected {expanded}")
+        if out != previous_out:  # every EfficientNet stage changes the channel count in its first block
+            stage += 1
+            if stage >= len(STAGE_STRIDES):
+                raise ModelError(f"more than {len(STAGE_STRIDES)} stages in the state dict")
+            stride = STAGE_STRIDES[stage]
+        else:
+            stride = 1
+        blocks.append(BlockSpec(i, channels, expanded, out, k_h, stride))
+        channels, previous_out = out, out
+    if stage != len(STAGE_STRIDES) - 1:
+        raise ModelError(f"found {stage + 1} stages, EfficientNet has {len(STAGE_STRIDES)}")
+    head_out, head_in, *_ = _shape(state_dict, "_conv_head.weight")
+    if head_in != channels:
+        raise ModelError(f"head conv takes {head_in} channels, last block gives {channels}")
+    num_classes, fc_in = _shape(state_dict, "_fc.weight")
+    if fc_in != head_out:
+        raise ModelError(f"classifier takes {fc_in} features, head gives {head_out}")
+    return Architecture(stem_out, tuple(blocks), head_out, num_classes)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    """TensorFlow "SAME": (pad_before, pad_after, output_size); the odd pixel goes after (bottom/right)."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2, out
+
+
+class _GraphBuilder:
+    """Accumulates nodes and initializers with deterministic names (same weights → same bytes)."""
+
+    def __init__(self, state_dict: dict[str, np.ndarray], bn_eps: float) -> None:
+        self.sd = state_dict
+        self.bn_eps = bn_eps
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def folded_conv(
+        self, x: str, conv: str, bn: str, name: str, *, stride: int, size: int, groups: int = 1
+    ) -> tuple[str, int]:
+        """Conv + BatchNorm folded into one Conv with bias; returns (output, output spatial size)."""
+        weight = self.sd[f"{conv}.weight"].astype(np.float64)
+        gamma, beta = self.sd[f"{bn}.weight"].astype(np.float64), self.sd[f"{bn}.bias"].astype(np.float64)
+        mean, var = self.sd[f"{bn}.running_mean"].astype(np.float64), self.sd[f"{bn}.running_var"].astype(np.float64)
+        scale = gamma / np.sqrt(var + self.bn_eps)
+        w = (weight * scale[:, None, None, None]).astype(np.float32)
+        b = (beta - mean * scale).astype(np.float32)
+        kernel = weight.shape[-1]
+        before, after, out = same_padding(size, kernel, stride)
+        self.node(
+            "Conv",
+            [x, self.const(f"{name}.w", w), self.const(f"{name}.b", b)],
+            name,
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            pads=[before, before, after, after],
+            group=groups,
+        )
+        return name, out
+
+    def relu6(self, x: str) -> str:
+        return self.node("Clip", [x, "relu6.min", "relu6.max"], f"{x}.relu6")
+
+
+def _pool(g: _GraphBuilder, x: str, pooling: Pooling) -> str:
+    if pooling.kind == "avg":
+        return g.node("GlobalAveragePool", [x], "pool.avg")
+    if pooling.kind == "max":
+        return g.node("GlobalMaxPool", [x], "pool.max")
+    clamped = g.node("Clip", [x, g.const("gem.eps", np.array(1e-6, np.float32)), ""], "gem.clamp")
+    powered = g.node("Pow", [clamped, g.const("gem.p", np.array(pooling.p, np.float32))], "gem.pow")
+    mean = g.node("GlobalAveragePool", [powered], "gem.mean")
+    return g.node("Pow", [mean, g.const("gem.inv_p", np.array(1.0 / pooling.p, np.float32))], "pool.gem")
+
+
+def build_onnx(
+    state_dict: dict[str, np.ndarray],
+    *,
+    with_classifier: bool = True,
+    pooling: str = "avg",
+    image_size: int = 224,
+    bn_eps: float = BN_EPS,
+    opset: int = OPSET,
+    name: str = "efficientnet-lite",
+) -> onnx.ModelProto:
+    """Build the EfficientNet-Lite ONNX graph from a numpy state dict.
+
+    Parameters
+    ----------
+    state_dict
+        Tensors by lukemelas-style key (``_conv_stem.weight``, ``_blocks.3._depthwise_conv.weight``, ...).
+    with_classifier
+        Add the ``logits`` output (ImageNet classifier on average-pooled features).
+    pooling
+        ``avg`` | ``max`` | ``gem`` | ``gem:<p>`` — how ``embedding`` pools the head's feature map.
+    image_size
+        Input side S; the SAME padding of every conv is computed for it.
+    """
+    if opset < 17:
+        raise ModelError(f"opset {opset} < 17 is not supported")
+    arch = infer_architecture(state_dict)
+    pool = Pooling.parse(pooling)
+    g = _GraphBuilder(state_dict, bn_eps)
+    g.const("relu6.min", np.array(0.0, np.float32))
+    g.const("relu6.max", np.array(6.0, np.float32))
+
+    x, size = g.folded_conv(INPUT_NAME, "_conv_stem", "_bn0", "stem", stride=STEM_STRIDE, size=image_size)
+    x = g.relu6(x)
+    for block in arch.blocks:
+        p, inputs = f"_blocks.{block.index}", x
+        if block.has_expand:
+            x, _ = g.folded_conv(x, f"{p}._expand_conv", f"{p}._bn0", f"b{block.index}.expand", stride=1, size=size)
+            x = g.relu6(x)
+        x, size = g.folded_conv(
+            x,
+            f"{p}._depthwise_conv",
+            f"{p}._bn1",
+            f"b{block.index}.dw",
+            stride=block.stride,
+            size=size,
+            groups=block.expanded_channels,
+        )
+        x = g.relu6(x)
+        x, _ = g.folded_conv(x, f"{p}._project_conv", f"{p}._bn2", f"b{block.index}.project", stride=1, size=size)
+        if block.has_skip:
+            x = g.node("Add", [x, inputs], f"b{block.index}.add")
+    x, _ = g.folded_conv(x, "_conv_head", "_bn1", "head", stride=1, size=size)
+    features = g.relu6(x)
+
+    flat_shape = g.const("flatten.shape", np.array([0, -1], np.int64))
+    pooled = g.node("Reshape", [_pool(g, features, pool), flat_shape], "pooled")
+    norm = g.node("ReduceL2", [pooled], "embedding.norm", axes=[1], keepdims=1)
+    norm = g.node("Max", [norm, g.const("l2.eps", np.array(L2_EPS, np.float32))], "embedding.norm_clamped")
+    g.node("Div", [pooled, norm], EMBEDDING_OUTPUT)
+
+    batch = "batch"
+    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, arch.head_channels])]
+    if with_classifier:
+        avg = (
+            pooled
+            if pool.kind == "avg"
+            else g.node("Reshape", [g.node("GlobalAveragePool", [features], "pool.avg_cls"), flat_shape], "pooled_cls")
+        )
+        fc_w = g.const("fc.w", state_dict["_fc.weight"].astype(np.float32))
+        fc_b = g.const("fc.b", state_dict["_fc.bias"].astype(np.float32))
+        g.node("Gemm", [avg, fc_w, fc_b], LOGITS_OUTPUT, transB=1)
+        outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, [batch, arch.num_classes]))
+
+    graph = helper.make_graph(
+        g.nodes,
+        name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, image_size, image_size])],
+        outputs,
+        initializer=g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="catalens")
+    model.ir_version = 8  # opset 17 needs IR ≥ 8; pinned so an onnx upgrade does not change the bytes
+    onnx.checker.check_model(model, full_check=True)
+    return model
