@@ -1,0 +1,97 @@
+"""Errors a caller of the services can act on, and the HTTP status each error code maps to.
+
+The API answers every :class:`~catalens.errors.CatalensError` with ``{"code", "message"}`` and the
+status below. A code missing from the table is judged by its class: request and image errors are the
+caller's (400), storage and model errors the deployment's (503), anything else a bug (500).
+"""
+
+from __future__ import annotations
+
+from catalens.errors import CatalensError, ImageError, ModelError
+from catalens.ports import BlobStoreError
+
+
+class RequestError(CatalensError):
+    """A malformed request: the message names the parameter and what was wrong with it."""
+
+    code = "bad_request"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """The request body has a content type the endpoint does not accept."""
+
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(RequestError):
+    """The body (or the image in it) is bigger than the configured limit."""
+
+    code = "payload_too_large"
+
+
+class ItemNotFoundError(CatalensError):
+    """The item id names no item in the current index version."""
+
+    code = "item_not_found"
+
+
+class UnknownFilterError(RequestError):
+    """A filter names a field the index does not know."""
+
+    code = "unknown_filter"
+
+
+class FieldError(CatalensError):
+    """A product field (object metadata or sidecar JSON) is invalid; recorded against the photo at ingest."""
+
+    code = "invalid_field"
+
+
+class NotConfiguredError(CatalensError):
+    """A feature was asked for that this deployment does not have (e.g. no profile store)."""
+
+    code = "not_configured"
+
+
+# Stable code -> HTTP status. Image codes come from catalens.imaging.
+HTTP_STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "invalid_json": 400,
+    "invalid_base64": 400,
+    "invalid_multipart": 400,
+    "invalid_parameter": 400,
+    "unknown_parameter": 400,
+    "missing_image": 400,
+    "ambiguous_query": 400,
+    "unknown_filter": 400,
+    "invalid_filter": 400,
+    "invalid_image": 400,
+    "empty_image": 400,
+    "not_an_image": 400,
+    "truncated_image": 400,
+    "unsupported_image": 400,
+    "decompression_bomb": 400,
+    "image_too_large": 413,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "item_not_found": 404,
+    "user_not_found": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "not_configured": 501,
+    "model_mismatch": 503,
+    "index_unavailable": 503,
+}
+
+
+def http_status_for(error: CatalensError) -> int:
+    """The HTTP status that answers ``error`` (see the module docstring for the fallback order)."""
+    if error.code in HTTP_STATUS:
+        return HTTP_STATUS[error.code]
+    if isinstance(error, RequestError | ImageError | FieldError):
+        return 400
+    if isinstance(error, ModelError):
+        return 503
+    if isinstance(error, BlobStoreError):
+        return 503
+    return 500
