@@ -1,0 +1,399 @@
+"""Decoding and preprocessing: bad input gives typed errors, awkward input gives the right pixels."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFile
+
+from catalens.errors import CatalensError, ImageError
+from catalens.imaging import (
+    ImageLimits,
+    PreprocessConfig,
+    decode_image,
+    load_and_preprocess,
+    preprocess,
+    to_rgb,
+)
+from tests.unit.imagefactory import (
+    animated,
+    encode,
+    gif_declaring_size,
+    gray16_png,
+    jpeg_declaring_size,
+    jpeg_with_orientation,
+    photo,
+    png_bomb,
+    rgb16_png,
+    stored_pixels,
+)
+
+CONFIG = PreprocessConfig()
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image, dtype=np.float32)
+
+
+def decode_error(data: bytes, **kwargs) -> ImageError:
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, **kwargs)
+    assert isinstance(caught.value, CatalensError)
+    return caught.value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input → typed errors with the right code and a message that names the problem
+
+
+def test_empty_bytes_are_an_empty_image():
+    error = decode_error(b"")
+    assert error.code == "empty_image"
+    assert "empty" in str(error)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(7).bytes(5000),
+        b"product,price\nmug,9.99\nteapot,24.50\n" * 20,
+        b'{"title": "mug", "price": 9.99}',
+        b"\x00" * 100,
+    ],
+    ids=["random-bytes", "csv-text", "json-text", "zeros"],
+)
+def test_non_images_are_not_an_image(data):
+    error = decode_error(data)
+    assert error.code == "not_an_image"
+    assert f"{len(data)} bytes" in str(error)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+@pytest.mark.parametrize("keep", [0.5, 0.9], ids=["half", "most"])
+def test_truncated_pixel_data_is_a_truncated_image(fmt, keep):
+    data = encode(photo(320, 240, seed=3), fmt)
+    error = decode_error(data[: int(len(data) * keep)])
+    assert error.code == "truncated_image"
+    assert "truncated" in str(error)
+
+
+@pytest.mark.parametrize(("fmt", "cut"), [("JPEG", 200), ("JPEG", 20), ("PNG", 40), ("PNG", 12), ("GIF", 9)])
+def test_truncated_header_is_a_truncated_image(fmt, cut):
+    data = encode(photo(320, 240, seed=3), fmt)[:cut]
+    error = decode_error(data)
+    assert error.code == "truncated_image"
+    assert fmt in str(error)
+
+
+def test_damaged_png_data_is_a_truncated_image():
+    data = bytearray(encode(photo(200, 150), "PNG"))
+    data[200:400] = bytes(200)  # zero a stretch of the compressed stream
+    assert decode_error(bytes(data)).code == "truncated_image"
+
+
+def test_more_bytes_than_the_limit_is_too_large_before_decoding():
+    data = encode(photo(320, 240), "JPEG")
+    error = decode_error(data, limits=ImageLimits(max_bytes=len(data) - 1))
+    assert error.code == "image_too_large"
+    assert "limit" in str(error)
+    # The default limit (10 MiB) refuses an 11 MiB upload even when it is not an image at all.
+    assert decode_error(bytes(11 * 2**20)).code == "image_too_large"
+
+
+def test_more_pixels_than_the_limit_is_refused_with_the_size_in_the_message():
+    error = decode_error(png_bomb(8000, 8000))  # 64 MP: above our 50 MP, below Pillow's own limit
+    assert error.code == "decompression_bomb"
+    assert "8000×8000" in str(error)
+    assert "64 MP" in str(error)
+    assert "50 MP" in str(error)
+
+
+def test_the_pixel_limit_is_configurable():
+    data = encode(photo(400, 300), "JPEG")
+    assert decode_image(data, limits=ImageLimits(max_pixels=400 * 300)).size == (400, 300)
+    error = decode_error(data, limits=ImageLimits(max_pixels=400 * 300 - 1))
+    assert error.code == "decompression_bomb"
+    assert "400×300" in str(error)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [png_bomb(30_000, 30_000), jpeg_declaring_size(60_000, 60_000), gif_declaring_size(65_535, 65_535)],
+    ids=["png-30000x30000", "jpeg-60000x60000", "gif-65535x65535"],
+)
+def test_decompression_bombs_are_refused_without_decoding(data):
+    assert len(data) < 5000  # the whole point: tiny file, gigapixel header
+    error = decode_error(data)
+    assert error.code == "decompression_bomb"
+    # A generous limit of ours does not switch off Pillow's own guard: still refused, not decoded.
+    assert decode_error(data, limits=ImageLimits(max_pixels=10**12)).code == "decompression_bomb"
+
+
+def test_pillows_bomb_warning_turned_error_is_still_a_typed_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        error = decode_error(png_bomb(10_000, 10_000), limits=ImageLimits(max_pixels=10**9))
+    assert error.code == "decompression_bomb"
+
+
+def test_pillow_globals_are_left_alone():
+    before = Image.MAX_IMAGE_PIXELS
+    for data in (png_bomb(), encode(photo(100, 80), "JPEG")[:500]):
+        with pytest.raises(ImageError):
+            decode_image(data)
+    assert before == Image.MAX_IMAGE_PIXELS
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200), "HEIC"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "PDF"),
+        (b"8BPS\x00\x01" + bytes(40), "PSD"),
+    ],
+    ids=["heic", "svg", "eps", "pdf", "psd"],
+)
+def test_recognised_but_refused_formats_are_unsupported(data, named):
+    error = decode_error(data)
+    assert error.code == "unsupported_image"
+    assert named in str(error)
+    assert "JPEG" in str(error)  # says what to send instead
+
+
+def test_formats_outside_the_allow_list_are_never_decoded():
+    # Pillow can read these, but catalens refuses them before any decoder for them runs.
+    for fmt in ("PPM", "TGA", "PCX"):
+        data = encode(photo(40, 30), fmt)
+        assert decode_error(data).code in {"not_an_image", "unsupported_image"}
+
+
+def test_a_damaged_exif_block_does_not_reject_the_photo():
+    upright = photo(200, 150)
+    data = bytearray(jpeg_with_orientation(upright, 6))
+    exif_at = data.index(b"Exif\x00\x00")
+    data[exif_at + 6 : exif_at + 30] = b"\xff" * 24  # garbage TIFF header inside the EXIF segment
+    image = decode_image(bytes(data))
+    assert image.mode == "RGB"
+    assert sorted(image.size) == [150, 200]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orientation and reduced-size decoding
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_exif_rotated_copy_preprocesses_like_the_upright_photo(orientation):
+    upright = photo(1200, 800, seed=11)  # large enough for the JPEG draft to kick in before the rotation
+    reference = load_and_preprocess(jpeg_with_orientation(upright, 1), CONFIG)
+    rotated = load_and_preprocess(jpeg_with_orientation(upright, orientation), CONFIG)
+    assert mean_abs(rotated, reference) < 0.02
+    # The test can fail: the stored pixels alone (orientation ignored) are far from the upright photo.
+    ignoring_exif = load_and_preprocess(encode(stored_pixels(upright, orientation), "JPEG"), CONFIG)
+    assert mean_abs(ignoring_exif, reference) > 0.1
+
+
+def test_exif_orientation_gives_upright_dimensions():
+    upright = photo(300, 200)
+    for orientation in range(1, 9):
+        assert decode_image(jpeg_with_orientation(upright, orientation)).size == (300, 200)
+
+
+def test_draft_decoding_of_a_large_jpeg_matches_full_decoding():
+    data = encode(photo(4000, 3000, seed=5), "JPEG")
+    drafted = decode_image(data, target_short_side=CONFIG.resize_short)
+    full = decode_image(data)
+    assert full.size == (4000, 3000)
+    assert drafted.size == (500, 375)  # 1/8 scale: the smallest whose short side is still >= 256
+    assert mean_abs(preprocess(drafted, CONFIG), preprocess(full, CONFIG)) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("size", "target"),
+    [((4000, 3000), 256), ((513, 2000), 256), ((511, 700), 256), ((2048, 2048), 256), ((1000, 4000), 224)],
+)
+def test_draft_never_decodes_below_the_size_needed(size, target):
+    image = decode_image(encode(photo(*size), "JPEG", quality=80), target_short_side=target)
+    assert min(image.size) >= target
+    assert min(image.size) < 2 * target or min(image.size) * 8 >= min(size)  # and it did reduce when it could
+
+
+def test_load_and_preprocess_drafts_to_the_configured_decode_size():
+    assert PreprocessConfig().decode_short_side == 256
+    assert PreprocessConfig(center_crop=False).decode_short_side == 224
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modes: transparency, CMYK, 16-bit, grey, palette, 1-bit, animations
+
+
+def product_on_transparent_background(mode: str) -> Image.Image:
+    image = Image.new("RGBA", (120, 90), (0, 0, 255, 0))  # blue, but fully transparent
+    ImageDraw.Draw(image).rectangle((40, 30, 80, 60), fill=(200, 30, 30, 255))
+    return image if mode == "RGBA" else image.convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"), [("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"), ("LA", "PNG"), ("PA", None), ("RGBa", None)]
+)
+def test_transparency_is_composited_on_white(mode, fmt):
+    source = product_on_transparent_background(mode)
+    if fmt is None:  # modes no file format stores; decoders can still produce them
+        rgb = rgb_array(to_rgb(source))
+    else:
+        extra = {"lossless": True} if fmt == "WEBP" else {}
+        rgb = rgb_array(decode_image(encode(source, fmt, **extra)))
+    assert np.all(rgb[5, 5] == 255)  # transparent background → white, not the hidden blue or black
+    assert rgb[45, 60, 0] > rgb[45, 60, 2] or mode == "LA"  # product keeps its colour
+    assert rgb[45, 60].mean() < 200  # and is not washed out
+
+
+def test_palette_transparency_is_composited_on_white():
+    image = Image.new("P", (60, 40), 0)
+    image.putpalette([0, 0, 255] + [200, 30, 30] + [0, 0, 0] * 254)
+    ImageDraw.Draw(image).rectangle((20, 10, 40, 30), fill=1)
+    for fmt in ("PNG", "GIF"):
+        rgb = rgb_array(decode_image(encode(image, fmt, transparency=0)))
+        assert np.all(rgb[2, 2] == 255), fmt
+        assert tuple(rgb[20, 30]) == (200, 30, 30), fmt
+
+
+def test_cmyk_jpeg_with_adobe_inverted_data_decodes_to_the_right_colours():
+    original = photo(200, 150, seed=2, noise=0)
+    data = encode(original.convert("CMYK"), "JPEG", quality=95)
+    assert b"Adobe" in data  # libjpeg writes Adobe-style (inverted) CMYK
+    decoded = decode_image(data)
+    assert mean_abs(rgb_array(decoded), rgb_array(original)) < 4
+    # Colour inversion would be off by ~100 levels on average; this is the failure the test guards.
+    inverted = 255 - rgb_array(original)
+    assert mean_abs(rgb_array(decoded), inverted) > 40
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white():
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (32, 1))
+    rgb = rgb_array(decode_image(gray16_png(ramp)))
+    expected = np.round(ramp / 257.0)
+    assert np.abs(rgb[..., 0] - expected).max() <= 1
+    assert np.all(rgb[..., 0] == rgb[..., 1])
+    assert np.all(rgb[..., 1] == rgb[..., 2])
+
+
+def test_16_bit_rgb_png_keeps_its_colours():
+    colours = np.zeros((20, 30, 3), dtype=np.uint16)
+    colours[..., 0] = 50000  # ≈ 195
+    colours[..., 1] = 10000  # ≈ 39
+    colours[..., 2] = 65535  # 255
+    rgb = rgb_array(decode_image(rgb16_png(colours)))
+    assert np.abs(rgb[10, 10] - np.array([195, 39, 255])).max() <= 1
+
+
+def test_32_bit_integer_greyscale_with_16_bit_values_is_scaled():
+    ramp = np.tile(np.linspace(0, 65535, 128).astype(np.int32), (16, 1))
+    rgb = rgb_array(to_rgb(Image.fromarray(ramp, "I")))
+    assert np.abs(rgb[..., 0] - np.round(ramp / 257.0)).max() <= 1
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("L", "JPEG"), ("L", "PNG"), ("1", "PNG"), ("1", "BMP"), ("P", "PNG")])
+def test_grey_palette_and_bilevel_images_become_sensible_rgb(mode, fmt):
+    source = photo(160, 120, seed=4).convert(mode)
+    decoded = decode_image(encode(source, fmt))
+    expected = rgb_array(source.convert("RGB"))
+    tolerance = 3 if fmt == "JPEG" else 0
+    assert mean_abs(rgb_array(decoded), expected) <= tolerance
+    if mode in ("L", "1"):
+        rgb = rgb_array(decoded)
+        assert np.all(rgb[..., 0] == rgb[..., 2])
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"], ids=["gif", "webp", "apng"])
+def test_animations_use_their_first_frame(fmt):
+    data = encode_animation(fmt)
+    with Image.open(io.BytesIO(data)) as probe:
+        assert getattr(probe, "n_frames", 1) == 3  # really an animation
+    rgb = rgb_array(decode_image(data))
+    assert np.abs(rgb[30, 40] - np.array([200, 40, 40])).max() <= 8  # the red first frame, not green or blue
+
+
+def encode_animation(fmt: str) -> bytes:
+    return animated(fmt, [(200, 40, 40), (40, 200, 40), (40, 40, 200)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model input
+
+
+def test_output_is_float32_chw_normalised_per_config():
+    colour = (100, 150, 200)
+    tensor = load_and_preprocess(encode(Image.new("RGB", (300, 400), colour), "PNG"), CONFIG)
+    assert tensor.shape == (3, 224, 224)
+    assert tensor.dtype == np.float32
+    assert tensor.flags["C_CONTIGUOUS"]
+    for channel, value in enumerate(colour):
+        np.testing.assert_allclose(tensor[channel], (value - 127.0) / 128.0, atol=1e-6)
+
+
+def test_other_sizes_and_normalisation_follow_the_config():
+    config = PreprocessConfig(size=160, resize_short=182, mean=0.0, std=255.0)
+    tensor = load_and_preprocess(encode(Image.new("RGB", (500, 300), (255, 0, 51)), "PNG"), config)
+    assert tensor.shape == (3, 160, 160)
+    np.testing.assert_allclose(tensor[:, 80, 80], [1.0, 0.0, 0.2], atol=1e-6)
+
+
+def framed(width: int, height: int, border: int) -> Image.Image:
+    """Grey picture with black bands ``border`` px wide at the left and right edges."""
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, border - 1, height - 1), fill=(0, 0, 0))
+    draw.rectangle((width - border, 0, width - 1, height - 1), fill=(0, 0, 0))
+    return image
+
+
+def test_centre_crop_cuts_the_long_side_and_no_crop_keeps_everything():
+    image = framed(512, 256, border=40)  # 512×256 → resize short to 256 (no change) → crop the middle 224
+    cropped = preprocess(image, CONFIG)
+    assert np.allclose(cropped, (128 - 127) / 128, atol=1e-3)  # the black bands are outside the crop
+    whole = preprocess(image, PreprocessConfig(center_crop=False))
+    assert whole[:, 112, 0].max() < -0.9  # squashed to 224×224, the bands are still at the edges
+    assert whole[:, 112, 223].max() < -0.9
+    assert abs(whole[0, 112, 112] - (128 - 127) / 128) < 1e-3
+
+
+def test_centre_crop_is_centred_for_portrait_images():
+    image = framed(512, 256, border=40).transpose(Image.Transpose.ROTATE_90)  # 256×512, bands at top and bottom
+    assert np.allclose(preprocess(image, CONFIG), (128 - 127) / 128, atol=1e-3)
+
+
+def test_preprocess_accepts_any_mode():
+    grey = Image.new("L", (300, 300), 64)
+    np.testing.assert_allclose(preprocess(grey, CONFIG), (64 - 127) / 128, atol=1e-6)
+
+
+def test_preprocess_config_round_trips_and_rejects_unknown_fields():
+    config = PreprocessConfig(size=240, resize_short=274, center_crop=False, mean=0.5, std=2.0, resample="bilinear")
+    assert PreprocessConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="pooling"):
+        PreprocessConfig.from_dict({**config.to_dict(), "pooling": "gem"})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"size": 0}, {"size": 300, "resize_short": 256}, {"std": 0.0}, {"resample": "sinc"}],
+)
+def test_invalid_preprocess_configs_are_refused(kwargs):
+    with pytest.raises(ValueError, match="PreprocessConfig"):
+        PreprocessConfig(**kwargs)
+
+
+def test_same_bytes_give_the_same_tensor():
+    data = encode(photo(800, 600, seed=9), "JPEG")
+    np.testing.assert_array_equal(load_and_preprocess(data, CONFIG), load_and_preprocess(data, CONFIG))
