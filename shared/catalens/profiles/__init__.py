@@ -1,0 +1,38 @@
+"""Shopper profiles: events in, decayed preferences and statistics out (AWS-free).
+
+- :mod:`catalens.profiles.events` — the events-table item shape and its validation.
+- :mod:`catalens.profiles.profile` — :class:`Profile` and :func:`apply_event` (decay, idempotency, erasure).
+- :mod:`catalens.profiles.updater` — read / apply / conditional write, retried on a lost race.
+- :mod:`catalens.profiles.memory` — the in-memory store; the DynamoDB one is in ``catalens.adapters.dynamodb``.
+"""
+
+from catalens.profiles.events import EVENT_TYPES, EventError, ShopperEvent, event_from_item, event_key
+from catalens.profiles.profile import (
+    DEFAULT_PARAMS,
+    RANKING_ATTRIBUTES,
+    Applied,
+    Profile,
+    ProfileParams,
+    apply_event,
+    replay,
+)
+from catalens.profiles.updater import ItemLookup, ProfileConflictError, ProfileStore, ProfileUpdater
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "EVENT_TYPES",
+    "RANKING_ATTRIBUTES",
+    "Applied",
+    "EventError",
+    "ItemLookup",
+    "Profile",
+    "ProfileConflictError",
+    "ProfileParams",
+    "ProfileStore",
+    "ProfileUpdater",
+    "ShopperEvent",
+    "apply_event",
+    "event_from_item",
+    "event_key",
+    "replay",
+]

@@ -1,0 +1,84 @@
+"""Apply one stream event to the stored profile: the domain function behind the profile Lambda.
+
+Concurrency: read the profile with its ``version``, apply the event, write back on the condition
+that ``version`` is unchanged (stores raise :class:`ProfileConflictError` otherwise) and start
+again from a fresh read. Two updaters of one user therefore never lose an event; a duplicate
+delivery finds the event already applied and writes nothing.
+
+The co-occurrence pairs of the event are written in the same conditional write (one DynamoDB
+transaction), so they are counted exactly once too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from catalens.cooccurrence import CooccurrenceSource, pair_updates
+from catalens.errors import CatalensError
+from catalens.profiles.events import ENGAGED_TYPES, ShopperEvent
+from catalens.profiles.profile import DEFAULT_PARAMS, Profile, ProfileParams, apply_event
+
+ItemLookup = Callable[[str], tuple[np.ndarray | None, Mapping[str, Any]] | None]
+"""``lookup(item_id) -> (index-space vector or None, product fields)``, or None for an unknown item."""
+
+
+class ProfileConflictError(CatalensError):
+    """The profile changed between read and conditional write (another updater won); re-read and retry."""
+
+    code = "profile_conflict"
+
+
+class ProfileStore(Protocol):
+    """Where profiles live. ``save`` is conditional on ``expected_version`` (0: must not exist yet)."""
+
+    def load(self, user_id: str) -> Profile | None: ...
+
+    def load_for_ranking(self, user_id: str) -> Profile | None: ...
+
+    def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None: ...
+
+    def delete(self, user_id: str) -> None: ...
+
+
+@dataclass
+class ProfileUpdater:
+    """Reads, applies and conditionally writes; retries with jittered backoff on a lost race."""
+
+    store: ProfileStore
+    lookup: ItemLookup
+    cooccurrence: CooccurrenceSource | None = None
+    params: ProfileParams = DEFAULT_PARAMS
+    max_attempts: int = 10
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def handle(self, event: ShopperEvent) -> str:
+        """Apply ``event`` to its user's stored profile; returns the outcome ("applied", "duplicate", ...)."""
+        found = self.lookup(event.item_id)
+        vector, fields = found if found is not None else (None, None)
+        neighbours = None
+        if self.cooccurrence is not None and event.type in ENGAGED_TYPES:
+            neighbours = self.cooccurrence.neighbours(event.item_id)
+        for attempt in range(self.max_attempts):
+            current = self.store.load(event.user_id)
+            result = apply_event(current, event, vector, fields, params=self.params, neighbours=neighbours)
+            if result.outcome != "applied":
+                return result.outcome
+            pairs: list[tuple[str, str]] = []
+            if self.cooccurrence is not None and current is not None:
+                pairs = pair_updates(event.item_id, current.engaged_partners(event, self.params))
+            try:
+                self.store.save(result.profile, expected_version=current.version if current else 0, pairs=pairs)
+            except ProfileConflictError:
+                self.sleep(min(0.2, 0.005 * 2**attempt) * self.rng.random())
+                continue
+            return "applied"
+        raise ProfileConflictError(
+            f"profile of {event.user_id!r} kept changing; gave up after {self.max_attempts} attempts"
+        )
