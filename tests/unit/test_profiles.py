@@ -361,13 +361,18 @@ def test_updater_gives_up_with_a_clear_error_when_it_never_wins():
 
 def test_concurrent_updaters_of_one_user_lose_no_event():
     store = InMemoryProfileStore(CooccurrenceCounts())
-    updater = ProfileUpdater(store, lookup, cooccurrence=store.cooccurrence, sleep=lambda _: None, max_attempts=1000)
+    # a dedupe window wider than the run: one thread racing far ahead must not make another's events stale
+    params = ProfileParams(max_applied=256)
+    updater = ProfileUpdater(
+        store, lookup, cooccurrence=store.cooccurrence, params=params, sleep=lambda _: None, max_attempts=1000
+    )
     errors: list[BaseException] = []
+    outcomes: list[str] = []
 
     def worker(offset: int) -> None:
         try:
             for n in range(offset, 200, 4):
-                updater.handle(event(n, "click", "red-1" if n % 2 else "green-1"))
+                outcomes.append(updater.handle(event(n, "click", "red-1" if n % 2 else "green-1")))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -377,6 +382,7 @@ def test_concurrent_updaters_of_one_user_lose_no_event():
     for thread in threads:
         thread.join()
     assert errors == []
+    assert outcomes == ["applied"] * 200
     profile = store.load("u1")
     assert profile.counts == {"click": 200}
     assert profile.version == 200
