@@ -1,9 +1,26 @@
-"""The vector index: snapshot format, numpy search, delta merge, and (in :mod:`.build`) the builder.
+"""The vector index: snapshot format, numpy search, delta merge, and the builder.
 
-Importing this package (and everything but :mod:`catalens.index.build`) needs numpy alone, so the
-query path never loads numba: pynndescent is imported only while a graph is being built.
+Everything importable from here needs numpy alone, so the query path never loads numba:
+pynndescent (and scipy) are imported inside :mod:`catalens.index.build` only while a graph is
+being built.
 """
 
-from catalens.index.records import Hit, ItemRecord, sequencer_key
+from catalens.index.build import build_snapshot
+from catalens.index.filters import Filter, FilterError
+from catalens.index.records import Hit, IndexedItem, ItemRecord, sequencer_key
+from catalens.index.search import IndexView, SearchParams
+from catalens.index.snapshot import Snapshot, SnapshotError
 
-__all__ = ["Hit", "ItemRecord", "sequencer_key"]
+__all__ = [
+    "Filter",
+    "FilterError",
+    "Hit",
+    "IndexView",
+    "IndexedItem",
+    "ItemRecord",
+    "SearchParams",
+    "Snapshot",
+    "SnapshotError",
+    "build_snapshot",
+    "sequencer_key",
+]

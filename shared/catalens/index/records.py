@@ -74,3 +74,20 @@ def is_newer(candidate: ItemRecord, current: ItemRecord | None) -> bool:
     if new_key != old_key:
         return new_key > old_key
     return candidate.deleted and not current.deleted
+
+
+@dataclass(frozen=True)
+class IndexedItem:
+    """An item as the index holds it: like :class:`ItemRecord`, but ``vector`` is in INDEX space.
+
+    Returned by ``IndexView.get``; ``deleted`` is always False (deleted items are not returned).
+    """
+
+    item_id: str
+    vector: np.ndarray
+    fields: dict[str, Any]
+    image_key: str
+    source_etag: str
+    sequencer: str
+    updated_at: float = 0.0
+    deleted: bool = False

@@ -1,0 +1,201 @@
+"""The query side's index cache: one per process, kept across Lambda invocations.
+
+Every call to :meth:`IndexCache.view` answers from memory. At most every ``ttl_seconds`` one caller
+also revalidates (the others do not wait): a conditional GET of the manifest (304 when unchanged,
+the cheap path), one LIST of the deltas prefix, and GETs of only the deltas not seen before — that
+is how a new photo becomes searchable within seconds (DESIGN invariant 3).
+
+A new version is loaded by a background thread while answers keep coming from the old version plus
+the live deltas (which still hold everything the new version folded in: deltas are deleted only by
+GC, after a grace period, once every retained version covers them). The swap is one reference
+assignment of a whole, verified state, so a reader sees a whole version or the previous one
+(invariant 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from catalens.index.store import Delta, IndexStore, Ledger, LoadedVersion, Manifest, make_view
+from catalens.ports import NotModifiedError
+
+if TYPE_CHECKING:
+    from catalens.index.view import IndexView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything one answer needs, swapped as a unit."""
+
+    generation: int  # manifest generation this state follows (rollbacks raise it too)
+    manifest_etag: str | None
+    loaded: LoadedVersion | None
+    deltas: dict[str, Delta]
+    view: IndexView
+
+    @property
+    def version(self) -> str | None:
+        return self.loaded.entry.version if self.loaded else None
+
+
+@dataclass
+class CacheStats:
+    """Counters for metrics and tests (how often each path ran)."""
+
+    revalidations: int = 0
+    not_modified: int = 0
+    versions_loaded: int = 0
+    deltas_fetched: int = 0
+    refresh_errors: int = 0
+
+
+class IndexCache:
+    """A process-wide cache of the current index view.
+
+    Parameters
+    ----------
+    store:
+        Where the index lives.
+    ttl_seconds:
+        Revalidate the manifest and the deltas at most this often.
+    clock:
+        Monotonic seconds; injected by tests to step time.
+    background:
+        Load new versions on a daemon thread (True, the query path) or inline (False: tools, tests).
+    """
+
+    def __init__(
+        self,
+        store: IndexStore,
+        *,
+        ttl_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
+    ) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+        self.background = background
+        self.stats = CacheStats()
+        self._clock = clock
+        self._state: _State | None = None
+        self._checked_at = float("-inf")
+        self._refresh_lock = threading.Lock()  # one revalidation at a time; others answer from memory
+        self._swap_lock = threading.Lock()  # guards compare-and-swap of _state
+        self._loader: threading.Thread | None = None
+        self._loading_version: str | None = None
+
+    # ---- public
+
+    def view(self) -> IndexView:
+        """The current view; revalidates first when the TTL has passed (unless someone else already is)."""
+        state = self._state
+        if state is None:
+            with self._refresh_lock:
+                if self._state is None:
+                    self._checked_at = self._clock()
+                    manifest, etag = self.store.read_manifest()
+                    self._install(self._load(manifest, etag), only_if_newer=False)
+            assert self._state is not None
+            return self._state.view
+        if self._clock() - self._checked_at >= self.ttl_seconds and self._refresh_lock.acquire(blocking=False):
+            try:
+                self._revalidate()
+            except Exception:  # serving a slightly stale index beats failing the search
+                self.stats.refresh_errors += 1
+                log.warning("index revalidation failed; answering from the cached version", exc_info=True)
+            finally:
+                self._refresh_lock.release()
+        return self._state.view
+
+    @property
+    def version(self) -> str | None:
+        """The version currently answering (None before the first compaction or the first view())."""
+        return self._state.version if self._state else None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait for a background load to finish (tests, graceful shutdown). True when idle."""
+        loader = self._loader
+        if loader is not None:
+            loader.join(timeout)
+            return not loader.is_alive()
+        return True
+
+    # ---- internals
+
+    def _revalidate(self) -> None:
+        self._checked_at = self._clock()
+        self.stats.revalidations += 1
+        state = self._state
+        assert state is not None
+        try:
+            manifest, etag = self.store.read_manifest(if_none_match_etag=state.manifest_etag)
+        except NotModifiedError:
+            self.stats.not_modified += 1
+            manifest, etag = None, state.manifest_etag
+        if manifest is not None:
+            new_version = manifest.current.version if manifest.current else None
+            if new_version != state.version:
+                self._start_load(manifest, etag)
+            elif manifest.generation > state.generation:
+                state = self._install(
+                    _State(manifest.generation, etag, state.loaded, state.deltas, state.view), only_if_newer=True
+                )
+        self._refresh_deltas(state)
+
+    def _refresh_deltas(self, state: _State) -> None:
+        """LIST the deltas; GET only unseen ones; rebuild the view only when the live set changed."""
+        ledger = state.loaded.ledger if state.loaded else None
+        listing = self.store.list_deltas()
+        deltas = self.store.fetch_deltas(listing, ledger or Ledger(), known=state.deltas)
+        self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
+        if deltas.keys() == state.deltas.keys():
+            return
+        view = make_view(state.loaded, deltas.values())
+        with self._swap_lock:
+            if self._state is state:  # a newer version swapped in meanwhile brings its own deltas
+                self._state = _State(state.generation, state.manifest_etag, state.loaded, deltas, view)
+
+    def _start_load(self, manifest: Manifest, etag: str | None) -> None:
+        version = manifest.current.version if manifest.current else None
+        if not self.background:
+            self._install(self._load(manifest, etag), only_if_newer=True)
+            return
+        if self._loader is not None and self._loader.is_alive():
+            return  # one load at a time; the next revalidation starts the next one if still needed
+        self._loading_version = version
+
+        def run() -> None:
+            try:
+                self._install(self._load(manifest, etag), only_if_newer=True)
+            except Exception:
+                self.stats.refresh_errors += 1
+                log.warning("loading index version %s failed; keeping the current one", version, exc_info=True)
+            finally:
+                self._loading_version = None
+
+        self._loader = threading.Thread(target=run, name=f"index-load-{version}", daemon=True)
+        self._loader.start()
+
+    def _load(self, manifest: Manifest, etag: str | None) -> _State:
+        """A whole state for ``manifest``: verified version files, then the deltas its ledger does not cover."""
+        loaded = self.store.load_version(manifest.current) if manifest.current else None
+        known = self._state.deltas if self._state else {}
+        deltas = self.store.fetch_deltas(self.store.list_deltas(), loaded.ledger if loaded else Ledger(), known=known)
+        self.stats.versions_loaded += 1 if loaded else 0
+        self.stats.deltas_fetched += sum(1 for key in deltas if key not in known)
+        return _State(manifest.generation, etag, loaded, deltas, make_view(loaded, deltas.values()))
+
+    def _install(self, new: _State, *, only_if_newer: bool) -> _State:
+        with self._swap_lock:
+            current = self._state
+            if only_if_newer and current is not None and new.generation < current.generation:
+                return current
+            self._state = new
+            return new

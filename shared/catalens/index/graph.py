@@ -1,0 +1,188 @@
+"""Beam search over pynndescent's exported search graph, in vectorised numpy.
+
+The graph is pynndescent's *search graph* (the k-NN graph diversified, symmetrised and degree
+pruned) exported as CSR arrays whose vertex numbers are the snapshot's rows. It is not connected:
+on clustered data it falls into hundreds of weakly connected pieces, so a walk started in one
+piece can never reach another. The builder therefore picks entry points that cover every piece
+(one per component, the rest by k-means inside components); the search scores all entry points
+with one matmul, seeds its pool with the best ones and expands from there.
+
+Each step expands the ``expand`` best not-yet-expanded candidates of the pool at once: their
+neighbours are gathered, the unvisited ones scored with a single matmul, and the pool is cut back
+to the best ``ef``. The walk ends when every candidate in the pool has been expanded. Only numpy
+is imported here: this module runs on the query path.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_EF = 64
+DEFAULT_EXPAND = 8
+
+
+@dataclass(frozen=True, eq=False)
+class NeighbourGraph:
+    """A directed neighbour graph over snapshot rows, as CSR arrays, with its entry points."""
+
+    indptr: np.ndarray  # int64[n + 1]
+    indices: np.ndarray  # int32[nnz], row numbers
+    entry_points: np.ndarray  # int32[m], covering every weakly connected component
+
+    def __post_init__(self) -> None:
+        if self.indptr.ndim != 1 or self.indices.ndim != 1 or self.entry_points.ndim != 1:
+            raise ValueError("graph arrays must be one-dimensional")
+        if self.indptr.size == 0 or int(self.indptr[-1]) != self.indices.size:
+            raise ValueError("graph indptr does not match its indices")
+        if self.entry_points.size == 0 and self.n_vertices > 0:
+            raise ValueError("a non-empty graph needs at least one entry point")
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.indptr.size - 1)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.indices.nbytes + self.entry_points.nbytes)
+
+
+class _Scratch(threading.local):
+    """Per-thread visited marks: an epoch per vertex, so nothing is cleared between queries."""
+
+    def __init__(self) -> None:
+        self.marks: np.ndarray | None = None
+        self.epoch = 0
+
+
+class GraphSearcher:
+    """Beam search over a :class:`NeighbourGraph` whose rows are the rows of ``vectors``.
+
+    Parameters
+    ----------
+    vectors:
+        float32[n, d], unit-norm rows in index space; the score is the dot product.
+    graph:
+        The neighbour graph over the same rows, with entry points.
+    """
+
+    def __init__(self, vectors: np.ndarray, graph: NeighbourGraph) -> None:
+        if graph.n_vertices != vectors.shape[0]:
+            raise ValueError(f"graph has {graph.n_vertices} vertices but there are {vectors.shape[0]} vectors")
+        self._vectors = vectors
+        self._indptr = graph.indptr.astype(np.int64, copy=False)
+        self._indices = graph.indices.astype(np.int32, copy=False)
+        self._entries = graph.entry_points.astype(np.int64, copy=False)
+        # A contiguous copy makes scoring every entry point a single BLAS call.
+        self._entry_vectors = np.ascontiguousarray(vectors[self._entries])
+        self._scratch = _Scratch()
+
+    def _marks(self) -> tuple[np.ndarray, np.uint32]:
+        scratch = self._scratch
+        n = self._vectors.shape[0]
+        if scratch.marks is None or scratch.marks.size != n or scratch.epoch >= np.iinfo(np.uint32).max - 1:
+            scratch.marks = np.zeros(n, dtype=np.uint32)
+            scratch.epoch = 0
+        scratch.epoch += 1
+        return scratch.marks, np.uint32(scratch.epoch)
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        ef: int = DEFAULT_EF,
+        expand: int = DEFAULT_EXPAND,
+        allowed: np.ndarray | None = None,
+        max_steps: int = 100_000,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k`` rows by dot product with ``query``, best first.
+
+        Parameters
+        ----------
+        query:
+            float32[d], in index space.
+        k:
+            Number of results wanted.
+        ef:
+            Size of the candidate pool (raised to ``k`` if smaller); larger is slower and more exact.
+        expand:
+            How many of the best unexpanded candidates are expanded per step (one matmul each step).
+        allowed:
+            Optional bool[n]: only rows marked True are returned. The walk still passes through the
+            other rows (they are needed to navigate); results are collected from every scored row,
+            so a filter is applied before the top ``k`` is cut.
+        max_steps:
+            Safety bound on the number of expansion steps.
+
+        Returns
+        -------
+        (rows, scores): int64[<=k] row numbers and float32 scores, sorted by descending score.
+        """
+        if k <= 0 or self._entries.size == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        ef = max(ef, k)
+        vectors, indptr, indices = self._vectors, self._indptr, self._indices
+        marks, epoch = self._marks()
+
+        entry_scores = self._entry_vectors @ query
+        marks[self._entries] = epoch
+        if entry_scores.size > ef:
+            keep = np.argpartition(entry_scores, entry_scores.size - ef)[-ef:]
+            pool_rows, pool_scores = self._entries[keep], entry_scores[keep]
+        else:
+            pool_rows, pool_scores = self._entries, entry_scores
+        pool_open = np.ones(pool_rows.size, dtype=bool)
+
+        if allowed is not None:
+            ok = allowed[self._entries]
+            result_rows, result_scores = self._entries[ok], entry_scores[ok]
+            result_rows, result_scores = _top(result_rows, result_scores, k)
+
+        for _ in range(max_steps):
+            open_idx = np.flatnonzero(pool_open)
+            if open_idx.size == 0:
+                break
+            if open_idx.size > expand:
+                open_idx = open_idx[np.argpartition(pool_scores[open_idx], open_idx.size - expand)[-expand:]]
+            pool_open[open_idx] = False
+            frontier = pool_rows[open_idx]
+            starts, ends = indptr[frontier], indptr[frontier + 1]
+            neighbours = np.concatenate([indices[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
+            neighbours = neighbours[marks[neighbours] != epoch]
+            if neighbours.size == 0:
+                continue
+            neighbours = np.unique(neighbours)
+            marks[neighbours] = epoch
+            scores = vectors[neighbours] @ query
+
+            pool_rows = np.concatenate((pool_rows, neighbours))
+            pool_scores = np.concatenate((pool_scores, scores))
+            pool_open = np.concatenate((pool_open, np.ones(neighbours.size, dtype=bool)))
+            if pool_rows.size > ef:
+                keep = np.argpartition(pool_scores, pool_rows.size - ef)[-ef:]
+                pool_rows, pool_scores, pool_open = pool_rows[keep], pool_scores[keep], pool_open[keep]
+
+            if allowed is not None:
+                ok = allowed[neighbours]
+                if ok.any():
+                    result_rows = np.concatenate((result_rows, neighbours[ok]))
+                    result_scores = np.concatenate((result_scores, scores[ok]))
+                    if result_rows.size > 4 * k:
+                        result_rows, result_scores = _top(result_rows, result_scores, k)
+
+        if allowed is None:
+            result_rows, result_scores = pool_rows, pool_scores
+        rows, scores = _top(result_rows, result_scores, k)
+        order = np.lexsort((rows, -scores))
+        return rows[order].astype(np.int64, copy=False), scores[order]
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest-scoring entries (unordered)."""
+    if rows.size <= k:
+        return rows, scores
+    keep = np.argpartition(scores, rows.size - k)[-k:]
+    return rows[keep], scores[keep]

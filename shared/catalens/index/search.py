@@ -1,0 +1,340 @@
+"""The query side: a snapshot plus the deltas not yet compacted into it, searched as one index.
+
+:class:`IndexView` resolves each item's state across the snapshot and the deltas by S3 sequencer
+(latest wins; a tombstone hides the item), searches the snapshot exactly or over its neighbour
+graph, searches the delta vectors exactly, and merges both exactly: scores are comparable (both
+cosine in index space), no item appears twice, hits come best first. Filters are applied before
+the top ``k`` is cut, on both parts. Only numpy is imported (this runs in the search Lambda).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from catalens.errors import ModelError
+from catalens.index.filters import Filter
+from catalens.index.records import Hit, IndexedItem, ItemRecord, is_newer, sequencer_key
+from catalens.index.reduce import normalise
+from catalens.index.snapshot import Snapshot
+
+Strategy = Literal["auto", "exact", "graph"]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Knobs of the snapshot search; defaults set by ``catalens bench index`` on this machine.
+
+    Parameters
+    ----------
+    ef:
+        Candidate pool of the graph walk (recall vs latency).
+    expand:
+        Candidates expanded per step of the walk (one matmul per step).
+    filtered_exact_below:
+        When a filter leaves at most this many snapshot rows, search exactly over just those rows
+        (a gather plus one matmul) instead of walking the graph.
+    max_ef:
+        Upper bound of the pool when a selective filter widens it (ef / selectivity).
+    """
+
+    ef: int = 64
+    expand: int = 8
+    filtered_exact_below: int = 20_000
+    max_ef: int = 2048
+
+
+def _supersedes(record: ItemRecord, sequencer: str, deleted: bool) -> bool:
+    """True when ``record`` is newer than a state with ``sequencer`` (on a tie a tombstone wins)."""
+    new_key, old_key = sequencer_key(record.sequencer), sequencer_key(sequencer)
+    if new_key != old_key:
+        return new_key > old_key
+    return record.deleted and not deleted
+
+
+class IndexView:
+    """Read-only view of ``snapshot`` (may be None) overridden by ``deltas``.
+
+    Build one per (snapshot, delta set); it is cheap (work proportional to the number of deltas,
+    plus one bool[n] when deltas hide snapshot rows) and safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot | None,
+        deltas: Sequence[ItemRecord] = (),
+        *,
+        params: SearchParams | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.params = params or SearchParams()
+        latest: dict[str, ItemRecord] = {}
+        for record in deltas:
+            if is_newer(record, latest.get(record.item_id)):
+                latest[record.item_id] = record
+
+        ids = sorted(latest)
+        rows = snapshot.rows_of(ids) if snapshot is not None else np.full(len(ids), -1, dtype=np.int64)
+        overrides: dict[str, ItemRecord] = {}
+        hidden: list[int] = []
+        for item_id, row in zip(ids, rows.tolist(), strict=True):
+            record = latest[item_id]
+            if row >= 0:
+                if not _supersedes(record, snapshot.sequencer_of(row), False):
+                    continue  # a stale delta: the snapshot already holds a newer state
+                hidden.append(row)
+            elif snapshot is not None:
+                tombstone = snapshot.tombstone_of(item_id)
+                if tombstone is not None and not _supersedes(record, tombstone.sequencer, True):
+                    continue  # created before a delete that is already compacted
+            overrides[item_id] = record
+        self._overrides = overrides
+        self._hidden_rows = np.asarray(sorted(hidden), dtype=np.int64)
+        self._visible: np.ndarray | None = None
+        if snapshot is not None and self._hidden_rows.size:
+            visible = np.ones(len(snapshot), dtype=bool)
+            visible[self._hidden_rows] = False
+            visible.setflags(write=False)
+            self._visible = visible
+
+        self._model_dim = snapshot.model_dim if snapshot is not None else None
+        live = [r for r in overrides.values() if not r.deleted]
+        for record in live:
+            if record.vector is None:
+                raise ValueError(f"delta for item {record.item_id!r} is not deleted but has no vector")
+            dim = int(np.asarray(record.vector).shape[-1])
+            if self._model_dim is None:
+                self._model_dim = dim
+            if dim != self._model_dim:
+                raise ModelError(
+                    f"delta vector of item {record.item_id!r} has {dim} dims, the index expects {self._model_dim}",
+                    code="model_mismatch",
+                )
+        self._delta_records = live
+        self._delta_position = {r.item_id: i for i, r in enumerate(live)}
+        if live:
+            self._delta_vectors = self._project(np.stack([np.asarray(r.vector, dtype=np.float32) for r in live]))
+        else:
+            self._delta_vectors = np.empty((0, snapshot.dim if snapshot is not None else 0), dtype=np.float32)
+        self._delta_vectors.setflags(write=False)
+
+        snapshot_live = len(snapshot) if snapshot is not None else 0
+        self._len = snapshot_live - int(self._hidden_rows.size) + len(live)
+        self._allowed_cache: OrderedDict[Filter, tuple[np.ndarray | None, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        digest = hashlib.sha256()
+        for item_id in ids:
+            digest.update(f"{item_id}\0{latest[item_id].sequencer}\0".encode())
+        base = snapshot.version if snapshot is not None else "empty"
+        self.version = f"{base}+{digest.hexdigest()[:10]}" if ids else base
+
+    # ---- identity and lookups ----------------------------------------------------------
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def dim(self) -> int:
+        """Index-space dimensionality (0 for an empty view)."""
+        return int(self._delta_vectors.shape[1]) if self.snapshot is None else self.snapshot.dim
+
+    def _project(self, vectors: np.ndarray) -> np.ndarray:
+        if self.snapshot is not None:
+            return self.snapshot.project(vectors)
+        if self._model_dim is not None and vectors.shape[-1] != self._model_dim:
+            raise ModelError(
+                f"query vector has {vectors.shape[-1]} dims, the index expects {self._model_dim}",
+                code="model_mismatch",
+            )
+        return normalise(vectors)
+
+    def get(self, item_id: str) -> IndexedItem | None:
+        """The item's current state (vector in index space), or None when absent or deleted."""
+        record = self._overrides.get(item_id)
+        if record is not None:
+            if record.deleted:
+                return None
+            return IndexedItem(
+                item_id=record.item_id,
+                vector=self._delta_vectors[self._delta_position[item_id]],
+                fields=record.fields,
+                image_key=record.image_key,
+                source_etag=record.source_etag,
+                sequencer=record.sequencer,
+                updated_at=record.updated_at,
+            )
+        if self.snapshot is None:
+            return None
+        row = self.snapshot.row_of(item_id)
+        return None if row is None else self.snapshot.item(row)
+
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        """The item's unit-norm vector in index space (what profiles store), or None."""
+        record = self._overrides.get(item_id)
+        if record is not None:
+            return None if record.deleted else self._delta_vectors[self._delta_position[item_id]]
+        if self.snapshot is None:
+            return None
+        row = self.snapshot.row_of(item_id)
+        return None if row is None else self.snapshot.vectors[row]
+
+    def project(self, query: np.ndarray) -> np.ndarray:
+        """A model-space vector in this view's index space (unit norm)."""
+        return self._project(np.asarray(query, dtype=np.float32))
+
+    # ---- search --------------------------------------------------------------------------
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        strategy: Strategy = "auto",
+        query_in_index_space: bool = False,
+    ) -> list[Hit]:
+        """The ``k`` most similar live items, best first (cosine similarity in index space).
+
+        Parameters
+        ----------
+        query:
+            float32[d_model], a model-space embedding (set ``query_in_index_space`` when it is
+            already projected, e.g. a profile vector).
+        k:
+            Number of hits wanted; fewer come back only when fewer items pass the filter.
+        filters:
+            Applied before the top ``k`` is cut.
+        exclude:
+            Item ids never to return (e.g. the query item itself).
+        strategy:
+            "auto" (graph when the snapshot has one and the filter is not very selective),
+            "exact", or "graph" (for benchmarks).
+        """
+        if k <= 0 or self._len == 0:
+            return []
+        q = np.asarray(query, dtype=np.float32)
+        q = normalise(q) if query_in_index_space else self._project(q)
+        if q.shape[-1] != self.dim:
+            raise ModelError(f"query has {q.shape[-1]} dims in index space, expected {self.dim}", code="model_mismatch")
+        filters = filters or None
+        candidates: list[tuple[float, str, int, int]] = []  # (score, item_id, source, position)
+        if self.snapshot is not None and len(self.snapshot):
+            rows, scores = self._search_snapshot(q, k, filters, exclude, strategy)
+            ids = self.snapshot.item_ids[rows]
+            candidates.extend(
+                (s, i.decode(), 0, r) for s, i, r in zip(scores.tolist(), ids.tolist(), rows.tolist(), strict=True)
+            )
+        if self._delta_records:
+            candidates.extend(self._search_deltas(q, k, filters, exclude))
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        return [self._hit(c) for c in candidates[:k]]
+
+    def _hit(self, candidate: tuple[float, str, int, int]) -> Hit:
+        score, item_id, source, position = candidate
+        if source == 0:
+            doc = self.snapshot.records.document(position)
+            return Hit(item_id, score, doc["fields"], doc["image_key"], vector=self.snapshot.vectors[position])
+        record = self._delta_records[position]
+        return Hit(item_id, score, record.fields, record.image_key, vector=self._delta_vectors[position])
+
+    def _search_deltas(
+        self, q: np.ndarray, k: int, filters: Filter | None, exclude: Collection[str]
+    ) -> list[tuple[float, str, int, int]]:
+        positions = [
+            i
+            for i, r in enumerate(self._delta_records)
+            if r.item_id not in exclude and (filters is None or filters.matches(r.fields))
+        ]
+        if not positions:
+            return []
+        chosen = np.asarray(positions, dtype=np.int64)
+        scores = self._delta_vectors[chosen] @ q
+        top = _top_k(scores, k)
+        return [(float(scores[i]), self._delta_records[chosen[i]].item_id, 1, int(chosen[i])) for i in top]
+
+    def _allowed(self, filters: Filter | None) -> tuple[np.ndarray | None, int]:
+        """bool[n] of snapshot rows that are visible and pass ``filters`` (None = all), and its count."""
+        snapshot = self.snapshot
+        if filters is None:
+            return self._visible, len(snapshot) - int(self._hidden_rows.size)
+        with self._lock:
+            if filters in self._allowed_cache:
+                self._allowed_cache.move_to_end(filters)
+                return self._allowed_cache[filters]
+        mask = snapshot.filter_mask(filters)
+        if self._visible is not None:
+            mask = mask & self._visible
+            mask.setflags(write=False)
+        entry = (mask, int(np.count_nonzero(mask)))
+        with self._lock:
+            self._allowed_cache[filters] = entry
+            while len(self._allowed_cache) > 32:
+                self._allowed_cache.popitem(last=False)
+        return entry
+
+    def _search_snapshot(
+        self, q: np.ndarray, k: int, filters: Filter | None, exclude: Collection[str], strategy: Strategy
+    ) -> tuple[np.ndarray, np.ndarray]:
+        snapshot = self.snapshot
+        allowed, n_allowed = self._allowed(filters)
+        if n_allowed == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        excluded_rows = snapshot.rows_of(list(exclude)) if exclude else np.empty(0, np.int64)
+        excluded_rows = excluded_rows[excluded_rows >= 0]
+        searcher = snapshot.graph_searcher
+        use_graph = searcher is not None and (
+            strategy == "graph" or (strategy == "auto" and n_allowed > self.params.filtered_exact_below)
+        )
+        if use_graph:
+            want = k + int(excluded_rows.size)
+            ef = self.params.ef
+            if allowed is not None and n_allowed < len(snapshot):
+                ef = min(self.params.max_ef, math.ceil(ef * len(snapshot) / n_allowed))
+            rows, scores = searcher.search(q, want, ef=max(ef, want), expand=self.params.expand, allowed=allowed)
+            if excluded_rows.size:
+                keep = ~np.isin(rows, excluded_rows)
+                rows, scores = rows[keep], scores[keep]
+            reachable = min(k, n_allowed - int(excluded_rows.size))
+            if rows.size >= reachable:
+                return rows[:k], scores[:k]
+            # The walk found fewer allowed rows than exist: answer exactly rather than short.
+        return _exact(snapshot.vectors, q, k, allowed, n_allowed, excluded_rows)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best scores, best first (ties broken by index)."""
+    part = np.argpartition(scores, scores.size - k)[-k:] if scores.size > k else np.arange(scores.size)
+    return part[np.lexsort((part, -scores[part]))]
+
+
+def _exact(
+    vectors: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None,
+    n_allowed: int,
+    excluded_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` over the allowed rows: one matmul over all rows, or over the allowed subset when small."""
+    n = vectors.shape[0]
+    if allowed is not None and n_allowed * 4 < n:
+        rows = np.flatnonzero(allowed)
+        if excluded_rows.size:
+            rows = rows[~np.isin(rows, excluded_rows)]
+        scores = vectors[rows] @ q
+        top = _top_k(scores, k)
+        return rows[top], scores[top]
+    scores = vectors @ q
+    if allowed is not None:
+        scores[~allowed] = -np.inf
+    if excluded_rows.size:
+        scores[excluded_rows] = -np.inf
+    top = _top_k(scores, k)
+    top = top[np.isfinite(scores[top])]
+    return top.astype(np.int64), scores[top]

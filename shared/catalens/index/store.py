@@ -1,0 +1,842 @@
+"""The index's storage protocol over a :class:`~catalens.ports.BlobStore` (S3 in production).
+
+Layout under ``prefix``::
+
+    manifest.json                                   the one mutable object: names the current version
+    versions/<version>/snapshot/<file>              Snapshot.to_files(), immutable, written before the manifest
+    versions/<version>/ledger.json                  per-item (sequencer, deleted) the version is up to date with
+    deltas/<item-hash>/<sequencer>-<put|del>-<event-hash>.json   one per S3 event, written by ingest
+
+Why it is lossless under concurrency (DESIGN invariant 1):
+
+- **Ingest only creates objects.** A delta's key is a pure function of (item, sequencer, source ETag,
+  kind) and is written with ``If-None-Match: *``, so a duplicate delivery writes nothing and changes
+  nothing, and two ingests never overwrite each other. Ingest never touches the manifest.
+- **Order comes from the S3 sequencer, not from arrival.** Every reader folds the deltas of an item
+  with :func:`~catalens.index.records.is_newer`; the version's *ledger* remembers, per item (tombstones
+  included), the newest event already folded into the snapshot. A delta is live only while it is newer
+  than the ledger's entry, so a late, older create cannot resurrect a deleted item and a late, older
+  delete cannot hide a newer photo — even after compaction dropped the item.
+- **The manifest is the only read-modify-write, and it is guarded.** It is swapped with ``If-Match`` on
+  the ETag it was read at (``If-None-Match`` the first time); a lost race re-reads and rebuilds, with
+  bounded, jittered retries. Deltas written while a compaction builds are simply newer than its
+  ledger and stay live; nothing needs to be "marked" compacted.
+
+Atomic visibility (invariant 2): a version's files are immutable and written before the manifest names
+them; readers verify every file's sha256 against the manifest entry. GC deletes only what no retained
+manifest entry references, after a grace period, so a reader holding an older manifest can still load it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from catalens.errors import CatalensError
+from catalens.index.records import ItemRecord, is_newer, sequencer_key
+from catalens.ports import (
+    BlobNotFoundError,
+    BlobStore,
+    ConflictError,
+    PreconditionFailedError,
+)
+
+if TYPE_CHECKING:
+    from catalens.index.snapshot import Snapshot
+    from catalens.index.view import IndexView
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+VERSIONS_DIR = "versions/"
+DELTAS_DIR = "deltas/"
+SNAPSHOT_DIR = "snapshot/"
+LEDGER_NAME = "ledger.json"
+_SEQ_WIDTH = 32  # S3 sequencers are ~16-20 hex digits; padding only makes keys sort nicely, order uses sequencer_key
+_ITEM_HASH_HEX = 20  # 80 bits: the ledger and GC identify an item by this hash; collisions are out of reach
+
+
+class IndexStoreError(CatalensError):
+    """The index in blob storage cannot be read or written as asked."""
+
+    code = "index_store_error"
+
+
+class InvalidRecordError(IndexStoreError):
+    """An ItemRecord handed to the store is malformed (bad sequencer, vector on a tombstone, ...)."""
+
+    code = "invalid_record"
+
+
+class CorruptIndexError(IndexStoreError):
+    """A stored object does not match what the manifest says (checksum, size, item count, format)."""
+
+    code = "corrupt_index"
+
+
+class ManifestConflictError(IndexStoreError):
+    """The manifest kept changing under us: the bounded retries of a conditional swap ran out."""
+
+    code = "manifest_conflict"
+
+
+class UnknownVersionError(IndexStoreError):
+    """A rollback named a version the manifest does not retain."""
+
+    code = "unknown_version"
+
+
+# --------------------------------------------------------------------------------------------- keys and codecs
+
+
+def item_hash(item_id: str) -> str:
+    """Fixed-width, path-safe name of an item (item ids may contain '/', spaces, unicode)."""
+    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:_ITEM_HASH_HEX]
+
+
+def normalize_sequencer(seq: str) -> str:
+    """Lower-case hex without leading zeros ("0" for zero); raises InvalidRecordError when not hex."""
+    try:
+        length, digits = sequencer_key(seq)
+    except ValueError as exc:
+        raise InvalidRecordError(str(exc)) from exc
+    return digits if length else "0"
+
+
+def _newer(seq_a: str, deleted_a: bool, seq_b: str, deleted_b: bool) -> bool:
+    """Event a supersedes event b: the same rule as records.is_newer, on bare (sequencer, deleted)."""
+    key_a, key_b = sequencer_key(seq_a), sequencer_key(seq_b)
+    if key_a != key_b:
+        return key_a > key_b
+    return deleted_a and not deleted_b
+
+
+@dataclass(frozen=True)
+class DeltaKey:
+    """What a delta's key tells without reading it: enough to decide whether it is already folded in."""
+
+    item_hash: str
+    sequencer: str
+    deleted: bool
+
+    @classmethod
+    def parse(cls, relative_key: str) -> DeltaKey | None:
+        """``deltas/<hash>/<seq>-<put|del>-<event>.json`` → DeltaKey; None for anything else."""
+        parts = relative_key.split("/")
+        if len(parts) != 3 or parts[0] + "/" != DELTAS_DIR or not parts[2].endswith(".json"):
+            return None
+        pieces = parts[2][: -len(".json")].split("-")
+        if len(pieces) != 3 or pieces[1] not in ("put", "del"):
+            return None
+        try:
+            sequencer = normalize_sequencer(pieces[0])
+        except InvalidRecordError:
+            return None
+        return cls(item_hash=parts[1], sequencer=sequencer, deleted=pieces[1] == "del")
+
+
+def delta_key(record: ItemRecord) -> str:
+    """Deterministic key of one S3 event's delta (relative to the store prefix).
+
+    It includes the sequencer, not only the source ETag: re-uploading identical bytes after a delete
+    is a new event with the same ETag, and must not be mistaken for a duplicate of the first upload.
+    """
+    seq = normalize_sequencer(record.sequencer)
+    kind = "del" if record.deleted else "put"
+    event = "\0".join([record.item_id, seq, record.source_etag, kind])
+    event_hash = hashlib.sha256(event.encode("utf-8")).hexdigest()[:16]
+    return f"{DELTAS_DIR}{item_hash(record.item_id)}/{seq.zfill(_SEQ_WIDTH)}-{kind}-{event_hash}.json"
+
+
+def encode_delta(record: ItemRecord, *, model_fingerprint: str = "") -> bytes:
+    """One delta as JSON; the vector as base64 little-endian float32 (no pickle, one atomic object)."""
+    if record.deleted != (record.vector is None):
+        raise InvalidRecordError(
+            f"item {record.item_id!r}: a tombstone has no vector and a live record needs one "
+            f"(deleted={record.deleted}, vector={'None' if record.vector is None else 'set'})"
+        )
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "item_id": record.item_id,
+        "image_key": record.image_key,
+        "source_etag": record.source_etag,
+        "sequencer": record.sequencer,
+        "deleted": record.deleted,
+        "updated_at": record.updated_at,
+        "fields": record.fields,
+        "model_fingerprint": model_fingerprint,
+    }
+    if record.vector is not None:
+        vector = np.asarray(record.vector, dtype="<f4")
+        if vector.ndim != 1 or not np.all(np.isfinite(vector)):
+            raise InvalidRecordError(f"item {record.item_id!r}: vector must be 1-D and finite, got {vector.shape}")
+        body["dim"] = int(vector.shape[0])
+        body["vector"] = base64.b64encode(vector.tobytes()).decode("ascii")
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecordError(f"item {record.item_id!r}: fields are not JSON-serialisable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A decoded delta: the record plus the fingerprint of the model that made its vector."""
+
+    record: ItemRecord
+    model_fingerprint: str
+
+
+def decode_delta(data: bytes, *, key: str = "") -> Delta:
+    try:
+        body = json.loads(data)
+        if body.get("format") != FORMAT:
+            raise ValueError(f"unknown delta format {body.get('format')!r}")
+        vector = None
+        if not body["deleted"]:
+            vector = np.frombuffer(base64.b64decode(body["vector"]), dtype="<f4").astype(np.float32)
+            if vector.shape != (body["dim"],):
+                raise ValueError(f"vector has {vector.shape[0]} values, header says {body['dim']}")
+        record = ItemRecord(
+            item_id=body["item_id"],
+            vector=vector,
+            fields=body["fields"],
+            image_key=body["image_key"],
+            source_etag=body["source_etag"],
+            sequencer=body["sequencer"],
+            deleted=bool(body["deleted"]),
+            updated_at=float(body["updated_at"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptIndexError(f"delta {key!r} cannot be decoded: {exc}") from exc
+    return Delta(record=record, model_fingerprint=str(body.get("model_fingerprint", "")))
+
+
+# ------------------------------------------------------------------------------------------------------ ledger
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    item_id: str
+    sequencer: str  # normalised
+    deleted: bool
+    recorded_at: float  # wall-clock seconds when a compaction folded this event in
+
+
+class Ledger:
+    """Per item (keyed by :func:`item_hash`): the newest event a version has folded in, tombstones included.
+
+    It is the per-item watermark of compaction: a delta is *live* exactly while it is newer than its
+    item's entry. Tombstones are what stop an older create, delivered late, from resurrecting an item.
+    """
+
+    def __init__(self, entries: Mapping[str, LedgerEntry] | None = None) -> None:
+        self._entries: dict[str, LedgerEntry] = dict(entries or {})
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, hashed_item: str) -> LedgerEntry | None:
+        return self._entries.get(hashed_item)
+
+    def covers(self, hashed_item: str, sequencer: str, deleted: bool) -> bool:
+        """True when the event (sequencer, deleted) is already folded in or older than what is."""
+        entry = self._entries.get(hashed_item)
+        return entry is not None and not _newer(sequencer, deleted, entry.sequencer, entry.deleted)
+
+    def covers_record(self, record: ItemRecord) -> bool:
+        return self.covers(item_hash(record.item_id), record.sequencer, record.deleted)
+
+    def live_item_ids(self) -> set[str]:
+        return {entry.item_id for entry in self._entries.values() if not entry.deleted}
+
+    def advanced(
+        self,
+        records: Iterable[ItemRecord],
+        *,
+        now: float,
+        tombstone_ttl_seconds: float,
+        pinned_hashes: set[str],
+    ) -> Ledger:
+        """A new ledger with ``records`` folded in; tombstones older than the TTL are dropped, except
+        those of items that still have delta objects (``pinned_hashes``): dropping those would let a
+        stale delta come back to life."""
+        entries = dict(self._entries)
+        for record in records:
+            hashed = item_hash(record.item_id)
+            seq = normalize_sequencer(record.sequencer)
+            current = entries.get(hashed)
+            if current is None or _newer(seq, record.deleted, current.sequencer, current.deleted):
+                entries[hashed] = LedgerEntry(record.item_id, seq, record.deleted, now)
+        expiry = now - tombstone_ttl_seconds
+        for hashed in [h for h, e in entries.items() if e.deleted and e.recorded_at < expiry]:
+            if hashed not in pinned_hashes:
+                del entries[hashed]
+        return Ledger(entries)
+
+    def to_bytes(self) -> bytes:
+        rows = [
+            [h, e.item_id, e.sequencer, int(e.deleted), round(e.recorded_at, 3)]
+            for h, e in sorted(self._entries.items())
+        ]
+        return json.dumps({"format": FORMAT, "entries": rows}, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Ledger:
+        body = json.loads(data)
+        if body.get("format") != FORMAT:
+            raise CorruptIndexError(f"unknown ledger format {body.get('format')!r}")
+        return cls({row[0]: LedgerEntry(row[1], row[2], bool(row[3]), float(row[4])) for row in body["entries"]})
+
+
+def live_winners(records: Iterable[ItemRecord], ledger: Ledger) -> list[ItemRecord]:
+    """Per item, the newest record that the ledger does not already cover (tombstones included)."""
+    best: dict[str, ItemRecord] = {}
+    for record in records:
+        if ledger.covers_record(record):
+            continue
+        if is_newer(record, best.get(record.item_id)):
+            best[record.item_id] = record
+    return [best[item_id] for item_id in sorted(best)]
+
+
+# ---------------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """What the manifest says about one immutable version; enough to verify it was read whole."""
+
+    version: str
+    generation: int
+    created_at: str
+    items: int
+    model_fingerprint: str
+    snapshot_version: str
+    files: dict[str, dict[str, Any]]  # relative name → {"sha256", "size"}
+    deltas_included: int
+    deltas_digest: str  # sha256 of the sorted keys of the deltas folded in by this build
+
+    @property
+    def checksum(self) -> str:
+        canonical = json.dumps(self.files, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "generation": self.generation,
+            "created_at": self.created_at,
+            "items": self.items,
+            "model_fingerprint": self.model_fingerprint,
+            "snapshot_version": self.snapshot_version,
+            "files": self.files,
+            "checksum": self.checksum,
+            "deltas": {"included": self.deltas_included, "digest": self.deltas_digest},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VersionEntry:
+        entry = cls(
+            version=d["version"],
+            generation=int(d["generation"]),
+            created_at=d["created_at"],
+            items=int(d["items"]),
+            model_fingerprint=d["model_fingerprint"],
+            snapshot_version=d["snapshot_version"],
+            files={name: dict(meta) for name, meta in d["files"].items()},
+            deltas_included=int(d["deltas"]["included"]),
+            deltas_digest=d["deltas"]["digest"],
+        )
+        if d.get("checksum") != entry.checksum:
+            raise CorruptIndexError(f"manifest entry of version {entry.version} has a wrong checksum")
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The current version and the previous ones kept for rollback (newest first)."""
+
+    generation: int = 0
+    current: VersionEntry | None = None
+    history: tuple[VersionEntry, ...] = ()
+    updated_at: str = ""
+
+    @property
+    def retained(self) -> tuple[VersionEntry, ...]:
+        return ((self.current,) if self.current else ()) + self.history
+
+    def find(self, version: str) -> VersionEntry | None:
+        return next((e for e in self.retained if e.version == version), None)
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "format": FORMAT,
+            "generation": self.generation,
+            "updated_at": self.updated_at,
+            "current": self.current.to_dict() if self.current else None,
+            "history": [e.to_dict() for e in self.history],
+        }
+        return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            body = json.loads(data)
+            if body.get("format") != FORMAT:
+                raise CorruptIndexError(f"unknown manifest format {body.get('format')!r}")
+            return cls(
+                generation=int(body["generation"]),
+                current=VersionEntry.from_dict(body["current"]) if body["current"] else None,
+                history=tuple(VersionEntry.from_dict(e) for e in body["history"]),
+                updated_at=body.get("updated_at", ""),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptIndexError(f"manifest cannot be decoded: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ retry policy
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with full jitter (sleep uniform in [0, min(cap, base·2^attempt)])."""
+
+    attempts: int = 8
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+
+    def pause(self, attempt: int, sleep: Callable[[float], None]) -> None:
+        sleep(random.uniform(0.0, min(self.max_delay, self.base_delay * (2**attempt))))
+
+
+# -------------------------------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A whole, verified version in memory."""
+
+    entry: VersionEntry
+    snapshot: Snapshot
+    ledger: Ledger
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    version: str | None  # None when there was nothing to compact and no version yet
+    generation: int
+    items: int
+    deltas_included: int
+    deltas_skipped: int  # deltas whose vectors came from another model
+    attempts: int
+    build_seconds: float
+    noop: bool = False
+
+
+@dataclass
+class GcResult:
+    versions_deleted: list[str] = field(default_factory=list)
+    objects_deleted: int = 0
+    deltas_deleted: int = 0
+    deltas_kept: int = 0
+
+
+class IndexStore:
+    """The index protocol over a blob store: ingest writes deltas, the builder compacts, readers load views.
+
+    Parameters
+    ----------
+    blob:
+        Any :class:`~catalens.ports.BlobStore` (S3 or in-memory).
+    prefix:
+        Key prefix of this index (``"index/"``); "" for the bucket root.
+    keep_versions:
+        How many versions the manifest retains (current + history) for rollback.
+    tombstone_ttl_seconds:
+        How long a deleted item's tombstone stays in the ledger (defaults to 14 days, SQS's longest
+        retention: an older event cannot arrive later than that).
+    retry:
+        Bounded, jittered retries of manifest swaps (412/409) and of 409 on delta writes.
+    fetch_workers:
+        Threads fetching deltas and version files in parallel (S3 latency, not CPU, is the limit).
+    wall_clock, sleep:
+        Injected for tests.
+    """
+
+    def __init__(
+        self,
+        blob: BlobStore,
+        prefix: str = "",
+        *,
+        keep_versions: int = 5,
+        tombstone_ttl_seconds: float = 14 * 24 * 3600,
+        retry: RetryPolicy = RetryPolicy(),
+        fetch_workers: int = 16,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        if keep_versions < 1:
+            raise ValueError("keep_versions must be at least 1")
+        self.blob = blob
+        self.prefix = prefix
+        self.keep_versions = keep_versions
+        self.tombstone_ttl_seconds = tombstone_ttl_seconds
+        self.retry = retry
+        self.fetch_workers = max(1, fetch_workers)
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+
+    # ---- keys
+
+    @property
+    def manifest_key(self) -> str:
+        return self.prefix + MANIFEST_NAME
+
+    def version_key(self, version: str, name: str) -> str:
+        return f"{self.prefix}{VERSIONS_DIR}{version}/{name}"
+
+    # ---- ingest side
+
+    def write_item(self, record: ItemRecord, *, model_fingerprint: str = "") -> bool:
+        """Record one S3 event for one item. Idempotent: returns False (and writes nothing) for a duplicate.
+
+        One conditional PUT of a fresh, deterministic key; never a read-modify-write. Whether the event
+        wins over others for the same item is decided by readers from the sequencer, not here.
+        """
+        key = self.prefix + delta_key(record)
+        body = encode_delta(record, model_fingerprint=model_fingerprint)
+        for attempt in range(self.retry.attempts):
+            try:
+                self.blob.put(key, body, if_none_match=True)
+                return True
+            except PreconditionFailedError:
+                return False  # the same event was recorded before (duplicate delivery)
+            except ConflictError:
+                self.retry.pause(attempt, self._sleep)  # a twin delivery is writing the same key right now
+        raise ManifestConflictError(f"delta {key!r}: conditional writes kept conflicting (409)")
+
+    def delete_item(self, item_id: str, *, sequencer: str, image_key: str = "", updated_at: float = 0.0) -> bool:
+        """Record an ObjectRemoved event: a tombstone ordered by ``sequencer`` (same idempotency as write_item)."""
+        tombstone = ItemRecord(
+            item_id=item_id,
+            vector=None,
+            fields={},
+            image_key=image_key,
+            source_etag="",
+            sequencer=sequencer,
+            deleted=True,
+            updated_at=updated_at,
+        )
+        return self.write_item(tombstone)
+
+    # ---- reading
+
+    def read_manifest(self, if_none_match_etag: str | None = None) -> tuple[Manifest, str | None]:
+        """The manifest and its ETag; an empty manifest (ETag None) before the first compaction.
+
+        Raises :class:`~catalens.ports.NotModifiedError` when it still has ``if_none_match_etag``.
+        """
+        try:
+            blob = self.blob.get(self.manifest_key, if_none_match_etag=if_none_match_etag)
+        except BlobNotFoundError:
+            return Manifest(), None
+        return Manifest.from_bytes(blob.data), blob.etag
+
+    def load_version(self, entry: VersionEntry) -> LoadedVersion:
+        """Fetch a version's files, verify each against the manifest entry, and decode them."""
+        from catalens.index.snapshot import Snapshot
+
+        files = self._fetch_all({name: self.version_key(entry.version, name) for name in entry.files})
+        for name, data in files.items():
+            if data is None:
+                raise CorruptIndexError(f"version {entry.version}: file {name!r} named by the manifest is missing")
+            expected = entry.files[name]
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != expected["size"] or digest != expected["sha256"]:
+                raise CorruptIndexError(f"version {entry.version}: file {name!r} does not match its checksum")
+        snapshot_files = {
+            name[len(SNAPSHOT_DIR) :]: data for name, data in files.items() if name.startswith(SNAPSHOT_DIR)
+        }
+        snapshot = Snapshot.from_files(snapshot_files)
+        if len(snapshot) != entry.items:
+            raise CorruptIndexError(f"version {entry.version}: {len(snapshot)} items, manifest says {entry.items}")
+        ledger = Ledger.from_bytes(files[LEDGER_NAME])  # type: ignore[arg-type]
+        return LoadedVersion(entry=entry, snapshot=snapshot, ledger=ledger)
+
+    def load_ledger(self, entry: VersionEntry) -> Ledger:
+        data = self.blob.get(self.version_key(entry.version, LEDGER_NAME)).data
+        if hashlib.sha256(data).hexdigest() != entry.files[LEDGER_NAME]["sha256"]:
+            raise CorruptIndexError(f"version {entry.version}: ledger does not match its checksum")
+        return Ledger.from_bytes(data)
+
+    def list_deltas(self) -> dict[str, DeltaKey]:
+        """Every delta object (full key → what its name says), from one LIST of the deltas prefix."""
+        found: dict[str, DeltaKey] = {}
+        for info in self.blob.list(self.prefix + DELTAS_DIR):
+            parsed = DeltaKey.parse(info.key[len(self.prefix) :])
+            if parsed is not None:
+                found[info.key] = parsed
+        return found
+
+    def fetch_deltas(
+        self, listing: Mapping[str, DeltaKey], ledger: Ledger, known: Mapping[str, Delta] | None = None
+    ) -> dict[str, Delta]:
+        """The deltas of ``listing`` the ledger does not cover, reusing ``known`` ones (deltas are immutable).
+
+        A delta deleted by GC between LIST and GET was covered by every retained version: it is skipped.
+        """
+        known = known or {}
+        wanted = {k: d for k, d in listing.items() if not ledger.covers(d.item_hash, d.sequencer, d.deleted)}
+        result = {k: known[k] for k in wanted if k in known}
+        fetched = self._fetch_all({k: k for k in wanted if k not in known})
+        for key, data in fetched.items():
+            if data is None:
+                continue
+            try:
+                result[key] = decode_delta(data, key=key)
+            except CorruptIndexError:
+                log.warning("skipping undecodable delta %s", key, exc_info=True)
+        return result
+
+    def load_view(self) -> IndexView:
+        """The current index as one consistent view: verified snapshot + live deltas (uncached)."""
+        manifest, _ = self.read_manifest()
+        loaded = self.load_version(manifest.current) if manifest.current else None
+        ledger = loaded.ledger if loaded else Ledger()
+        deltas = self.fetch_deltas(self.list_deltas(), ledger)
+        return make_view(loaded, deltas.values())
+
+    # ---- builder side
+
+    def compact(
+        self,
+        build_fn: Callable[..., Snapshot] | None = None,
+        *,
+        model_fingerprint: str | None = None,
+        force: bool = False,
+        **build_options: Any,
+    ) -> CompactionResult:
+        """Fold the live deltas into a new immutable version and swap the manifest to it.
+
+        ``build_fn(records, model_fingerprint=..., previous=...)`` defaults to
+        :func:`catalens.index.build.build_snapshot` (imported here only: it pulls pynndescent). Deltas
+        written while it runs are newer than the new ledger and stay live. On a lost manifest race the
+        whole compaction is redone from the new manifest (bounded, jittered); the abandoned version's
+        files are left for GC. Without live deltas nothing is written unless ``force``.
+        """
+        if build_fn is None:
+            from catalens.index.build import build_snapshot as build_fn
+        loaded: LoadedVersion | None = None
+        for attempt in range(self.retry.attempts):
+            manifest, etag = self.read_manifest()
+            if manifest.current is None:
+                loaded = None
+            elif loaded is None or loaded.entry.version != manifest.current.version:
+                loaded = self.load_version(manifest.current)
+            ledger = loaded.ledger if loaded else Ledger()
+            listing = self.list_deltas()
+            deltas = self.fetch_deltas(listing, ledger)
+            fingerprint = model_fingerprint or (loaded.snapshot.model_fingerprint if loaded else None)
+            if not fingerprint:
+                raise IndexStoreError("the first compaction needs model_fingerprint (no snapshot to take it from)")
+            usable = {k: d for k, d in deltas.items() if d.model_fingerprint in ("", fingerprint)}
+            skipped = len(deltas) - len(usable)
+            if skipped:
+                log.warning("compaction skips %d deltas embedded by another model than %s", skipped, fingerprint)
+            winners = live_winners((d.record for d in usable.values()), ledger)
+            if not winners and not force:
+                current = manifest.current
+                return CompactionResult(
+                    version=current.version if current else None,
+                    generation=manifest.generation,
+                    items=current.items if current else 0,
+                    deltas_included=0,
+                    deltas_skipped=skipped,
+                    attempts=attempt + 1,
+                    build_seconds=0.0,
+                    noop=True,
+                )
+            started = time.perf_counter()
+            snapshot = build_fn(
+                winners,
+                model_fingerprint=fingerprint,
+                previous=loaded.snapshot if loaded else None,
+                **build_options,
+            )
+            build_seconds = time.perf_counter() - started
+            now = self._wall_clock()
+            ledger = ledger.advanced(
+                winners,
+                now=now,
+                tombstone_ttl_seconds=self.tombstone_ttl_seconds,
+                pinned_hashes={d.item_hash for d in listing.values()},
+            )
+            entry = self._write_version(snapshot, ledger, manifest.generation + 1, sorted(usable), now)
+            published = Manifest(
+                generation=manifest.generation + 1,
+                current=entry,
+                history=manifest.retained[: self.keep_versions - 1],
+                updated_at=_iso(now),
+            )
+            if self._swap_manifest(published, etag):
+                return CompactionResult(
+                    version=entry.version,
+                    generation=published.generation,
+                    items=entry.items,
+                    deltas_included=len(usable),
+                    deltas_skipped=skipped,
+                    attempts=attempt + 1,
+                    build_seconds=build_seconds,
+                )
+            log.info("manifest changed while compacting (attempt %d); rebuilding from the new one", attempt + 1)
+            self.retry.pause(attempt, self._sleep)
+        raise ManifestConflictError(f"compaction lost the manifest race {self.retry.attempts} times")
+
+    def rollback(self, version: str) -> Manifest:
+        """Make a retained earlier version current again (conditional swap, retried on a lost race).
+
+        Deltas newer than that version's ledger become live again, so ingests since then are kept.
+        """
+        for attempt in range(self.retry.attempts):
+            manifest, etag = self.read_manifest()
+            target = manifest.find(version)
+            if target is None:
+                retained = [e.version for e in manifest.retained]
+                raise UnknownVersionError(f"version {version!r} is not retained by the manifest (have {retained})")
+            if manifest.current is not None and manifest.current.version == version:
+                return manifest
+            history = tuple(e for e in manifest.retained if e.version != version)
+            published = Manifest(
+                generation=manifest.generation + 1,
+                current=target,
+                history=history[: self.keep_versions - 1],
+                updated_at=_iso(self._wall_clock()),
+            )
+            if self._swap_manifest(published, etag):
+                return published
+            self.retry.pause(attempt, self._sleep)
+        raise ManifestConflictError(f"rollback to {version!r} lost the manifest race {self.retry.attempts} times")
+
+    def gc(self, grace_seconds: float = 3600.0, *, dry_run: bool = False) -> GcResult:
+        """Delete what no retained version needs, once older than ``grace_seconds`` (by LastModified).
+
+        - version files of versions the manifest no longer retains (the whole version must be older
+          than the grace: a compaction in progress writes young files; a slow reader may still load it);
+        - deltas every retained version's ledger covers (kept while any retained version still needs
+          them, so a rollback loses no ingest).
+        Nothing is deleted before the first compaction.
+        """
+        manifest, _ = self.read_manifest()
+        result = GcResult()
+        if manifest.current is None:
+            return result
+        cutoff = self._wall_clock() - grace_seconds
+        retained = {e.version for e in manifest.retained}
+
+        by_version: dict[str, list[tuple[str, float]]] = {}
+        for info in self.blob.list(self.prefix + VERSIONS_DIR):
+            version = info.key[len(self.prefix + VERSIONS_DIR) :].split("/", 1)[0]
+            by_version.setdefault(version, []).append((info.key, info.last_modified.timestamp()))
+        for version, objects in sorted(by_version.items()):
+            if version in retained or max(ts for _, ts in objects) >= cutoff:
+                continue
+            result.versions_deleted.append(version)
+            for key, _ in objects:
+                if not dry_run:
+                    self.blob.delete(key)
+                result.objects_deleted += 1
+
+        ledgers = [self.load_ledger(e) for e in manifest.retained]
+        for info in self.blob.list(self.prefix + DELTAS_DIR):
+            parsed = DeltaKey.parse(info.key[len(self.prefix) :])
+            if parsed is None:
+                continue
+            covered = all(lg.covers(parsed.item_hash, parsed.sequencer, parsed.deleted) for lg in ledgers)
+            if covered and info.last_modified.timestamp() < cutoff:
+                if not dry_run:
+                    self.blob.delete(info.key)
+                result.deltas_deleted += 1
+            else:
+                result.deltas_kept += 1
+        return result
+
+    # ---- internals
+
+    def _write_version(
+        self, snapshot: Snapshot, ledger: Ledger, generation: int, included_keys: Sequence[str], now: float
+    ) -> VersionEntry:
+        """Write every file of a new version under a fresh name (If-None-Match); the manifest comes after."""
+        version = f"{generation:08d}-{uuid.uuid4().hex[:12]}"
+        files = {SNAPSHOT_DIR + name: data for name, data in snapshot.to_files().items()}
+        files[LEDGER_NAME] = ledger.to_bytes()
+        meta: dict[str, dict[str, Any]] = {}
+        for name, data in sorted(files.items()):
+            self.blob.put(self.version_key(version, name), data, if_none_match=True)
+            meta[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        digest = hashlib.sha256("\n".join(included_keys).encode("utf-8")).hexdigest()
+        return VersionEntry(
+            version=version,
+            generation=generation,
+            created_at=_iso(now),
+            items=len(snapshot),
+            model_fingerprint=snapshot.model_fingerprint,
+            snapshot_version=str(snapshot.version),
+            files=meta,
+            deltas_included=len(included_keys),
+            deltas_digest=digest,
+        )
+
+    def _swap_manifest(self, manifest: Manifest, etag: str | None) -> bool:
+        """The only write of the manifest: conditional on the ETag it was read at. False on a lost race."""
+        try:
+            if etag is None:
+                self.blob.put(self.manifest_key, manifest.to_bytes(), if_none_match=True)
+            else:
+                self.blob.put(self.manifest_key, manifest.to_bytes(), if_match=etag)
+        except (PreconditionFailedError, ConflictError):
+            return False
+        return True
+
+    def _fetch_all(self, keys: Mapping[str, str]) -> dict[str, bytes | None]:
+        """GET many keys in parallel; a missing key maps to None."""
+
+        def fetch(key: str) -> bytes | None:
+            try:
+                return self.blob.get(key).data
+            except BlobNotFoundError:
+                return None
+
+        names = list(keys)
+        if len(names) <= 2 or self.fetch_workers == 1:
+            return {name: fetch(keys[name]) for name in names}
+        with ThreadPoolExecutor(max_workers=min(self.fetch_workers, len(names))) as pool:
+            return dict(zip(names, pool.map(fetch, [keys[n] for n in names]), strict=True))
+
+
+def make_view(loaded: LoadedVersion | None, deltas: Iterable[Delta]) -> IndexView:
+    """IndexView over a whole version plus the deltas its ledger does not cover (newest per item)."""
+    from catalens.index.view import IndexView
+
+    ledger = loaded.ledger if loaded else Ledger()
+    fingerprint = loaded.snapshot.model_fingerprint if loaded else None
+    records = (d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint))
+    return IndexView(loaded.snapshot if loaded else None, live_winners(records, ledger))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
