@@ -1,0 +1,87 @@
+"""``catalens eval grocery``: retrieval quality of the built model on the Grocery Store Dataset, as JSON.
+
+Example::
+
+    catalens eval grocery --data ../shared/data/grocery --variant int8
+    catalens eval grocery --data ../shared/data/grocery --split train --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from catalens.cli import group
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    evals = group(sub, groups, "eval", "retrieval-quality evaluations (print JSON)")
+    parser = evals.add_parser(
+        "grocery",
+        help="photo→catalog and photo→photo retrieval on the Grocery Store Dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, type=Path, help="the grocery folder, e.g. ../shared/data/grocery")
+    parser.add_argument("--variant", choices=("fp32", "int8"), default=None, help="model variant (default: settings)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="built model folder (default: settings)")
+    parser.add_argument(
+        "--split",
+        choices=("val", "train"),
+        default="val",
+        help="query photos: val (the protocol; photo→photo catalog = train) or train (catalog = val)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: settings)")
+    parser.add_argument("--batch", type=int, default=32, help="images per model call (default 32)")
+    parser.add_argument(
+        "--max-per-class", type=int, default=None, metavar="N", help="only the first N photos per class and split"
+    )
+    parser.set_defaults(func=run)
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON; an undefined metric prints as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from catalens.embedder import Embedder
+    from catalens.evaluation.grocery import evaluate_grocery
+    from catalens.settings import load_settings
+
+    settings = load_settings()
+    model_dir = args.model_dir or settings.model_dir
+    variant = args.variant or settings.model_variant
+    threads = args.threads or settings.onnx_threads
+    embedder = Embedder.from_dir(model_dir, variant, threads=threads)
+
+    def embed_files(paths: list[Path]) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(paths), args.batch):
+            batch = [path.read_bytes() for path in paths[start : start + args.batch]]
+            chunks.append(embedder.embed_images(batch))
+        return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
+
+    result = evaluate_grocery(embed_files, args.data, split=args.split, max_photos_per_class=args.max_per_class)
+    card = embedder.card
+    report = {
+        "protocol": "grocery",
+        "model": {"name": card.name, "variant": card.variant, "fingerprint": card.fingerprint(), "dim": card.dim},
+        "threads": threads,
+        "batch": args.batch,
+        **result,
+    }
+    json.dump(_json_safe(report), sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+    return 0
