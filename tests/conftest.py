@@ -21,3 +21,24 @@ def grocery_dir() -> Path:
     if not (GROCERY_DIR / "labels.csv").is_file():
         pytest.skip("../shared/data/grocery is not present")
     return GROCERY_DIR
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fp32 model (with its card), built torch-free once per session (< 1 s): tests never need `make setup`."""
+    from catalens.model.build import build_models
+
+    out = tmp_path_factory.mktemp("models")
+    build_models(out, variants=("fp32",))
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_model_dir(model_dir: Path) -> Path:
+    """``model_dir`` plus the int8 variant quantised from its fp32 model (~5 s, paid only by tests that ask)."""
+    from catalens.model.build import build_int8, write_model
+    from catalens.model.card import ModelCard, model_paths
+
+    onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
+    write_model(model_dir, *build_int8(onnx_path.read_bytes(), ModelCard.load(card_path)))
+    return model_dir

@@ -181,7 +181,7 @@ def _materialise(name: str, spec: _TensorSpec, storages: dict[str, np.ndarray]) 
         strides=tuple(s * itemsize for s in spec.strides),
         writeable=False,
     )
-    return np.ascontiguousarray(view).astype(base.dtype.newbyteorder("="), copy=False)
+    return np.array(view, dtype=base.dtype.newbyteorder("="), order="C", copy=True)  # own, writable memory
 
 
 def _collect_refs(state: Any) -> dict[str, _StorageRef]:
@@ -196,6 +196,10 @@ def _collect_refs(state: Any) -> dict[str, _StorageRef]:
 
 def read_legacy_state_dict(stream: BinaryIO) -> dict[str, np.ndarray]:
     """Parse a legacy torch state dict from a binary stream (see :func:`load_legacy_state_dict`)."""
+    start = stream.tell()
+    if stream.read(4) == b"PK\x03\x04":
+        raise ModelError("zip-format .pth (torch >= 1.6 default) is not supported; only the legacy format is")
+    stream.seek(start)
     if _load_pickle(stream) != LEGACY_MAGIC_NUMBER:
         raise ModelError("not a legacy torch file (bad magic number); zip-format .pth files are not supported")
     protocol = _load_pickle(stream)
