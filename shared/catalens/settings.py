@@ -45,6 +45,7 @@ class Settings:
     index_prefix: str = "index/"
     events_table: str = ""
     profiles_table: str = ""
+    cooccurrence_table: str = ""  # item-to-item co-engagement counts (profiles issue); "" turns the signal off
     manifest_ttl_seconds: int = 2
 
     @classmethod
@@ -61,6 +62,7 @@ class Settings:
             index_prefix=env.get("INDEX_PREFIX", "index/"),
             events_table=env.get("EVENTS_TABLE", ""),
             profiles_table=env.get("PROFILES_TABLE", ""),
+            cooccurrence_table=env.get("COOCCURRENCE_TABLE", ""),
             manifest_ttl_seconds=_int(env, "CATALENS_MANIFEST_TTL_SECONDS", 2),
         )
 
