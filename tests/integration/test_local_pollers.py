@@ -114,6 +114,19 @@ def test_sqs_function_error_fails_the_whole_batch(queues: dict[str, Any]) -> Non
     assert sorted(function.seen()) == ["a", "a", "bad", "bad"]  # both came back after the error
 
 
+def test_batching_window_gathers_messages_into_one_event(queues: dict[str, Any]) -> None:
+    for body in ("a", "b", "c"):
+        queues["sqs"].send_message(QueueUrl=queues["url"], MessageBody=body)
+    function = RecordingFunction(set(), id_of="sqs")
+    poller = SqsPoller(
+        queues["sqs"], queues["url"], queues["arn"], function, wait_seconds=0, batch_size=3, batching_window_seconds=1
+    )
+    poller.poll_once()
+    assert len(function.events) == 1
+    assert sorted(function.seen()) == ["a", "b", "c"]
+    assert poller.deleted_within(60) == 3
+
+
 def test_failed_item_ids_follows_lambda_rules() -> None:
     assert failed_item_ids(None, ["a"]) == set()
     assert failed_item_ids({"batchItemFailures": []}, ["a"]) == set()
@@ -177,10 +190,10 @@ def test_stream_retries_from_the_failed_record_then_continues(stream: dict[str, 
     assert list(saved.values()) == [poller.checkpoint]
 
 
-def test_stream_poison_record_is_dropped_after_bounded_retries(stream: dict[str, Any], tmp_path: Path) -> None:
+def test_stream_poison_record_is_dropped_after_bounded_retries(stream: dict[str, Any]) -> None:
     put(stream["ddb"], "e1", "bad", "e3")
     function = RecordingFunction({"bad"}, id_of="stream")
-    failures = tmp_path / "failures.jsonl"
+    sent: list[dict] = []
     poller = StreamPoller(
         stream["streams"],
         stream["arn"],
@@ -188,7 +201,7 @@ def test_stream_poison_record_is_dropped_after_bounded_retries(stream: dict[str,
         poll_interval=0,
         retry_backoff=0,
         max_retries=2,
-        failure_log=failures,
+        on_failure=sent.append,
     )
     for _ in range(6):
         poller.poll_once()
@@ -197,8 +210,18 @@ def test_stream_poison_record_is_dropped_after_bounded_retries(stream: dict[str,
     assert seen.count("e3") >= 1
     assert seen[-1] == "e3"
     assert poller.stats.dropped == 1
-    logged = [json.loads(line) for line in failures.read_text().splitlines()]
-    assert [entry["record"]["dynamodb"]["NewImage"]["pk"]["S"] for entry in logged] == ["bad"]
+    assert len(sent) == 1
+    info = sent[0]["DDBStreamBatchInfo"]
+    bad_sequence = next(
+        r["dynamodb"]["SequenceNumber"]
+        for e in function.events
+        for r in e["Records"]
+        if r["dynamodb"]["NewImage"]["pk"]["S"] == "bad"
+    )
+    assert info["startSequenceNumber"] == bad_sequence
+    assert info["streamArn"] == stream["arn"]
+    assert sent[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert sent[0]["requestContext"]["approximateInvokeCount"] == 3
 
 
 def test_stream_resumes_after_its_checkpoint(stream: dict[str, Any], tmp_path: Path) -> None:

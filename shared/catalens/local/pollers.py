@@ -24,8 +24,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,33 @@ def stream_record(record: dict, stream_arn: str) -> dict:
         "awsRegion": record.get("awsRegion", LOCAL_REGION),
         "dynamodb": body,
         "eventSourceARN": stream_arn,
+    }
+
+
+def on_failure_record(record: dict, stream_arn: str, shard_id: str, function_arn: str, attempts: int) -> dict:
+    """What Lambda sends to a stream mapping's on-failure destination: batch metadata, not the record itself."""
+    created = (record.get("dynamodb") or {}).get("ApproximateCreationDateTime")
+    arrival = created.isoformat() if isinstance(created, dt.datetime) else str(created)
+    sequence_number = record["dynamodb"]["SequenceNumber"]
+    return {
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": function_arn,
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": attempts,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "DDBStreamBatchInfo": {
+            "shardId": shard_id,
+            "startSequenceNumber": sequence_number,
+            "endSequenceNumber": sequence_number,
+            "approximateArrivalOfFirstRecord": arrival,
+            "approximateArrivalOfLastRecord": arrival,
+            "batchSize": 1,
+            "streamArn": stream_arn,
+        },
     }
 
 
@@ -209,6 +237,9 @@ class SqsPoller(_PollerThread):
     retry_delay_seconds:
         None (AWS behaviour): a failed message reappears when its visibility timeout ends. A number shortens that wait
         with ChangeMessageVisibility, so local retries (and the trip to the DLQ) take seconds, not minutes.
+    batching_window_seconds:
+        ``MaximumBatchingWindowInSeconds``: after the first message, keep gathering until the batch is full or the
+        window has passed.
     """
 
     def __init__(
@@ -222,9 +253,12 @@ class SqsPoller(_PollerThread):
         wait_seconds: int = 1,
         visibility_timeout: int | None = None,
         retry_delay_seconds: int | None = None,
+        batching_window_seconds: float = 0.0,
         region: str = LOCAL_REGION,
     ) -> None:
         super().__init__(name=f"sqs-poller:{queue_arn.rsplit(':', 1)[-1]}")
+        self.batching_window_seconds = batching_window_seconds
+        self.deleted_at: deque[float] = deque(maxlen=100_000)  # for NumberOfMessagesDeleted-style alarms
         self.sqs = sqs
         self.queue_url = queue_url
         self.queue_arn = queue_arn
@@ -250,7 +284,21 @@ class SqsPoller(_PollerThread):
             self.idle.set()
             return
         self.idle.clear()
+        window_ends = time.monotonic() + self.batching_window_seconds
+        while len(messages) < self.batch_size and time.monotonic() < window_ends and not self.stopping:
+            more = self.sqs.receive_message(
+                **request | {"MaxNumberOfMessages": self.batch_size - len(messages), "WaitTimeSeconds": 0}
+            ).get("Messages", [])
+            if more:
+                messages.extend(more)
+            else:
+                self._stop_event.wait(min(0.05, max(0.0, window_ends - time.monotonic())))
         self.process(messages)
+
+    def deleted_within(self, seconds: float) -> int:
+        """Messages this poller deleted in the last ``seconds`` (SQS's NumberOfMessagesDeleted metric, locally)."""
+        since = time.time() - seconds
+        return sum(1 for at in self.deleted_at if at >= since)
 
     def process(self, messages: list[dict]) -> None:
         """Invoke once for the batch, delete what succeeded, hand the failures back to SQS."""
@@ -269,6 +317,8 @@ class SqsPoller(_PollerThread):
         done = [m for m in messages if m["MessageId"] not in failed]
         retry = [m for m in messages if m["MessageId"] in failed]
         self._delete(done)
+        now = time.time()
+        self.deleted_at.extend([now] * len(done))
         self.stats.succeeded += len(done)
         self.stats.failed += len(retry)
         if done:
@@ -309,11 +359,12 @@ class StreamPoller(_PollerThread):
     batch_size:
         Records per event (Lambda's default for streams is 100).
     max_retries:
-        Retries of a failing record before it is recorded in ``failure_log`` and skipped (``MaximumRetryAttempts``).
+        Retries of a failing record before it goes to ``on_failure`` and is skipped (``MaximumRetryAttempts``).
     checkpoint_path:
         JSON file holding the last handled sequence number per stream and shard, so a restart resumes after it.
-    failure_log:
-        JSON-lines file standing in for the on-failure destination.
+    on_failure:
+        The on-failure destination: called with Lambda's invocation record (``DDBStreamBatchInfo``) of a record
+        whose retries are spent; the stack sends it to the template's SQS destination.
     """
 
     def __init__(
@@ -328,7 +379,8 @@ class StreamPoller(_PollerThread):
         poll_interval: float = 0.25,
         retry_backoff: float = 0.2,
         checkpoint_path: Path | None = None,
-        failure_log: Path | None = None,
+        on_failure: Callable[[dict], None] | None = None,
+        function_arn: str = "",
     ) -> None:
         super().__init__(name=f"stream-poller:{stream_arn.split('/')[1] if '/' in stream_arn else stream_arn}")
         self.streams = streams
@@ -340,7 +392,8 @@ class StreamPoller(_PollerThread):
         self.poll_interval = poll_interval
         self.retry_backoff = retry_backoff
         self.checkpoint_path = checkpoint_path
-        self.failure_log = failure_log
+        self.on_failure = on_failure
+        self.function_arn = function_arn
         self._shard_id: str | None = None
         self._iterator: str | None = None
         self._attempts: dict[str, int] = {}
@@ -441,17 +494,18 @@ class StreamPoller(_PollerThread):
         # retries spent: record it (on-failure destination) and move past it, as Lambda does after bisecting to it
         self._attempts.pop(failing, None)
         self.stats.dropped += 1
-        self._record_failure(records[first])
+        self._record_failure(records[first], attempts=self.max_retries + 1)
         self._save_checkpoint(failing)
         return sequence[first + 1] if first + 1 < len(sequence) else None
 
-    def _record_failure(self, record: dict) -> None:
-        log.warning("%s: giving up on stream record %s", self.name, record["dynamodb"]["SequenceNumber"])
-        if self.failure_log is None:
+    def _record_failure(self, record: dict, *, attempts: int) -> None:
+        sequence_number = record["dynamodb"]["SequenceNumber"]
+        log.warning(
+            "%s: retries spent on stream record %s; sent to the on-failure destination", self.name, sequence_number
+        )
+        if self.on_failure is None:
             return
-        entry = {"at": time.time(), "streamArn": self.stream_arn, "record": stream_record(record, self.stream_arn)}
-        with self.failure_log.open("a") as out:
-            out.write(json.dumps(entry, default=str) + "\n")
+        self.on_failure(on_failure_record(record, self.stream_arn, self._shard_id or "", self.function_arn, attempts))
 
 
 # ------------------------------------------------------------------------------------------------------- schedule
@@ -463,25 +517,29 @@ class ScheduleStats:
     last_reason: str = ""
     last_error: str = ""
     last_result: Any = None
-    history: list[dict] = field(default_factory=list)
+    alarm: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "history"}
+        return dict(self.__dict__)
 
 
 class ScheduledInvoker(threading.Thread):
-    """Invoke a function on a fixed rate, and sooner when ``threshold_reached()`` says there is work.
+    """The builder's triggers: a fixed-rate schedule, an alarm that fires on its OK→ALARM change, and manual runs.
 
     Parameters
     ----------
     invoke:
-        Calls the function with a scheduled event.
+        Calls the function with an event.
     rule_name:
-        Name of the schedule rule (it appears in the event's ``resources``).
+        Name of the schedule rule (used when the template gives no constant ``Input``).
     interval_seconds:
         The schedule's rate.
-    threshold_reached:
-        Optional check run every ``check_seconds``; True triggers a run before the next tick.
+    inputs:
+        Constant event per trigger (``schedule``, ``threshold``, ``manual``), as the template's ``Input`` sets it;
+        a trigger without one gets EventBridge's ``Scheduled Event``.
+    alarm_state:
+        Optional check run every ``check_seconds``: True means the alarm is in ALARM. Like an EventBridge rule on
+        "CloudWatch Alarm State Change", only the change from OK to ALARM triggers a run.
     """
 
     def __init__(
@@ -490,26 +548,37 @@ class ScheduledInvoker(threading.Thread):
         rule_name: str,
         interval_seconds: float,
         *,
-        threshold_reached: Callable[[], bool] | None = None,
+        inputs: dict[str, dict] | None = None,
+        alarm_state: Callable[[], bool] | None = None,
         check_seconds: float = 5.0,
     ) -> None:
         super().__init__(name=f"schedule:{rule_name}", daemon=True)
         self.invoke = invoke
         self.rule_name = rule_name
         self.interval_seconds = interval_seconds
-        self.threshold_reached = threshold_reached
+        self.inputs = inputs or {}
+        self.alarm_state = alarm_state
         self.check_seconds = check_seconds
         self.stats = ScheduleStats()
         self._stop_event = threading.Event()
         self._kick = threading.Event()
+        self._done = threading.Condition()
 
     def stop(self) -> None:
         self._stop_event.set()
         self._kick.set()
 
     def trigger(self) -> None:
-        """Run as soon as possible (used by tests and the merchant panel's "rebuild now")."""
+        """Run as soon as possible (the merchant panel's "compact now", tests)."""
         self._kick.set()
+
+    def wait_for_run(self, after: int, timeout: float) -> bool:
+        """Block until more than ``after`` runs have finished (or ``timeout`` passes)."""
+        with self._done:
+            return self._done.wait_for(lambda: self.stats.runs > after, timeout)
+
+    def event_for(self, reason: str) -> dict:
+        return dict(self.inputs[reason]) if reason in self.inputs else scheduled_event(self.rule_name)
 
     def run(self) -> None:
         next_tick = time.monotonic() + self.interval_seconds
@@ -524,24 +593,34 @@ class ScheduledInvoker(threading.Thread):
                 reason = "manual"
             elif time.monotonic() >= next_tick:
                 reason = "schedule"
-            elif self.threshold_reached is not None:
-                try:
-                    reason = "threshold" if self.threshold_reached() else ""
-                except Exception as exc:
-                    self.stats.last_error = f"threshold check: {type(exc).__name__}: {exc}"
+            elif self.alarm_state is not None:
+                reason = self._check_alarm()
             if not reason:
                 continue
             self._run_once(reason)
-            next_tick = time.monotonic() + self.interval_seconds
+            if reason == "schedule":
+                next_tick = time.monotonic() + self.interval_seconds
+
+    def _check_alarm(self) -> str:
+        try:
+            state = bool(self.alarm_state()) if self.alarm_state else False
+        except Exception as exc:
+            self.stats.last_error = f"alarm check: {type(exc).__name__}: {exc}"
+            return ""
+        fired = state and not self.stats.alarm
+        self.stats.alarm = state
+        return "threshold" if fired else ""
 
     def _run_once(self, reason: str) -> None:
         started = time.time()
         self.stats.last_reason = reason
         try:
-            self.stats.last_result = self.invoke(scheduled_event(self.rule_name))
+            self.stats.last_result = self.invoke(self.event_for(reason))
         except Exception as exc:
             self.stats.errors += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("%s: %s", self.name, self.stats.last_error)
-        self.stats.runs += 1
         self.stats.last_run_at = started
+        with self._done:
+            self.stats.runs += 1
+            self._done.notify_all()
