@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalens.index.store import Delta, IndexStore, Ledger, LoadedVersion, Manifest, make_view
+from catalens.index.store import Delta, IndexStore, LoadedVersion, Manifest, SnapshotCoverage, make_view
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
@@ -151,9 +151,8 @@ class IndexCache:
 
     def _refresh_deltas(self, state: _State) -> None:
         """LIST the deltas; GET only unseen ones; rebuild the view only when the live set changed."""
-        ledger = state.loaded.ledger if state.loaded else None
-        listing = self.store.list_deltas()
-        deltas = self.store.fetch_deltas(listing, ledger or Ledger(), known=state.deltas)
+        coverage = state.loaded.coverage if state.loaded else SnapshotCoverage(None)
+        deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=state.deltas)
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
         if deltas.keys() == state.deltas.keys():
             return
@@ -184,10 +183,11 @@ class IndexCache:
         self._loader.start()
 
     def _load(self, manifest: Manifest, etag: str | None) -> _State:
-        """A whole state for ``manifest``: verified version files, then the deltas its ledger does not cover."""
+        """A whole state for ``manifest``: verified version files, then the deltas its snapshot does not cover."""
         loaded = self.store.load_version(manifest.current) if manifest.current else None
         known = self._state.deltas if self._state else {}
-        deltas = self.store.fetch_deltas(self.store.list_deltas(), loaded.ledger if loaded else Ledger(), known=known)
+        coverage = loaded.coverage if loaded else SnapshotCoverage(None)
+        deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=known)
         self.stats.versions_loaded += 1 if loaded else 0
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in known)
         return _State(manifest.generation, etag, loaded, deltas, make_view(loaded, deltas.values()))

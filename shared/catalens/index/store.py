@@ -4,27 +4,30 @@ Layout under ``prefix``::
 
     manifest.json                                   the one mutable object: names the current version
     versions/<version>/snapshot/<file>              Snapshot.to_files(), immutable, written before the manifest
-    versions/<version>/ledger.json                  per-item (sequencer, deleted) the version is up to date with
-    deltas/<item-hash>/<sequencer>-<put|del>-<event-hash>.json   one per S3 event, written by ingest
+    versions/<version>/ledger.json                  per item: the (sequencer, deleted) the version holds (for GC)
+    deltas/<item-id>/<sequencer>-<put|del>-<event-hash>.json   one per S3 event, written by ingest
 
 Why it is lossless under concurrency (DESIGN invariant 1):
 
 - **Ingest only creates objects.** A delta's key is a pure function of (item, sequencer, source ETag,
   kind) and is written with ``If-None-Match: *``, so a duplicate delivery writes nothing and changes
   nothing, and two ingests never overwrite each other. Ingest never touches the manifest.
-- **Order comes from the S3 sequencer, not from arrival.** Every reader folds the deltas of an item
-  with :func:`~catalens.index.records.is_newer`; the version's *ledger* remembers, per item (tombstones
-  included), the newest event already folded into the snapshot. A delta is live only while it is newer
-  than the ledger's entry, so a late, older create cannot resurrect a deleted item and a late, older
-  delete cannot hide a newer photo — even after compaction dropped the item.
+- **Order comes from the S3 sequencer, not from arrival.** Readers and the builder fold an item's
+  states with :func:`~catalens.index.records.is_newer`, and a snapshot keeps every item's sequencer
+  and the tombstones of deleted items. A delta therefore counts only while it is newer than what the
+  version holds: a late, older create cannot resurrect a deleted item, a late, older delete cannot hide
+  a newer photo, and a delta folded into a version changes nothing if it is read again.
+- **Compaction needs no bookkeeping of "done" deltas.** The per-item sequencers of the new version are
+  its watermark; deltas written while it builds are newer than it and stay live.
 - **The manifest is the only read-modify-write, and it is guarded.** It is swapped with ``If-Match`` on
   the ETag it was read at (``If-None-Match`` the first time); a lost race re-reads and rebuilds, with
-  bounded, jittered retries. Deltas written while a compaction builds are simply newer than its
-  ledger and stay live; nothing needs to be "marked" compacted.
+  bounded, jittered retries.
 
 Atomic visibility (invariant 2): a version's files are immutable and written before the manifest names
-them; readers verify every file's sha256 against the manifest entry. GC deletes only what no retained
-manifest entry references, after a grace period, so a reader holding an older manifest can still load it.
+them; readers verify every file's size and sha256 against the manifest entry and the item count. GC
+deletes only what no retained manifest entry references, after a grace period, so a reader holding an
+older manifest can still load it; it deletes a delta only once every retained version covers it, so
+a rollback loses no ingest.
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote
 
 import numpy as np
 
 from catalens.errors import CatalensError
-from catalens.index.records import ItemRecord, is_newer, sequencer_key
+from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import (
     BlobNotFoundError,
     BlobStore,
@@ -54,8 +58,8 @@ from catalens.ports import (
 )
 
 if TYPE_CHECKING:
+    from catalens.index.search import IndexView
     from catalens.index.snapshot import Snapshot
-    from catalens.index.view import IndexView
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,6 @@ DELTAS_DIR = "deltas/"
 SNAPSHOT_DIR = "snapshot/"
 LEDGER_NAME = "ledger.json"
 _SEQ_WIDTH = 32  # S3 sequencers are ~16-20 hex digits; padding only makes keys sort nicely, order uses sequencer_key
-_ITEM_HASH_HEX = 20  # 80 bits: the ledger and GC identify an item by this hash; collisions are out of reach
 
 
 class IndexStoreError(CatalensError):
@@ -88,7 +91,7 @@ class CorruptIndexError(IndexStoreError):
 
 
 class ManifestConflictError(IndexStoreError):
-    """The manifest kept changing under us: the bounded retries of a conditional swap ran out."""
+    """The manifest (or a delta key) kept changing under us: the bounded retries ran out."""
 
     code = "manifest_conflict"
 
@@ -102,11 +105,6 @@ class UnknownVersionError(IndexStoreError):
 # --------------------------------------------------------------------------------------------- keys and codecs
 
 
-def item_hash(item_id: str) -> str:
-    """Fixed-width, path-safe name of an item (item ids may contain '/', spaces, unicode)."""
-    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()[:_ITEM_HASH_HEX]
-
-
 def normalize_sequencer(seq: str) -> str:
     """Lower-case hex without leading zeros ("0" for zero); raises InvalidRecordError when not hex."""
     try:
@@ -117,7 +115,7 @@ def normalize_sequencer(seq: str) -> str:
 
 
 def _newer(seq_a: str, deleted_a: bool, seq_b: str, deleted_b: bool) -> bool:
-    """Event a supersedes event b: the same rule as records.is_newer, on bare (sequencer, deleted)."""
+    """Event a supersedes event b: the rule of records.is_newer, on bare (sequencer, deleted)."""
     key_a, key_b = sequencer_key(seq_a), sequencer_key(seq_b)
     if key_a != key_b:
         return key_a > key_b
@@ -126,15 +124,15 @@ def _newer(seq_a: str, deleted_a: bool, seq_b: str, deleted_b: bool) -> bool:
 
 @dataclass(frozen=True)
 class DeltaKey:
-    """What a delta's key tells without reading it: enough to decide whether it is already folded in."""
+    """What a delta's key tells without reading it: enough to decide whether a version already covers it."""
 
-    item_hash: str
+    item_id: str
     sequencer: str
     deleted: bool
 
     @classmethod
     def parse(cls, relative_key: str) -> DeltaKey | None:
-        """``deltas/<hash>/<seq>-<put|del>-<event>.json`` → DeltaKey; None for anything else."""
+        """``deltas/<quoted item id>/<seq>-<put|del>-<event>.json`` → DeltaKey; None for anything else."""
         parts = relative_key.split("/")
         if len(parts) != 3 or parts[0] + "/" != DELTAS_DIR or not parts[2].endswith(".json"):
             return None
@@ -145,7 +143,7 @@ class DeltaKey:
             sequencer = normalize_sequencer(pieces[0])
         except InvalidRecordError:
             return None
-        return cls(item_hash=parts[1], sequencer=sequencer, deleted=pieces[1] == "del")
+        return cls(item_id=unquote(parts[1]), sequencer=sequencer, deleted=pieces[1] == "del")
 
 
 def delta_key(record: ItemRecord) -> str:
@@ -153,12 +151,13 @@ def delta_key(record: ItemRecord) -> str:
 
     It includes the sequencer, not only the source ETag: re-uploading identical bytes after a delete
     is a new event with the same ETag, and must not be mistaken for a duplicate of the first upload.
+    The item id is percent-encoded whole (ids are S3 keys: they may hold '/', spaces, unicode).
     """
     seq = normalize_sequencer(record.sequencer)
     kind = "del" if record.deleted else "put"
     event = "\0".join([record.item_id, seq, record.source_etag, kind])
     event_hash = hashlib.sha256(event.encode("utf-8")).hexdigest()[:16]
-    return f"{DELTAS_DIR}{item_hash(record.item_id)}/{seq.zfill(_SEQ_WIDTH)}-{kind}-{event_hash}.json"
+    return f"{DELTAS_DIR}{quote(record.item_id, safe='')}/{seq.zfill(_SEQ_WIDTH)}-{kind}-{event_hash}.json"
 
 
 def encode_delta(record: ItemRecord, *, model_fingerprint: str = "") -> bytes:
@@ -168,6 +167,8 @@ def encode_delta(record: ItemRecord, *, model_fingerprint: str = "") -> bytes:
             f"item {record.item_id!r}: a tombstone has no vector and a live record needs one "
             f"(deleted={record.deleted}, vector={'None' if record.vector is None else 'set'})"
         )
+    if not record.item_id or "\0" in record.item_id:
+        raise InvalidRecordError(f"item id {record.item_id!r} must be non-empty and free of NUL characters")
     body: dict[str, Any] = {
         "format": FORMAT,
         "item_id": record.item_id,
@@ -224,92 +225,80 @@ def decode_delta(data: bytes, *, key: str = "") -> Delta:
     return Delta(record=record, model_fingerprint=str(body.get("model_fingerprint", "")))
 
 
-# ------------------------------------------------------------------------------------------------------ ledger
+# -------------------------------------------------------------------------------------------------- coverage
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    item_id: str
-    sequencer: str  # normalised
-    deleted: bool
-    recorded_at: float  # wall-clock seconds when a compaction folded this event in
+class Coverage(Protocol):
+    """Which deltas a version already covers: folded in, or older than what it folded in."""
+
+    def covers(self, keys: Sequence[DeltaKey]) -> list[bool]: ...
+
+
+class SnapshotCoverage:
+    """Coverage read from the snapshot itself (its per-row sequencers and its tombstones).
+
+    The query side and the compactor use this: the snapshot is loaded anyway, and a delta it covers
+    need not even be fetched.
+    """
+
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self.snapshot = snapshot
+
+    def covers(self, keys: Sequence[DeltaKey]) -> list[bool]:
+        snapshot = self.snapshot
+        if snapshot is None or not keys:
+            return [False] * len(keys)
+        rows = snapshot.rows_of([k.item_id for k in keys]).tolist()
+        result = []
+        for key, row in zip(keys, rows, strict=True):
+            if row >= 0:
+                result.append(not _newer(key.sequencer, key.deleted, snapshot.sequencer_of(row), False))
+                continue
+            tombstone = snapshot.tombstone_of(key.item_id)
+            result.append(tombstone is not None and not _newer(key.sequencer, key.deleted, tombstone.sequencer, True))
+        return result
 
 
 class Ledger:
-    """Per item (keyed by :func:`item_hash`): the newest event a version has folded in, tombstones included.
+    """Per item, the newest (sequencer, deleted) a version holds, tombstones included.
 
-    It is the per-item watermark of compaction: a delta is *live* exactly while it is newer than its
-    item's entry. Tombstones are what stop an older create, delivered late, from resurrecting an item.
+    Written beside each version so GC can decide, from every retained version's small ledger and
+    without loading their snapshots, which deltas all of them cover.
     """
 
-    def __init__(self, entries: Mapping[str, LedgerEntry] | None = None) -> None:
-        self._entries: dict[str, LedgerEntry] = dict(entries or {})
+    def __init__(self, entries: Mapping[str, tuple[str, bool]] | None = None) -> None:
+        self._entries: dict[str, tuple[str, bool]] = dict(entries or {})
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, hashed_item: str) -> LedgerEntry | None:
-        return self._entries.get(hashed_item)
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot) -> Ledger:
+        entries = {snapshot.item_id(row): (snapshot.sequencer_of(row), False) for row in range(len(snapshot))}
+        for tombstone in snapshot.tombstones:
+            entries[tombstone.item_id] = (tombstone.sequencer, True)
+        return cls(entries)
 
-    def covers(self, hashed_item: str, sequencer: str, deleted: bool) -> bool:
-        """True when the event (sequencer, deleted) is already folded in or older than what is."""
-        entry = self._entries.get(hashed_item)
-        return entry is not None and not _newer(sequencer, deleted, entry.sequencer, entry.deleted)
-
-    def covers_record(self, record: ItemRecord) -> bool:
-        return self.covers(item_hash(record.item_id), record.sequencer, record.deleted)
+    def covers(self, keys: Sequence[DeltaKey]) -> list[bool]:
+        result = []
+        for key in keys:
+            entry = self._entries.get(key.item_id)
+            result.append(entry is not None and not _newer(key.sequencer, key.deleted, entry[0], entry[1]))
+        return result
 
     def live_item_ids(self) -> set[str]:
-        return {entry.item_id for entry in self._entries.values() if not entry.deleted}
-
-    def advanced(
-        self,
-        records: Iterable[ItemRecord],
-        *,
-        now: float,
-        tombstone_ttl_seconds: float,
-        pinned_hashes: set[str],
-    ) -> Ledger:
-        """A new ledger with ``records`` folded in; tombstones older than the TTL are dropped, except
-        those of items that still have delta objects (``pinned_hashes``): dropping those would let a
-        stale delta come back to life."""
-        entries = dict(self._entries)
-        for record in records:
-            hashed = item_hash(record.item_id)
-            seq = normalize_sequencer(record.sequencer)
-            current = entries.get(hashed)
-            if current is None or _newer(seq, record.deleted, current.sequencer, current.deleted):
-                entries[hashed] = LedgerEntry(record.item_id, seq, record.deleted, now)
-        expiry = now - tombstone_ttl_seconds
-        for hashed in [h for h, e in entries.items() if e.deleted and e.recorded_at < expiry]:
-            if hashed not in pinned_hashes:
-                del entries[hashed]
-        return Ledger(entries)
+        return {item_id for item_id, (_, deleted) in self._entries.items() if not deleted}
 
     def to_bytes(self) -> bytes:
-        rows = [
-            [h, e.item_id, e.sequencer, int(e.deleted), round(e.recorded_at, 3)]
-            for h, e in sorted(self._entries.items())
-        ]
-        return json.dumps({"format": FORMAT, "entries": rows}, separators=(",", ":")).encode("utf-8")
+        rows = {item_id: [seq, int(deleted)] for item_id, (seq, deleted) in sorted(self._entries.items())}
+        return json.dumps({"format": FORMAT, "items": rows}, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Ledger:
         body = json.loads(data)
         if body.get("format") != FORMAT:
             raise CorruptIndexError(f"unknown ledger format {body.get('format')!r}")
-        return cls({row[0]: LedgerEntry(row[1], row[2], bool(row[3]), float(row[4])) for row in body["entries"]})
-
-
-def live_winners(records: Iterable[ItemRecord], ledger: Ledger) -> list[ItemRecord]:
-    """Per item, the newest record that the ledger does not already cover (tombstones included)."""
-    best: dict[str, ItemRecord] = {}
-    for record in records:
-        if ledger.covers_record(record):
-            continue
-        if is_newer(record, best.get(record.item_id)):
-            best[record.item_id] = record
-    return [best[item_id] for item_id in sorted(best)]
+        return cls({item_id: (seq, bool(deleted)) for item_id, (seq, deleted) in body["items"].items()})
 
 
 # ---------------------------------------------------------------------------------------------------- manifest
@@ -431,7 +420,10 @@ class LoadedVersion:
 
     entry: VersionEntry
     snapshot: Snapshot
-    ledger: Ledger
+
+    @property
+    def coverage(self) -> SnapshotCoverage:
+        return SnapshotCoverage(self.snapshot)
 
 
 @dataclass(frozen=True)
@@ -465,15 +457,12 @@ class IndexStore:
         Key prefix of this index (``"index/"``); "" for the bucket root.
     keep_versions:
         How many versions the manifest retains (current + history) for rollback.
-    tombstone_ttl_seconds:
-        How long a deleted item's tombstone stays in the ledger (defaults to 14 days, SQS's longest
-        retention: an older event cannot arrive later than that).
     retry:
         Bounded, jittered retries of manifest swaps (412/409) and of 409 on delta writes.
     fetch_workers:
         Threads fetching deltas and version files in parallel (S3 latency, not CPU, is the limit).
     wall_clock, sleep:
-        Injected for tests.
+        Injected by tests.
     """
 
     def __init__(
@@ -482,7 +471,6 @@ class IndexStore:
         prefix: str = "",
         *,
         keep_versions: int = 5,
-        tombstone_ttl_seconds: float = 14 * 24 * 3600,
         retry: RetryPolicy = RetryPolicy(),
         fetch_workers: int = 16,
         wall_clock: Callable[[], float] = time.time,
@@ -495,7 +483,6 @@ class IndexStore:
         self.blob = blob
         self.prefix = prefix
         self.keep_versions = keep_versions
-        self.tombstone_ttl_seconds = tombstone_ttl_seconds
         self.retry = retry
         self.fetch_workers = max(1, fetch_workers)
         self._wall_clock = wall_clock
@@ -558,30 +545,30 @@ class IndexStore:
         return Manifest.from_bytes(blob.data), blob.etag
 
     def load_version(self, entry: VersionEntry) -> LoadedVersion:
-        """Fetch a version's files, verify each against the manifest entry, and decode them."""
-        from catalens.index.snapshot import Snapshot
+        """Fetch a version's snapshot files, verify each against the manifest entry, and decode them."""
+        from catalens.index.snapshot import Snapshot, SnapshotError
 
-        files = self._fetch_all({name: self.version_key(entry.version, name) for name in entry.files})
+        names = [name for name in entry.files if name.startswith(SNAPSHOT_DIR)]
+        files = self._fetch_all({name: self.version_key(entry.version, name) for name in names})
         for name, data in files.items():
             if data is None:
                 raise CorruptIndexError(f"version {entry.version}: file {name!r} named by the manifest is missing")
-            expected = entry.files[name]
-            digest = hashlib.sha256(data).hexdigest()
-            if len(data) != expected["size"] or digest != expected["sha256"]:
-                raise CorruptIndexError(f"version {entry.version}: file {name!r} does not match its checksum")
-        snapshot_files = {
-            name[len(SNAPSHOT_DIR) :]: data for name, data in files.items() if name.startswith(SNAPSHOT_DIR)
-        }
-        snapshot = Snapshot.from_files(snapshot_files)
+            _verify(entry, name, data)
+        try:
+            snapshot = Snapshot.from_files({name[len(SNAPSHOT_DIR) :]: data for name, data in files.items()})
+        except SnapshotError as exc:
+            raise CorruptIndexError(f"version {entry.version}: {exc}") from exc
         if len(snapshot) != entry.items:
             raise CorruptIndexError(f"version {entry.version}: {len(snapshot)} items, manifest says {entry.items}")
-        ledger = Ledger.from_bytes(files[LEDGER_NAME])  # type: ignore[arg-type]
-        return LoadedVersion(entry=entry, snapshot=snapshot, ledger=ledger)
+        return LoadedVersion(entry=entry, snapshot=snapshot)
 
     def load_ledger(self, entry: VersionEntry) -> Ledger:
-        data = self.blob.get(self.version_key(entry.version, LEDGER_NAME)).data
-        if hashlib.sha256(data).hexdigest() != entry.files[LEDGER_NAME]["sha256"]:
-            raise CorruptIndexError(f"version {entry.version}: ledger does not match its checksum")
+        """The small per-item ledger of a version (GC reads these instead of whole snapshots)."""
+        try:
+            data = self.blob.get(self.version_key(entry.version, LEDGER_NAME)).data
+        except BlobNotFoundError as exc:
+            raise CorruptIndexError(f"version {entry.version}: ledger named by the manifest is missing") from exc
+        _verify(entry, LEDGER_NAME, data)
         return Ledger.from_bytes(data)
 
     def list_deltas(self) -> dict[str, DeltaKey]:
@@ -594,14 +581,16 @@ class IndexStore:
         return found
 
     def fetch_deltas(
-        self, listing: Mapping[str, DeltaKey], ledger: Ledger, known: Mapping[str, Delta] | None = None
+        self, listing: Mapping[str, DeltaKey], coverage: Coverage, known: Mapping[str, Delta] | None = None
     ) -> dict[str, Delta]:
-        """The deltas of ``listing`` the ledger does not cover, reusing ``known`` ones (deltas are immutable).
+        """The deltas of ``listing`` that ``coverage`` does not cover, reusing ``known`` ones (deltas are immutable).
 
         A delta deleted by GC between LIST and GET was covered by every retained version: it is skipped.
         """
         known = known or {}
-        wanted = {k: d for k, d in listing.items() if not ledger.covers(d.item_hash, d.sequencer, d.deleted)}
+        keys = list(listing)
+        covered = coverage.covers([listing[k] for k in keys])
+        wanted = [k for k, done in zip(keys, covered, strict=True) if not done]
         result = {k: known[k] for k in wanted if k in known}
         fetched = self._fetch_all({k: k for k in wanted if k not in known})
         for key, data in fetched.items():
@@ -617,9 +606,8 @@ class IndexStore:
         """The current index as one consistent view: verified snapshot + live deltas (uncached)."""
         manifest, _ = self.read_manifest()
         loaded = self.load_version(manifest.current) if manifest.current else None
-        ledger = loaded.ledger if loaded else Ledger()
-        deltas = self.fetch_deltas(self.list_deltas(), ledger)
-        return make_view(loaded, deltas.values())
+        coverage = loaded.coverage if loaded else SnapshotCoverage(None)
+        return make_view(loaded, self.fetch_deltas(self.list_deltas(), coverage).values())
 
     # ---- builder side
 
@@ -633,9 +621,9 @@ class IndexStore:
     ) -> CompactionResult:
         """Fold the live deltas into a new immutable version and swap the manifest to it.
 
-        ``build_fn(records, model_fingerprint=..., previous=...)`` defaults to
-        :func:`catalens.index.build.build_snapshot` (imported here only: it pulls pynndescent). Deltas
-        written while it runs are newer than the new ledger and stay live. On a lost manifest race the
+        ``build_fn(records, model_fingerprint=..., previous=..., version=..., **build_options)`` defaults to
+        :func:`catalens.index.build.build_snapshot` (it imports pynndescent only for a graph). Deltas
+        written while it runs are newer than the new version and stay live. On a lost manifest race the
         whole compaction is redone from the new manifest (bounded, jittered); the abandoned version's
         files are left for GC. Without live deltas nothing is written unless ``force``.
         """
@@ -648,9 +636,7 @@ class IndexStore:
                 loaded = None
             elif loaded is None or loaded.entry.version != manifest.current.version:
                 loaded = self.load_version(manifest.current)
-            ledger = loaded.ledger if loaded else Ledger()
-            listing = self.list_deltas()
-            deltas = self.fetch_deltas(listing, ledger)
+            deltas = self.fetch_deltas(self.list_deltas(), loaded.coverage if loaded else SnapshotCoverage(None))
             fingerprint = model_fingerprint or (loaded.snapshot.model_fingerprint if loaded else None)
             if not fingerprint:
                 raise IndexStoreError("the first compaction needs model_fingerprint (no snapshot to take it from)")
@@ -658,8 +644,7 @@ class IndexStore:
             skipped = len(deltas) - len(usable)
             if skipped:
                 log.warning("compaction skips %d deltas embedded by another model than %s", skipped, fingerprint)
-            winners = live_winners((d.record for d in usable.values()), ledger)
-            if not winners and not force:
+            if not usable and not force:
                 current = manifest.current
                 return CompactionResult(
                     version=current.version if current else None,
@@ -671,24 +656,21 @@ class IndexStore:
                     build_seconds=0.0,
                     noop=True,
                 )
+            generation = manifest.generation + 1
+            version = f"{generation:08d}-{uuid.uuid4().hex[:12]}"  # unique even when two builders race
             started = time.perf_counter()
             snapshot = build_fn(
-                winners,
+                [usable[k].record for k in sorted(usable)],
                 model_fingerprint=fingerprint,
                 previous=loaded.snapshot if loaded else None,
+                version=version,
                 **build_options,
             )
             build_seconds = time.perf_counter() - started
             now = self._wall_clock()
-            ledger = ledger.advanced(
-                winners,
-                now=now,
-                tombstone_ttl_seconds=self.tombstone_ttl_seconds,
-                pinned_hashes={d.item_hash for d in listing.values()},
-            )
-            entry = self._write_version(snapshot, ledger, manifest.generation + 1, sorted(usable), now)
+            entry = self._write_version(version, snapshot, generation, sorted(usable), now)
             published = Manifest(
-                generation=manifest.generation + 1,
+                generation=generation,
                 current=entry,
                 history=manifest.retained[: self.keep_versions - 1],
                 updated_at=_iso(now),
@@ -710,7 +692,7 @@ class IndexStore:
     def rollback(self, version: str) -> Manifest:
         """Make a retained earlier version current again (conditional swap, retried on a lost race).
 
-        Deltas newer than that version's ledger become live again, so ingests since then are kept.
+        Deltas newer than that version become live again, so ingests since then are kept.
         """
         for attempt in range(self.retry.attempts):
             manifest, etag = self.read_manifest()
@@ -735,10 +717,10 @@ class IndexStore:
     def gc(self, grace_seconds: float = 3600.0, *, dry_run: bool = False) -> GcResult:
         """Delete what no retained version needs, once older than ``grace_seconds`` (by LastModified).
 
-        - version files of versions the manifest no longer retains (the whole version must be older
-          than the grace: a compaction in progress writes young files; a slow reader may still load it);
-        - deltas every retained version's ledger covers (kept while any retained version still needs
-          them, so a rollback loses no ingest).
+        - the files of versions the manifest no longer retains (all of a version's files must be older
+          than the grace: a compaction in progress writes young files, a slow reader may still load it);
+        - deltas that every retained version covers (while one still needs a delta, a rollback to it
+          must find it).
         Nothing is deleted before the first compaction.
         """
         manifest, _ = self.read_manifest()
@@ -762,14 +744,16 @@ class IndexStore:
                 result.objects_deleted += 1
 
         ledgers = [self.load_ledger(e) for e in manifest.retained]
-        for info in self.blob.list(self.prefix + DELTAS_DIR):
-            parsed = DeltaKey.parse(info.key[len(self.prefix) :])
-            if parsed is None:
-                continue
-            covered = all(lg.covers(parsed.item_hash, parsed.sequencer, parsed.deleted) for lg in ledgers)
-            if covered and info.last_modified.timestamp() < cutoff:
+        infos = [info for info in self.blob.list(self.prefix + DELTAS_DIR) if info.last_modified.timestamp() < cutoff]
+        parsed = [(info.key, DeltaKey.parse(info.key[len(self.prefix) :])) for info in infos]
+        parsed_keys = [(key, p) for key, p in parsed if p is not None]
+        covered = [True] * len(parsed_keys)
+        for ledger in ledgers:
+            covered = [a and b for a, b in zip(covered, ledger.covers([p for _, p in parsed_keys]), strict=True)]
+        for (key, _), done in zip(parsed_keys, covered, strict=True):
+            if done:
                 if not dry_run:
-                    self.blob.delete(info.key)
+                    self.blob.delete(key)
                 result.deltas_deleted += 1
             else:
                 result.deltas_kept += 1
@@ -778,12 +762,11 @@ class IndexStore:
     # ---- internals
 
     def _write_version(
-        self, snapshot: Snapshot, ledger: Ledger, generation: int, included_keys: Sequence[str], now: float
+        self, version: str, snapshot: Snapshot, generation: int, included_keys: Sequence[str], now: float
     ) -> VersionEntry:
         """Write every file of a new version under a fresh name (If-None-Match); the manifest comes after."""
-        version = f"{generation:08d}-{uuid.uuid4().hex[:12]}"
         files = {SNAPSHOT_DIR + name: data for name, data in snapshot.to_files().items()}
-        files[LEDGER_NAME] = ledger.to_bytes()
+        files[LEDGER_NAME] = Ledger.from_snapshot(snapshot).to_bytes()
         meta: dict[str, dict[str, Any]] = {}
         for name, data in sorted(files.items()):
             self.blob.put(self.version_key(version, name), data, if_none_match=True)
@@ -829,13 +812,22 @@ class IndexStore:
 
 
 def make_view(loaded: LoadedVersion | None, deltas: Iterable[Delta]) -> IndexView:
-    """IndexView over a whole version plus the deltas its ledger does not cover (newest per item)."""
-    from catalens.index.view import IndexView
+    """IndexView over a whole version plus deltas (IndexView resolves each item by sequencer).
 
-    ledger = loaded.ledger if loaded else Ledger()
+    Deltas whose vectors come from another model than the snapshot's are left out (they would not
+    be comparable); the builder skips them the same way.
+    """
+    from catalens.index.search import IndexView
+
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
-    records = (d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint))
-    return IndexView(loaded.snapshot if loaded else None, live_winners(records, ledger))
+    records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
+    return IndexView(loaded.snapshot if loaded else None, records)
+
+
+def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
+    expected = entry.files[name]
+    if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise CorruptIndexError(f"version {entry.version}: file {name!r} does not match the manifest's checksum")
 
 
 def _iso(ts: float) -> str:
