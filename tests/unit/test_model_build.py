@@ -1,0 +1,295 @@
+"""The torch-free model build: architecture read from the weights, graph vs torch golden vectors, real photos
+classified right, deterministic bytes, model cards, int8 variant."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import skimage.data
+
+from catalens.cli import main as cli_main
+from catalens.embedder import Embedder
+from catalens.errors import ModelError
+from catalens.imaging import PreprocessConfig
+from catalens.model.build import WEIGHTS, build_fp32, build_int8, build_models
+from catalens.model.card import ModelCard, model_paths, sha256_hex
+from catalens.model.efficientnet import Pooling, build_onnx, infer_architecture, same_padding
+from catalens.model.torch_pickle import load_legacy_state_dict
+from tests.unit.golden.torch_reference import pattern_input
+
+GOLDEN = Path(__file__).parent / "golden"
+SKIMAGE_DATA = Path(skimage.data.__file__).parent
+ESPRESSO = 967
+CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="module")
+def state_dict() -> dict[str, np.ndarray]:
+    return load_legacy_state_dict(WEIGHTS["efficientnet-lite0"].path())
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "lite0_torch_reference.npz") as data:
+        return {"names": list(data["names"]), "embedding": data["embedding"], "logits": data["logits"]}
+
+
+@pytest.fixture(scope="module")
+def fp32(model_dir: Path) -> Embedder:
+    return Embedder.from_dir(model_dir, "fp32")
+
+
+def bundled_photo(name: str) -> bytes:
+    """scikit-image's bundled photo file (``coffee`` → coffee.png), as a merchant would upload it."""
+    return (SKIMAGE_DATA / (name if "." in name else f"{name}.png")).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Architecture and graph
+
+
+def test_architecture_is_read_from_the_weights(state_dict) -> None:
+    arch = infer_architecture(state_dict)
+    assert (arch.stem_channels, arch.head_channels, arch.num_classes) == (32, 1280, 1000)
+    assert len(arch.blocks) == 16
+    assert [b.stride for b in arch.blocks if b.stride == 2] == [2, 2, 2, 2]
+    assert [b.index for b in arch.blocks if b.stride == 2] == [1, 3, 5, 11]
+    assert [b.kernel for b in arch.blocks] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    assert not arch.blocks[0].has_expand
+    assert all(b.has_expand for b in arch.blocks[1:])
+    assert [b.out_channels for b in arch.blocks] == [
+        16,
+        24,
+        24,
+        40,
+        40,
+        80,
+        80,
+        80,
+        112,
+        112,
+        112,
+        192,
+        192,
+        192,
+        192,
+        320,
+    ]
+    assert sum(b.has_skip for b in arch.blocks) == 9
+
+
+def test_architecture_follows_a_wider_deeper_state_dict(state_dict) -> None:
+    """lite1/lite2 differ in block count and widths: the builder reads them, nothing is hard-coded for lite0."""
+    deeper = dict(state_dict)
+    for key in [k for k in state_dict if k.startswith("_blocks.15.")]:  # duplicate the last stage-6 block
+        deeper[key.replace("_blocks.15.", "_blocks.16.")] = state_dict[key]
+    for key in [k for k in state_dict if k.startswith("_blocks.15.")]:
+        deeper[key.replace("_blocks.15.", "_blocks.15.")] = state_dict[key.replace("_blocks.15.", "_blocks.14.")]
+    arch = infer_architecture(deeper)
+    assert len(arch.blocks) == 17
+    assert arch.blocks[15].has_skip
+    assert arch.blocks[15].stride == 1
+    assert arch.blocks[16].out_channels == 320
+
+
+def test_state_dict_without_stages_is_refused(state_dict) -> None:
+    broken = {k: v for k, v in state_dict.items() if not k.startswith("_blocks.15.")}
+    with pytest.raises(ModelError, match="stages"):
+        infer_architecture(broken)
+    with pytest.raises(ModelError, match=r"_conv_head\.weight"):
+        infer_architecture({k: v for k, v in state_dict.items() if not k.startswith("_conv_head")})
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "expected"),
+    [
+        (224, 3, 2, (0, 1, 112)),
+        (56, 5, 2, (1, 2, 28)),
+        (14, 5, 1, (2, 2, 14)),
+        (7, 1, 1, (0, 0, 7)),
+        (15, 3, 2, (1, 1, 8)),
+    ],
+)
+def test_tensorflow_same_padding(size, kernel, stride, expected) -> None:
+    assert same_padding(size, kernel, stride) == expected
+
+
+def test_graph_shape_ops_and_opset(state_dict) -> None:
+    model = build_onnx(state_dict)
+    graph = model.graph
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = [n.op_type for n in graph.node]
+    assert "BatchNormalization" not in ops  # folded
+    depthwise = [
+        n for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    assert len(depthwise) == 16
+    assert ops.count("Clip") == 1 + 16 + 15 + 1  # stem, each depthwise, each expand, head: ReLU6
+    stride2_pads = [
+        list(next(a.ints for a in n.attribute if a.name == "pads"))
+        for n in graph.node
+        if n.op_type == "Conv" and list(next(a.ints for a in n.attribute if a.name == "strides")) == [2, 2]
+    ]
+    assert stride2_pads == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 2, 2], [0, 0, 1, 1], [1, 1, 2, 2]]
+    (image,) = graph.input
+    assert [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim] == ["batch", 3, 224, 224]
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+    assert outputs == {"embedding": ["batch", 1280], "logits": ["batch", 1000]}
+
+
+def test_pooling_is_a_build_option(state_dict) -> None:
+    import onnxruntime as ort
+
+    x = pattern_input()[None]
+    results = {}
+    for pooling in ("avg", "max", "gem:3"):
+        session = ort.InferenceSession(build_onnx(state_dict, pooling=pooling).SerializeToString())
+        embedding, logits = session.run(None, {"image": x})
+        results[pooling] = (embedding, logits)
+        assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
+    assert np.abs(results["avg"][0] - results["max"][0]).max() > 1e-2
+    assert np.abs(results["avg"][0] - results["gem:3"][0]).max() > 1e-3
+    np.testing.assert_allclose(results["gem:3"][1], results["avg"][1], atol=1e-5)  # classifier always on avg
+    assert str(Pooling.parse("GEM")) == "gem:3"
+    with pytest.raises(ModelError, match="unknown pooling"):
+        Pooling.parse("median")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Against torch (golden vectors) and on real photos
+
+
+def test_graph_matches_torch_on_a_synthetic_input(fp32, golden) -> None:
+    """Graph only, no decoder involved: the deterministic pattern input."""
+    row = golden["names"].index("pattern")
+    x = pattern_input()[None]
+    np.testing.assert_allclose(fp32.embed(x)[0], golden["embedding"][row], atol=1e-4)
+    np.testing.assert_allclose(fp32.classify(x)[0], golden["logits"][row], atol=1e-3)
+
+
+def test_bundled_photos_embed_like_the_torch_reference(fp32, golden) -> None:
+    """Bytes → project preprocessing → ONNX gives the vectors torch gave for the same photos."""
+    names = [n for n in golden["names"] if n != "pattern"]
+    rows = [golden["names"].index(n) for n in names]
+    embeddings = fp32.embed_images([bundled_photo(n) for n in names])
+    np.testing.assert_allclose(embeddings, golden["embedding"][rows], atol=1e-4)
+    np.testing.assert_allclose(embeddings[:, :5], golden["embedding"][rows, :5], atol=1e-5)
+
+
+def test_real_photos_are_classified_right(fp32) -> None:
+    from catalens.imaging import load_and_preprocess
+
+    batch = np.stack([load_and_preprocess(bundled_photo(n), fp32.card.preprocess) for n in ("coffee", "chelsea")])
+    coffee, chelsea = fp32.classify(batch)
+    assert int(np.argmax(coffee)) == ESPRESSO
+    assert int(np.argmax(chelsea)) in CATS
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Build outputs: determinism, cards, CLI
+
+
+def test_build_is_deterministic() -> None:
+    first, card = build_fp32()
+    second, _ = build_fp32()
+    assert first == second
+    assert card.sha256 == sha256_hex(first)
+
+
+def test_built_files_match_their_card(model_dir: Path) -> None:
+    onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
+    card = ModelCard.load(card_path)
+    assert sha256_hex(onnx_path.read_bytes()) == card.sha256
+    assert (card.dim, card.pooling, card.opset, card.outputs) == (1280, "avg", 17, ("embedding", "logits"))
+    assert card.preprocess == PreprocessConfig()
+    assert card.weights_sha256 == sha256_hex(WEIGHTS["efficientnet-lite0"].path().read_bytes())
+    onnx.checker.check_model(onnx.load(onnx_path))
+
+
+def test_card_round_trip_and_fingerprint(model_dir: Path) -> None:
+    card = ModelCard.load(model_paths(model_dir, "efficientnet-lite0", "fp32")[1])
+    assert ModelCard.from_json(card.to_json()) == card
+    assert len(card.fingerprint()) == 16
+    variants = [
+        replace(card, sha256="0" * 64),
+        replace(card, pooling="gem:3"),
+        replace(card, dim=640),
+        replace(card, preprocess=PreprocessConfig(resize_short=240)),
+    ]
+    assert len({card.fingerprint(), *(v.fingerprint() for v in variants)}) == 5
+    assert replace(card, weights_source="elsewhere").fingerprint() == card.fingerprint()  # provenance only
+
+
+def test_check_matches_refuses_another_model(model_dir: Path) -> None:
+    card = ModelCard.load(model_paths(model_dir, "efficientnet-lite0", "fp32")[1])
+    card.check_matches(card.fingerprint())
+    with pytest.raises(ModelError, match="rebuild the index") as caught:
+        card.check_matches(replace(card, pooling="max").fingerprint())
+    assert caught.value.code == "model_mismatch"
+
+
+def test_hand_edited_card_is_refused(model_dir: Path) -> None:
+    data = json.loads(model_paths(model_dir, "efficientnet-lite0", "fp32")[1].read_text())
+    data["pooling"] = "max"
+    with pytest.raises(ModelError, match="does not match its contents"):
+        ModelCard.from_dict(data)
+    with pytest.raises(ModelError, match="variant"):
+        ModelCard.from_dict({**data, "variant": "fp16", "fingerprint": None})
+
+
+def test_cli_builds_into_out_dir(tmp_path: Path, capsys) -> None:
+    assert cli_main(["model", "build", "--out", str(tmp_path), "--variant", "fp32", "--pooling", "gem"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (model,) = report["models"]
+    assert model["file"] == "efficientnet-lite0-gem3.fp32.onnx"
+    card = ModelCard.load(tmp_path / "efficientnet-lite0-gem3.fp32.card.json")
+    assert (card.pooling, card.sha256, card.fingerprint()) == ("gem:3", model["sha256"], model["fingerprint"])
+    assert sha256_hex((tmp_path / model["file"]).read_bytes()) == card.sha256
+
+
+def test_unknown_weights_and_variants_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="unknown weights"):
+        build_models(tmp_path, weights="resnet50")
+    with pytest.raises(ModelError, match="variants"):
+        build_models(tmp_path, variants=("fp16",))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# int8
+
+
+@pytest.mark.slow
+def test_int8_stays_close_to_fp32(int8_model_dir: Path, fp32) -> None:
+    from tests.unit.imagefactory import encode, photo
+
+    int8 = Embedder.from_dir(int8_model_dir, "int8")
+    card = int8.card
+    assert card.quantization["format"] == "QDQ"
+    assert card.quantization["per_channel"] is True
+    assert card.quantization["from_fp32_sha256"] == fp32.card.sha256
+    assert card.fingerprint() != fp32.card.fingerprint()  # an index of fp32 vectors refuses int8 queries
+    photos = [bundled_photo(n) for n in ("coffee", "chelsea", "astronaut", "rocket.jpg")]
+    photos += [encode(photo(seed=s)) for s in range(4)]
+    cosine = np.sum(fp32.embed_images(photos) * int8.embed_images(photos), axis=1)
+    assert cosine.mean() > 0.97, cosine
+    assert cosine.min() > 0.93, cosine
+    from catalens.imaging import load_and_preprocess
+
+    coffee = load_and_preprocess(bundled_photo("coffee"), card.preprocess)[None]
+    assert ESPRESSO in np.argsort(-int8.classify(coffee)[0])[:5]
+
+
+@pytest.mark.slow
+def test_int8_build_is_deterministic(model_dir: Path) -> None:
+    onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
+    fp32_bytes, fp32_card = onnx_path.read_bytes(), ModelCard.load(card_path)
+    first, card = build_int8(fp32_bytes, fp32_card, calibration_images=16)
+    second, _ = build_int8(fp32_bytes, fp32_card, calibration_images=16)
+    assert first == second
+    assert card.sha256 == sha256_hex(first)
+    assert card.quantization["calibration_images"] == 16
