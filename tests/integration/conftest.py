@@ -49,3 +49,42 @@ def s3_bucket(s3_client: Any) -> str:
     name = "catalens-test-bucket"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+# ------------------------------------------------------------------------------------------------ Lambda handlers
+
+
+@pytest.fixture
+def lambda_context() -> Any:
+    """A fake LambdaContext with the attributes Powertools reads (name, ARN, request id, remaining time)."""
+    from catalens.local.runtime import LambdaContext
+
+    return LambdaContext("catalens-test-function", memory_limit_in_mb=2048, timeout_seconds=30)
+
+
+@pytest.fixture
+def load_function(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Import ``functions/<name>/app.py`` fresh (its init code runs now, under the test's moto and env).
+
+    Returns the module, so a test can call ``module.lambda_handler`` and reach ``module.service``.
+    """
+    import importlib.util
+    import sys
+    import uuid
+    from pathlib import Path
+
+    def load(name: str) -> Any:
+        monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+        monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "CatalensTest")
+        monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", name)
+        path = Path(__file__).resolve().parents[2] / "functions" / name / "app.py"
+        module_name = f"catalens_test_{name}_{uuid.uuid4().hex[:8]}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, module_name, module)  # removed again when the test ends
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,0 +1,58 @@
+"""Search Lambda behind API Gateway (REST): each route hands the request to SearchService and returns its answer."""
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+
+from catalens.service import http
+from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
+from catalens.service.runtime import build_search_service, load_profile_store
+from catalens.settings import load_settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+settings = load_settings()
+service = build_search_service(settings, s3_client=boto3.client("s3"), profiles=load_profile_store(settings))
+app = APIGatewayRestResolver()
+http.register_error_handlers(app, logger)
+
+
+@app.post("/search")
+def search() -> Response:
+    request = parse_search_request(http.http_request(app), max_image_bytes=settings.max_image_bytes)
+    return http.search_response(service.search(request))
+
+
+@app.get("/items/<id>")
+def get_item(id: str) -> Response:
+    return http.json_response(service.get_item(parse_item_id(id)))
+
+
+@app.get("/items/<id>/similar")
+def similar_items(id: str) -> Response:
+    options = parse_query_options(http.http_request(app).query)
+    return http.search_response(service.similar(parse_item_id(id), options))
+
+
+@app.get("/health")
+def health() -> Response:
+    return http.json_response(service.health())
+
+
+@app.get("/openapi.json")
+def openapi() -> Response:
+    return http.openapi_response()
+
+
+@app.delete("/users/<id>/profile")
+def erase_profile(id: str) -> Response:
+    return http.json_response(service.forget_user(parse_user_id(id)))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: object) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,425 @@
+"""The ingest service: one S3 object event in, one index delta out (or a recorded, named failure).
+
+For each event the service reads the object's *current* state rather than trusting the event alone: S3
+and SQS deliver at least once and out of order, so a late create of a since-deleted photo finds nothing
+and writes nothing, and a late delete of a since-re-uploaded photo is skipped. What it does write goes
+through :class:`~catalens.index.store.IndexStore` — deterministic, conditional delta keys ordered by the
+event's sequencer — so duplicates change nothing and the newest event wins (DESIGN invariant 1).
+
+Per photo: read it (size checked before download) and its fields (object metadata, sidecar
+``<key>.json``), decode + embed with the model card's preprocessing, look for near-duplicates among other
+items, write an :class:`~catalens.index.records.ItemRecord`. A photo that can never succeed (not an
+image, a decompression bomb, invalid fields) raises :class:`IngestFailedError` after its failure is
+recorded three ways: a structured log line, the ``IngestFailures`` metric by reason, and an error marker
+object a merchant can read (``ingest-errors/<bucket>/<key>.json`` in the index bucket). The handler
+reports it as a failed batch item, so SQS retries it and finally moves it to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from catalens.errors import CatalensError, ImageError
+from catalens.imaging import ImageLimits, load_and_preprocess
+from catalens.index.records import ItemRecord, sequencer_key
+from catalens.ports import BlobNotFoundError, BlobStore
+from catalens.service.errors import FieldError
+from catalens.service.events import EventError, ObjectEvent, parse_notification
+from catalens.service.fields import parse_product_fields, parse_sidecar
+from catalens.service.telemetry import MetricsSink, NullMetrics
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+PERMANENT_ERRORS = (ImageError, FieldError, EventError)
+
+# Cosine similarity above which two photos of *different* items are reported as near-duplicates. Set from the
+# grocery measurement (`catalens eval near-duplicates`): re-encoded/resized/slightly cropped copies of a photo
+# score >= ~0.96 against their original, while different photos of the same product rarely exceed ~0.93.
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.95
+
+Action = Literal["indexed", "deleted", "unchanged", "skipped"]
+
+
+class IngestFailedError(CatalensError):
+    """A photo or event that will never index as it is; already recorded (log, metric, error marker)."""
+
+    code = "ingest_failed"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CatalogObject:
+    """An object of the catalog bucket: metadata always, body only when read (and small enough)."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
+    version_id: str | None = None
+    data: bytes | None = None
+
+
+class CatalogReader(Protocol):
+    """Read access to the catalog bucket (``catalens.adapters.s3_catalog.S3CatalogReader`` on AWS)."""
+
+    def head(self, bucket: str, key: str) -> CatalogObject | None:
+        """The object's metadata, or None when it does not exist."""
+        ...
+
+    def read(self, bucket: str, key: str, *, max_bytes: int) -> CatalogObject | None:
+        """The object with its body, or None when it does not exist; ``data`` stays None above ``max_bytes``."""
+        ...
+
+
+class IndexWriter(Protocol):
+    """What ingest needs of :class:`~catalens.index.store.IndexStore`."""
+
+    def write_item(self, record: ItemRecord, *, model_fingerprint: str = "") -> bool: ...
+
+    def delete_item(self, item_id: str, *, sequencer: str, image_key: str = "", updated_at: float = 0.0) -> bool: ...
+
+
+class EmbedderLike(Protocol):
+    card: Any
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Knobs of ingest; every one has a default that suits production.
+
+    Parameters
+    ----------
+    catalog_prefix
+        Stripped from keys before the item id is derived (``photos/`` → ``photos/sku-1.jpg`` is ``sku-1``).
+    limits
+        Image safety limits (bytes before download, pixels before decode).
+    near_duplicate_threshold
+        Cosine similarity at or above which another item is reported as a near-duplicate.
+    near_duplicate_k
+        How many neighbours to look at.
+    error_prefix
+        Where error markers go in the error store.
+    """
+
+    catalog_prefix: str = ""
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    near_duplicate_k: int = 5
+    error_prefix: str = "ingest-errors/"
+
+
+@dataclass
+class IngestOutcome:
+    """What one event did (the handler logs it; tests assert on it)."""
+
+    action: Action
+    item_id: str | None
+    key: str
+    reason: str = ""
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    embed_ms: float = 0.0
+
+
+class ErrorLog:
+    """Error markers a merchant can list: one small JSON object per failing catalog key.
+
+    A marker is overwritten by every failed attempt and deleted when the key later indexes or is removed,
+    so the folder always shows what is wrong *now*.
+    """
+
+    def __init__(self, blob: BlobStore, prefix: str = "ingest-errors/", *, wall_clock: Callable[[], float] = time.time):
+        self.blob = blob
+        self.prefix = prefix
+        self._wall_clock = wall_clock
+
+    def marker_key(self, bucket: str, key: str) -> str:
+        return f"{self.prefix}{bucket}/{key}.json"
+
+    def record(self, event: ObjectEvent, photo_key: str, item_id: str | None, code: str, message: str) -> None:
+        """Mark ``photo_key`` as failing (a broken sidecar marks its photo: that is what a merchant looks for)."""
+        body = {
+            "bucket": event.bucket,
+            "key": photo_key,
+            "event_key": event.key,
+            "item_id": item_id,
+            "code": code,
+            "message": message,
+            "event_name": event.event_name,
+            "etag": event.etag,
+            "sequencer": event.sequencer,
+            "event_time": event.event_time,
+            "recorded_at": self._wall_clock(),
+        }
+        self.blob.put(self.marker_key(event.bucket, photo_key), json.dumps(body, ensure_ascii=False).encode())
+
+    def clear(self, bucket: str, key: str) -> None:
+        """Remove the marker if there is one (a blind DELETE would leave a delete marker in a versioned bucket)."""
+        marker = self.marker_key(bucket, key)
+        try:
+            self.blob.head(marker)
+        except BlobNotFoundError:
+            return
+        self.blob.delete(marker)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every current marker (for tools and tests)."""
+        return [json.loads(self.blob.get(info.key).data) for info in self.blob.list(self.prefix)]
+
+
+def item_id_for_key(key: str, catalog_prefix: str = "") -> str:
+    """The item id a photo key names: the key below the catalog prefix, without its file extension.
+
+    >>> item_id_for_key("photos/red shoe.jpg", "photos/")
+    'red shoe'
+    >>> item_id_for_key("photos/shoes/sku-1.final.png", "photos/")
+    'shoes/sku-1.final'
+    """
+    relative = key[len(catalog_prefix) :] if catalog_prefix and key.startswith(catalog_prefix) else key
+    stem, ext = posixpath.splitext(relative)
+    return stem if stem and not stem.endswith("/") and ext else relative
+
+
+def is_sidecar(key: str) -> bool:
+    return key.lower().endswith(SIDECAR_SUFFIX)
+
+
+class IngestService:
+    """Turns S3 object events into index deltas.
+
+    Parameters
+    ----------
+    catalog
+        Reads photos, their metadata and sidecars.
+    index
+        Writes deltas (an :class:`~catalens.index.store.IndexStore`).
+    embedder
+        The process's embedder (one onnxruntime session, created at init).
+    views
+        The current index view (``IndexCache.view``) for near-duplicate checks and skipping unchanged
+        re-deliveries; None turns both off.
+    errors
+        Where error markers go; None logs and counts failures only.
+    metrics
+        ItemsIndexed, ItemsDeleted, IngestFailures{reason}, EmbedMs, NearDuplicates.
+    """
+
+    def __init__(
+        self,
+        *,
+        catalog: CatalogReader,
+        index: IndexWriter,
+        embedder: EmbedderLike,
+        views: Callable[[], Any] | None = None,
+        errors: ErrorLog | None = None,
+        metrics: MetricsSink | None = None,
+        config: IngestConfig | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.embedder = embedder
+        self._views = views
+        self.errors = errors
+        self.metrics = metrics or NullMetrics()
+        self.config = config or IngestConfig()
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._fingerprint = _fingerprint(embedder.card)
+
+    # ------------------------------------------------------------------------------------------------ entry points
+
+    def handle_message(self, body: str | bytes | dict[str, Any]) -> list[IngestOutcome]:
+        """One SQS message body: an S3 notification (usually one record) or S3's test event."""
+        try:
+            events = parse_notification(body)
+        except EventError as exc:
+            self._count_failure(exc.code)
+            log.error("unreadable ingest message", extra={"code": exc.code, "reason": str(exc)})
+            raise IngestFailedError(str(exc), reason=exc.code) from exc
+        if not events:
+            log.info("s3:TestEvent received; the notification configuration works")
+        return [self.handle_event(event) for event in events]
+
+    def handle_event(self, event: ObjectEvent) -> IngestOutcome:
+        if event.kind == "created":
+            return self.handle_object_created(event)
+        if event.kind == "removed":
+            return self.handle_object_removed(event)
+        log.info("ignoring S3 event", extra={"event_name": event.event_name, "key": event.key})
+        return IngestOutcome("skipped", None, event.key, reason=f"event {event.event_name} is not indexed")
+
+    def handle_object_created(self, event: ObjectEvent) -> IngestOutcome:
+        """A photo (or a sidecar) was written: (re-)index the photo from its current state."""
+        photo_key = event.key[: -len(SIDECAR_SUFFIX)] if is_sidecar(event.key) else event.key
+        item_id = item_id_for_key(photo_key, self.config.catalog_prefix)
+        try:
+            return self._index_photo(event, photo_key, item_id)
+        except PERMANENT_ERRORS as exc:
+            raise self._record_failure(event, photo_key, item_id, exc) from exc
+        except Exception:
+            self._count_failure("transient")  # S3/network trouble: retried by SQS, no marker
+            raise
+
+    def handle_object_removed(self, event: ObjectEvent) -> IngestOutcome:
+        """A photo was deleted: tombstone its item, unless it has been uploaded again since.
+
+        A removed sidecar re-indexes its photo without the sidecar's fields.
+        """
+        if is_sidecar(event.key):
+            return self.handle_object_created(event)
+        item_id = item_id_for_key(event.key, self.config.catalog_prefix)
+        if self.catalog.head(event.bucket, event.key) is not None:
+            log.info("stale delete: the photo exists again", extra={"item_id": item_id, "key": event.key})
+            return IngestOutcome("skipped", item_id, event.key, reason="the object exists again; its create indexes it")
+        written = self.index.delete_item(
+            item_id, sequencer=event.sequencer, image_key=event.key, updated_at=self._wall_clock()
+        )
+        if self.errors is not None:
+            self.errors.clear(event.bucket, event.key)
+        if written:
+            self.metrics.emit("ItemsDeleted", 1)
+        log.info("item deleted", extra={"item_id": item_id, "key": event.key, "duplicate": not written})
+        return IngestOutcome("deleted", item_id, event.key, reason="" if written else "duplicate delivery")
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def _index_photo(self, event: ObjectEvent, photo_key: str, item_id: str) -> IngestOutcome:
+        limits = self.config.limits
+        photo = self.catalog.read(event.bucket, photo_key, max_bytes=limits.max_bytes)
+        if photo is None:
+            log.info("photo is gone; its delete event removes it", extra={"item_id": item_id, "key": photo_key})
+            return IngestOutcome("skipped", item_id, photo_key, reason="the photo no longer exists")
+        if photo.data is None:
+            raise ImageError(
+                f"the photo is {photo.size} bytes; the limit is {limits.max_bytes}", code="image_too_large"
+            )
+        fields = self._fields(event.bucket, photo)
+        if self._already_indexed(item_id, event.sequencer, photo.etag, fields):
+            log.info("item unchanged (duplicate delivery)", extra={"item_id": item_id, "key": photo_key})
+            self._clear_error(event.bucket, photo_key)
+            return IngestOutcome("unchanged", item_id, photo_key, reason="same photo and fields already indexed")
+        started = self._clock()
+        tensor = load_and_preprocess(photo.data, self.embedder.card.preprocess, limits)
+        vector = np.asarray(self.embedder.embed(tensor[np.newaxis])[0], dtype=np.float32)
+        embed_ms = (self._clock() - started) * 1000
+        self.metrics.emit("EmbedMs", embed_ms, unit="Milliseconds")
+        near = self._near_duplicates(item_id, vector)
+        if near:
+            fields["near_duplicates"] = near
+            self.metrics.emit("NearDuplicates", 1)
+            log.warning("near-duplicate photo", extra={"item_id": item_id, "key": photo_key, "near_duplicates": near})
+        record = ItemRecord(
+            item_id=item_id,
+            vector=vector,
+            fields=fields,
+            image_key=photo_key,
+            source_etag=photo.etag,
+            sequencer=event.sequencer,
+            updated_at=self._wall_clock(),
+        )
+        written = self.index.write_item(record, model_fingerprint=self._fingerprint)
+        self._clear_error(event.bucket, photo_key)
+        if written:
+            self.metrics.emit("ItemsIndexed", 1)
+        log.info(
+            "item indexed",
+            extra={"item_id": item_id, "key": photo_key, "embed_ms": round(embed_ms, 2), "duplicate": not written},
+        )
+        return IngestOutcome(
+            "indexed",
+            item_id,
+            photo_key,
+            reason="" if written else "duplicate delivery",
+            near_duplicates=near,
+            embed_ms=embed_ms,
+        )
+
+    def _fields(self, bucket: str, photo: CatalogObject) -> dict[str, Any]:
+        sidecar_key = photo.key + SIDECAR_SUFFIX
+        sidecar_obj = self.catalog.read(bucket, sidecar_key, max_bytes=64 * 1024)
+        sidecar = None
+        if sidecar_obj is not None:
+            if sidecar_obj.data is None:
+                raise FieldError(f"the sidecar {sidecar_key!r} is {sidecar_obj.size} bytes; the limit is 65536")
+            sidecar = parse_sidecar(sidecar_obj.data)
+        return parse_product_fields(photo.metadata, sidecar)
+
+    def _already_indexed(self, item_id: str, sequencer: str, etag: str, fields: dict[str, Any]) -> bool:
+        """True for a re-delivery: the index holds this photo with these fields from this event or a newer one.
+
+        The sequencer matters: the same bytes uploaded again after a delete are a new event that must be
+        written, even when a stale view still shows the first upload.
+        """
+        view = self._view()
+        current = view.get(item_id) if view is not None else None
+        if current is None or getattr(current, "deleted", False) or current.source_etag != etag:
+            return False
+        if sequencer_key(current.sequencer) < sequencer_key(sequencer):
+            return False
+        indexed = {k: v for k, v in current.fields.items() if k != "near_duplicates"}
+        return indexed == fields
+
+    def _near_duplicates(self, item_id: str, vector: np.ndarray) -> list[dict[str, Any]]:
+        view = self._view()
+        if view is None or len(view) == 0:
+            return []
+        hits = view.search(vector, self.config.near_duplicate_k, exclude={item_id})
+        threshold = self.config.near_duplicate_threshold
+        return [{"item_id": h.item_id, "score": round(float(h.score), 4)} for h in hits if h.score >= threshold]
+
+    def _view(self) -> Any:
+        if self._views is None:
+            return None
+        try:
+            return self._views()
+        except Exception:  # the checks are advisory: an unreadable index must not stop ingest
+            log.warning("index view unavailable; skipping near-duplicate and unchanged checks", exc_info=True)
+            return None
+
+    # ------------------------------------------------------------------------------------------------ failures
+
+    def _record_failure(self, event: ObjectEvent, photo_key: str, item_id: str, exc: CatalensError) -> Exception:
+        """Log, count and mark a permanent failure; returns the error the handler reports for this record."""
+        self._count_failure(exc.code)
+        log.error(
+            "photo rejected",
+            extra={"item_id": item_id, "key": event.key, "code": exc.code, "reason": str(exc), "etag": event.etag},
+        )
+        if self.errors is not None:
+            try:
+                self.errors.record(event, photo_key, item_id, exc.code, str(exc))
+            except Exception:  # the failure is still logged, counted and sent to the DLQ
+                log.warning("could not write the error marker", extra={"key": event.key}, exc_info=True)
+        return IngestFailedError(f"{event.key}: {exc}", reason=exc.code)
+
+    def _count_failure(self, reason: str) -> None:
+        self.metrics.emit("IngestFailures", 1, dimensions={"reason": reason})
+
+    def _clear_error(self, bucket: str, key: str) -> None:
+        if self.errors is not None:
+            try:
+                self.errors.clear(bucket, key)
+            except Exception:
+                log.warning("could not clear the error marker", extra={"key": key}, exc_info=True)
+
+
+def _fingerprint(card: Any) -> str:
+    fingerprint = getattr(card, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else ""

@@ -1,0 +1,97 @@
+"""Composition root: builds the services from :class:`~catalens.settings.Settings` and injected AWS clients.
+
+Handlers call these once, at init (outside the handler function), so the ONNX session and the index cache
+live as long as the execution environment. Clients are passed in — the handler creates them, tests hand in
+moto-backed ones — so nothing here decides where AWS is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalens.adapters.s3 import S3BlobStore
+from catalens.adapters.s3_catalog import S3CatalogReader
+from catalens.embedder import Embedder
+from catalens.imaging import ImageLimits
+from catalens.index.cache import IndexCache
+from catalens.index.store import IndexStore
+from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
+from catalens.service.search import SearchService
+from catalens.service.telemetry import MetricsSink
+from catalens.settings import Settings
+
+ERROR_MARKERS_DIR = "ingest-errors/"  # under the index prefix: the ingest role may write there, GC never looks
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """The process's one embedder (one onnxruntime session); raises ModelError naming what is missing."""
+    return Embedder.from_dir(settings.model_dir, settings.model_variant, threads=settings.onnx_threads)
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+def index_store(settings: Settings, s3_client: Any) -> IndexStore:
+    return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix)
+
+
+def error_log(settings: Settings, s3_client: Any) -> ErrorLog:
+    """Error markers of failed photos: ``<index prefix>ingest-errors/<bucket>/<key>.json`` in the index bucket."""
+    return ErrorLog(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix + ERROR_MARKERS_DIR)
+
+
+def build_search_service(
+    settings: Settings,
+    *,
+    s3_client: Any,
+    embedder: Embedder | None = None,
+    profiles: Any = None,
+    background_loads: bool = True,
+) -> SearchService:
+    """The search service over the S3 index; ``profiles`` (a ProfileStore) turns personalisation on."""
+    from catalens.ranking import rerank
+
+    cache = IndexCache(
+        index_store(settings, s3_client), ttl_seconds=settings.manifest_ttl_seconds, background=background_loads
+    )
+    return SearchService(
+        embedder=embedder or load_embedder(settings),
+        views=cache.view,
+        limits=image_limits(settings),
+        profiles=profiles,
+        rerank=rerank,
+    )
+
+
+def build_ingest_service(
+    settings: Settings,
+    *,
+    s3_client: Any,
+    metrics: MetricsSink | None = None,
+    embedder: Embedder | None = None,
+    config: IngestConfig | None = None,
+) -> IngestService:
+    """The ingest service: catalog bucket in, index deltas and error markers out."""
+    store = index_store(settings, s3_client)
+    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=False)
+    return IngestService(
+        catalog=S3CatalogReader(s3_client),
+        index=store,
+        embedder=embedder or load_embedder(settings),
+        views=cache.view,
+        errors=error_log(settings, s3_client),
+        metrics=metrics,
+        config=config or IngestConfig(limits=image_limits(settings)),
+    )
+
+
+def load_profile_store(settings: Settings, dynamodb_client: Any = None) -> Any:
+    """The shopper-profile store for personalised re-ranking, or None when this deployment keeps no profiles.
+
+    Until a DynamoDB adapter of :class:`catalens.profiles.updater.ProfileStore` ships, search runs
+    unpersonalised (``personalized: false`` in every answer) and profile erasure answers ``deleted: false``.
+    """
+    if not settings.profiles_table:
+        return None
+    return None

@@ -1,0 +1,371 @@
+"""The search service: what ``POST /search``, ``GET /items/{id}[/similar]`` and ``GET /health`` answer.
+
+Per request the work is decode + embed (photo queries only) + search + rank. Everything heavier is
+done once: the embedder is created when the service is (one onnxruntime session per process), and the
+index view comes from a cache that revalidates the manifest now and then (:class:`~catalens.index.cache.IndexCache`).
+
+Example
+-------
+>>> service = SearchService(embedder=embedder, views=cache.view)          # doctest: +SKIP
+>>> service.search(SearchRequest(image=jpeg_bytes)).hits[0].item_id        # doctest: +SKIP
+'sku-123'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from catalens.imaging import ImageLimits, load_and_preprocess
+from catalens.index.filters import Filter
+from catalens.index.records import Hit
+from catalens.ranking import first_stage_k
+from catalens.service.errors import ItemNotFoundError, UnknownFilterError
+from catalens.service.fields import STANDARD_FIELDS
+from catalens.service.requests import Filters, SearchOptions, SearchRequest
+
+log = logging.getLogger(__name__)
+
+
+class EmbedderLike(Protocol):
+    """What the service needs of :class:`catalens.embedder.Embedder`."""
+
+    card: Any
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class IndexViewLike(Protocol):
+    """What the service needs of :class:`catalens.index.IndexView`."""
+
+    version: str
+
+    def search(self, query: np.ndarray, k: int, **kwargs: Any) -> list[Hit]: ...
+
+    def get(self, item_id: str) -> Any: ...
+
+    def vector_of(self, item_id: str) -> np.ndarray | None: ...
+
+    def __len__(self) -> int: ...
+
+
+class ProfileStoreLike(Protocol):
+    """What the service needs of :class:`catalens.profiles.updater.ProfileStore`."""
+
+    def load_for_ranking(self, user_id: str) -> Any: ...
+
+    def delete(self, user_id: str) -> None: ...
+
+
+Reranker = Callable[..., list[Hit]]
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent per stage of one request; reported in the body and in ``Server-Timing``."""
+
+    decode: float = 0.0
+    embed: float = 0.0
+    search: float = 0.0
+    rank: float = 0.0
+    profile: float = 0.0
+    total: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in vars(self).items()}
+
+    def server_timing(self) -> str:
+        """The ``Server-Timing`` header value (durations in ms)."""
+        return ", ".join(f"{name};dur={value:.2f}" for name, value in self.to_dict().items())
+
+
+@dataclass
+class SearchResponse:
+    """Hits of one page, with the index version that answered and where the time went."""
+
+    hits: list[Hit]
+    index_version: str
+    timings: Timings
+    k: int
+    offset: int
+    item_count: int
+    personalized: bool = False
+    explain: bool = False
+    query: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hits": [hit_to_dict(hit, explain=self.explain) for hit in self.hits],
+            "k": self.k,
+            "offset": self.offset,
+            "index_version": self.index_version,
+            "item_count": self.item_count,
+            "personalized": self.personalized,
+            "query": self.query,
+            "timings_ms": self.timings.to_dict(),
+        }
+
+
+def hit_to_dict(hit: Hit, *, explain: bool) -> dict[str, Any]:
+    """A hit as the API shows it (the vector stays inside)."""
+    out: dict[str, Any] = {
+        "item_id": hit.item_id,
+        "score": _finite(hit.score),
+        "image_key": hit.image_key,
+        "fields": dict(hit.fields),
+    }
+    if explain:
+        out["explain"] = {name: _finite(value) for name, value in (hit.explain or {"visual": hit.score}).items()}
+    return out
+
+
+def _finite(value: float) -> float:
+    number = float(value)
+    return round(number, 6) if math.isfinite(number) else 0.0
+
+
+class SearchService:
+    """Answers searches against the current index version.
+
+    Parameters
+    ----------
+    embedder
+        The process's embedder (created once, at init).
+    views
+        Returns the current index view; normally ``IndexCache.view`` (cheap: revalidates now and then).
+    limits
+        Image safety limits for query photos.
+    profiles
+        Profile store for personalisation; None turns personalisation off.
+    rerank
+        ``catalens.ranking.rerank``-compatible function; None returns visual order.
+    rank_params
+        Passed to ``rerank`` as ``params``.
+    """
+
+    def __init__(
+        self,
+        *,
+        embedder: EmbedderLike,
+        views: Callable[[], IndexViewLike],
+        limits: ImageLimits | None = None,
+        profiles: ProfileStoreLike | None = None,
+        rerank: Reranker | None = None,
+        rank_params: Any = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.embedder = embedder
+        self._views = views
+        self.limits = limits or ImageLimits()
+        self.profiles = profiles
+        self._rerank = rerank
+        self._rank_kwargs = {} if rank_params is None else {"params": rank_params}
+        self._fields_by_version: dict[str, frozenset[str]] = {}
+        self._clock = clock
+        self._checked_fingerprints: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------------ queries
+
+    def search(self, request: SearchRequest) -> SearchResponse:
+        """Search by photo or by an indexed item's vector."""
+        started = self._clock()
+        timings = Timings()
+        view = self._view()
+        options = request.options
+        self._check_filters(options.filters, view)
+        exclude: set[str] = set()
+        if request.image is not None:
+            vector = self._embed_query(request.image, timings)
+            query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
+        else:
+            assert request.item_id is not None
+            vector = self._vector_of(view, request.item_id)
+            exclude.add(request.item_id)
+            query = {"type": "item", "item_id": request.item_id}
+        return self._answer(view, vector, options, exclude, timings, started, query)
+
+    def similar(self, item_id: str, options: SearchOptions) -> SearchResponse:
+        """Items that look like an indexed item (the item itself left out)."""
+        return self.search(SearchRequest(item_id=item_id, options=options))
+
+    def get_item(self, item_id: str) -> dict[str, Any]:
+        """One item's current state: fields, image key, source ETag, near-duplicates found at ingest."""
+        view = self._view()
+        record = view.get(item_id)
+        if record is None or getattr(record, "deleted", False):
+            raise ItemNotFoundError(f"no item {item_id!r} in index version {view.version}")
+        fields = dict(getattr(record, "fields", {}) or {})
+        return {
+            "item_id": item_id,
+            "fields": fields,
+            "image_key": getattr(record, "image_key", ""),
+            "source_etag": getattr(record, "source_etag", ""),
+            "updated_at": getattr(record, "updated_at", 0.0),
+            "near_duplicates": fields.get("near_duplicates", []),
+            "index_version": view.version,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Liveness plus what a deployer checks first: index version, item count, model."""
+        view = self._view()
+        card = self.embedder.card
+        return {
+            "status": "ok",
+            "index_version": view.version,
+            "item_count": len(view),
+            "model": {"name": getattr(card, "name", ""), "fingerprint": _fingerprint(card)},
+            "personalization": self.profiles is not None,
+        }
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        """Erase a user's profile (privacy); personalisation stops until new events arrive. Idempotent.
+
+        A deployment without a profile store keeps nothing to erase, so it answers ``deleted: false``.
+        """
+        if self.profiles is None:
+            return {"user_id": user_id, "deleted": False}
+        self.profiles.delete(user_id)
+        return {"user_id": user_id, "deleted": True}
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def _view(self) -> IndexViewLike:
+        view = self._views()
+        fingerprint = getattr(view, "model_fingerprint", None)
+        if fingerprint and fingerprint not in self._checked_fingerprints:
+            check = getattr(self.embedder.card, "check_matches", None)
+            if check is not None:
+                check(fingerprint)  # ModelError(model_mismatch) -> 503: the deployment is inconsistent
+            self._checked_fingerprints.add(fingerprint)
+        return view
+
+    def _embed_query(self, image: bytes, timings: Timings) -> np.ndarray:
+        t0 = self._clock()
+        tensor = load_and_preprocess(image, self.embedder.card.preprocess, self.limits)
+        t1 = self._clock()
+        vector = self.embedder.embed(tensor[np.newaxis])[0]
+        timings.decode = (t1 - t0) * 1000
+        timings.embed = (self._clock() - t1) * 1000
+        return vector
+
+    @staticmethod
+    def _vector_of(view: IndexViewLike, item_id: str) -> np.ndarray:
+        vector = view.vector_of(item_id)
+        if vector is None:
+            raise ItemNotFoundError(f"no item {item_id!r} in index version {view.version}")
+        return vector
+
+    def _check_filters(self, filters: Filters, view: IndexViewLike) -> None:
+        if not filters:
+            return
+        known = self._known_fields(view)
+        unknown = sorted(filters.field_names() - known)
+        if unknown:
+            raise UnknownFilterError(
+                f"unknown filter field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
+
+    def _known_fields(self, view: IndexViewLike) -> frozenset[str]:
+        """Fields a filter may name: the standard product fields plus every field the index has columns or
+        live deltas for (cached per index version)."""
+        known = self._fields_by_version.get(view.version)
+        if known is None:
+            names = set(STANDARD_FIELDS)
+            snapshot = getattr(view, "snapshot", None)
+            columns = getattr(snapshot, "columns", None)
+            if columns is not None:
+                names |= set(columns.numeric) | set(columns.codes)
+            for record in getattr(view, "_delta_records", ()):  # fresh items, not yet in a snapshot
+                names |= set(record.fields)
+            known = frozenset(names)
+            self._fields_by_version = {view.version: known}
+        return known
+
+    def _answer(
+        self,
+        view: IndexViewLike,
+        vector: np.ndarray,
+        options: SearchOptions,
+        exclude: set[str],
+        timings: Timings,
+        started: float,
+        query: dict[str, Any],
+    ) -> SearchResponse:
+        window = options.offset + options.k
+        profile = self._profile(options, timings)
+        pool = first_stage_k(options.k, options.offset) if profile is not None else window
+        t0 = self._clock()
+        hits = view.search(vector, pool, filters=to_index_filter(options.filters), exclude=exclude)
+        t1 = self._clock()
+        timings.search = (t1 - t0) * 1000
+        personalized = False
+        if self._rerank is not None and (profile is not None or options.explain):
+            hits = self._rerank(hits, profile, **self._rank_kwargs)
+            personalized = any("boost" in hit.explain for hit in hits)
+        timings.rank = (self._clock() - t1) * 1000
+        timings.total = (self._clock() - started) * 1000
+        return SearchResponse(
+            hits=hits[options.offset : window],
+            index_version=view.version,
+            timings=timings,
+            k=options.k,
+            offset=options.offset,
+            item_count=len(view),
+            personalized=personalized,
+            explain=options.explain,
+            query=query,
+        )
+
+    def _profile(self, options: SearchOptions, timings: Timings) -> Any:
+        if options.user_id is None or not options.personalize or self.profiles is None or self._rerank is None:
+            return None
+        t0 = self._clock()
+        try:
+            return self.profiles.load_for_ranking(options.user_id)
+        finally:
+            timings.profile = (self._clock() - t0) * 1000
+
+
+def to_index_filter(filters: Filters) -> Filter | None:
+    """The index's :class:`~catalens.index.filters.Filter` for the request's filters (None when there are none).
+
+    Query strings carry only text, so a value like ``"42"`` or ``"true"`` also matches the number or
+    boolean it spells (``filter.size=42`` finds ``{"size": 42}``).
+    """
+    if not filters:
+        return None
+    result = Filter()
+    for name, values in filters.equals.items():
+        result &= Filter.one_of(name, _with_typed_twins(values))
+    if filters.price_min is not None or filters.price_max is not None:
+        result &= Filter.between("price", filters.price_min, filters.price_max)
+    return result
+
+
+def _with_typed_twins(values: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        out.append(value)
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("true", "false"):
+                out.append(text == "true")
+                continue
+            try:
+                number = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                out.append(int(number) if number.is_integer() else number)
+    return out
+
+
+def _fingerprint(card: Any) -> str:
+    fingerprint = getattr(card, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else ""
