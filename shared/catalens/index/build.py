@@ -110,7 +110,7 @@ def build_snapshot(
         for tombstone in previous.tombstones:
             states[tombstone.item_id] = _State(tombstone.sequencer, True, record=tombstone)
 
-    model_dim = previous.model_dim if previous is not None else None
+    model_dim = previous.model_dim if previous is not None and previous.model_dim else None
     for record in records:
         if not record.deleted:
             if record.vector is None:

@@ -33,6 +33,12 @@ class Projection:
     scale: np.ndarray  # float32[d_index]
     explained_variance_ratio: float = 1.0
 
+    def __post_init__(self) -> None:
+        # One memory layout for built and loaded projections: BLAS rounds differently for a
+        # Fortran-ordered matrix, and a round trip must give bit-identical scores.
+        for name in ("mean", "components", "scale"):
+            object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+
     @property
     def input_dim(self) -> int:
         return int(self.components.shape[0])

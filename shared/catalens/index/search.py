@@ -104,7 +104,9 @@ class IndexView:
             visible.setflags(write=False)
             self._visible = visible
 
-        self._model_dim = snapshot.model_dim if snapshot is not None else None
+        # An empty snapshot that never held a vector (model_dim 0) does not fix the dimension yet.
+        self._model_dim = snapshot.model_dim if snapshot is not None and snapshot.model_dim else None
+        self._snapshot_space = snapshot is not None and bool(snapshot.model_dim)
         live = [r for r in overrides.values() if not r.deleted]
         for record in live:
             if record.vector is None:
@@ -122,7 +124,7 @@ class IndexView:
         if live:
             self._delta_vectors = self._project(np.stack([np.asarray(r.vector, dtype=np.float32) for r in live]))
         else:
-            self._delta_vectors = np.empty((0, snapshot.dim if snapshot is not None else 0), dtype=np.float32)
+            self._delta_vectors = np.empty((0, snapshot.dim if self._snapshot_space else 0), dtype=np.float32)
         self._delta_vectors.setflags(write=False)
 
         snapshot_live = len(snapshot) if snapshot is not None else 0
@@ -142,10 +144,10 @@ class IndexView:
     @property
     def dim(self) -> int:
         """Index-space dimensionality (0 for an empty view)."""
-        return int(self._delta_vectors.shape[1]) if self.snapshot is None else self.snapshot.dim
+        return self.snapshot.dim if self._snapshot_space else int(self._delta_vectors.shape[1])
 
     def _project(self, vectors: np.ndarray) -> np.ndarray:
-        if self.snapshot is not None:
+        if self._snapshot_space:
             return self.snapshot.project(vectors)
         if self._model_dim is not None and vectors.shape[-1] != self._model_dim:
             raise ModelError(

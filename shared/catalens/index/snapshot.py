@@ -91,6 +91,7 @@ class Snapshot:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "vectors", np.ascontiguousarray(self.vectors, dtype=np.float32))
         n = self.item_ids.shape[0]
         if self.vectors.ndim != 2 or self.vectors.shape[0] != n or len(self.records) != n or self.id_order.size != n:
             raise SnapshotError("snapshot arrays disagree on the number of items")

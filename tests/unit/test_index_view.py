@@ -1,0 +1,191 @@
+"""IndexView: deltas over a snapshot, exact merge, filters before top-k, deletes, lookups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catalens.errors import ModelError
+from catalens.index import Filter, IndexView, ItemRecord, build_snapshot
+
+DIM = 16
+FP = "model-fp"
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _record(item_id: str, vector, seq: str, *, deleted: bool = False, **fields) -> ItemRecord:
+    return ItemRecord(
+        item_id=item_id,
+        vector=None if deleted else np.asarray(vector, dtype=np.float32),
+        fields=fields,
+        image_key=f"photos/{item_id}.jpg",
+        source_etag=f"etag-{item_id}-{seq}",
+        sequencer=seq,
+        deleted=deleted,
+    )
+
+
+def _catalog(n: int = 300, seed: int = 0) -> list[ItemRecord]:
+    x = _vectors(n, seed)
+    return [
+        _record(f"item-{i:04d}", x[i], "0100", category=["shoes", "bags", "hats"][i % 3], price=float(i % 50))
+        for i in range(n)
+    ]
+
+
+def _brute_force(records: list[ItemRecord], query: np.ndarray, k: int, keep=lambda r: True) -> list[str]:
+    live = [r for r in records if keep(r)]
+    scores = np.array([float(_unit(r.vector) @ _unit(query)) for r in live])
+    order = sorted(range(len(live)), key=lambda i: (-scores[i], live[i].item_id))
+    return [live[i].item_id for i in order[:k]]
+
+
+def test_empty_index_returns_no_hits():
+    view = IndexView(None, [])
+    assert view.search(np.ones(DIM, np.float32), 5) == []
+    assert len(view) == 0
+    assert view.get("x") is None
+    empty = build_snapshot([], model_fingerprint=FP)
+    assert len(empty) == 0
+    assert IndexView(empty).search(np.ones(DIM, np.float32), 5) == []
+
+
+def test_snapshot_plus_deltas_equals_brute_force_over_the_final_state():
+    base = _catalog(300)
+    snapshot = build_snapshot(base, model_fingerprint=FP)
+    extra = _vectors(40, seed=9)
+    deltas = [_record(f"new-{i}", extra[i], "0200", category="shoes", price=1.0) for i in range(20)]
+    deltas += [_record(f"item-{i:04d}", extra[20 + i], "0200", category="bags", price=2.0) for i in range(20)]
+    deltas += [_record(f"item-{i:04d}", None, "0201", deleted=True) for i in range(100, 130)]
+    view = IndexView(snapshot, deltas)
+
+    final = {r.item_id: r for r in base}
+    for d in deltas:
+        if d.deleted:
+            final.pop(d.item_id)
+        else:
+            final[d.item_id] = d
+    assert len(view) == len(final) == 300 + 20 - 30
+
+    for query in _vectors(10, seed=3):
+        hits = view.search(query, 25)
+        ids = [h.item_id for h in hits]
+        assert ids == _brute_force(list(final.values()), query, 25)
+        assert len(set(ids)) == len(ids)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        for hit in hits:
+            assert hit.score == pytest.approx(float(_unit(final[hit.item_id].vector) @ _unit(query)), abs=1e-5)
+            assert hit.fields == final[hit.item_id].fields
+            assert hit.image_key == final[hit.item_id].image_key
+
+
+def test_out_of_order_create_and_delete_resolve_by_sequencer():
+    x = _vectors(3, seed=4)
+    snapshot = build_snapshot([_record("a", x[0], "10")], model_fingerprint=FP)
+    # the delete (seq 12) arrives before the older create (seq 11): the item stays deleted
+    view = IndexView(snapshot, [_record("a", None, "12", deleted=True), _record("a", x[1], "11")])
+    assert view.get("a") is None
+    assert view.search(x[1], 3) == []
+    # a re-create after the delete (seq 13) brings it back with the new vector, whatever the delivery order
+    shuffled = [_record("a", x[2], "13"), _record("a", None, "12", deleted=True), _record("a", x[1], "11")]
+    view = IndexView(snapshot, shuffled)
+    hit = view.search(x[2], 1)[0]
+    assert hit.item_id == "a"
+    assert hit.score == pytest.approx(1.0, abs=1e-6)
+    # a delta older than the snapshot row is ignored
+    view = IndexView(snapshot, [_record("a", x[1], "0f")])
+    np.testing.assert_allclose(view.vector_of("a"), x[0], atol=1e-6)
+    # sequencers compare as zero-padded hex, not as strings: "9" < "0A"
+    view = IndexView(snapshot, [_record("a", None, "0A", deleted=True), _record("a", x[1], "9")])
+    assert view.get("a") is not None  # 0x0A (deleted) < 0x10 (snapshot): both deltas are stale
+
+
+def test_compacted_tombstone_blocks_a_late_create():
+    x = _vectors(2, seed=5)
+    first = build_snapshot([_record("a", x[0], "10")], model_fingerprint=FP)
+    second = build_snapshot([_record("a", None, "20", deleted=True)], model_fingerprint=FP, previous=first)
+    assert len(second) == 0
+    assert [t.item_id for t in second.tombstones] == ["a"]
+    assert IndexView(second, [_record("a", x[1], "15")]).get("a") is None  # late, older create
+    assert IndexView(second, [_record("a", x[1], "21")]).get("a") is not None  # a genuine re-create
+
+
+def test_filter_is_applied_before_top_k_is_cut():
+    query = _unit(np.ones(DIM))
+    near = [_record(f"near-{i}", query + 0.01 * _vectors(1, i)[0], "1", colour="red") for i in range(50)]
+    far = [_record(f"far-{i}", -query + 0.3 * _vectors(1, 100 + i)[0], "1", colour="blue") for i in range(8)]
+    view = IndexView(build_snapshot(near + far, model_fingerprint=FP), [])
+    hits = view.search(query, 5, filters=Filter.equals("colour", "blue"))
+    assert len(hits) == 5
+    assert all(h.item_id.startswith("far-") for h in hits)
+    assert [h.item_id for h in hits] == _brute_force(far, query, 5)
+    # the same through a delta
+    late = _record("far-late", -query, "2", colour="blue")
+    hits = IndexView(build_snapshot(near + far, model_fingerprint=FP), [late]).search(
+        query, 20, filters=Filter.equals("colour", "blue")
+    )
+    assert sorted(h.item_id for h in hits) == sorted([f"far-{i}" for i in range(8)] + ["far-late"])
+
+
+def test_filters_on_price_range_and_sets_match_brute_force():
+    base = _catalog(300)
+    deltas = [_record("d-1", _vectors(1, 77)[0], "0200", category="hats", price=12.0)]
+    view = IndexView(build_snapshot(base, model_fingerprint=FP), deltas)
+    flt = Filter.parse({"category": ["hats", "bags"], "price": {"gte": 10, "lt": 20}})
+    for query in _vectors(5, seed=8):
+        expected = _brute_force(base + deltas, query, 10, keep=lambda r: flt.matches(r.fields))
+        assert [h.item_id for h in view.search(query, 10, filters=flt)] == expected
+
+
+def test_exclude_removes_items_from_both_parts():
+    base = _catalog(50)
+    delta = _record("d", base[0].vector, "0200", category="shoes", price=1.0)
+    view = IndexView(build_snapshot(base, model_fingerprint=FP), [delta])
+    hits = view.search(base[0].vector, 3, exclude={"item-0000", "d"})
+    assert {"item-0000", "d"}.isdisjoint(h.item_id for h in hits)
+    assert len(hits) == 3
+
+
+def test_get_vector_of_len_and_version():
+    base = _catalog(20)
+    snapshot = build_snapshot(base, model_fingerprint=FP)
+    view = IndexView(snapshot, [])
+    assert view.version == snapshot.version
+    item = view.get("item-0003")
+    assert item.fields == base[3].fields
+    assert item.sequencer == "0100"
+    np.testing.assert_allclose(view.vector_of("item-0003"), _unit(base[3].vector), atol=1e-6)
+    assert view.get("nope") is None
+    assert view.vector_of("nope") is None
+    updated = IndexView(snapshot, [_record("item-0003", base[4].vector, "0200", category="x")])
+    assert updated.version != snapshot.version
+    assert updated.get("item-0003").fields == {"category": "x"}
+    np.testing.assert_allclose(updated.vector_of("item-0003"), _unit(base[4].vector), atol=1e-6)
+    assert len(updated) == 20
+
+
+def test_query_with_the_wrong_dimension_is_a_model_mismatch():
+    view = IndexView(build_snapshot(_catalog(10), model_fingerprint=FP), [])
+    with pytest.raises(ModelError) as raised:
+        view.search(np.ones(DIM + 1, np.float32), 3)
+    assert raised.value.code == "model_mismatch"
+    with pytest.raises(ModelError):
+        IndexView(build_snapshot(_catalog(10), model_fingerprint=FP), [_record("x", np.ones(DIM + 2), "0200")])
+
+
+def test_deltas_over_an_empty_snapshot_are_searchable():
+    empty = build_snapshot([_record("gone", None, "1", deleted=True)], model_fingerprint=FP)
+    x = _vectors(3, seed=6)
+    view = IndexView(empty, [_record(f"d{i}", x[i], "2") for i in range(3)])
+    assert len(view) == 3
+    assert view.search(x[1], 1)[0].item_id == "d1"
+    assert IndexView(empty, [_record("gone", x[0], "0")]).get("gone") is None  # older than the compacted delete
