@@ -658,11 +658,12 @@ class IndexStore:
                 )
             generation = manifest.generation + 1
             version = f"{generation:08d}-{uuid.uuid4().hex[:12]}"  # unique even when two builders race
+            previous, carried = _dimensionless_to_records(loaded.snapshot if loaded else None)
             started = time.perf_counter()
             snapshot = build_fn(
-                [usable[k].record for k in sorted(usable)],
+                carried + [usable[k].record for k in sorted(usable)],
                 model_fingerprint=fingerprint,
-                previous=loaded.snapshot if loaded else None,
+                previous=previous,
                 version=version,
                 **build_options,
             )
@@ -744,7 +745,8 @@ class IndexStore:
                 result.objects_deleted += 1
 
         ledgers = [self.load_ledger(e) for e in manifest.retained]
-        infos = [info for info in self.blob.list(self.prefix + DELTAS_DIR) if info.last_modified.timestamp() < cutoff]
+        listing = list(self.blob.list(self.prefix + DELTAS_DIR))
+        infos = [info for info in listing if info.last_modified.timestamp() < cutoff]
         parsed = [(info.key, DeltaKey.parse(info.key[len(self.prefix) :])) for info in infos]
         parsed_keys = [(key, p) for key, p in parsed if p is not None]
         covered = [True] * len(parsed_keys)
@@ -755,8 +757,7 @@ class IndexStore:
                 if not dry_run:
                     self.blob.delete(key)
                 result.deltas_deleted += 1
-            else:
-                result.deltas_kept += 1
+        result.deltas_kept = len(listing) - result.deltas_deleted
         return result
 
     # ---- internals
@@ -821,7 +822,16 @@ def make_view(loaded: LoadedVersion | None, deltas: Iterable[Delta]) -> IndexVie
 
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
-    return IndexView(loaded.snapshot if loaded else None, records)
+    snapshot, carried = _dimensionless_to_records(loaded.snapshot if loaded else None)
+    return IndexView(snapshot, carried + records)
+
+
+def _dimensionless_to_records(snapshot: Snapshot | None) -> tuple[Snapshot | None, list[ItemRecord]]:
+    """A snapshot of tombstones only has no vector dimension (model_dim 0), and the core then refuses
+    every vector as a dimension mismatch. Hand such a snapshot over as its tombstones instead."""
+    if snapshot is not None and len(snapshot) == 0 and not snapshot.model_dim:
+        return None, list(snapshot.tombstones)
+    return snapshot, []
 
 
 def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
