@@ -658,12 +658,11 @@ class IndexStore:
                 )
             generation = manifest.generation + 1
             version = f"{generation:08d}-{uuid.uuid4().hex[:12]}"  # unique even when two builders race
-            previous, carried = _dimensionless_to_records(loaded.snapshot if loaded else None)
             started = time.perf_counter()
             snapshot = build_fn(
-                carried + [usable[k].record for k in sorted(usable)],
+                [usable[k].record for k in sorted(usable)],
                 model_fingerprint=fingerprint,
-                previous=previous,
+                previous=loaded.snapshot if loaded else None,
                 version=version,
                 **build_options,
             )
@@ -822,16 +821,7 @@ def make_view(loaded: LoadedVersion | None, deltas: Iterable[Delta]) -> IndexVie
 
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
-    snapshot, carried = _dimensionless_to_records(loaded.snapshot if loaded else None)
-    return IndexView(snapshot, carried + records)
-
-
-def _dimensionless_to_records(snapshot: Snapshot | None) -> tuple[Snapshot | None, list[ItemRecord]]:
-    """A snapshot of tombstones only has no vector dimension (model_dim 0), and the core then refuses
-    every vector as a dimension mismatch. Hand such a snapshot over as its tombstones instead."""
-    if snapshot is not None and len(snapshot) == 0 and not snapshot.model_dim:
-        return None, list(snapshot.tombstones)
-    return snapshot, []
+    return IndexView(loaded.snapshot if loaded else None, records)
 
 
 def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
