@@ -16,7 +16,7 @@ from catalens.profiles.profile import (
     apply_event,
     replay,
 )
-from catalens.profiles.updater import ItemLookup, ProfileConflictError, ProfileStore, ProfileUpdater
+from catalens.profiles.updater import ItemLookup, ProfileConflictError, ProfileStore, ProfileUpdater, index_lookup
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -34,5 +34,6 @@ __all__ = [
     "apply_event",
     "event_from_item",
     "event_key",
+    "index_lookup",
     "replay",
 ]

@@ -42,6 +42,8 @@ class InMemoryProfileStore:
             return None
         return Profile.from_item({k: v for k, v in item.items() if k in RANKING_ATTRIBUTES})
 
+    get = load_for_ranking  # what the search service calls
+
     def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None:
         with self._lock:
             current = self._items.get(profile.user_id)
@@ -57,8 +59,8 @@ class InMemoryProfileStore:
                 self.cooccurrence.add(pairs)
         profile.version = expected_version + 1
 
-    def delete(self, user_id: str) -> None:
-        """Erase the profile, leaving a tombstone so older (late) events cannot rebuild it."""
+    def delete(self, user_id: str) -> bool:
+        """Erase the profile, leaving a tombstone so older (late) events cannot rebuild it; True if it had content."""
         with self._lock:
             current = self._items.get(user_id)
             version = 0 if current is None else int(current["version"])
@@ -67,6 +69,7 @@ class InMemoryProfileStore:
             item = Profile.erased(user_id, erased_at_ms=erased_at).to_item()
             item["version"] = version + 1
             self._items[user_id] = item
+        return current is not None and not Profile.from_item(current).is_empty
 
     def __len__(self) -> int:
         with self._lock:

@@ -41,9 +41,24 @@ class ProfileStore(Protocol):
 
     def load_for_ranking(self, user_id: str) -> Profile | None: ...
 
+    def get(self, user_id: str) -> Profile | None: ...  # = load_for_ranking (what the search service calls)
+
     def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None: ...
 
-    def delete(self, user_id: str) -> None: ...
+    def delete(self, user_id: str) -> bool: ...  # erase (tombstone); True when there was something to erase
+
+
+def index_lookup(current_view: Callable[[], Any]) -> ItemLookup:
+    """The production :data:`ItemLookup`: the item's index-space vector and fields from the current index view.
+
+    ``current_view`` is e.g. ``IndexCache.view`` (revalidated every few seconds, so new items are found).
+    """
+
+    def lookup(item_id: str) -> tuple[np.ndarray | None, Mapping[str, Any]] | None:
+        item = current_view().get(item_id)
+        return None if item is None else (item.vector, item.fields)
+
+    return lookup
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Profile Lambda: shopper events from the events table's stream → the shopper's profile (and co-occurrence).
+
+Each stream record is one event (``NEW_IMAGE``); :class:`catalens.profiles.ProfileUpdater` applies it
+with a conditional write. A malformed record raises, so Powertools reports it in
+``batchItemFailures`` while its neighbours land (template: ``FunctionResponseTypes:
+[ReportBatchItemFailures]``, bounded ``MaximumRetryAttempts`` and an ``OnFailure`` destination).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from catalens.adapters.dynamodb import DynamoCooccurrenceStore, DynamoProfileStore
+from catalens.adapters.s3 import S3BlobStore
+from catalens.index.cache import IndexCache
+from catalens.index.store import IndexStore
+from catalens.profiles import EventError, ProfileUpdater, event_from_item, index_lookup
+from catalens.settings import load_settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+settings = load_settings()
+dynamodb = boto3.client("dynamodb")
+index = IndexCache(
+    IndexStore(S3BlobStore(boto3.client("s3"), settings.index_bucket), settings.index_prefix),
+    ttl_seconds=settings.manifest_ttl_seconds,
+)
+updater = ProfileUpdater(
+    store=DynamoProfileStore(dynamodb, settings.profiles_table, cooccurrence_table=settings.cooccurrence_table),
+    lookup=index_lookup(index.view),
+    cooccurrence=DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table)
+    if settings.cooccurrence_table
+    else None,
+)
+
+
+@tracer.capture_method
+def record_handler(record: DynamoDBRecord) -> None:
+    """Apply one event; raise (→ batch item failure) when the record is not a valid event."""
+    if record.event_name == DynamoDBRecordEventName.REMOVE:  # TTL expiry or erasure: nothing to learn
+        metrics.add_metric(name="RemovedEventsSkipped", unit=MetricUnit.Count, value=1)
+        return
+    try:
+        event = event_from_item(record.dynamodb.new_image if record.dynamodb else {})
+    except EventError as exc:
+        metrics.add_metric(name="InvalidEvents", unit=MetricUnit.Count, value=1)
+        logger.warning("invalid shopper event", sequence_number=record.dynamodb and record.dynamodb.sequence_number,
+                       error=str(exc), code=exc.code)  # fmt: skip
+        raise
+    outcome = updater.handle(event)
+    metrics.add_metric(name=f"Events{outcome.title()}", unit=MetricUnit.Count, value=1)
+    logger.debug("event processed", user_id=event.user_id, event_key=event.key, outcome=outcome)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,388 @@
+"""Events table → DynamoDB stream → profile Lambda → profiles table, under moto.
+
+Events are written with boto3, read back with moto's DynamoDB Streams (records shaped like the ones
+Lambda delivers, plus ``eventSourceARN``), and passed to the real handler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from catalens.adapters.dynamodb import (
+    DynamoCooccurrenceStore,
+    DynamoEventStore,
+    DynamoProfileStore,
+    create_tables,
+)
+from catalens.profiles import ProfileUpdater, ShopperEvent, replay
+
+REGION = "us-east-1"
+EVENTS, PROFILES, COOC = "catalens-events", "catalens-profiles", "catalens-cooccurrence"
+REPO = Path(__file__).resolve().parents[2]
+HANDLER = REPO / "functions" / "profiles" / "app.py"
+EVENTS_DIR = REPO / "tests" / "events"
+T0 = 1_732_600_000_000
+
+CATALOG = {
+    f"item-{n}": (
+        np.eye(8, dtype=np.float32)[n % 8],
+        {"category": ["fruit", "veg", "dairy"][n % 3], "brand": ["acme", "zeta"][n % 2], "price": 1.0 + n},
+    )
+    for n in range(12)
+}
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "catalens-profiles"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:catalens-profiles"
+    aws_request_id: str = "5f0c7b5e-9d1c-4b43-a2c9-2f6f0c3b7a11"
+
+
+@dataclass
+class Stack:
+    client: Any
+    streams: Any
+    stream_arn: str
+    app: ModuleType
+    events: DynamoEventStore
+    profiles: DynamoProfileStore
+    cooc: DynamoCooccurrenceStore
+    shard_iterators: dict[str, str]
+
+    def write(self, *events: ShopperEvent) -> None:
+        for event in events:
+            assert self.events.put(event)
+
+    def read_stream(self) -> list[dict[str, Any]]:
+        """New stream records since the last read, in Lambda's JSON shape."""
+        records: list[dict[str, Any]] = []
+        shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            iterator = (
+                self.shard_iterators.get(shard_id)
+                or self.streams.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+            )
+            response = self.streams.get_records(ShardIterator=iterator)
+            self.shard_iterators[shard_id] = response["NextShardIterator"]
+            records += response["Records"]
+        return [lambda_shaped(record, self.stream_arn) for record in records]
+
+    def invoke(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.app.lambda_handler({"Records": records}, LambdaContext())
+
+
+def lambda_shaped(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """moto's raw record → Lambda's event record: JSON (epoch-second timestamps) plus ``eventSourceARN``."""
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            return int(value.timestamp())
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    return json.loads(json.dumps(record, default=encode)) | {"eventSourceARN": stream_arn}
+
+
+def load_handler() -> ModuleType:
+    """Import functions/profiles/app.py fresh (its resources are created at import, inside moto)."""
+    spec = importlib.util.spec_from_file_location("catalens_profiles_app", HANDLER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lookup(item_id: str):
+    return CATALOG.get(item_id)
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "EVENTS_TABLE": EVENTS,
+        "PROFILES_TABLE": PROFILES,
+        "COOCCURRENCE_TABLE": COOC,
+        "INDEX_BUCKET": "catalens-index",
+        "POWERTOOLS_SERVICE_NAME": "profiles",
+        "POWERTOOLS_METRICS_NAMESPACE": "catalens",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket="catalens-index")
+        stream_arn = create_tables(client, events=EVENTS, profiles=PROFILES, cooccurrence=COOC)
+        app = load_handler()
+        monkeypatch.setattr(app.updater, "lookup", lookup)  # the index is another suite's business
+        yield Stack(
+            client=client,
+            streams=boto3.client("dynamodbstreams", region_name=REGION),
+            stream_arn=stream_arn,
+            app=app,
+            events=DynamoEventStore(client, EVENTS),
+            profiles=DynamoProfileStore(client, PROFILES, cooccurrence_table=COOC, events_table=EVENTS),
+            cooc=DynamoCooccurrenceStore(client, COOC),
+            shard_iterators={},
+        )
+
+
+def ev(n: int, kind: str = "click", item: str = "item-1", *, user: str = "alice", ts: int | None = None, **kw):
+    return ShopperEvent(user, f"ev{n:04d}", T0 + n * 60_000 if ts is None else ts, kind, item, **kw)
+
+
+HISTORY = [
+    ev(1, "view", "item-1", dwell_ms=4000),
+    ev(2, "click", "item-1", query_id="q-1"),
+    ev(3, "view", "item-4", dwell_ms=800),
+    ev(4, "add_to_cart", "item-4"),
+    ev(5, "purchase", "item-4"),
+    ev(6, "dismiss", "item-2"),
+    ev(7, "click", "item-7"),
+]
+
+
+def test_events_flow_from_the_table_through_the_stream_into_the_profile(stack: Stack):
+    stack.write(*HISTORY)
+    records = stack.read_stream()
+    assert len(records) == len(HISTORY)
+    assert {r["eventName"] for r in records} == {"INSERT"}
+
+    assert stack.invoke(records) == {"batchItemFailures": []}
+
+    profile = stack.profiles.load("alice")
+    assert profile.counts == {"view": 2, "click": 2, "add_to_cart": 1, "purchase": 1, "dismiss": 1}
+    assert profile.version == len(HISTORY)
+    assert profile.category["veg"] > 0 > profile.category["dairy"]  # item-2 (dairy) was dismissed
+    assert profile.stats()["mean_dwell_ms"] == pytest.approx(2400)
+    expected = replay(HISTORY, lookup)
+    np.testing.assert_allclose(profile.preference(), expected.preference(), atol=1e-6)
+    assert profile.category == pytest.approx(expected.category)
+    # engaged items co-occur: item-1 (click), item-4 (cart, purchase), item-7 (click)
+    assert stack.cooc.count("item-4", "item-1") == 2  # the cart and the purchase each paired with the click
+    assert stack.cooc.count("item-7", "item-4") == 1
+    assert stack.cooc.count("item-7", "item-1") == 1
+    assert stack.cooc.count("item-2", "item-1") == 0  # a dismissal is not engagement
+    ranking = stack.profiles.get("alice")
+    assert ranking.recent == []
+    assert ranking.applied == []
+    assert ranking.confidence() == pytest.approx(profile.confidence())
+
+
+def test_duplicate_delivery_changes_nothing(stack: Stack):
+    stack.write(*HISTORY)
+    records = stack.read_stream()
+    stack.invoke(records)
+    before = stack.profiles.load("alice").to_item()
+    cooc_before = stack.cooc.count("item-4", "item-1")
+
+    assert stack.invoke(records) == {"batchItemFailures": []}  # the whole batch again (a Lambda retry)
+    assert stack.invoke(records[2:5] + records[:1]) == {"batchItemFailures": []}
+
+    assert stack.profiles.load("alice").to_item() == before
+    assert stack.cooc.count("item-4", "item-1") == cooc_before
+
+
+def test_out_of_order_delivery_gives_the_same_profile(stack: Stack):
+    stack.write(*HISTORY)
+    records = stack.read_stream()
+    stack.invoke(records[::-1])
+    reversed_profile = stack.profiles.load("alice")
+    expected = replay(HISTORY, lookup)
+    assert reversed_profile.counts == expected.counts
+    assert reversed_profile.evidence == pytest.approx(expected.evidence)
+    assert reversed_profile.brand == pytest.approx(expected.brand)
+    np.testing.assert_allclose(reversed_profile.preference(), expected.preference(), atol=1e-6)
+
+    late = ev(0, "purchase", "item-9", ts=T0 - 3_600_000)  # happened before everything, arrives last
+    stack.write(late)
+    assert stack.invoke(stack.read_stream()) == {"batchItemFailures": []}
+    profile = stack.profiles.load("alice")
+    assert profile.counts["purchase"] == 2
+    assert profile.first_ms == late.ts_ms
+    assert profile.last_ms == HISTORY[-1].ts_ms
+
+
+def test_a_poison_record_fails_alone(stack: Stack):
+    stack.write(*HISTORY[:3])
+    stack.client.put_item(  # a client bug: unknown event type
+        TableName=EVENTS,
+        Item={"user_id": {"S": "alice"}, "event_key": {"S": f"{T0 + 5:013d}#poison"}, "type": {"S": "like"},
+              "item_id": {"S": "item-3"}},
+    )  # fmt: skip
+    stack.client.put_item(  # and one without an item
+        TableName=EVENTS,
+        Item={"user_id": {"S": "bob"}, "event_key": {"S": f"{T0 + 6:013d}#noitem"}, "type": {"S": "click"}},
+    )
+    stack.write(*HISTORY[3:])
+    records = stack.read_stream()
+    poison = [r["dynamodb"]["SequenceNumber"] for r in records if r["dynamodb"]["Keys"]["event_key"]["S"].endswith(
+        ("#poison", "#noitem"))]  # fmt: skip
+    assert len(poison) == 2
+
+    response = stack.invoke(records)
+
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(poison)
+    assert stack.profiles.load("alice").counts == replay(HISTORY, lookup).counts
+    assert stack.profiles.load("bob") is None
+
+
+def test_ttl_expiry_records_are_ignored(stack: Stack):
+    stack.write(*HISTORY[:2])
+    stack.invoke(stack.read_stream())
+    before = stack.profiles.load("alice").to_item()
+    stack.client.delete_item(
+        TableName=EVENTS, Key={"user_id": {"S": "alice"}, "event_key": {"S": HISTORY[0].key}}
+    )  # what TTL expiry does
+    records = stack.read_stream()
+    assert [r["eventName"] for r in records] == ["REMOVE"]
+    assert stack.invoke(records) == {"batchItemFailures": []}
+    assert stack.profiles.load("alice").to_item() == before
+
+
+@pytest.fixture
+def serialised_moto_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's DynamoDB writes atomic with respect to each other, as DynamoDB's are.
+
+    moto's ``transact_write_items`` deep-copies the tables first and, when a condition fails,
+    restores that copy — erasing any write another thread committed in between (a lost update
+    that real, serialisable DynamoDB transactions cannot produce). One lock around moto's write
+    operations removes that artefact without hiding a lost update of ours: the read-modify-write
+    of the updater still interleaves freely between its read and its conditional write.
+    """
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("transact_write_items", "put_item", "update_item", "delete_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self, *args, __original=original, **kwargs):
+            with lock:
+                return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)
+
+
+class RecordingStore(DynamoProfileStore):
+    """Remembers the co-occurrence pairs of every profile write that committed."""
+
+    committed: list[tuple[str, str]]
+    lock = threading.Lock()
+
+    def save(self, profile, *, expected_version, pairs=()):
+        super().save(profile, expected_version=expected_version, pairs=pairs)
+        with self.lock:
+            self.committed.extend(pairs)
+
+
+@pytest.mark.usefixtures("serialised_moto_writes")
+def test_two_concurrent_updaters_of_one_user_lose_no_event(stack: Stack):
+    events = [ev(n, "click", f"item-{n % 5}", ts=T0 + n * 1000) for n in range(60)]
+    errors: list[BaseException] = []
+    committed: list[tuple[str, str]] = []
+    conflicts: list[float] = []
+
+    def updater_thread(share: list[ShopperEvent]) -> None:
+        client = boto3.client("dynamodb", region_name=REGION)  # each updater has its own client, like two Lambdas
+        store = RecordingStore(client, PROFILES, cooccurrence_table=COOC)
+        store.committed = committed
+        updater = ProfileUpdater(
+            store=store,
+            lookup=lookup,
+            cooccurrence=DynamoCooccurrenceStore(client, COOC),
+            max_attempts=200,
+            sleep=conflicts.append,  # count lost races instead of sleeping
+        )
+        try:
+            for event in share:
+                assert updater.handle(event) == "applied"
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=updater_thread, args=(events[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    profile = stack.profiles.load("alice")
+    assert profile.counts == {"click": 60}
+    assert profile.version == 60  # exactly one committed write per event
+    expected = replay(events, lookup)
+    assert profile.category == pytest.approx(expected.category)
+    np.testing.assert_allclose(profile.preference(), expected.preference(), atol=1e-6)
+    # the pairs of committed writes, and only those, are counted — once each (lost races added nothing)
+    items = [f"item-{n}" for n in range(5)]
+    stored = {(a, b): stack.cooc.count(a, b) for a in items for b in items}
+    assert stored == {pair: float(committed.count(pair)) for pair in stored}
+    assert sum(stored.values()) > 0
+    print(f"lost races retried: {len(conflicts)}")
+
+
+def test_erasure_forgets_the_profile_and_ignores_late_records(stack: Stack):
+    stack.write(*HISTORY)
+    records = stack.read_stream()
+    stack.invoke(records[:4])
+    stack.profiles._clock_ms = lambda: HISTORY[-1].ts_ms + 1000  # the shopper asks to be forgotten after all events
+
+    assert stack.profiles.delete("alice") is True
+
+    erased = stack.profiles.load("alice")
+    assert erased.is_empty
+    assert erased.vector is None
+    assert erased.recent == []
+    assert (
+        stack.client.query(
+            TableName=EVENTS, KeyConditionExpression="user_id = :u", ExpressionAttributeValues={":u": {"S": "alice"}}
+        )["Items"]
+        == []
+    )  # raw events are gone too
+    # the stream still holds the rest of the old events (and the REMOVEs of the erasure): nothing comes back
+    assert stack.invoke(records[4:] + stack.read_stream()) == {"batchItemFailures": []}
+    assert stack.profiles.load("alice").is_empty
+    assert stack.profiles.delete("alice") is False  # idempotent
+
+    fresh = ev(100, "purchase", "item-3", ts=HISTORY[-1].ts_ms + 5000)
+    stack.write(fresh)
+    stack.invoke(stack.read_stream())
+    profile = stack.profiles.load("alice")
+    assert profile.counts == {"purchase": 1}
+    assert set(profile.category) == {"fruit"}
+
+
+@pytest.mark.parametrize("path", sorted(EVENTS_DIR.glob("dynamodb_stream_*.json")), ids=lambda p: p.name)
+def test_recorded_stream_event(stack: Stack, path: Path):
+    """A recorded Lambda event: the valid records land, the malformed one alone is reported."""
+    event = json.loads(path.read_text())
+    bad = [r["dynamodb"]["SequenceNumber"] for r in event["Records"] if r["dynamodb"]["Keys"]["event_key"]["S"]
+           .endswith("#not-an-event")]  # fmt: skip
+    response = stack.app.lambda_handler(event, LambdaContext())
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == bad
+    users = {r["dynamodb"]["Keys"]["user_id"]["S"] for r in event["Records"] if r["eventName"] == "INSERT"}
+    for user in users:
+        profile = stack.profiles.load(user)
+        assert profile is not None
+        assert profile.counts
