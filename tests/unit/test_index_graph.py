@@ -1,0 +1,157 @@
+"""Graph search: recall vs exact on a pynndescent graph, entry points covering every component, filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catalens.index import Filter, IndexView, ItemRecord, SearchParams, Snapshot, build_snapshot
+from catalens.index.build import choose_entry_points, weak_components
+from catalens.index.graph import GraphSearcher, NeighbourGraph
+from catalens.index.synthetic import clustered_vectors, recall_at_k
+
+N, DIM, QUERIES = 4000, 32, 200
+
+
+def _pieces(sizes: list[int], dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors in separate clusters; each cluster is a 6-NN graph (plus a ring, so it is connected),
+    with no edge between clusters."""
+    rng = np.random.default_rng(seed)
+    vectors, indptr, indices, start = [], [0], [], 0
+    for size in sizes:
+        piece = rng.standard_normal(dim) + 0.05 * rng.standard_normal((size, dim))
+        piece /= np.linalg.norm(piece, axis=1, keepdims=True)
+        vectors.append(piece)
+        nearest = np.argsort(-(piece @ piece.T), axis=1)[:, 1:7]
+        for i in range(size):
+            ring = {(i + 1) % size, (i - 1) % size}
+            neighbours = sorted((set(nearest[i].tolist()) | ring) - {i})
+            indices.extend(start + j for j in neighbours)
+            indptr.append(len(indices))
+        start += size
+    x = np.concatenate(vectors).astype(np.float32)
+    return x, np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int32)
+
+
+def test_entry_points_cover_every_component():
+    sizes = [50, 3, 1, 120, 7, 1, 30]
+    x, indptr, indices = _pieces(sizes)
+    labels = weak_components(indptr, indices)
+    assert labels.max() + 1 == len(sizes)
+    for budget in (1, 5, 40):
+        entries, n_components = choose_entry_points(x, indptr, indices, budget)
+        assert n_components == len(sizes)
+        assert set(labels[entries].tolist()) == set(range(len(sizes)))
+    entries, _ = choose_entry_points(x, indptr, indices, 40)
+    assert np.bincount(labels[entries]).max() > 1  # big pieces get several entry points
+
+
+def test_search_reaches_every_piece_only_through_its_entry_points():
+    sizes = [60, 40, 25]
+    x, indptr, indices = _pieces(sizes, seed=1)
+    entries, _ = choose_entry_points(x, indptr, indices, 6)
+    searcher = GraphSearcher(x, NeighbourGraph(indptr, indices, entries))
+    starts = np.cumsum([0, *sizes])
+    for piece in range(len(sizes)):
+        query = x[starts[piece] + 3]
+        rows, scores = searcher.search(query, 5, ef=16)
+        exact = np.argsort(-(x @ query), kind="stable")[:5]
+        assert sorted(rows.tolist()) == sorted(exact.tolist())
+        assert np.all(np.diff(scores) <= 0)
+    # with a single entry point in piece 0, pieces 1 and 2 are unreachable: why coverage matters
+    lonely = GraphSearcher(x, NeighbourGraph(indptr, indices, np.array([0], dtype=np.int32)))
+    rows, _ = lonely.search(x[starts[2] + 3], 5, ef=16)
+    assert np.all(rows < starts[1])
+
+
+def test_graph_search_filters_and_returns_best_first():
+    x, indptr, indices = _pieces([80, 80], seed=2)
+    entries, _ = choose_entry_points(x, indptr, indices, 8)
+    searcher = GraphSearcher(x, NeighbourGraph(indptr, indices, entries))
+    allowed = np.zeros(160, dtype=bool)
+    allowed[::7] = True
+    rows, scores = searcher.search(x[5], 4, ef=200, allowed=allowed)
+    assert allowed[rows].all()
+    assert rows.size == 4
+    assert np.all(np.diff(scores) <= 0)
+
+
+@pytest.fixture(scope="module")
+def graph_case() -> tuple[Snapshot, np.ndarray, list[ItemRecord]]:
+    data, _ = clustered_vectors(N + QUERIES, DIM, seed=7, n_clusters=60)
+    queries, vectors = data[:QUERIES], data[QUERIES:]
+    records = [
+        ItemRecord(f"item-{i:05d}", vectors[i], {"shelf": i % 10}, f"p/{i}.jpg", f"e{i}", "01") for i in range(N)
+    ]
+    snapshot = build_snapshot(records, model_fingerprint="fp", graph_threshold=2, seed=0, n_jobs=2)
+    return snapshot, queries, records
+
+
+@pytest.mark.slow
+def test_graph_recall_at_10_matches_exact_search(graph_case):
+    snapshot, queries, _ = graph_case
+    assert snapshot.graph is not None
+    assert snapshot.graph.entry_points.size >= snapshot.info["graph"]["components"]
+    view = IndexView(snapshot)
+    exact = [[h.item_id for h in view.search(q, 10, strategy="exact")] for q in queries]
+    graph = [[h.item_id for h in view.search(q, 10, strategy="graph")] for q in queries]
+    assert recall_at_k(graph, exact) >= 0.99
+
+
+@pytest.mark.slow
+def test_graph_entry_points_cover_every_component_of_the_built_graph(graph_case):
+    snapshot, _, _ = graph_case
+    labels = weak_components(snapshot.graph.indptr, snapshot.graph.indices)
+    assert set(labels[snapshot.graph.entry_points].tolist()) == set(range(labels.max() + 1))
+
+
+@pytest.mark.slow
+def test_graph_snapshot_round_trip_gives_identical_results(graph_case):
+    snapshot, queries, _ = graph_case
+    loaded = Snapshot.from_files(snapshot.to_files())
+    a, b = IndexView(snapshot), IndexView(loaded)
+    for q in queries[:50]:
+        assert [(h.item_id, h.score) for h in a.search(q, 10, strategy="graph")] == [
+            (h.item_id, h.score) for h in b.search(q, 10, strategy="graph")
+        ]
+
+
+@pytest.mark.slow
+def test_graph_path_applies_filters_before_top_k(graph_case):
+    snapshot, queries, _ = graph_case
+    forced = IndexView(snapshot, params=SearchParams(filtered_exact_below=0))
+    for spec in ({"shelf": 3}, {"shelf": [1, 2, 3, 4, 5, 6]}):
+        flt = Filter.parse(spec)
+        found, truth = [], []
+        for q in queries[:50]:
+            hits = forced.search(q, 10, filters=flt, strategy="graph")
+            assert len(hits) == 10
+            assert all(flt.matches(h.fields) for h in hits)
+            found.append([h.item_id for h in hits])
+            truth.append([h.item_id for h in forced.search(q, 10, filters=flt, strategy="exact")])
+        assert recall_at_k(found, truth) >= 0.97
+
+
+@pytest.mark.slow
+def test_graph_path_with_deltas_and_deletes_merges_exactly(graph_case):
+    snapshot, queries, _ = graph_case
+    q = queries[0]
+    best = [h.item_id for h in IndexView(snapshot).search(q, 5, strategy="exact")]
+    deltas = [ItemRecord(best[0], None, {}, "", "", "02", deleted=True)]
+    deltas.append(ItemRecord("brand-new", q, {"shelf": 0}, "p/new.jpg", "e", "02"))
+    view = IndexView(snapshot, deltas)
+    hits = view.search(q, 5, strategy="graph")
+    ids = [h.item_id for h in hits]
+    assert ids[0] == "brand-new"
+    assert best[0] not in ids
+    assert ids[1:] == best[1:5]
+
+
+@pytest.mark.slow
+def test_graph_build_is_deterministic_given_seed_and_threads(graph_case):
+    snapshot, _, records = graph_case
+    again = build_snapshot(records, model_fingerprint="fp", graph_threshold=2, seed=0, n_jobs=2)
+    assert again.version == snapshot.version
+    np.testing.assert_array_equal(again.graph.indices, snapshot.graph.indices)
+    np.testing.assert_array_equal(again.graph.entry_points, snapshot.graph.entry_points)
+    np.testing.assert_array_equal(again.vectors, snapshot.vectors)
