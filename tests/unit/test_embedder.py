@@ -126,3 +126,22 @@ def test_classify_needs_the_classifier(tmp_path: Path) -> None:
     assert embedder.card.outputs == ("embedding",)
     with pytest.raises(ModelError, match="without the classifier"):
         embedder.classify(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_bench_embed_reports_every_configuration(model_dir: Path, capsys) -> None:
+    """Smoke test of `catalens bench embed` with tiny counts (the numbers themselves are never asserted)."""
+    import json
+
+    from catalens.cli import main
+
+    argv = ["bench", "embed", "--model-dir", str(model_dir), "--variants", "fp32", "--threads", "1"]
+    argv += ["--batches", "1", "2", "--megapixels", "1", "--model-images", "2", "--e2e-images", "2"]
+    argv += ["--naive-images", "1", "--photos", "1"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["model_only"]["fp32"]["threads_1"]) == {"batch_1", "batch_2"}
+    assert set(report["end_to_end"]["fp32"]["threads_1"]["batch_2"]) == {"1MP"}
+    naive = report["naive_pipeline"]["1MP"]
+    assert naive["naive_images_per_s"] > 0
+    assert naive["ratio_same_settings"] > 0
+    assert report["model_dir"] == str(model_dir)

@@ -209,6 +209,7 @@ def test_built_files_match_their_card(model_dir: Path) -> None:
     assert card.preprocess == PreprocessConfig()
     assert card.weights_sha256 == sha256_hex(WEIGHTS["efficientnet-lite0"].path().read_bytes())
     onnx.checker.check_model(onnx.load(onnx_path))
+    assert onnx_path.stat().st_mode & 0o044 == 0o044  # readable by the Lambda runtime user once in a layer
 
 
 def test_card_round_trip_and_fingerprint(model_dir: Path) -> None:
