@@ -1,0 +1,347 @@
+"""The real search handler under moto: REST proxy events (recorded shape) in, API responses out.
+
+The index holds a compacted snapshot plus fresh deltas, written through the same protocol ingest uses, with vectors
+from the real embedder, so a photo query must find its own item first.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from catalens.embedder import Embedder
+from catalens.index.records import ItemRecord
+from catalens.service.runtime import index_store
+from catalens.settings import Settings
+from tests.unit.imagefactory import encode, photo
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+REPO = Path(__file__).resolve().parents[2]
+INDEX = "catalens-index-test"
+REGION = "us-east-1"
+CATEGORIES = ["shoes", "bags", "shoes", "hats", "bags", "shoes", "hats", "shoes"]
+
+
+def jpeg(seed: int) -> bytes:
+    return encode(photo(320, 240, seed=seed))
+
+
+def rest_event(
+    method: str,
+    path: str,
+    *,
+    body: bytes | str | None = None,
+    content_type: str | None = None,
+    query: dict[str, str | list[str]] | None = None,
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """A REST proxy event built from the recorded one (headers, request context), for ``method path``."""
+    event = copy.deepcopy(json.loads((EVENTS / "apigw_search_image.json").read_text()))
+    event["httpMethod"] = method
+    event["path"] = path
+    event["resource"] = path
+    event["requestContext"]["httpMethod"] = method
+    event["requestContext"]["path"] = "/prod" + path
+    event["headers"] = {k: v for k, v in event["headers"].items() if k != "Content-Type"}
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    if content_type:
+        event["headers"]["Content-Type"] = content_type
+        event["multiValueHeaders"]["Content-Type"] = [content_type]
+    query = query or {}
+    event["queryStringParameters"] = {k: (v[-1] if isinstance(v, list) else v) for k, v in query.items()} or None
+    event["multiValueQueryStringParameters"] = {
+        k: (v if isinstance(v, list) else [v]) for k, v in query.items()
+    } or None
+    if isinstance(body, bytes) and base64_body:
+        body = base64.b64encode(body).decode()
+    elif isinstance(body, bytes):
+        body = body.decode()
+    event["body"] = body
+    event["isBase64Encoded"] = base64_body
+    return event
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir: Path) -> Embedder:
+    return Embedder.from_dir(model_dir)
+
+
+@pytest.fixture
+def index_settings(moto_aws: None, monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> Settings:
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=INDEX)
+    monkeypatch.setenv("INDEX_BUCKET", INDEX)
+    monkeypatch.setenv("INDEX_PREFIX", "index/")
+    monkeypatch.setenv("CATALENS_MODEL_DIR", str(model_dir))
+    return Settings(index_bucket=INDEX, index_prefix="index/")
+
+
+@pytest.fixture(scope="module")
+def photos_and_vectors(embedder: Embedder) -> tuple[dict[str, bytes], Any]:
+    photos = {f"sku-{i}": jpeg(100 + i) for i in range(8)}
+    return photos, embedder.embed_images(list(photos.values()))
+
+
+@pytest.fixture
+def catalog(index_settings: Settings, embedder: Embedder, photos_and_vectors: tuple) -> dict[str, bytes]:
+    """Eight items: six compacted into a snapshot, two still deltas (fresh uploads)."""
+    store = index_store(index_settings, boto3.client("s3", region_name=REGION))
+    photos, vectors = photos_and_vectors
+    for position, ((item_id, _), vector) in enumerate(zip(photos.items(), vectors, strict=True)):
+        fields = {"title": f"Item {position}", "price": 10.0 * (position + 1), "category": CATEGORIES[position]}
+        fields["colour"] = "red" if position % 2 else "blue"
+        record = ItemRecord(item_id, vector, fields, f"photos/{item_id}.jpg", f"etag-{position}", f"{position + 1:04X}")
+        store.write_item(record, model_fingerprint=embedder.fingerprint)
+        if position == 5:
+            store.compact(model_fingerprint=embedder.fingerprint)
+    return photos
+
+
+@pytest.fixture
+def call(index_settings: Settings, load_function: Any, lambda_context: Any) -> Any:
+    module = load_function("search")
+
+    def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        response = module.lambda_handler(event, lambda_context)
+        body = response["body"]
+        if response.get("isBase64Encoded"):
+            body = base64.b64decode(body).decode()
+        headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+        headers |= {k.lower(): ",".join(v) for k, v in (response.get("multiValueHeaders") or {}).items()}
+        assert headers.get("content-type", "").startswith("application/json")
+        return response["statusCode"], json.loads(body), headers
+
+    invoke.module = module  # type: ignore[attr-defined]
+    return invoke
+
+
+# ------------------------------------------------------------------------------------------------ happy paths
+
+
+def test_raw_jpeg_query_finds_its_item_with_timings(catalog: dict[str, bytes], call: Any) -> None:
+    event = json.loads((EVENTS / "apigw_search_image.json").read_text())
+    event["body"] = base64.b64encode(catalog["sku-3"]).decode()
+    status, body, headers = call(event)
+    assert status == 200
+    assert body["hits"][0]["item_id"] == "sku-3"
+    assert body["hits"][0]["score"] > 0.99
+    assert body["hits"][0]["image_key"] == "photos/sku-3.jpg"
+    assert body["hits"][0]["fields"]["category"] == "hats"
+    assert len(body["hits"]) == 5  # k from the query string
+    assert body["item_count"] == 8
+    assert set(body["timings_ms"]) >= {"decode", "embed", "search", "rank", "total"}
+    assert body["timings_ms"]["embed"] > 0
+    assert re.search(r"embed;dur=[\d.]+", headers["server-timing"])
+    assert headers["x-catalens-index-version"] == body["index_version"]
+
+
+def test_delta_items_are_found_as_well_as_snapshot_items(catalog: dict[str, bytes], call: Any) -> None:
+    for item_id in ("sku-1", "sku-7"):  # sku-7 is a delta written after the compaction
+        status, body, _ = call(
+            rest_event("POST", "/search", body=catalog[item_id], content_type="image/png", base64_body=True)
+        )
+        assert status == 200
+        assert body["hits"][0]["item_id"] == item_id
+
+
+def test_json_base64_and_multipart_queries_agree(catalog: dict[str, bytes], call: Any) -> None:
+    as_json = json.dumps({"image": base64.b64encode(catalog["sku-2"]).decode(), "k": 3})
+    _, by_json, _ = call(rest_event("POST", "/search", body=as_json, content_type="application/json"))
+    boundary = "----catalens"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n3\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + catalog["sku-2"]
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    _, by_form, _ = call(
+        rest_event(
+            "POST", "/search", body=form, content_type=f"multipart/form-data; boundary={boundary}", base64_body=True
+        )
+    )
+    assert [h["item_id"] for h in by_json["hits"]] == [h["item_id"] for h in by_form["hits"]]
+    assert by_json["hits"][0]["item_id"] == "sku-2"
+    assert len(by_json["hits"]) == 3
+
+
+def test_more_like_this_excludes_the_item(catalog: dict[str, bytes], call: Any) -> None:
+    status, body, _ = call(
+        rest_event("POST", "/search", body='{"item_id": "sku-4", "k": 7}', content_type="application/json")
+    )
+    assert status == 200
+    ids = [h["item_id"] for h in body["hits"]]
+    assert "sku-4" not in ids
+    assert len(ids) == 7
+    _, similar, _ = call(rest_event("GET", "/items/sku-4/similar", query={"k": "7"}))
+    assert [h["item_id"] for h in similar["hits"]] == ids
+
+
+def test_filters_and_paging(catalog: dict[str, bytes], call: Any) -> None:
+    query = {"category": "shoes", "price_max": "65", "k": "10"}
+    status, body, _ = call(
+        rest_event("POST", "/search", body=catalog["sku-0"], content_type="image/jpeg", base64_body=True, query=query)
+    )
+    assert status == 200
+    assert {h["item_id"] for h in body["hits"]} == {"sku-0", "sku-2", "sku-5"}  # shoes priced <= 65
+    _, coloured, _ = call(rest_event("GET", "/items/sku-0/similar", query={"filter.colour": "red"}))
+    assert coloured["hits"]
+    assert all(h["fields"]["colour"] == "red" for h in coloured["hits"])
+    _, page1, _ = call(rest_event("GET", "/items/sku-0/similar", query={"k": "3"}))
+    _, page2, _ = call(rest_event("GET", "/items/sku-0/similar", query={"k": "3", "offset": "3"}))
+    _, whole, _ = call(rest_event("GET", "/items/sku-0/similar", query={"k": "6"}))
+    assert [h["item_id"] for h in page1["hits"] + page2["hits"]] == [h["item_id"] for h in whole["hits"]]
+
+
+def test_explain_shows_the_score_breakdown(catalog: dict[str, bytes], call: Any) -> None:
+    _, body, _ = call(rest_event("GET", "/items/sku-1/similar", query={"explain": "true", "k": "2"}))
+    for hit in body["hits"]:
+        assert hit["explain"]["visual"] == pytest.approx(hit["score"], abs=1e-5)
+    _, plain, _ = call(rest_event("GET", "/items/sku-1/similar", query={"k": "2"}))
+    assert "explain" not in plain["hits"][0]
+
+
+def test_get_item_and_health(catalog: dict[str, bytes], call: Any) -> None:
+    status, item, _ = call(rest_event("GET", "/items/sku-6"))
+    assert status == 200
+    assert item["fields"]["title"] == "Item 6"
+    assert item["image_key"] == "photos/sku-6.jpg"
+    status, health, _ = call(rest_event("GET", "/health"))
+    assert status == 200
+    assert health["item_count"] == 8
+    assert health["index_version"] == item["index_version"]
+    assert health["model"]["fingerprint"]
+
+
+def test_item_ids_with_spaces_and_unicode_round_trip(index_settings: Settings, embedder: Embedder, call: Any) -> None:
+    store = index_store(index_settings, boto3.client("s3", region_name=REGION))
+    vector = embedder.embed_images([jpeg(1)])[0]
+    store.write_item(
+        ItemRecord("red shoe ü", vector, {}, "red shoe ü.jpg", "e", "01"), model_fingerprint=embedder.fingerprint
+    )
+    status, item, _ = call(rest_event("GET", "/items/red shoe ü"))  # API Gateway hands the path decoded
+    assert (status, item["item_id"]) == (200, "red shoe ü")
+
+
+def test_empty_index_answers_200_with_no_hits(index_settings: Settings, call: Any) -> None:
+    status, body, _ = call(rest_event("POST", "/search", body=jpeg(1), content_type="image/jpeg", base64_body=True))
+    assert (status, body["hits"], body["item_count"]) == (200, [], 0)
+    assert call(rest_event("GET", "/health"))[1]["item_count"] == 0
+
+
+def test_profile_erasure_is_idempotent(index_settings: Settings, call: Any) -> None:
+    status, body, _ = call(rest_event("DELETE", "/users/alice/profile"))
+    assert status == 200
+    assert body["user_id"] == "alice"
+
+
+def test_openapi_document_is_served(index_settings: Settings, call: Any) -> None:
+    status, body, _ = call(rest_event("GET", "/openapi.json"))
+    assert status == 200
+    assert body["openapi"].startswith("3.")
+    assert "/search" in body["paths"]
+
+
+# ------------------------------------------------------------------------------------------------ malformed requests
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "code"),
+    [
+        (
+            rest_event("POST", "/search", body='{"image": "%%%"}', content_type="application/json"),
+            400,
+            "invalid_base64",
+        ),
+        (rest_event("POST", "/search", body=b"hello", content_type="text/plain"), 415, "unsupported_media_type"),
+        (
+            rest_event("POST", "/search", body=b"plain text", content_type="image/jpeg", base64_body=True),
+            400,
+            "not_an_image",
+        ),
+        (
+            rest_event("POST", "/search", body='{"item_id": "nope"}', content_type="application/json"),
+            404,
+            "item_not_found",
+        ),
+        (
+            rest_event("POST", "/search", body='{"item_id": "sku-1", "k": 0}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event("POST", "/search", body='{"item_id": "sku-1", "k": 101}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event(
+                "POST",
+                "/search",
+                body='{"item_id": "sku-1", "filters": {"size": "M"}}',
+                content_type="application/json",
+            ),
+            400,
+            "unknown_filter",
+        ),
+        (rest_event("POST", "/search", body="{", content_type="application/json"), 400, "invalid_json"),
+        (rest_event("GET", "/items/nope"), 404, "item_not_found"),
+        (rest_event("GET", "/items/nope/similar"), 404, "item_not_found"),
+        (rest_event("GET", "/items/sku-1/similar", query={"k": "many"}), 400, "invalid_parameter"),
+        (rest_event("GET", "/nowhere"), 404, "not_found"),
+        (rest_event("PUT", "/search"), 404, "not_found"),
+    ],
+)
+def test_malformed_requests_get_4xx_json(
+    catalog: dict[str, bytes], call: Any, event: dict, status: int, code: str
+) -> None:
+    got_status, body, _ = call(event)
+    assert (got_status, body["code"]) == (status, code)
+    assert body["message"]
+
+
+def test_oversized_image_is_413(catalog: dict[str, bytes], call: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = b"\xff\xd8\xff" + bytes(11 * 1024 * 1024)
+    status, body, _ = call(rest_event("POST", "/search", body=big, content_type="image/jpeg", base64_body=True))
+    assert (status, body["code"]) == (413, "payload_too_large")
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+
+def resolver_routes(app: Any) -> set[tuple[str, str]]:
+    """(METHOD, OpenAPI path) of every route the Powertools resolver serves."""
+    routes = set()
+    for route in app._static_routes + app._dynamic_routes:
+        routes.add((route.method.upper(), re.sub(r"<(\w+)>", r"{\1}", route.path)))
+    return routes
+
+
+def openapi_routes() -> set[tuple[str, str]]:
+    document = json.loads((REPO / "shared" / "catalens" / "data" / "openapi.json").read_text())
+    return {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+
+
+def template_routes() -> set[tuple[str, str]]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=Loader)
+    events = template["Resources"]["SearchFunction"]["Properties"]["Events"]
+    return {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events.values() if e["Type"] == "Api"}
+
+
+def test_resolver_routes_match_the_openapi_document_and_the_template(index_settings: Settings, call: Any) -> None:
+    served = resolver_routes(call.module.app)
+    assert served == openapi_routes()
+    assert served == template_routes()
