@@ -38,6 +38,13 @@ class _FakeStorage:
         self.key, self.type_name, self.values = key, type_name, values
 
 
+class _FakeStorageView:
+    """A legacy storage view: a slice of a root storage, as old torch wrote for ``storage[a:b]``."""
+
+    def __init__(self, root: _FakeStorage, key: str, offset: int, size: int) -> None:
+        self.root, self.key, self.offset, self.size = root, key, offset, size
+
+
 class _FakeTensor:
     def __init__(self, storage: _FakeStorage, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> None:
         self.args = (storage, offset, shape, strides, False, collections.OrderedDict())
@@ -71,6 +78,10 @@ class _LegacyPickler(pickle.Pickler):
         if isinstance(obj, _FakeStorage):
             storage_type = getattr(sys.modules["torch"], obj.type_name)
             return ("storage", storage_type, obj.key, "cpu", obj.values.size, None)
+        if isinstance(obj, _FakeStorageView):
+            storage_type = getattr(sys.modules["torch"], obj.root.type_name)
+            root = obj.root
+            return ("storage", storage_type, root.key, "cpu", root.values.size, (obj.key, obj.offset, obj.size))
         return None
 
 
@@ -131,6 +142,17 @@ def test_strided_and_offset_views_are_rebuilt_like_torch(fake_torch) -> None:
     assert all(a.flags.c_contiguous and a.flags.owndata for a in loaded.values() if a.size)
     loaded["offset"][0] = 99  # copies, not views into one buffer
     assert loaded["plain"].ravel()[5] == 5
+
+
+def test_legacy_storage_views_slice_their_root(fake_torch) -> None:
+    root = _FakeStorage("7", "FloatStorage", np.arange(10, dtype=np.float32))
+    view = _FakeStorageView(root, "8", 4, 6)
+    state = {"whole": _FakeTensor(root, 0, (10,), (1,)), "sliced": _FakeTensor(view, 1, (2, 2), (2, 1))}
+    loaded = read_legacy_state_dict(io.BytesIO(legacy_bytes(state, [root])))
+    np.testing.assert_array_equal(loaded["sliced"], [[5, 6], [7, 8]])
+    bad = {"sliced": _FakeTensor(_FakeStorageView(root, "9", 8, 6), 0, (1,), (1,))}
+    with pytest.raises(ModelError, match="storage view out of range"):
+        read_legacy_state_dict(io.BytesIO(legacy_bytes(bad, [root])))
 
 
 def test_view_past_the_end_of_its_storage_is_refused(fake_torch) -> None:

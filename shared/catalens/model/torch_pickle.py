@@ -10,7 +10,8 @@ Legacy layout, as written by ``torch.save(..., _use_new_zipfile_serialization=Fa
     then, per key in storage_keys: int64 little-endian element count, raw element bytes
 
 Tensors inside the state-dict pickle reference their storage through persistent ids
-``("storage", StorageType, key, location, numel, view_metadata)`` and are rebuilt with
+``("storage", StorageType, root_key, location, root_numel, view_metadata)`` (``view_metadata`` is ``None`` or
+``(view_key, offset, numel)``, a slice of the root storage) and are rebuilt with
 ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)``; here they become numpy
 arrays viewed with the same offset and strides, then copied, so the values are bit-identical to torch's.
 """
@@ -56,12 +57,12 @@ class _StorageType:
 
 @dataclass(frozen=True)
 class _StorageRef:
-    """A storage named by a persistent id; its bytes come after the pickle."""
+    """A (root) storage named by a persistent id, or a slice of one; the root's bytes come after the pickle."""
 
-    key: str
+    key: str  # the root storage's key
     dtype: np.dtype
-    numel: int
-    view: tuple[str, int, int] | None  # (view_key, offset, numel) for legacy storage views
+    numel: int  # the root storage's element count
+    view: tuple[int, int] | None  # (offset, numel) of a legacy storage view into the root, else None
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class AllowListUnpickler(pickle.Unpickler):
         if view is not None:
             if not (isinstance(view, tuple) and len(view) == 3 and all(isinstance(v, str | int) for v in view)):
                 raise ModelError(f"malformed storage view {view!r}")
-            view = (str(view[0]), int(view[1]), int(view[2]))
+            view = (int(view[1]), int(view[2]))
         return _StorageRef(key, storage_type.dtype, numel, view)
 
 
@@ -159,16 +160,14 @@ def _read_storages(stream: BinaryIO, keys: list[str], refs: dict[str, _StorageRe
 
 def _materialise(name: str, spec: _TensorSpec, storages: dict[str, np.ndarray]) -> np.ndarray:
     ref = spec.storage
+    base = storages.get(ref.key)
+    if base is None:
+        raise ModelError(f"tensor {name!r}: storage {ref.key!r} missing from the file")
     if ref.view is not None:
-        root_key, view_offset, view_numel = ref.view
-        root = storages.get(root_key)
-        if root is None or view_offset + view_numel > root.size:
+        view_offset, view_numel = ref.view
+        if view_offset < 0 or view_numel < 0 or view_offset + view_numel > base.size:
             raise ModelError(f"tensor {name!r}: storage view out of range")
-        base = root[view_offset : view_offset + view_numel]
-    else:
-        base = storages.get(ref.key)
-        if base is None:
-            raise ModelError(f"tensor {name!r}: storage {ref.key!r} missing from the file")
+        base = base[view_offset : view_offset + view_numel]
     if any(n == 0 for n in spec.shape):
         return np.zeros(spec.shape, dtype=base.dtype)
     last = spec.offset + sum((n - 1) * s for n, s in zip(spec.shape, spec.strides, strict=True))
@@ -185,12 +184,13 @@ def _materialise(name: str, spec: _TensorSpec, storages: dict[str, np.ndarray]) 
 
 
 def _collect_refs(state: Any) -> dict[str, _StorageRef]:
+    """Root storages by key; two tensors naming one root must agree on its type and size."""
     refs: dict[str, _StorageRef] = {}
     for spec in state.values():
         ref = spec.storage
-        refs[ref.key] = ref
-        if ref.view is not None:
-            refs.setdefault(ref.view[0], _StorageRef(ref.view[0], ref.dtype, -1, None))
+        known = refs.setdefault(ref.key, ref)
+        if (known.dtype, known.numel) != (ref.dtype, ref.numel):
+            raise ModelError(f"storage {ref.key!r} is declared with two different types or sizes")
     return refs
 
 
@@ -217,12 +217,6 @@ def read_legacy_state_dict(stream: BinaryIO) -> dict[str, np.ndarray]:
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ModelError("malformed storage key list")
     refs = _collect_refs(state)
-    for key in keys:
-        if refs.get(key) is not None and refs[key].numel < 0:  # a view's root: its size comes from the header
-            ref = refs[key]
-            header = stream.read(8)
-            stream.seek(-8, io.SEEK_CUR)
-            refs[key] = _StorageRef(key, ref.dtype, struct.unpack("<q", header)[0], None)
     storages = _read_storages(stream, keys, refs)
     if stream.read(1):
         raise ModelError("unexpected bytes after the last storage")
