@@ -134,6 +134,67 @@ def _unit_vectors(hits: Sequence[Any], dim: int | None) -> tuple[np.ndarray, np.
     return matrix, present
 
 
+@dataclass(frozen=True)
+class Signals:
+    """The personal signals of each candidate, before weighting (see the module docstring).
+
+    ``personal``, ``category``, ``brand`` and ``price`` are centred on the pool; ``cooc`` is in [0, 1].
+    """
+
+    confidence: float
+    personal: np.ndarray
+    category: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    cooc: np.ndarray
+
+
+def _centred(values: np.ndarray) -> np.ndarray:
+    return values - values.mean() if values.size else values
+
+
+def personal_signals(
+    hits: Sequence[Any], profile: Profile | None, *, params: RerankParams = DEFAULT_RERANK, now_ms: int | None = None
+) -> tuple[Signals, np.ndarray, np.ndarray] | None:
+    """The unweighted signals of ``hits`` for ``profile`` (None for a cold shopper), with the unit vectors.
+
+    :func:`rerank` weighs them with :func:`boost`; the personalisation evaluation calls both to tune weights.
+    """
+    if profile is None or not hits:
+        return None
+    confidence = profile.confidence(now_ms, params.profile_params)
+    if not math.isfinite(confidence) or confidence < params.min_confidence:
+        return None
+    preference = profile.preference()
+    vectors, has_vector = _unit_vectors(hits, None if preference is None else preference.shape[0])
+    personal = np.zeros(len(hits))
+    if preference is not None and has_vector.any():
+        personal[has_vector] = _centred(vectors[has_vector] @ preference)
+    fields = [hit.fields or {} for hit in hits]
+    signals = Signals(
+        confidence=confidence,
+        personal=personal,
+        category=_centred(_relative(profile.category, [f.get("category") for f in fields])),
+        brand=_centred(_relative(profile.brand, [f.get("brand") for f in fields])),
+        price=_centred(_price_fit(profile, [f.get("price") for f in fields])),
+        cooc=np.clip(_relative(profile.cooc, [hit.item_id for hit in hits]), 0.0, 1.0),
+    )
+    return signals, vectors, has_vector
+
+
+def boost(signals: Signals, params: RerankParams) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Weighted parts (as shown in ``explain``) and the capped total boost."""
+    confidence = signals.confidence
+    parts = {
+        "personal": confidence * params.personal_weight * signals.personal,
+        "affinity": confidence * (params.category_weight * signals.category + params.brand_weight * signals.brand),
+        "price": confidence * params.price_weight * signals.price,
+        "cooc": confidence * params.cooc_weight * signals.cooc,
+    }
+    total = parts["personal"] + parts["affinity"] + parts["price"] + parts["cooc"]
+    return parts, np.clip(total, -params.max_boost, params.max_boost)
+
+
 def rerank(
     hits: Sequence[Any],
     profile: Profile | None,
@@ -146,41 +207,20 @@ def rerank(
 
     Returns new :class:`~catalens.index.records.Hit` objects whose ``score`` is the final score;
     ``explain["visual"]`` keeps the cosine. With no profile, ``personalize=False`` or a confidence
-    below ``params.min_confidence``, the order is exactly the input order.
+    below ``params.min_confidence``, the order is exactly the input order. Pass ``now_ms`` (the
+    wall clock) so that an idle shopper's confidence fades; without it, decay stops at their last event.
 
     Examples
     --------
     >>> ranked = rerank(index.search(query, first_stage_k(12)), profile, now_ms=now)[:12]  # doctest: +SKIP
     """
-    if not personalize or profile is None or not hits:
+    found = personal_signals(hits, profile, params=params, now_ms=now_ms) if personalize else None
+    if found is None:
         return _plain(hits)
-    confidence = profile.confidence(now_ms, params.profile_params)
-    if not math.isfinite(confidence) or confidence < params.min_confidence:
-        return _plain(hits)
-
+    signals, vectors, has_vector = found
     visual = np.array([float(hit.score) for hit in hits])
-    preference = profile.preference()
-    vectors, has_vector = _unit_vectors(hits, None if preference is None else preference.shape[0])
-
-    personal = np.zeros(len(hits))
-    if preference is not None and has_vector.any():
-        cosine = vectors[has_vector] @ preference
-        personal[has_vector] = cosine - cosine.mean()
-    fields = [hit.fields or {} for hit in hits]
-    category = _relative(profile.category, [f.get("category") for f in fields])
-    brand = _relative(profile.brand, [f.get("brand") for f in fields])
-    price = _price_fit(profile, [f.get("price") for f in fields])
-    cooc = np.clip(_relative(profile.cooc, [hit.item_id for hit in hits]), 0.0, 1.0)
-
-    affinity = params.category_weight * category + params.brand_weight * brand
-    parts = {  # dense parts are centred on the pool: a taste every candidate shares reorders nothing
-        "personal": confidence * params.personal_weight * personal,
-        "affinity": confidence * (affinity - affinity.mean()),
-        "price": confidence * params.price_weight * (price - price.mean()),
-        "cooc": confidence * params.cooc_weight * cooc,
-    }
-    boost = np.clip(sum(parts.values()), -params.max_boost, params.max_boost)
-    final = visual + boost
+    parts, total = boost(signals, params)
+    final = visual + total
     order = list(np.argsort(-final, kind="stable"))
     penalty = np.zeros(len(hits))
     if params.diversity_weight > 0 and has_vector.any():
@@ -193,9 +233,9 @@ def rerank(
             **hit.explain,
             "visual": float(visual[index]),
             **{name: float(values[index]) for name, values in parts.items()},
-            "boost": float(boost[index]),
+            "boost": float(total[index]),
             "diversity": float(-penalty[index]),
-            "confidence": confidence,
+            "confidence": signals.confidence,
             "final": float(final[index] - penalty[index]),
         }
         ranked.append(replace(hit, score=explain["final"], explain=explain))
