@@ -159,6 +159,38 @@ def _as_packaged(template: Mapping[str, Any], region: str) -> dict[str, Any]:
     return packaged
 
 
+def without_resources(template: Mapping[str, Any], logical_ids: Iterable[str]) -> dict[str, Any]:
+    """A copy of the template without ``logical_ids`` and everything that refers to them (resources and outputs).
+
+    ``sam build`` of the zip functions and layers on a machine without Docker: the builder image is the one
+    resource that needs it, and ``sam build`` builds all or one resource, nothing in between.
+    """
+    result = json.loads(json.dumps(template))
+    resources = result["Resources"]
+    dropped = set(logical_ids)
+    missing = dropped - set(resources)
+    if missing:
+        raise TemplateError(f"the template has no resources {', '.join(sorted(missing))}")
+    changed = True
+    while changed:
+        changed = False
+        for logical_id, resource in list(resources.items()):
+            if logical_id in dropped:
+                continue
+            depends_on = resource.get("DependsOn", [])
+            depends_on = {depends_on} if isinstance(depends_on, str) else set(depends_on)
+            if (references(resource) | depends_on) & dropped:
+                dropped.add(logical_id)
+                changed = True
+    for logical_id in dropped:
+        resources.pop(logical_id, None)
+    outputs = result.get("Outputs", {})
+    for name, output in list(outputs.items()):
+        if references(output) & dropped:
+            del outputs[name]
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------- resolving
 def _short_hash(*parts: str, length: int = 12) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length].upper()
