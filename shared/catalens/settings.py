@@ -47,6 +47,7 @@ class Settings:
     profiles_table: str = ""
     cooccurrence_table: str = ""  # item-to-item co-engagement counts (profiles issue); "" turns the signal off
     manifest_ttl_seconds: int = 2
+    gc_grace_seconds: int = 3600  # index builder: files no retained version needs are deleted once this old
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -64,6 +65,7 @@ class Settings:
             profiles_table=env.get("PROFILES_TABLE", ""),
             cooccurrence_table=env.get("COOCCURRENCE_TABLE", ""),
             manifest_ttl_seconds=_int(env, "CATALENS_MANIFEST_TTL_SECONDS", 2),
+            gc_grace_seconds=_int(env, "CATALENS_GC_GRACE_SECONDS", 3600),
         )
 
 
