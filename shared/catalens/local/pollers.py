@@ -316,7 +316,7 @@ class SqsPoller(_PollerThread):
             failed = set(ids)
         done = [m for m in messages if m["MessageId"] not in failed]
         retry = [m for m in messages if m["MessageId"] in failed]
-        self._delete(done)
+        self._delete_messages(done)
         now = time.time()
         self.deleted_at.extend([now] * len(done))
         self.stats.succeeded += len(done)
@@ -324,9 +324,9 @@ class SqsPoller(_PollerThread):
         if done:
             self.stats.last_success_at = time.time()
         if retry and self.retry_delay_seconds is not None:
-            self._delay(retry, self.retry_delay_seconds)
+            self._delay_messages(retry, self.retry_delay_seconds)
 
-    def _delete(self, messages: list[dict]) -> None:
+    def _delete_messages(self, messages: list[dict]) -> None:
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
@@ -334,7 +334,7 @@ class SqsPoller(_PollerThread):
             for failure in response.get("Failed", []):
                 log.warning("%s: could not delete a message: %s", self.name, failure.get("Message"))
 
-    def _delay(self, messages: list[dict], seconds: int) -> None:
+    def _delay_messages(self, messages: list[dict], seconds: int) -> None:
         entries = [
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": seconds}
             for i, m in enumerate(messages[:10])
