@@ -7,12 +7,17 @@ adapter the unit tests rely on is held to S3's real conditional-request semantic
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+
 from catalens.adapters.memory import MemoryBlobStore
 from catalens.adapters.s3 import S3BlobStore
+from catalens.index.build import build_snapshot
+from catalens.index.cache import IndexCache
+from catalens.index.store import IndexStore, RetryPolicy
 from catalens.ports import (
     BlobNotFoundError,
     BlobStore,
@@ -20,6 +25,14 @@ from catalens.ports import (
     ConflictError,
     NotModifiedError,
     PreconditionFailedError,
+)
+from tests.unit.test_index_store import (
+    FINGERPRINT,
+    del_event,
+    expected_state,
+    put_event,
+    run_crash_matrix,
+    view_state,
 )
 
 
@@ -147,3 +160,82 @@ def test_s3_adapter_translates_409_conflict_and_other_errors() -> None:
         S3BlobStore(FailingClient("AccessDenied", 403), "b").put("k", b"x")
     assert type(other.value) is BlobStoreError
     assert "AccessDenied" in str(other.value)
+
+
+# ----------------------------------------------------------------------------------------------- the store on S3
+
+
+@pytest.fixture
+def s3_store(s3_client: Any, s3_bucket: str) -> IndexStore:
+    # GC grace is measured from S3's LastModified (whole seconds); a wall clock 10 s ahead makes
+    # everything written so far "old" without sleeping.
+    return IndexStore(
+        S3BlobStore(s3_client, s3_bucket),
+        "index/",
+        retry=RetryPolicy(base_delay=0.0),
+        wall_clock=lambda: time.time() + 10,
+    )
+
+
+def test_duplicate_and_out_of_order_events_on_s3(s3_store: IndexStore) -> None:
+    events = [put_event("a", "0010", "e1"), del_event("a", "20"), put_event("a", "30", "e1"), put_event("b", "1", "e")]
+    for event in [events[2], events[0], events[3], events[1], events[2], events[0]]:  # shuffled, twice over
+        s3_store.write_item(event)
+    assert len(list(s3_store.blob.list("index/deltas/"))) == 4, "one object per distinct event"
+    assert s3_store.write_item(events[1]) is False
+    assert view_state(s3_store.load_view()) == expected_state(events) == {"a": "e1", "b": "e"}
+    s3_store.compact(model_fingerprint=FINGERPRINT)
+    s3_store.write_item(put_event("b", "0", "late"))  # older than what the snapshot holds
+    s3_store.delete_item("a", sequencer="2f")
+    assert view_state(s3_store.load_view()) == {"a": "e1", "b": "e"}
+    assert s3_store.compact().noop
+
+
+def test_compaction_race_rollback_and_gc_on_s3(s3_store: IndexStore) -> None:
+    s3_store.write_item(put_event("a", "1", "e1"))
+    v1 = s3_store.compact(model_fingerprint=FINGERPRINT).version
+    rival = IndexStore(s3_store.blob, s3_store.prefix)
+    overtaken = []
+
+    def build_and_get_overtaken(records, **kwargs):
+        if not overtaken:
+            overtaken.append(True)
+            s3_store.write_item(put_event("b", "2", "e1"))
+            rival.compact()  # moves the manifest's ETag: our If-Match must get 412 from S3
+            s3_store.write_item(put_event("c", "3", "e1"))
+        return build_snapshot(records, **kwargs)
+
+    s3_store.write_item(put_event("d", "1", "e1"))
+    result = s3_store.compact(build_fn=build_and_get_overtaken)
+    assert result.attempts == 2
+    manifest, _ = s3_store.read_manifest()
+    assert manifest.generation == 3
+    everything = {"a": "e1", "b": "e1", "c": "e1", "d": "e1"}
+    assert view_state(s3_store.load_view()) == everything
+    gc = s3_store.gc(grace_seconds=5)
+    assert len(gc.versions_deleted) == 1, "the abandoned build"
+    s3_store.rollback(v1)
+    assert view_state(s3_store.load_view()) == everything, "GC kept the deltas v1 lacks"
+
+
+def test_cache_on_s3_revalidates_with_a_conditional_get(s3_store: IndexStore) -> None:
+    now = [0.0]
+    cache = IndexCache(s3_store, ttl_seconds=2, clock=lambda: now[0], background=False)
+    s3_store.write_item(put_event("a", "1", "e"))
+    s3_store.compact(model_fingerprint=FINGERPRINT)
+    assert set(view_state(cache.view())) == {"a"}
+    now[0] += 2
+    cache.view()
+    assert cache.stats.not_modified == 1, "S3 answered 304 to If-None-Match"
+    s3_store.write_item(put_event("b", "2", "e"))
+    version = s3_store.compact().version
+    now[0] += 2
+    assert set(view_state(cache.view())) == {"a", "b"}
+    assert cache.version == version
+    assert cache.stats.not_modified == 1
+
+
+@pytest.mark.slow
+def test_a_writer_killed_between_any_two_s3_writes_leaves_a_correct_index(s3_client: Any, s3_bucket: str) -> None:
+    total = run_crash_matrix(S3BlobStore(s3_client, s3_bucket), grace_seconds=-5)
+    assert total >= 14
