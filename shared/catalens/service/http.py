@@ -62,13 +62,24 @@ def register_error_handlers(app: Any, logger: logging.Logger | Any) -> None:
     @app.not_found
     def _not_found(_exc: NotFoundError) -> Response:
         event = app.current_event
-        message = f"no route for {event.http_method} {event.path}"
-        return error_response("not_found", message, 404)
+        allowed = allowed_methods(app, event.path)
+        if allowed:
+            message = f"{event.http_method} is not allowed on {event.path}; use {', '.join(allowed)}"
+            response = error_response("method_not_allowed", message, 405)
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        return error_response("not_found", f"no route for {event.http_method} {event.path}", 404)
 
     @app.exception_handler(Exception)
     def _bug(exc: Exception) -> Response:
         logger.exception("unhandled error while answering a request")
         return error_response("internal_error", f"internal error ({type(exc).__name__}); it has been logged", 500)
+
+
+def allowed_methods(app: Any, path: str) -> list[str]:
+    """Methods some route serves at ``path`` (Powertools keeps its routes in these two lists)."""
+    routes = [*app._static_routes, *app._dynamic_routes]
+    return sorted({route.method.upper() for route in routes if route.rule.match(path)})
 
 
 @cache
