@@ -456,6 +456,7 @@ class ProvisionedStack:
     names: dict[str, str] = field(default_factory=dict)
     queue_urls: dict[str, str] = field(default_factory=dict)
     stream_arns: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
         return self.resolver.resolve(value)
@@ -470,6 +471,7 @@ def provision(
     parameters: Mapping[str, Any] | None = None,
     account_id: str = DEFAULT_ACCOUNT_ID,
     bucket_policies: bool = False,
+    versioning: bool = True,
 ) -> ProvisionedStack:
     """Create the template's buckets, queues and tables through ``session`` (boto3-like), in dependency order.
 
@@ -499,6 +501,7 @@ def provision(
             clients[service] = session.client(service, **kwargs)
         return clients[service]
 
+    stack.options["versioning"] = versioning
     creators: dict[str, Callable[[ProvisionedStack, str, dict[str, Any], Callable[[str], Any]], None]] = {
         "AWS::SQS::Queue": _create_queue,
         "AWS::SQS::QueuePolicy": _apply_queue_policy,
@@ -646,7 +649,7 @@ def _create_bucket(stack: ProvisionedStack, logical_id: str, resource: dict[str,
         s3.create_bucket(Bucket=name)
     else:
         s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
-    if "VersioningConfiguration" in props:
+    if "VersioningConfiguration" in props and stack.options.get("versioning", True):
         s3.put_bucket_versioning(
             Bucket=name, VersioningConfiguration={"Status": props["VersioningConfiguration"]["Status"]}
         )

@@ -88,3 +88,34 @@ def load_function(monkeypatch: pytest.MonkeyPatch) -> Any:
         return module
 
     return load
+
+
+# ------------------------------------------------------------------------------------------------ from template.yaml
+
+
+@pytest.fixture
+def template_stack(moto_aws: None) -> Any:
+    """The template's buckets, queues and tables, created from template.yaml itself (``catalens.provision``).
+
+    Names, key schemas, streams, TTL, redrive policies and bucket notifications are the template's own, so a
+    test using this fixture cannot drift from what ``sam deploy`` creates.
+    """
+    from catalens.provision import load_template, provision
+
+    return provision(boto3.Session(region_name=AWS_REGION), load_template(), stack_name="catalens-test")
+
+
+@pytest.fixture
+def function_env(template_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``function_env("IngestFunction")`` sets the environment the template gives that function and returns it."""
+    from catalens.provision import function_specs
+
+    specs = function_specs(template_stack)
+
+    def apply(logical_id: str, **overrides: str) -> dict[str, str]:
+        env = {**specs[logical_id].environment, **overrides}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return env
+
+    return apply
