@@ -49,11 +49,13 @@ class ProfileStoreError(CatalensError):
     code = "profile_store_error"
 
 
-def _serialize(item: dict[str, Any]) -> dict[str, Any]:
+def to_attribute_values(item: dict[str, Any]) -> dict[str, Any]:
+    """Python values (Decimal, bytes, maps, lists) → DynamoDB wire format (``{"N": "1"}``, ...)."""
     return {name: _SERIALIZER.serialize(value) for name, value in item.items()}
 
 
-def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
+def from_attribute_values(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB wire format → Python values (numbers as Decimal, binaries as ``Binary``)."""
     return {name: _DESERIALIZER.deserialize(value) for name, value in item.items()}
 
 
@@ -104,7 +106,7 @@ class DynamoProfileStore:
         response = self._call("get", user_id, self._client.get_item, TableName=self.table,
                               Key={"user_id": {"S": user_id}}, ConsistentRead=True)  # fmt: skip
         item = response.get("Item")
-        return None if item is None else Profile.from_item(_deserialize(item))
+        return None if item is None else Profile.from_item(from_attribute_values(item))
 
     def load_for_ranking(self, user_id: str) -> Profile | None:
         """Only what re-ranking needs (a projection: no history, no dedupe set), eventually consistent."""
@@ -113,7 +115,7 @@ class DynamoProfileStore:
             ProjectionExpression=self._projection, ExpressionAttributeNames=self._projection_names,
         )  # fmt: skip
         item = response.get("Item")
-        return None if item is None else Profile.from_item(_deserialize(item))
+        return None if item is None else Profile.from_item(from_attribute_values(item))
 
     get = load_for_ranking  # what the search service calls
 
@@ -126,7 +128,7 @@ class DynamoProfileStore:
         """
         item = profile.to_item()
         item["version"] = expected_version + 1
-        put: dict[str, Any] = {"TableName": self.table, "Item": _serialize(item)}
+        put: dict[str, Any] = {"TableName": self.table, "Item": to_attribute_values(item)}
         if expected_version == 0:
             put["ConditionExpression"] = "attribute_not_exists(user_id)"
         else:
@@ -273,7 +275,7 @@ class DynamoEventStore:
         """Write an event once; a repeated put of the same event key is a no-op (returns False)."""
         try:
             self._client.put_item(
-                TableName=self.table, Item=_serialize(event.to_item(retention_days=self.retention_days)),
+                TableName=self.table, Item=to_attribute_values(event.to_item(retention_days=self.retention_days)),
                 ConditionExpression="attribute_not_exists(event_key)",
             )  # fmt: skip
         except ClientError as exc:
