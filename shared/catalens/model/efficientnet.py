@@ -274,11 +274,10 @@ def build_onnx(
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, arch.head_channels])]
     if with_classifier:
-        avg = (
-            pooled
-            if pool.kind == "avg"
-            else g.node("Reshape", [g.node("GlobalAveragePool", [features], "pool.avg_cls"), flat_shape], "pooled_cls")
-        )
+        avg = pooled  # the classifier was trained on average-pooled features, whatever the embedding uses
+        if pool.kind != "avg":
+            avg_pool = g.node("GlobalAveragePool", [features], "pool.avg_cls")
+            avg = g.node("Reshape", [avg_pool, flat_shape], "pooled_cls")
         fc_w = g.const("fc.w", state_dict["_fc.weight"].astype(np.float32))
         fc_b = g.const("fc.b", state_dict["_fc.bias"].astype(np.float32))
         g.node("Gemm", [avg, fc_w, fc_b], LOGITS_OUTPUT, transB=1)
