@@ -1,0 +1,204 @@
+"""SearchService over a real IndexView with a stub embedder: ranking, filters, paging, errors, personalisation hooks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from catalens.imaging import PreprocessConfig
+from catalens.index import IndexView, ItemRecord
+from catalens.index.records import Hit
+from catalens.service.errors import ItemNotFoundError, UnknownFilterError
+from catalens.service.requests import Filters, SearchOptions, SearchRequest
+from catalens.service.search import SearchService, hit_to_dict, to_index_filter
+from tests.unit.imagefactory import encode, photo
+
+DIM = 8
+
+
+class StubCard:
+    name = "stub"
+    preprocess = PreprocessConfig()
+
+    def fingerprint(self) -> str:
+        return "stub-fp"
+
+
+class StubEmbedder:
+    """Returns ``next_vector`` for any photo, after the real decode + preprocess ran."""
+
+    card = StubCard()
+
+    def __init__(self) -> None:
+        self.next_vector = np.eye(DIM, dtype=np.float32)[0]
+        self.calls = 0
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.shape == (1, 3, 224, 224)
+        self.calls += 1
+        return self.next_vector[np.newaxis]
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[: len(values)] = values
+    return vector / np.linalg.norm(vector)
+
+
+ITEMS = {
+    "a": (unit(1, 0.1), {"category": "shoes", "price": 10.0, "size": 42}),
+    "b": (unit(1, 0.3), {"category": "bags", "price": 20.0, "size": 40}),
+    "c": (unit(1, 0.6), {"category": "shoes", "price": 30.0}),
+    "d": (unit(0.2, 1), {"category": "shoes", "price": 40.0, "brand": "acme"}),
+    "e": (unit(0, 0, 1), {"category": "hats", "price": 50.0}),
+}
+
+
+@pytest.fixture
+def view() -> IndexView:
+    records = [
+        ItemRecord(item_id, vector, fields, f"{item_id}.jpg", f"etag-{item_id}", f"{i + 1:X}")
+        for i, (item_id, (vector, fields)) in enumerate(ITEMS.items())
+    ]
+    return IndexView(None, records)
+
+
+@pytest.fixture
+def embedder() -> StubEmbedder:
+    return StubEmbedder()
+
+
+def service_for(view: IndexView, embedder: StubEmbedder, **kwargs: Any) -> SearchService:
+    return SearchService(embedder=embedder, views=lambda: view, **kwargs)
+
+
+JPEG = encode(photo(128, 96, seed=1))
+
+
+def test_photo_query_ranks_by_cosine_and_reports_timings(view: IndexView, embedder: StubEmbedder) -> None:
+    result = service_for(view, embedder).search(SearchRequest(image=JPEG, options=SearchOptions(k=3)))
+    assert [hit.item_id for hit in result.hits] == ["a", "b", "c"]
+    assert result.hits[0].score == pytest.approx(float(unit(1, 0.1) @ unit(1)), abs=1e-5)
+    assert result.item_count == 5
+    assert result.index_version == view.version
+    assert result.timings.decode > 0
+    assert result.timings.embed > 0
+    assert "embed;dur=" in result.timings.server_timing()
+    assert embedder.calls == 1
+
+
+def test_item_query_excludes_the_item_and_needs_no_embedding(view: IndexView, embedder: StubEmbedder) -> None:
+    result = service_for(view, embedder).similar("a", SearchOptions(k=2))
+    assert [hit.item_id for hit in result.hits] == ["b", "c"]
+    assert embedder.calls == 0
+    assert result.query == {"type": "item", "item_id": "a"}
+
+
+def test_filters_apply_before_the_cut(view: IndexView, embedder: StubEmbedder) -> None:
+    service = service_for(view, embedder)
+    options = SearchOptions(k=10, filters=Filters(equals={"category": ("shoes",)}, price_max=35.0))
+    assert [h.item_id for h in service.search(SearchRequest(image=JPEG, options=options)).hits] == ["a", "c"]
+    typed = SearchOptions(filters=Filters(equals={"size": ("42",)}))  # query strings carry text
+    assert [h.item_id for h in service.search(SearchRequest(image=JPEG, options=typed)).hits] == ["a"]
+
+
+def test_unknown_filter_field_is_rejected_but_delta_fields_are_known(view: IndexView, embedder: StubEmbedder) -> None:
+    service = service_for(view, embedder)
+    with pytest.raises(UnknownFilterError, match="colour"):
+        service.search(SearchRequest(image=JPEG, options=SearchOptions(filters=Filters(equals={"colour": ("red",)}))))
+    brand = SearchOptions(filters=Filters(equals={"brand": ("acme",)}))  # a standard field
+    assert [h.item_id for h in service.search(SearchRequest(image=JPEG, options=brand)).hits] == ["d"]
+    size = SearchOptions(filters=Filters(equals={"size": (40,)}))  # an extra field some item carries
+    assert [h.item_id for h in service.search(SearchRequest(image=JPEG, options=size)).hits] == ["b"]
+
+
+def test_paging_slices_one_ranking(view: IndexView, embedder: StubEmbedder) -> None:
+    service = service_for(view, embedder)
+    whole = [h.item_id for h in service.search(SearchRequest(image=JPEG, options=SearchOptions(k=5))).hits]
+    page = service.search(SearchRequest(image=JPEG, options=SearchOptions(k=2, offset=2)))
+    assert [h.item_id for h in page.hits] == whole[2:4]
+    assert (page.k, page.offset) == (2, 2)
+
+
+def test_unknown_item_and_empty_index(view: IndexView, embedder: StubEmbedder) -> None:
+    with pytest.raises(ItemNotFoundError):
+        service_for(view, embedder).get_item("zzz")
+    with pytest.raises(ItemNotFoundError):
+        service_for(view, embedder).similar("zzz", SearchOptions())
+    empty = service_for(IndexView(None, []), embedder).search(SearchRequest(image=JPEG))
+    assert (empty.hits, empty.item_count) == ([], 0)
+
+
+def test_get_item_and_health(view: IndexView, embedder: StubEmbedder) -> None:
+    service = service_for(view, embedder)
+    item = service.get_item("d")
+    assert item["fields"]["brand"] == "acme"
+    assert item["image_key"] == "d.jpg"
+    assert item["near_duplicates"] == []
+    health = service.health()
+    assert (health["item_count"], health["index_version"], health["model"]["fingerprint"]) == (
+        5,
+        view.version,
+        "stub-fp",
+    )
+    assert health["personalization"] is False
+
+
+class StubProfiles:
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+        self.deleted: list[str] = []
+
+    def load_for_ranking(self, user_id: str) -> Any:
+        self.loaded.append(user_id)
+        return {"user": user_id}
+
+    def delete(self, user_id: str) -> None:
+        self.deleted.append(user_id)
+
+
+def reverse_rerank(hits: list[Hit], profile: Any, **_: Any) -> list[Hit]:
+    """A stand-in re-ranker that visibly reorders and fills ``explain`` like catalens.ranking does."""
+    if profile is None:
+        return [replace(h, explain={"visual": h.score, "final": h.score}) for h in hits]
+    return [replace(h, explain={"visual": h.score, "boost": 0.01, "final": h.score}) for h in reversed(hits)]
+
+
+def test_personalisation_widens_the_pool_and_reorders(view: IndexView, embedder: StubEmbedder) -> None:
+    profiles = StubProfiles()
+    service = service_for(view, embedder, profiles=profiles, rerank=reverse_rerank)
+    result = service.search(SearchRequest(image=JPEG, options=SearchOptions(k=2, user_id="u1")))
+    assert profiles.loaded == ["u1"]
+    assert result.personalized is True
+    assert [h.item_id for h in result.hits] == ["e", "d"]  # reversed over the whole pool, not just the page
+    plain = service.search(SearchRequest(image=JPEG, options=SearchOptions(k=2, user_id="u1", personalize=False)))
+    assert profiles.loaded == ["u1"]  # personalize=false never reads the profile
+    assert (plain.personalized, [h.item_id for h in plain.hits]) == (False, ["a", "b"])
+    assert service.forget_user("u1") == {"user_id": "u1", "deleted": True}
+    assert profiles.deleted == ["u1"]
+
+
+def test_without_profile_store_erasure_is_a_no_op(view: IndexView, embedder: StubEmbedder) -> None:
+    assert service_for(view, embedder).forget_user("u2") == {"user_id": "u2", "deleted": False}
+
+
+def test_hit_serialisation_hides_vectors_and_shows_explain_on_demand() -> None:
+    hit = Hit("x", 0.5, {"title": "t"}, "x.jpg", vector=np.ones(3), explain={"visual": 0.5, "final": 0.55})
+    assert hit_to_dict(hit, explain=False) == {
+        "item_id": "x",
+        "score": 0.5,
+        "image_key": "x.jpg",
+        "fields": {"title": "t"},
+    }
+    assert hit_to_dict(hit, explain=True)["explain"] == {"visual": 0.5, "final": 0.55}
+    assert hit_to_dict(Hit("y", float("nan"), {}, ""), explain=True)["score"] == 0.0
+
+
+def test_index_filter_matches_numbers_and_booleans_spelled_as_text() -> None:
+    flt = to_index_filter(Filters(equals={"size": ("42",), "vegan": ("true",)}, price_min=1.0))
+    assert flt.matches({"size": 42, "vegan": True, "price": 2.0})
+    assert not flt.matches({"size": 42, "vegan": True, "price": 0.5})
+    assert to_index_filter(Filters()) is None
