@@ -1,4 +1,4 @@
-"""The embedded AWS emulator: moto's ThreadedMotoServer on 127.0.0.1.
+"""The embedded AWS emulator: moto's ThreadedMotoServer on 127.0.0.1 (with :mod:`catalens.local.moto_fixes`).
 
 moto's own ``start()`` binds the port inside its thread; when the port is taken the thread dies and ``start()`` waits
 forever. We bind in the caller's thread instead, so a port conflict surfaces at once as one clear error.
@@ -65,6 +65,9 @@ class LocalMotoServer(ThreadedMotoServer):
         super().__init__(ip_address=host, port=port, verbose=False)
 
     def start(self) -> None:
+        from catalens.local import moto_fixes
+
+        moto_fixes.apply()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         ensure_port_free(self._ip_address, self._port, "AWS emulator", "--moto-port")
         app = DomainDispatcherApplication(create_backend_app)

@@ -1,0 +1,88 @@
+"""Where moto's S3 notifications differ from AWS's in ways the system depends on, the local stack closes the gap.
+
+Applied once, in the ``catalens local`` process only (it runs moto's server in-process); tests that use ``mock_aws``
+elsewhere see plain moto. Each fix makes the emulator do what AWS documents:
+
+1. **Deleting from a versioned bucket notifies.** AWS sends ``s3:ObjectRemoved:DeleteMarkerCreated`` when a DELETE
+   without a version id puts a delete marker on a key (the catalog bucket is versioned, and the template subscribes
+   the queue to ``s3:ObjectRemoved:*``); moto 5 sends nothing, so a deleted photo would stay searchable forever.
+2. **Records carry a ``sequencer`` and the ``versionId``.** AWS puts a hex ``sequencer`` in every record (it orders
+   the events of one key) and the ``versionId`` on versioned buckets; moto omits both. The sequencer here is a
+   process-wide increasing counter seeded from the clock, so it also orders events across restarts.
+3. **Removal records have no ``size``/``eTag``**, as on AWS (moto copies them from the deleted object).
+
+(ingest also accepts moto's raw shape — it falls back to ``eventTime`` — and its tests cover both shapes.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+_applied = False
+_lock = threading.Lock()
+_counter = itertools.count(time.time_ns() // 1000)
+
+
+def next_sequencer() -> str:
+    """An increasing hex sequencer, 16+ digits like S3's (``0055AED6DCD90281E5``)."""
+    return f"{next(_counter):018X}"
+
+
+def apply() -> None:
+    """Install the fixes (idempotent)."""
+    global _applied
+    with _lock:
+        if _applied:
+            return
+        from moto.s3 import models, notifications
+
+        original_event = notifications._get_s3_event
+        original_delete = models.S3Backend.delete_object
+
+        def aws_shaped_event(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
+            if not hasattr(key, "etag"):  # a delete marker: no bytes, no ETag
+                placeholder = _MarkerView(key)
+                record = original_event(event_name, bucket, placeholder, notification_id)
+            else:
+                record = original_event(event_name, bucket, key, notification_id)
+            obj = record["Records"][0]["s3"]["object"]
+            obj["sequencer"] = next_sequencer()
+            version_id = getattr(key, "version_id", None)
+            if getattr(bucket, "is_versioned", False) and version_id and version_id != "null":
+                obj["versionId"] = str(version_id)
+            if "ObjectRemoved" in event_name:
+                obj.pop("size", None)
+                obj.pop("eTag", None)
+            return record
+
+        def delete_object(self: Any, bucket_name: str, key_name: str, version_id: str | None = None, **kw: Any) -> Any:
+            result = original_delete(self, bucket_name, key_name, version_id=version_id, **kw)
+            _, meta = result
+            if version_id is None and meta.get("delete-marker") == "true":
+                bucket = self.get_bucket(bucket_name)
+                marker = bucket.keys.get(key_name)
+                if marker is not None:
+                    notifications.send_event(
+                        self.account_id,
+                        notifications.S3NotificationEvent.OBJECT_REMOVED_DELETE_MARKER_CREATED_EVENT,
+                        bucket,
+                        marker,
+                    )
+            return result
+
+        notifications._get_s3_event = aws_shaped_event
+        models.S3Backend.delete_object = delete_object
+        _applied = True
+
+
+class _MarkerView:
+    """What moto's event builder reads from a key, for a delete marker (which has no size or ETag)."""
+
+    def __init__(self, marker: Any) -> None:
+        self.name = marker.name
+        self.size = 0
+        self.etag = ""
+        self.version_id = marker.version_id
