@@ -1,0 +1,287 @@
+"""IngestService with in-memory ports: event parsing, ordering and idempotency, failures recorded, fields validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from catalens.adapters.memory import MemoryBlobStore
+from catalens.imaging import PreprocessConfig
+from catalens.index.cache import IndexCache
+from catalens.index.store import IndexStore
+from catalens.service.errors import FieldError
+from catalens.service.events import ObjectEvent, parse_notification
+from catalens.service.fields import parse_product_fields
+from catalens.service.ingest import (
+    CatalogObject,
+    ErrorLog,
+    IngestConfig,
+    IngestFailedError,
+    IngestService,
+    item_id_for_key,
+)
+from catalens.service.telemetry import RecordingMetrics
+from tests.unit.imagefactory import encode, photo, png_bomb
+
+BUCKET = "catalog"
+
+
+class MemoryCatalog:
+    """The catalog bucket as a dict: key -> (bytes, metadata); ETag = a counter per write."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], str]] = {}
+        self._writes = 0
+
+    def put(self, key: str, data: bytes, **metadata: str) -> str:
+        self._writes += 1
+        etag = f"etag{self._writes}"
+        self.objects[key] = (data, metadata, etag)
+        return etag
+
+    def head(self, bucket: str, key: str) -> CatalogObject | None:
+        if key not in self.objects:
+            return None
+        data, metadata, etag = self.objects[key]
+        return CatalogObject(bucket, key, etag, len(data), metadata)
+
+    def read(self, bucket: str, key: str, *, max_bytes: int) -> CatalogObject | None:
+        head = self.head(bucket, key)
+        if head is None:
+            return None
+        data = self.objects[key][0]
+        return CatalogObject(
+            bucket, key, head.etag, len(data), head.metadata, data=data if len(data) <= max_bytes else None
+        )
+
+
+class StubCard:
+    preprocess = PreprocessConfig()
+
+    def fingerprint(self) -> str:
+        return "stub"
+
+
+class ColourEmbedder:
+    """A 3-d 'embedding': the mean colour of the preprocessed photo (same photo, same vector)."""
+
+    card = StubCard()
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        vectors = batch.mean(axis=(2, 3)) + 2.0
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def parts() -> dict[str, Any]:
+    blob = MemoryBlobStore()
+    store = IndexStore(blob, "index/")
+    cache = IndexCache(store, ttl_seconds=0, background=False)
+    catalog = MemoryCatalog()
+    metrics = RecordingMetrics()
+    errors = ErrorLog(blob, "index/ingest-errors/")
+    service = IngestService(
+        catalog=catalog,
+        index=store,
+        embedder=ColourEmbedder(),
+        views=cache.view,
+        errors=errors,
+        metrics=metrics,
+        config=IngestConfig(near_duplicate_threshold=0.999),
+    )
+    return {"service": service, "catalog": catalog, "cache": cache, "metrics": metrics, "errors": errors, "blob": blob}
+
+
+def created(key: str, sequencer: str, etag: str = "x") -> ObjectEvent:
+    return ObjectEvent("created", "ObjectCreated:Put", BUCKET, key, sequencer, etag=etag)
+
+
+def removed(key: str, sequencer: str) -> ObjectEvent:
+    return ObjectEvent("removed", "ObjectRemoved:Delete", BUCKET, key, sequencer)
+
+
+JPEG = encode(photo(96, 72, seed=3))
+
+
+# ------------------------------------------------------------------------------------------------ event parsing
+
+
+def test_aws_and_moto_records_parse_to_the_same_event() -> None:
+    aws = {"eventName": "ObjectCreated:Put", "eventTime": "2026-01-01T00:00:00.000Z"}
+    aws["s3"] = {"bucket": {"name": BUCKET}, "object": {"key": "a+b%2Fc%C3%BC.jpg", "eTag": "e1", "sequencer": "00AB"}}
+    moto = json.loads(json.dumps(aws))
+    del moto["s3"]["object"]["sequencer"]
+    (from_aws,) = parse_notification({"Records": [aws]})
+    (from_moto,) = parse_notification(json.dumps({"Records": [moto]}))
+    assert from_aws.key == from_moto.key == "a b/cü.jpg"
+    assert from_aws.sequencer == "00AB"
+    assert int(from_moto.sequencer, 16) == 1767225600 * 1_000_000  # eventTime in µs
+
+
+def test_test_event_and_other_event_kinds() -> None:
+    assert parse_notification('{"Service": "Amazon S3", "Event": "s3:TestEvent"}') == []
+    record = {"eventName": "ObjectRestore:Completed", "eventTime": "2026-01-01T00:00:00Z"}
+    record["s3"] = {"bucket": {"name": BUCKET}, "object": {"key": "x.jpg", "sequencer": "1"}}
+    assert parse_notification({"Records": [record]})[0].kind == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "item_id"),
+    [
+        ("a.jpg", "", "a"),
+        ("photos/a.b.png", "photos/", "a.b"),
+        ("photos/x/y.webp", "photos/", "x/y"),
+        ("noext", "", "noext"),
+    ],
+)
+def test_item_id_for_key(key: str, prefix: str, item_id: str) -> None:
+    assert item_id_for_key(key, prefix) == item_id
+
+
+# ------------------------------------------------------------------------------------------------ fields
+
+
+def test_fields_from_metadata_and_sidecar() -> None:
+    metadata = {"title": "=?UTF-8?B?Q2Fmw6k=?=", "price": "3", "image-url": "https://x.example/a.jpg", "colour": "red"}
+    fields = parse_product_fields(metadata, {"price": 2.5, "tags": "a, b", "organic": True})
+    assert fields == {
+        "title": "Café",
+        "price": 2.5,
+        "image_url": "https://x.example/a.jpg",
+        "colour": "red",
+        "tags": ["a", "b"],
+        "organic": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("metadata", "sidecar", "message"),
+    [
+        ({"price": "cheap"}, None, "price"),
+        ({"price": "-1"}, None, "price"),
+        ({"price": "NaN"}, None, "price"),
+        ({"currency": "euro"}, None, "currency"),
+        ({"title": "x" * 301}, None, "title"),
+        ({"url": "javascript:alert(1)"}, None, "url"),
+        ({}, {"near_duplicates": []}, "reserved"),
+        ({}, {"nested": {"a": 1}}, "nested"),
+        ({}, {"Bad Name": 1}, "field name"),
+    ],
+)
+def test_invalid_fields_are_named(metadata: dict, sidecar: dict | None, message: str) -> None:
+    with pytest.raises(FieldError, match=message):
+        parse_product_fields(metadata, sidecar)
+
+
+# ------------------------------------------------------------------------------------------------ ordering
+
+
+def test_create_overwrite_delete(parts: dict[str, Any]) -> None:
+    service, catalog, cache = parts["service"], parts["catalog"], parts["cache"]
+    etag = catalog.put("a.jpg", JPEG, title="A")
+    assert service.handle_event(created("a.jpg", "10", etag)).action == "indexed"
+    assert cache.view().get("a").fields == {"title": "A"}
+    catalog.put("a.jpg", encode(photo(96, 72, seed=4)), title="A2")
+    assert service.handle_event(created("a.jpg", "11")).action == "indexed"
+    assert cache.view().get("a").fields == {"title": "A2"}
+    del catalog.objects["a.jpg"]
+    assert service.handle_event(removed("a.jpg", "12")).action == "deleted"
+    assert cache.view().get("a") is None
+    assert parts["metrics"].total("ItemsIndexed") == 2
+    assert parts["metrics"].total("ItemsDeleted") == 1
+
+
+def test_stale_delete_of_a_reuploaded_photo_is_skipped(parts: dict[str, Any]) -> None:
+    service, catalog, cache = parts["service"], parts["catalog"], parts["cache"]
+    catalog.put("a.jpg", JPEG)
+    service.handle_event(created("a.jpg", "30"))
+    # The delete (seq 20) of an earlier generation arrives late, while the photo exists again.
+    assert service.handle_event(removed("a.jpg", "20")).action == "skipped"
+    assert cache.view().get("a") is not None
+
+
+def test_same_bytes_uploaded_again_after_a_delete_are_written(parts: dict[str, Any]) -> None:
+    service, catalog, cache = parts["service"], parts["catalog"], parts["cache"]
+    catalog.put("a.jpg", JPEG)
+    service.handle_event(created("a.jpg", "10"))
+    stale = cache.view()  # a reader that has not seen the delete yet
+    del catalog.objects["a.jpg"]
+    service.handle_event(removed("a.jpg", "11"))
+    catalog.objects["a.jpg"] = (JPEG, {}, "etag1")  # identical bytes, identical ETag
+    service._views = lambda: stale  # the ingest's cached view still shows the first upload
+    assert service.handle_event(created("a.jpg", "12")).action == "indexed"
+    assert cache.view().get("a") is not None
+
+
+def test_duplicate_delivery_is_recognised(parts: dict[str, Any]) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    catalog.put("a.jpg", JPEG)
+    assert service.handle_event(created("a.jpg", "10")).action == "indexed"
+    assert service.handle_event(created("a.jpg", "10")).action == "unchanged"
+    assert len(list(parts["blob"].list("index/deltas/"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+@pytest.mark.parametrize(
+    ("data", "metadata", "reason"),
+    [
+        (b"", {}, "empty_image"),
+        (b"plain text", {}, "not_an_image"),
+        (JPEG[:300], {}, "truncated_image"),
+        (png_bomb(), {}, "decompression_bomb"),
+        (JPEG, {"price": "free"}, "invalid_field"),
+    ],
+)
+def test_bad_photo_is_recorded_three_ways_and_raised(
+    parts: dict[str, Any], data: bytes, metadata: dict, reason: str
+) -> None:
+    parts["catalog"].put("bad.jpg", data, **metadata)
+    with pytest.raises(IngestFailedError) as caught:
+        parts["service"].handle_event(created("bad.jpg", "5"))
+    assert caught.value.reason == reason
+    assert parts["metrics"].total("IngestFailures", reason=reason) == 1
+    (marker,) = parts["errors"].list()
+    assert (marker["key"], marker["item_id"], marker["code"]) == ("bad.jpg", "bad", reason)
+    assert parts["cache"].view().get("bad") is None
+
+
+def test_oversized_photo_is_refused_before_download(parts: dict[str, Any]) -> None:
+    service = parts["service"]
+    service.config = IngestConfig(limits=replace(service.config.limits, max_bytes=100))
+    parts["catalog"].put("big.jpg", JPEG)
+    with pytest.raises(IngestFailedError) as caught:
+        service.handle_event(created("big.jpg", "5"))
+    assert caught.value.reason == "image_too_large"
+
+
+def test_broken_sidecar_marks_the_photo_and_a_fix_clears_it(parts: dict[str, Any]) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    catalog.put("p.jpg", JPEG)
+    catalog.put("p.jpg.json", b"{not json")
+    with pytest.raises(IngestFailedError):
+        service.handle_event(created("p.jpg.json", "7"))
+    assert [m["key"] for m in parts["errors"].list()] == ["p.jpg"]
+    catalog.put("p.jpg.json", b'{"title": "Fixed"}')
+    assert service.handle_event(created("p.jpg.json", "8")).action == "indexed"
+    assert parts["errors"].list() == []
+    assert parts["cache"].view().get("p").fields == {"title": "Fixed"}
+
+
+def test_near_duplicates_of_other_items_are_recorded(parts: dict[str, Any]) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    catalog.put("a.jpg", JPEG)
+    service.handle_event(created("a.jpg", "1"))
+    catalog.put("a-copy.jpg", JPEG)
+    outcome = service.handle_event(created("a-copy.jpg", "2"))
+    assert [n["item_id"] for n in outcome.near_duplicates] == ["a"]
+    assert parts["cache"].view().get("a-copy").fields["near_duplicates"][0]["item_id"] == "a"
+    assert parts["metrics"].total("NearDuplicates") == 1
+    # Re-ingesting the same item never lists itself.
+    catalog.put("a.jpg", JPEG, title="again")
+    assert [n["item_id"] for n in service.handle_event(created("a.jpg", "3")).near_duplicates] == ["a-copy"]
