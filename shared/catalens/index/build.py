@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,9 @@ from catalens.index.snapshot import RecordTable, Snapshot
 # worth its build time; measured with `catalens bench index` (see the index notes in the report).
 GRAPH_THRESHOLD = 20_000
 DEFAULT_NEIGHBOURS = 30
+
+# (vectors, *, n_neighbors, seed, n_jobs) -> (row order, CSR indptr, CSR indices); see build_search_graph.
+GraphBuilder = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def default_entry_points(n: int) -> int:
@@ -65,6 +68,7 @@ def build_snapshot(
     n_jobs: int | None = None,
     tombstone_ttl_seconds: float | None = None,
     now: float | None = None,
+    graph_builder: GraphBuilder | None = None,
 ) -> Snapshot:
     """Build a new snapshot from ``previous`` (None for a first build or a full rebuild) plus ``records``.
 
@@ -91,6 +95,12 @@ def build_snapshot(
     tombstone_ttl_seconds:
         Forget tombstones older than this (by ``updated_at``); default keep them all, so a late,
         out-of-order create can never resurrect a deleted item.
+    graph_builder:
+        Replaces :func:`build_search_graph` (same signature); the benchmark passes one that also
+        keeps the pynndescent index, to time pynndescent's own ``query`` beside ours.
+
+    Deterministic: the same inputs, ``seed`` and ``n_jobs`` give the same snapshot (pynndescent's
+    result depends on its thread count).
     """
     if previous is not None and previous.model_fingerprint != model_fingerprint:
         raise ModelError(
@@ -166,7 +176,8 @@ def build_snapshot(
     graph_info: dict[str, Any] = {}
     if len(live_ids) >= max(graph_threshold, 2):
         started = time.perf_counter()
-        order, indptr, indices = build_search_graph(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
+        builder = graph_builder or build_search_graph
+        order, indptr, indices = builder(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
         vectors = np.ascontiguousarray(vectors[order])
         budget = entry_points if entry_points is not None else default_entry_points(len(live_ids))
         entries, n_components = choose_entry_points(vectors, indptr, indices, budget, seed=seed)
@@ -249,6 +260,12 @@ def build_search_graph(
     (neighbours end up close in memory), so the caller must store row ``i`` = ``vectors[order[i]]``;
     ``indptr``/``indices`` are the CSR search graph over those rows (int64 / int32).
     """
+    index = nndescent(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
+    return export_search_graph(index)
+
+
+def nndescent(vectors: np.ndarray, *, n_neighbors: int = DEFAULT_NEIGHBOURS, seed: int = 0, n_jobs: int | None = None):
+    """A prepared pynndescent index over unit-norm ``vectors`` (dot-product metric)."""
     import pynndescent  # the only import of pynndescent in the package; lazy on purpose
 
     index = pynndescent.NNDescent(
@@ -260,6 +277,15 @@ def build_search_graph(
         compressed=True,
     )
     index.prepare()
+    return index
+
+
+def export_search_graph(index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, indptr, indices) of a prepared pynndescent index: its search graph as CSR arrays.
+
+    pynndescent 0.7 keeps the graph in ``_search_graph`` (a scipy CSR array over vertices in
+    search-tree order) and the permutation in ``_vertex_order`` (vertex i = input row order[i]).
+    """
     search_graph = index._search_graph
     order = np.asarray(index._vertex_order, dtype=np.int64)
     indptr = np.asarray(search_graph.indptr, dtype=np.int64)

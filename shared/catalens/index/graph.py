@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_EF = 64
-DEFAULT_EXPAND = 8
+DEFAULT_EF = 96
+DEFAULT_EXPAND = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,11 +50,17 @@ class NeighbourGraph:
 
 
 class _Scratch(threading.local):
-    """Per-thread visited marks: an epoch per vertex, so nothing is cleared between queries."""
+    """Per-thread visit stamps, so nothing is cleared between queries.
+
+    Each query owns a fresh range of stamps starting at ``base``: a vertex is visited in this query
+    iff its stamp is >= ``base``. Writing distinct stamps (base + position) also removes duplicates
+    among newly gathered neighbours: after ``stamps[new] = base + arange``, only the last copy of a
+    vertex still reads back its own stamp. int64 stamps never wrap.
+    """
 
     def __init__(self) -> None:
-        self.marks: np.ndarray | None = None
-        self.epoch = 0
+        self.stamps: np.ndarray | None = None
+        self.next_base = 1
 
 
 class GraphSearcher:
@@ -79,14 +85,12 @@ class GraphSearcher:
         self._entry_vectors = np.ascontiguousarray(vectors[self._entries])
         self._scratch = _Scratch()
 
-    def _marks(self) -> tuple[np.ndarray, np.uint32]:
+    def _stamps(self) -> tuple[np.ndarray, _Scratch]:
         scratch = self._scratch
-        n = self._vectors.shape[0]
-        if scratch.marks is None or scratch.marks.size != n or scratch.epoch >= np.iinfo(np.uint32).max - 1:
-            scratch.marks = np.zeros(n, dtype=np.uint32)
-            scratch.epoch = 0
-        scratch.epoch += 1
-        return scratch.marks, np.uint32(scratch.epoch)
+        if scratch.stamps is None or scratch.stamps.size != self._vectors.shape[0]:
+            scratch.stamps = np.zeros(self._vectors.shape[0], dtype=np.int64)
+            scratch.next_base = 1
+        return scratch.stamps, scratch
 
     def search(
         self,
@@ -124,22 +128,23 @@ class GraphSearcher:
         if k <= 0 or self._entries.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         ef = max(ef, k)
-        vectors, indptr, indices = self._vectors, self._indptr, self._indices
-        marks, epoch = self._marks()
+        vectors, indptr, indices, entries = self._vectors, self._indptr, self._indices, self._entries
+        stamps, scratch = self._stamps()
+        base = scratch.next_base
+        stamps[entries] = base + np.arange(entries.size)
+        counter = base + entries.size
 
         entry_scores = self._entry_vectors @ query
-        marks[self._entries] = epoch
         if entry_scores.size > ef:
             keep = np.argpartition(entry_scores, entry_scores.size - ef)[-ef:]
-            pool_rows, pool_scores = self._entries[keep], entry_scores[keep]
+            pool_rows, pool_scores = entries[keep], entry_scores[keep]
         else:
-            pool_rows, pool_scores = self._entries, entry_scores
+            pool_rows, pool_scores = entries, entry_scores
         pool_open = np.ones(pool_rows.size, dtype=bool)
 
         if allowed is not None:
-            ok = allowed[self._entries]
-            result_rows, result_scores = self._entries[ok], entry_scores[ok]
-            result_rows, result_scores = _top(result_rows, result_scores, k)
+            ok = allowed[entries]
+            result_rows, result_scores = _top(entries[ok], entry_scores[ok], k)
 
         for _ in range(max_steps):
             open_idx = np.flatnonzero(pool_open)
@@ -148,14 +153,15 @@ class GraphSearcher:
             if open_idx.size > expand:
                 open_idx = open_idx[np.argpartition(pool_scores[open_idx], open_idx.size - expand)[-expand:]]
             pool_open[open_idx] = False
-            frontier = pool_rows[open_idx]
-            starts, ends = indptr[frontier], indptr[frontier + 1]
-            neighbours = np.concatenate([indices[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
-            neighbours = neighbours[marks[neighbours] != epoch]
+            frontier = pool_rows[open_idx].tolist()
+            neighbours = np.concatenate([indices[indptr[u] : indptr[u + 1]] for u in frontier])
+            neighbours = neighbours[stamps[neighbours] < base]
             if neighbours.size == 0:
                 continue
-            neighbours = np.unique(neighbours)
-            marks[neighbours] = epoch
+            fresh_stamps = np.arange(counter, counter + neighbours.size)
+            counter += neighbours.size
+            stamps[neighbours] = fresh_stamps
+            neighbours = neighbours[stamps[neighbours] == fresh_stamps]  # drop repeats
             scores = vectors[neighbours] @ query
 
             pool_rows = np.concatenate((pool_rows, neighbours))
@@ -172,6 +178,7 @@ class GraphSearcher:
                     result_scores = np.concatenate((result_scores, scores[ok]))
                     if result_rows.size > 4 * k:
                         result_rows, result_scores = _top(result_rows, result_scores, k)
+        scratch.next_base = counter + 1
 
         if allowed is None:
             result_rows, result_scores = pool_rows, pool_scores

@@ -45,8 +45,8 @@ class SearchParams:
         Upper bound of the pool when a selective filter widens it (ef / selectivity).
     """
 
-    ef: int = 64
-    expand: int = 8
+    ef: int = 96
+    expand: int = 16
     filtered_exact_below: int = 20_000
     max_ef: int = 2048
 
