@@ -268,6 +268,9 @@ class Resolver:
             "AWS::SQS::Queue": "QueueName",
             "AWS::DynamoDB::Table": "TableName",
             "AWS::Serverless::Function": "FunctionName",
+            "AWS::Lambda::Function": "FunctionName",
+            "AWS::Events::Rule": "Name",
+            "AWS::IAM::Role": "RoleName",
             "AWS::Logs::LogGroup": "LogGroupName",
             "AWS::SNS::Topic": "TopicName",
             "AWS::CloudWatch::Alarm": "AlarmName",
@@ -315,6 +318,9 @@ class Resolver:
             ("AWS::Logs::LogGroup", "Arn"): lambda: f"arn:aws:logs:{region}:{account}:log-group:{name}:*",
             ("AWS::Serverless::Function", "Arn"): lambda: f"arn:aws:lambda:{region}:{account}:function:{name}",
             ("AWS::CloudWatch::Alarm", "Arn"): lambda: f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}",
+            ("AWS::Lambda::Function", "Arn"): lambda: f"arn:aws:lambda:{region}:{account}:function:{name}",
+            ("AWS::Events::Rule", "Arn"): lambda: f"arn:aws:events:{region}:{account}:rule/{name}",
+            ("AWS::IAM::Role", "Arn"): lambda: f"arn:aws:iam::{account}:role/{name}",
         }
         if (kind, attribute) not in known:
             raise TemplateError(f"cannot resolve !GetAtt {logical_id}.{attribute} ({kind}) before it is created")
@@ -516,13 +522,13 @@ def provision(
         and resolver.is_created(logical_id)
         and (bucket_policies or resource["Type"] != "AWS::S3::BucketPolicy")
     ]
-    for logical_id in _dependency_order(resolver.resources, wanted):
+    for logical_id in dependency_order(resolver.resources, wanted):
         resource = resolver.resources[logical_id]
         creators[resource["Type"]](stack, logical_id, resource, client)
     return stack
 
 
-def _dependency_order(resources: Mapping[str, Any], wanted: Iterable[str]) -> list[str]:
+def dependency_order(resources: Mapping[str, Any], wanted: Iterable[str]) -> list[str]:
     """``wanted`` sorted so that each resource comes after the wanted resources it refers to or depends on."""
     wanted = list(wanted)
     wanted_set = set(wanted)

@@ -1,0 +1,274 @@
+"""Least privilege, checked on the TRANSFORMED template (what CloudFormation deploys after the SAM transform).
+
+The transform runs locally (``aws-sam-translator``, no AWS call). Every IAM statement is resolved for one stack
+name, so resources are concrete ARNs. Each function's grants must equal the table below: a new permission, a
+wider resource or a ``*`` fails here until someone decides, in review, that the function really needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from catalens.provision import (
+    Resolver,
+    TemplateError,
+    dependency_order,
+    load_template,
+    transform_template,
+)
+
+STACK = "catalens"
+# Actions that AWS does not scope to resources: "*" is the only resource they accept.
+RESOURCE_WILDCARD_ONLY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+TRACING = RESOURCE_WILDCARD_ONLY
+INGEST_QUEUE_ACTIONS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:ChangeMessageVisibility",
+}
+STREAM_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    return transform_template(load_template())
+
+
+@pytest.fixture(scope="module")
+def resolver(transformed: dict[str, Any]) -> Resolver:
+    return Resolver(transformed, stack_name=STACK)
+
+
+def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    found = document["Statement"]
+    return found if isinstance(found, list) else [found]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def role_of(transformed: dict[str, Any], function: str) -> str:
+    role = transformed["Resources"][function]["Properties"]["Role"]
+    assert set(role) == {"Fn::GetAtt"}, f"{function} must use one of the template's roles, got {role}"
+    return role["Fn::GetAtt"][0]
+
+
+def grants(transformed: dict[str, Any], resolver: Resolver, role: str) -> set[tuple[str, str, str]]:
+    """(action, resource ARN, condition JSON) of every Allow statement of the role, resolved for the stack."""
+    props = transformed["Resources"][role]["Properties"]
+    assert not props.get("ManagedPolicyArns"), f"{role}: managed policies grant more than the function needs"
+    found = set()
+    for policy in props.get("Policies", []):
+        for statement in statements(resolver.resolve(policy["PolicyDocument"])):
+            assert statement["Effect"] == "Allow"
+            assert "NotAction" not in statement
+            assert "NotResource" not in statement
+            condition = repr(sorted(statement.get("Condition", {}).items()))
+            for action in as_list(statement["Action"]):
+                for resource in as_list(statement["Resource"]):
+                    found.add((action, resource, condition))
+    return found
+
+
+def lambda_functions(transformed: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in transformed["Resources"].items() if v["Type"] == "AWS::Lambda::Function")
+
+
+def expected_grants(resolver: Resolver) -> dict[str, set[tuple[str, str, str]]]:
+    """Every permission each function has, and why (see the template's statement ids)."""
+    catalog = f"arn:aws:s3:::{resolver.physical_name('CatalogBucket')}"
+    index = f"arn:aws:s3:::{resolver.physical_name('IndexBucket')}"
+    index_objects = f"{index}/index/*"
+    index_prefix = repr([("StringLike", {"s3:prefix": "index/*"})])
+    no_condition = repr([])
+
+    def arn(logical_id: str) -> str:
+        return resolver.get_att(logical_id, "Arn")
+
+    def allow(actions: set[str], resource: str, condition: str = no_condition) -> set[tuple[str, str, str]]:
+        return {(action, resource, condition) for action in actions}
+
+    def base(log_group: str) -> set[tuple[str, str, str]]:
+        return allow(LOGS, arn(log_group)) | allow(TRACING, "*")
+
+    list_index = allow({"s3:ListBucket"}, index, index_prefix)
+    return {
+        "IngestFunction": base("IngestLogGroup")
+        | allow(INGEST_QUEUE_ACTIONS, arn("CatalogEventsQueue"))
+        | allow({"s3:GetObject"}, f"{catalog}/*")
+        | allow({"s3:ListBucket"}, catalog)
+        | allow({"s3:GetObject", "s3:PutObject"}, index_objects)
+        | allow({"s3:DeleteObject"}, f"{index}/index/ingest-errors/*")  # a photo that indexes clears its marker
+        | list_index,
+        "SearchFunction": base("SearchLogGroup")
+        | allow({"s3:GetObject"}, index_objects)
+        | list_index
+        | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
+        | allow({"dynamodb:Query", "dynamodb:BatchWriteItem"}, arn("EventsTable")),
+        "ProfilesFunction": base("ProfilesLogGroup")
+        | allow(STREAM_ACTIONS, f"{arn('EventsTable')}/stream/*")
+        | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
+        | allow({"dynamodb:UpdateItem", "dynamodb:Query"}, arn("CooccurrenceTable"))
+        | allow({"s3:GetObject"}, index_objects)
+        | list_index
+        | allow({"sqs:SendMessage"}, arn("ProfilesDeadLetterQueue")),
+        "IndexBuilderFunction": base("BuilderLogGroup")
+        | allow({"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}, index_objects)
+        | list_index
+        | allow({"sqs:SendMessage"}, arn("BuilderDeadLetterQueue")),
+    }
+
+
+def test_every_function_has_exactly_the_permissions_it_needs(transformed: dict, resolver: Resolver) -> None:
+    expected = expected_grants(resolver)
+    assert lambda_functions(transformed) == sorted(expected)
+    for function, wanted in expected.items():
+        actual = grants(transformed, resolver, role_of(transformed, function))
+        assert actual - wanted == set(), f"{function} has permissions beyond its needs"
+        assert wanted - actual == set(), f"{function} lacks permissions its code uses"
+
+
+def test_no_iam_statement_uses_a_wildcard_action_or_an_unneeded_wildcard_resource(
+    transformed: dict, resolver: Resolver
+) -> None:
+    for logical_id, resource in transformed["Resources"].items():
+        if resource["Type"] not in ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            continue
+        assert resource["Type"] == "AWS::IAM::Role", f"{logical_id}: policies belong inline in the function's role"
+        for action, arn, _ in grants(transformed, resolver, logical_id):
+            assert "*" not in action, f"{logical_id} allows the wildcard action {action}"
+            if arn == "*":
+                assert action in RESOURCE_WILDCARD_ONLY, f"{logical_id} allows {action} on every resource"
+            else:
+                assert arn.startswith("arn:aws:"), f"{logical_id}: {action} on {arn}"
+
+
+def test_roles_can_be_assumed_by_lambda_only(transformed: dict) -> None:
+    roles = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    assert roles
+    for role in roles:
+        (trust,) = statements(role["Properties"]["AssumeRolePolicyDocument"])
+        assert trust == {
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+
+
+def test_object_permissions_on_the_index_stay_inside_the_prefix_the_functions_use(
+    transformed: dict, resolver: Resolver
+) -> None:
+    index = f"arn:aws:s3:::{resolver.physical_name('IndexBucket')}"
+    for function in lambda_functions(transformed):
+        env = resolver.resolve(transformed["Resources"][function]["Properties"]["Environment"]["Variables"])
+        for action, arn, _ in grants(transformed, resolver, role_of(transformed, function)):
+            if arn.startswith(f"{index}/"):
+                assert arn.startswith(f"{index}/{env['INDEX_PREFIX']}"), f"{function}: {action} on {arn}"
+                assert arn.endswith("/*"), f"{function}: {action} on {arn}"
+
+
+def test_nobody_writes_the_catalog_and_only_the_builder_deletes_index_versions_and_deltas(
+    transformed: dict, resolver: Resolver
+) -> None:
+    catalog = f"arn:aws:s3:::{resolver.physical_name('CatalogBucket')}"
+    index = f"arn:aws:s3:::{resolver.physical_name('IndexBucket')}"
+    for function in lambda_functions(transformed):
+        for action, arn, _ in grants(transformed, resolver, role_of(transformed, function)):
+            if arn.startswith(catalog):
+                assert action in {"s3:GetObject", "s3:ListBucket"}, f"{function}: {action} on the catalog"
+            if action == "s3:DeleteObject" and function != "IndexBuilderFunction":
+                assert arn == f"{index}/index/ingest-errors/*", f"{function} may delete {arn}"
+
+
+def test_the_catalog_queue_takes_messages_from_the_catalog_bucket_only(transformed: dict, resolver: Resolver) -> None:
+    policy = resolver.resolve(transformed["Resources"]["CatalogEventsQueuePolicy"]["Properties"])
+    (allow,) = [s for s in statements(policy["PolicyDocument"]) if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage"
+    assert allow["Condition"]["ArnEquals"]["aws:SourceArn"] == f"arn:aws:s3:::{resolver.physical_name('CatalogBucket')}"
+    assert allow["Condition"]["StringEquals"]["aws:SourceAccount"] == resolver.account_id
+
+
+@pytest.mark.parametrize("bucket", ["CatalogBucket", "IndexBucket"])
+def test_buckets_are_private_encrypted_versioned_and_tls_only(
+    transformed: dict, resolver: Resolver, bucket: str
+) -> None:
+    resources = transformed["Resources"]
+    props = resolver.resolve(resources[bucket]["Properties"])
+    assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    encryption = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert encryption["SSEAlgorithm"] in ("AES256", "aws:kms")
+    (policy,) = [
+        r
+        for r in resources.values()
+        if r["Type"] == "AWS::S3::BucketPolicy" and r["Properties"]["Bucket"] == {"Ref": bucket}
+    ]
+    bucket_arn = f"arn:aws:s3:::{resolver.physical_name(bucket)}"
+    (deny,) = statements(resolver.resolve(policy["Properties"]["PolicyDocument"]))  # no Allow: IAM roles grant access
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert set(deny["Resource"]) == {bucket_arn, f"{bucket_arn}/*"}
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_functions_can_be_invoked_only_by_their_own_triggers(transformed: dict, resolver: Resolver) -> None:
+    permissions = [r["Properties"] for r in transformed["Resources"].values() if r["Type"] == "AWS::Lambda::Permission"]
+    assert permissions
+    api_id = resolver.ref("SearchApi")
+    for permission in map(resolver.resolve, permissions):
+        assert permission["Action"] == "lambda:InvokeFunction"
+        assert permission["Principal"] in ("apigateway.amazonaws.com", "events.amazonaws.com")
+        source = permission["SourceArn"]
+        if permission["Principal"] == "apigateway.amazonaws.com":
+            assert permission["FunctionName"] == resolver.ref("SearchFunction")
+            assert source.startswith(f"arn:aws:execute-api:{resolver.region}:{resolver.account_id}:{api_id}/")
+        else:
+            assert permission["FunctionName"] == resolver.ref("IndexBuilderFunction")
+            assert source.startswith(f"arn:aws:events:{resolver.region}:{resolver.account_id}:rule/")
+
+
+def test_every_api_method_but_cors_preflight_needs_the_api_key(transformed: dict) -> None:
+    api = transformed["Resources"]["SearchApi"]["Properties"]
+    methods = [(path, verb, op) for path, ops in api["Body"]["paths"].items() for verb, op in ops.items()]
+    assert {verb for _, verb, _ in methods} >= {"get", "post", "delete", "options"}
+    for path, verb, operation in methods:
+        if verb == "options":
+            assert operation["x-amazon-apigateway-integration"]["type"] == "mock", path
+        else:
+            assert operation.get("security") == [{"api_key": []}], f"{verb.upper()} {path} is open"
+    plan = transformed["Resources"]["SearchApiUsagePlan"]["Properties"]
+    assert {"RateLimit", "BurstLimit"} <= set(plan["Throttle"])
+    assert plan["ApiStages"] == [{"ApiId": {"Ref": "SearchApi"}, "Stage": {"Ref": "SearchApiStage"}}]
+
+
+def test_batch_sources_report_partial_failures_and_keep_failures(transformed: dict) -> None:
+    resources = transformed["Resources"]
+    mappings = {k: r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::Lambda::EventSourceMapping"}
+    assert set(mappings) == {"IngestFunctionCatalogEvents", "ProfilesFunctionShopperEvents"}
+    for mapping in mappings.values():
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    stream = mappings["ProfilesFunctionShopperEvents"]
+    assert stream["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["ProfilesDeadLetterQueue", "Arn"]}
+    queue = transformed["Resources"]["CatalogEventsQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["IngestDeadLetterQueue", "Arn"]}
+
+
+def test_the_transformed_template_has_no_circular_dependency(transformed: dict) -> None:
+    resources = transformed["Resources"]
+    assert len(dependency_order(resources, resources)) == len(resources)
+
+
+def test_a_catalog_bucket_referenced_with_ref_in_the_queue_policy_would_be_circular() -> None:
+    """The pitfall the template avoids by spelling the bucket name with !Sub: the check above must catch it."""
+    template = copy.deepcopy(load_template())
+    condition = template["Resources"]["CatalogEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    condition["Condition"]["ArnEquals"]["aws:SourceArn"] = {"Fn::GetAtt": ["CatalogBucket", "Arn"]}
+    resources = transform_template(template)["Resources"]
+    with pytest.raises(TemplateError, match="circular dependency"):
+        dependency_order(resources, resources)
