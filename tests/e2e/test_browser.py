@@ -1,0 +1,86 @@
+"""A real browser on the local stack's page: Debian's Chromium driven by Playwright for Python.
+
+The browser is the system's (`apt-get install chromium`; `.ci/run` installs it): Playwright's own browser downloads
+cannot work here. A screenshot of each run is kept under ``artifacts/e2e/``.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import StackClient, photo_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+DROP_FILE = """
+([selector, b64, name]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+    const target = document.querySelector(selector);
+    for (const type of ["dragenter", "dragover", "drop"]) {
+        target.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail("the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.slow
+def test_drop_a_photo_and_see_result_cards(stack: StackClient, browser, repo_root: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(stack.info["web_url"])
+    page.wait_for_selector("#shopper option[value='alice']", state="attached")
+
+    photo = photo_bytes(40, base="coffee.png")
+    page.evaluate(DROP_FILE, ["#drop", base64.b64encode(photo).decode(), "espresso.jpg"])
+    page.wait_for_selector(".card")
+    cards = page.locator(".card")
+    assert cards.count() == 12
+    assert "Espresso cup" in cards.first.locator(".title").inner_text()
+    assert "products like your photo" in page.locator("#summary").inner_text()
+    assert page.locator("#query-preview").is_visible()
+    first_image = cards.first.locator("img")
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=first_image.element_handle())
+
+    artifacts = repo_root / "artifacts" / "e2e"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "search-by-photo.png"))
+
+    page.check("#explain")
+    page.wait_for_selector(".card .explain:not([hidden])")
+    cards.nth(3).locator(".more").click()
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('more like')")
+    assert page.locator(".card").count() > 0
+
+    page.click("#merchant-toggle")
+    page.wait_for_selector("#items li")
+    assert page.locator("#items li").count() >= 1
+    page.screenshot(path=str(artifacts / "merchant-panel.png"))
+    assert errors == []
+    page.close()
