@@ -345,3 +345,45 @@ def test_resolver_routes_match_the_openapi_document_and_the_template(index_setti
     served = resolver_routes(call.module.app)
     assert served == openapi_routes()
     assert served == template_routes()
+
+
+# ------------------------------------------------------------------------------------------------ personalisation
+
+
+def test_personalised_search_and_profile_erasure(
+    catalog: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, load_function: Any, lambda_context: Any
+) -> None:
+    import time
+
+    from catalens.adapters.dynamodb import DynamoProfileStore, create_tables
+    from catalens.index.cache import IndexCache
+    from catalens.profiles import ProfileUpdater, index_lookup
+    from catalens.profiles.events import ShopperEvent
+
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    create_tables(dynamodb, events="events", profiles="profiles", cooccurrence="cooc")
+    monkeypatch.setenv("PROFILES_TABLE", "profiles")
+    monkeypatch.setenv("EVENTS_TABLE", "events")
+    settings = Settings(index_bucket=INDEX, index_prefix="index/")
+    view = IndexCache(index_store(settings, boto3.client("s3", region_name=REGION)), background=False).view
+    updater = ProfileUpdater(store=DynamoProfileStore(dynamodb, "profiles"), lookup=index_lookup(view))
+    now = int(time.time() * 1000)
+    for n, item_id in enumerate(["sku-3", "sku-6", "sku-3", "sku-6", "sku-3"] * 3):  # alice buys hats
+        updater.handle(ShopperEvent("alice", f"e{n}", now - 1000 * n, "purchase", item_id))
+    module = load_function("search")
+
+    def search(**query: str) -> dict[str, Any]:
+        event = rest_event("GET", "/items/sku-0/similar", query={"k": "7", "explain": "true", **query})
+        response = module.lambda_handler(event, lambda_context)
+        assert response["statusCode"] == 200, response["body"]
+        return json.loads(response["body"])
+
+    personal = search(user_id="alice")
+    assert personal["personalized"] is True
+    assert all("boost" in hit["explain"] for hit in personal["hits"])
+    assert search(user_id="alice", personalize="false")["personalized"] is False
+    assert search(user_id="nobody")["personalized"] is False  # a cold user gets plain visual results
+
+    erased = module.lambda_handler(rest_event("DELETE", "/users/alice/profile"), lambda_context)
+    assert (erased["statusCode"], json.loads(erased["body"])["deleted"]) == (200, True)
+    assert search(user_id="alice")["personalized"] is False

@@ -86,12 +86,13 @@ def build_ingest_service(
     )
 
 
-def load_profile_store(settings: Settings, dynamodb_client: Any = None) -> Any:
+def load_profile_store(settings: Settings, dynamodb_client: Any) -> Any:
     """The shopper-profile store for personalised re-ranking, or None when this deployment keeps no profiles.
 
-    Until a DynamoDB adapter of :class:`catalens.profiles.updater.ProfileStore` ships, search runs
-    unpersonalised (``personalized: false`` in every answer) and profile erasure answers ``deleted: false``.
+    Erasure through it also deletes the user's raw events when the events table is configured.
     """
     if not settings.profiles_table:
         return None
-    return None
+    from catalens.adapters.dynamodb import DynamoProfileStore
+
+    return DynamoProfileStore(dynamodb_client, settings.profiles_table, events_table=settings.events_table or None)

@@ -60,7 +60,7 @@ class ProfileStoreLike(Protocol):
 
     def load_for_ranking(self, user_id: str) -> Any: ...
 
-    def delete(self, user_id: str) -> None: ...
+    def delete(self, user_id: str) -> bool | None: ...
 
 
 Reranker = Callable[..., list[Hit]]
@@ -230,8 +230,8 @@ class SearchService:
         """
         if self.profiles is None:
             return {"user_id": user_id, "deleted": False}
-        self.profiles.delete(user_id)
-        return {"user_id": user_id, "deleted": True}
+        erased = self.profiles.delete(user_id)
+        return {"user_id": user_id, "deleted": True if erased is None else bool(erased)}
 
     # ------------------------------------------------------------------------------------------------ stages
 
