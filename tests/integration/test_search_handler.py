@@ -298,7 +298,7 @@ def test_openapi_document_is_served(index_settings: Settings, call: Any) -> None
         (rest_event("GET", "/items/nope/similar"), 404, "item_not_found"),
         (rest_event("GET", "/items/sku-1/similar", query={"k": "many"}), 400, "invalid_parameter"),
         (rest_event("GET", "/nowhere"), 404, "not_found"),
-        (rest_event("PUT", "/search"), 404, "not_found"),
+        (rest_event("PUT", "/search"), 405, "method_not_allowed"),
     ],
 )
 def test_malformed_requests_get_4xx_json(
