@@ -19,6 +19,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from catalens.index.cache import IndexCache
+from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from catalens.service.runtime import error_log, index_store
 from catalens.settings import Settings
 from tests.unit.imagefactory import encode, photo, png_bomb
@@ -277,7 +278,7 @@ def test_near_duplicate_upload_is_flagged(
     index = view(stack)
     near = index.get("copy").fields["near_duplicates"]
     assert [n["item_id"] for n in near] == ["orig"]
-    assert near[0]["score"] >= 0.95
+    assert near[0]["score"] >= DEFAULT_NEAR_DUPLICATE_THRESHOLD
     assert "near_duplicates" not in index.get("other").fields
     assert '"NearDuplicates"' in capsys.readouterr().out
 
