@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR ?= build/models
 MODEL_STAMP := $(MODEL_DIR)/.built
 
-.PHONY: setup run test lint unit integration e2e model bench clean
+.PHONY: setup run test lint unit integration e2e model bench clean deploy-checks sam-build deploy smoke
 
 setup: $(STAMP) $(MODEL_STAMP)
 
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+test: setup lint deploy-checks
 	$(VENV)/bin/pytest tests/unit -p socket --disable-socket --allow-unix-socket -q
 	$(VENV)/bin/pytest tests/integration tests/e2e -q
 
@@ -44,3 +44,44 @@ e2e: setup
 
 clean:
 	rm -rf build .aws-sam .pytest_cache .ruff_cache
+
+# ---- deploy path: template checks, the zip build, deploy, smoke test (README "Deploy to AWS").
+# aws-sam-cli pins boto3 exactly and checkov pins much else, so each gets a virtualenv of its own.
+SAM_VENV ?= .venv-sam
+CHECKOV_VENV ?= .venv-checkov
+SAM := $(SAM_VENV)/bin/sam
+SAM_CONFIG := $(CURDIR)/infra/samconfig.toml
+export SAM_CLI_TELEMETRY := 0
+
+$(SAM_VENV)/.installed: infra/requirements-sam.txt
+	@test -x $(SAM_VENV)/bin/python || "$$(infra/find-python312)" -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet -r infra/requirements-sam.txt
+	@touch $@
+
+$(CHECKOV_VENV)/.installed: infra/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || "$$(infra/find-python312)" -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/requirements-checkov.txt
+	@touch $@
+
+# sam validate --lint (no credentials needed) and checkov over the locally transformed template; offline.
+deploy-checks: $(STAMP) $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
+	$(VENV)/bin/catalens template transform --out build/template.transformed.json
+	$(SAM) validate --lint --region eu-west-1 --template template.yaml
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file infra/checkov.yaml --skip-download \
+		--file build/template.transformed.json
+
+# sam build of every zip function and layer (the builder image needs Docker: left out), then the 250 MB check.
+sam-build: $(STAMP) $(SAM_VENV)/.installed
+	$(VENV)/bin/catalens template zip-only --out build/template.zip-only.json
+	PATH="$$(dirname "$$(infra/find-python312)"):$$PATH" $(SAM) build --config-file $(SAM_CONFIG) \
+		--template build/template.zip-only.json --base-dir .
+	$(PY) infra/size_check.py --build-dir .aws-sam/build
+
+# Everything, builder image included (needs Docker and AWS credentials); GUIDED=1 asks for the settings.
+deploy: $(STAMP) $(SAM_VENV)/.installed
+	PATH="$$(dirname "$$(infra/find-python312)"):$$PATH" $(SAM) build --config-file $(SAM_CONFIG)
+	$(PY) infra/size_check.py --build-dir .aws-sam/build
+	$(SAM) deploy --config-file $(SAM_CONFIG) $(if $(GUIDED),--guided)
+
+smoke: $(STAMP)
+	$(VENV)/bin/catalens smoke --stack $(or $(STACK),catalens)

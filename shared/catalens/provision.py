@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -134,6 +135,8 @@ def transform_template(
     from samtranslator.translator.translator import Translator
     from samtranslator.utils.py27hash_fix import to_py27_compatible_template, undo_mark_unicode_str_in_template
 
+    # Without a feature-toggle config the translator warns about every toggle it looks up: noise, not a finding.
+    logging.getLogger("samtranslator.feature_toggle.feature_toggle").setLevel(logging.ERROR)
     source = _as_packaged(template, region)
     parameter_values = dict(parameters or {})
     to_py27_compatible_template(source, parameter_values)
