@@ -9,7 +9,7 @@ every shared object the index mutates is written either under a fresh key with
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -104,3 +104,22 @@ class BlobStore(Protocol):
     def head(self, key: str) -> BlobInfo:
         """Metadata of an object without its body. Raises :class:`BlobNotFoundError`."""
         ...
+
+
+@runtime_checkable
+class BatchDeleter(Protocol):
+    """Optional extension of a BlobStore: delete many keys per request (S3 DeleteObjects, 1000 per call).
+
+    GC uses it when the adapter has it; deleting a missing key is not an error.
+    """
+
+    def delete_many(self, keys: Sequence[str]) -> None: ...
+
+
+def delete_all(blob: BlobStore, keys: Sequence[str]) -> None:
+    """Delete ``keys`` with the adapter's batch delete when it has one, else one by one."""
+    if isinstance(blob, BatchDeleter):
+        blob.delete_many(keys)
+    else:
+        for key in keys:
+            blob.delete(key)

@@ -203,6 +203,7 @@ def test_concurrent_ingest_compaction_and_readers_lose_nothing(s3_client: Any, s
                     if entry is None or entry.items != len(view.snapshot):
                         errors.append(f"cache serves {view.snapshot.version}, not a whole published version")
                 cache_views[0] += 1
+                time.sleep(0.01)  # a request rate, not a busy loop starving the ingest threads of the GIL
         except Exception as exc:
             errors.append(f"cache reader: {exc!r}")
 

@@ -19,6 +19,7 @@ from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore, RetryPolicy
 from catalens.ports import (
+    BatchDeleter,
     BlobNotFoundError,
     BlobStore,
     BlobStoreError,
@@ -112,6 +113,9 @@ def test_list_pages_through_more_than_one_s3_page(blob_store: BlobStore) -> None
     for key in keys:
         blob_store.put(key, b"x")
     assert [info.key for info in blob_store.list("many/")] == keys
+    assert isinstance(blob_store, BatchDeleter)
+    blob_store.delete_many([*keys[:1003], "many/missing"])  # two DeleteObjects calls; a missing key is fine
+    assert [info.key for info in blob_store.list("many/")] == keys[1003:]
 
 
 def test_memory_adapter_racing_conditional_writers_have_one_winner() -> None:

@@ -423,6 +423,7 @@ class CountingBlob:
         self.gets: list[str] = []
         self.lists = 0
         self.block_prefix: str | None = None
+        self.block_lists = False
         self.release = threading.Event()
         self.blocked = threading.Event()
         self.fail = False
@@ -443,6 +444,9 @@ class CountingBlob:
         if self.fail:
             raise OSError("network down")
         self.lists += 1
+        if self.block_lists:
+            self.blocked.set()
+            assert self.release.wait(30), "test never released the blocked LIST"
         return self.inner.list(prefix)
 
     def delete(self, key: str) -> None:
@@ -460,12 +464,19 @@ class CacheRig:
     clock: FakeClock = field(default_factory=FakeClock)
 
 
-def make_rig(background: bool) -> CacheRig:
+def make_rig(background: bool, refresh_wait_seconds: float = 30.0) -> CacheRig:
+    """A writer and a cache over one in-memory bucket; the cache's reads are counted (and can be blocked)."""
     inner = MemoryBlobStore()
     counting = CountingBlob(inner)
     clock = FakeClock()
     writer = IndexStore(inner, "ix")
-    cache = IndexCache(IndexStore(counting, "ix"), ttl_seconds=2, clock=clock, background=background)
+    cache = IndexCache(
+        IndexStore(counting, "ix"),
+        ttl_seconds=2,
+        clock=clock,
+        background=background,
+        refresh_wait_seconds=refresh_wait_seconds,
+    )
     return CacheRig(writer, counting, cache, clock)
 
 
@@ -527,6 +538,32 @@ def test_cache_loads_a_new_version_in_the_background_without_blocking_answers() 
     assert rig.cache.wait_idle(10)
     assert rig.cache.version == v2
     assert rig.cache.view().snapshot.version == v2
+    assert set(view_state(rig.cache.view())) == {"a", "b"}
+
+
+def test_background_cache_answers_fresh_when_the_refresh_is_quick() -> None:
+    rig = make_rig(background=True)  # waits up to 30 s for the refresh: it takes microseconds here
+    rig.writer.write_item(put_event("a", "1", "e"))
+    assert set(view_state(rig.cache.view())) == {"a"}
+    rig.writer.write_item(put_event("b", "2", "e"))
+    rig.clock.now += 2
+    assert set(view_state(rig.cache.view())) == {"a", "b"}, "the caller that triggered the refresh sees it"
+
+
+def test_background_cache_does_not_hold_answers_for_a_slow_refresh() -> None:
+    rig = make_rig(background=True, refresh_wait_seconds=0.01)
+    rig.writer.write_item(put_event("a", "1", "e"))
+    assert set(view_state(rig.cache.view())) == {"a"}
+    rig.writer.write_item(put_event("b", "2", "e"))
+    rig.counting.block_lists = True
+    rig.clock.now += 2
+    assert set(view_state(rig.cache.view())) == {"a"}, "answered from memory while the LIST hangs"
+    assert rig.counting.blocked.is_set()
+    rig.clock.now += 2
+    assert set(view_state(rig.cache.view())) == {"a"}, "no second refresh piles up behind the first"
+    assert rig.counting.lists == 2, "the initial load's LIST and the one blocked refresh"
+    rig.counting.release.set()
+    assert rig.cache.wait_idle(10)
     assert set(view_state(rig.cache.view())) == {"a", "b"}
 
 

@@ -17,7 +17,7 @@ anything else                                  :class:`BlobStoreError`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -117,6 +117,25 @@ class S3BlobStore:
             if code in _NOT_FOUND_CODES:
                 return
             raise _translate(exc, operation="delete", key=key) from exc
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """DeleteObjects in chunks of 1000 (quiet mode: only failures come back)."""
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            try:
+                response = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                )
+            except ClientError as exc:
+                raise _translate(exc, operation="delete_objects", key=chunk[0]) from exc
+            failures = [e for e in response.get("Errors", []) if e.get("Code") not in _NOT_FOUND_CODES]
+            if failures:
+                first = failures[0]
+                raise BlobStoreError(
+                    f"delete_objects failed for {len(failures)} of {len(chunk)} keys, "
+                    f"first {first.get('Key')!r}: {first.get('Code')}: {first.get('Message')}"
+                )
 
     def head(self, key: str) -> BlobInfo:
         try:

@@ -1,9 +1,11 @@
 """The query side's index cache: one per process, kept across Lambda invocations.
 
 Every call to :meth:`IndexCache.view` answers from memory. At most every ``ttl_seconds`` one caller
-also revalidates (the others do not wait): a conditional GET of the manifest (304 when unchanged,
-the cheap path), one LIST of the deltas prefix, and GETs of only the deltas not seen before — that
-is how a new photo becomes searchable within seconds (DESIGN invariant 3).
+also triggers a revalidation (the others do not wait): a conditional GET of the manifest (304 when
+unchanged, the cheap path), one LIST of the deltas prefix, and GETs of only the deltas not seen
+before — that is how a new photo becomes searchable within seconds (DESIGN invariant 3). On the
+query path it runs on a daemon thread and the triggering caller waits for it only briefly, so a slow
+storage round trip never holds an answer up.
 
 A new version is loaded by a background thread while answers keep coming from the old version plus
 the live deltas (which still hold everything the new version folded in: deltas are deleted only by
@@ -68,7 +70,13 @@ class IndexCache:
     clock:
         Monotonic seconds; injected by tests to step time.
     background:
-        Load new versions on a daemon thread (True, the query path) or inline (False: tools, tests).
+        True (the query path): revalidate on a daemon thread and load new versions on another, so an
+        answer waits at most ``refresh_wait_seconds`` for storage. False (tools, tests): inline.
+    refresh_wait_seconds:
+        How long the caller that triggers a background revalidation waits for it before answering
+        from the cached view. The common refresh (a 304 and one LIST page) fits, so a photo uploaded
+        a moment ago is found by the next search; a slow one (many delta pages, S3 hiccup) does not
+        hold the answer up.
     """
 
     def __init__(
@@ -78,10 +86,12 @@ class IndexCache:
         ttl_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
+        refresh_wait_seconds: float = 0.25,
     ) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.background = background
+        self.refresh_wait_seconds = refresh_wait_seconds
         self.stats = CacheStats()
         self._clock = clock
         self._state: _State | None = None
@@ -89,7 +99,7 @@ class IndexCache:
         self._refresh_lock = threading.Lock()  # one revalidation at a time; others answer from memory
         self._swap_lock = threading.Lock()  # guards compare-and-swap of _state
         self._loader: threading.Thread | None = None
-        self._loading_version: str | None = None
+        self._refresher: threading.Thread | None = None
 
     # ---- public
 
@@ -105,13 +115,14 @@ class IndexCache:
             assert self._state is not None
             return self._state.view
         if self._clock() - self._checked_at >= self.ttl_seconds and self._refresh_lock.acquire(blocking=False):
-            try:
-                self._revalidate()
-            except Exception:  # serving a slightly stale index beats failing the search
-                self.stats.refresh_errors += 1
-                log.warning("index revalidation failed; answering from the cached version", exc_info=True)
-            finally:
-                self._refresh_lock.release()
+            self._checked_at = self._clock()
+            if self.background:
+                refresher = threading.Thread(target=self._revalidate_and_release, name="index-refresh", daemon=True)
+                self._refresher = refresher
+                refresher.start()
+                refresher.join(self.refresh_wait_seconds)
+            else:
+                self._revalidate_and_release()
         return self._state.view
 
     @property
@@ -120,17 +131,24 @@ class IndexCache:
         return self._state.version if self._state else None
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait for a background load to finish (tests, graceful shutdown). True when idle."""
-        loader = self._loader
-        if loader is not None:
-            loader.join(timeout)
-            return not loader.is_alive()
-        return True
+        """Wait for a background revalidation and version load to finish (tests, shutdown). True when idle."""
+        for thread in (self._refresher, self._loader, self._loader):  # a refresh may start a load
+            if thread is not None:
+                thread.join(timeout)
+        return not any(t is not None and t.is_alive() for t in (self._refresher, self._loader))
 
     # ---- internals
 
+    def _revalidate_and_release(self) -> None:
+        try:
+            self._revalidate()
+        except Exception:  # serving a slightly stale index beats failing the search
+            self.stats.refresh_errors += 1
+            log.warning("index revalidation failed; answering from the cached version", exc_info=True)
+        finally:
+            self._refresh_lock.release()
+
     def _revalidate(self) -> None:
-        self._checked_at = self._clock()
         self.stats.revalidations += 1
         state = self._state
         assert state is not None
@@ -168,7 +186,6 @@ class IndexCache:
             return
         if self._loader is not None and self._loader.is_alive():
             return  # one load at a time; the next revalidation starts the next one if still needed
-        self._loading_version = version
 
         def run() -> None:
             try:
@@ -176,8 +193,6 @@ class IndexCache:
             except Exception:
                 self.stats.refresh_errors += 1
                 log.warning("loading index version %s failed; keeping the current one", version, exc_info=True)
-            finally:
-                self._loading_version = None
 
         self._loader = threading.Thread(target=run, name=f"index-load-{version}", daemon=True)
         self._loader.start()

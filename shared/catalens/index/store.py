@@ -55,6 +55,7 @@ from catalens.ports import (
     BlobStore,
     ConflictError,
     PreconditionFailedError,
+    delete_all,
 )
 
 if TYPE_CHECKING:
@@ -734,14 +735,13 @@ class IndexStore:
         for info in self.blob.list(self.prefix + VERSIONS_DIR):
             version = info.key[len(self.prefix + VERSIONS_DIR) :].split("/", 1)[0]
             by_version.setdefault(version, []).append((info.key, info.last_modified.timestamp()))
+        doomed: list[str] = []
         for version, objects in sorted(by_version.items()):
             if version in retained or max(ts for _, ts in objects) >= cutoff:
                 continue
             result.versions_deleted.append(version)
-            for key, _ in objects:
-                if not dry_run:
-                    self.blob.delete(key)
-                result.objects_deleted += 1
+            doomed.extend(key for key, _ in objects)
+        result.objects_deleted = len(doomed)
 
         ledgers = [self.load_ledger(e) for e in manifest.retained]
         listing = list(self.blob.list(self.prefix + DELTAS_DIR))
@@ -751,12 +751,11 @@ class IndexStore:
         covered = [True] * len(parsed_keys)
         for ledger in ledgers:
             covered = [a and b for a, b in zip(covered, ledger.covers([p for _, p in parsed_keys]), strict=True)]
-        for (key, _), done in zip(parsed_keys, covered, strict=True):
-            if done:
-                if not dry_run:
-                    self.blob.delete(key)
-                result.deltas_deleted += 1
+        covered_deltas = [key for (key, _), done in zip(parsed_keys, covered, strict=True) if done]
+        result.deltas_deleted = len(covered_deltas)
         result.deltas_kept = len(listing) - result.deltas_deleted
+        if not dry_run:
+            delete_all(self.blob, doomed + covered_deltas)
         return result
 
     # ---- internals
