@@ -24,7 +24,7 @@ from catalens.adapters.dynamodb import DynamoCooccurrenceStore, DynamoProfileSto
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
-from catalens.profiles import EventError, ProfileUpdater, event_from_item, index_lookup
+from catalens.profiles import EventError, ProfileUpdater, event_from_item, index_lookup, index_space
 from catalens.settings import load_settings
 
 logger = Logger()
@@ -38,12 +38,12 @@ index = IndexCache(
     IndexStore(S3BlobStore(boto3.client("s3"), settings.index_bucket), settings.index_prefix),
     ttl_seconds=settings.manifest_ttl_seconds,
 )
+cooccurrence = DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table) if settings.cooccurrence_table else None
 updater = ProfileUpdater(
     store=DynamoProfileStore(dynamodb, settings.profiles_table, cooccurrence_table=settings.cooccurrence_table),
     lookup=index_lookup(index.view),
-    cooccurrence=DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table)
-    if settings.cooccurrence_table
-    else None,
+    cooccurrence=cooccurrence,
+    space=lambda: index_space(index.view()),
 )
 
 

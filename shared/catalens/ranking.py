@@ -187,7 +187,12 @@ def _centred(values: np.ndarray) -> np.ndarray:
 
 
 def personal_signals(
-    hits: Sequence[Any], profile: Profile | None, *, params: RerankParams = DEFAULT_RERANK, now_ms: int | None = None
+    hits: Sequence[Any],
+    profile: Profile | None,
+    *,
+    params: RerankParams = DEFAULT_RERANK,
+    now_ms: int | None = None,
+    space: str = "",
 ) -> tuple[Signals, np.ndarray, np.ndarray] | None:
     """The unweighted signals of ``hits`` for ``profile`` (None for a cold shopper), with the unit vectors.
 
@@ -198,7 +203,7 @@ def personal_signals(
     confidence = profile.confidence(now_ms, params.profile_params)
     if not math.isfinite(confidence) or confidence < params.min_confidence:
         return None
-    preference = profile.preference()
+    preference = None if space and profile.space and space != profile.space else profile.preference()
     vectors, has_vector = _unit_vectors(hits, None if preference is None else preference.shape[0])
     personal = np.zeros(len(hits))
     if preference is not None and has_vector.any():
@@ -235,6 +240,7 @@ def rerank(
     params: RerankParams = DEFAULT_RERANK,
     personalize: bool = True,
     now_ms: int | None = None,
+    space: str = "",
 ) -> list[Any]:
     """Reorder first-stage ``hits`` (best visual first) for ``profile``; fills each hit's ``explain``.
 
@@ -242,12 +248,14 @@ def rerank(
     ``explain["visual"]`` keeps the cosine. With no profile, ``personalize=False`` or a confidence
     below ``params.min_confidence``, the order is exactly the input order. Pass ``now_ms`` (the
     wall clock) so that an idle shopper's confidence fades; without it, decay stops at their last event.
+    Pass ``space`` (``catalens.profiles.index_space(view)``) so that a preference vector from another index
+    space (a rebuilt index) is ignored rather than compared across bases.
 
     Examples
     --------
     >>> ranked = rerank(index.search(query, first_stage_k(12)), profile, now_ms=now)[:12]  # doctest: +SKIP
     """
-    found = personal_signals(hits, profile, params=params, now_ms=now_ms) if personalize else None
+    found = personal_signals(hits, profile, params=params, now_ms=now_ms, space=space) if personalize else None
     if found is None:
         return _plain(hits)
     signals, vectors, has_vector = found

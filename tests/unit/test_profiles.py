@@ -417,3 +417,15 @@ def test_conditional_probabilities_are_smoothed_and_limited():
     assert conditional_probabilities(row, prior=0) == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.1})
     smoothed = conditional_probabilities(row, prior=10, limit=2)
     assert smoothed == pytest.approx({"a": 0.3, "b": 0.15})
+
+
+def test_a_new_index_space_starts_the_preference_vector_afresh():
+    profile = apply_event(None, event(1, "purchase"), unit(0), CATALOG["red-1"][1], space="model-a/identity").profile
+    assert profile.space == "model-a/identity"
+    same = apply_event(profile, event(2, "click"), unit(1), CATALOG["red-1"][1], space="model-a/identity").profile
+    assert same.preference() @ unit(0) > 0.5
+    moved = apply_event(profile, event(2, "click"), unit(1), CATALOG["red-1"][1], space="model-b/pca-9").profile
+    assert moved.space == "model-b/pca-9"
+    assert moved.preference() @ unit(1) == pytest.approx(1.0)  # the old basis is not mixed in
+    assert moved.category["fruit"] > profile.category["fruit"]  # affinities are not tied to the index space
+    assert Profile.from_item(moved.to_item()).space == "model-b/pca-9"

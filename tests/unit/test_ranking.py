@@ -200,3 +200,13 @@ def test_dismissed_items_sink():
 def test_first_stage_asks_for_a_wider_pool(k, offset, expected):
     assert first_stage_k(k, offset) == expected
     assert first_stage_k(k, offset) >= k + offset
+
+
+def test_a_profile_vector_from_another_index_space_is_ignored():
+    hits = make_hits(30)
+    profile = profile_from(hits, lambda h: h.fields["brand"] == "zeta")
+    profile.space = "model-a/identity"
+    assert any(h.explain["personal"] != 0 for h in rerank(hits, profile, space="model-a/identity"))
+    other = rerank(hits, profile, space="model-a/pca-1234")
+    assert all(h.explain["personal"] == 0 for h in other)
+    assert any(h.explain["affinity"] != 0 for h in other)

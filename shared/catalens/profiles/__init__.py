@@ -16,7 +16,14 @@ from catalens.profiles.profile import (
     apply_event,
     replay,
 )
-from catalens.profiles.updater import ItemLookup, ProfileConflictError, ProfileStore, ProfileUpdater, index_lookup
+from catalens.profiles.updater import (
+    ItemLookup,
+    ProfileConflictError,
+    ProfileStore,
+    ProfileUpdater,
+    index_lookup,
+    index_space,
+)
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -35,5 +42,6 @@ __all__ = [
     "event_from_item",
     "event_key",
     "index_lookup",
+    "index_space",
     "replay",
 ]

@@ -62,6 +62,7 @@ RANKING_ATTRIBUTES: tuple[str, ...] = (
     "price",
     "cooc",
     "erased_at",
+    "space",
 )
 
 
@@ -166,6 +167,7 @@ class Profile:
     first_ms: int = 0
     last_ms: int = 0  # time of the newest applied event; decayed values are as of this time
     vector: np.ndarray | None = None  # Σ w·v over item vectors (index space), unnormalised
+    space: str = ""  # which index space ``vector`` lives in ("" = unknown); see catalens.profiles.index_space
     evidence: float = 0.0  # Σ |w| over all applied events
     category: dict[str, float] = field(default_factory=dict)
     brand: dict[str, float] = field(default_factory=dict)
@@ -304,6 +306,7 @@ class Profile:
             "applied": np.asarray(self.applied, dtype="<u8").reshape(-1, 2).tobytes(),
             "horizon": np.asarray(self.horizon, dtype="<u8").tobytes(),
             "erased_at": self.erased_at_ms,
+            "space": self.space,
         }
         if self.vector is not None:
             item["vec"] = np.asarray(self.vector, dtype="<f4").tobytes()
@@ -338,6 +341,7 @@ class Profile:
             applied=[(int(ts), int(h)) for ts, h in applied],
             horizon=(int(horizon[0]), int(horizon[1])),
             erased_at_ms=int(item.get("erased_at", 0)),
+            space=str(item.get("space", "")),
         )
 
 
@@ -368,12 +372,15 @@ def apply_event(
     *,
     params: ProfileParams = DEFAULT_PARAMS,
     neighbours: Mapping[str, float] | None = None,
+    space: str = "",
 ) -> Applied:
     """Fold one event into a profile; returns a new profile (the input is never modified) and the outcome.
 
     ``item_vector`` is the item's index-space vector (None when the item is unknown: statistics
     still update); ``item_fields`` its product fields (category, brand, price);
-    ``neighbours`` the item's co-occurrence neighbours ``{item_id: P(item | this item)}``.
+    ``neighbours`` the item's co-occurrence neighbours ``{item_id: P(item | this item)}``; ``space`` names
+    the index space of ``item_vector`` (a rebuilt index with a new projection or model starts the
+    preference vector afresh instead of mixing bases).
     """
     if profile is None:
         profile = Profile(user_id=event.user_id)
@@ -403,8 +410,10 @@ def apply_event(
         vector = np.asarray(item_vector, dtype=np.float64).ravel()
         norm = float(np.linalg.norm(vector))
         if math.isfinite(norm) and norm > 0:
-            if new.vector is None or new.vector.shape != vector.shape:
+            moved = bool(space and new.space and space != new.space)
+            if new.vector is None or new.vector.shape != vector.shape or moved:
                 new.vector = np.zeros_like(vector)  # first vector, or the index space changed: start afresh
+            new.space = space or new.space
             new.vector += weight * (vector / norm)
     _bump(new.category, fields.get("category"), weight, params.max_affinities)
     _bump(new.brand, fields.get("brand"), weight, params.max_affinities)

@@ -48,6 +48,19 @@ class ProfileStore(Protocol):
     def delete(self, user_id: str) -> bool: ...  # erase (tombstone); True when there was something to erase
 
 
+def index_space(view: Any) -> str:
+    """Name of a view's index space: model fingerprint + projection fingerprint ("" when unknown).
+
+    Compactions keep the projection, so the name changes only when the index is rebuilt with another
+    projection or model — exactly when stored preference vectors stop meaning anything.
+    """
+    snapshot = getattr(view, "snapshot", None)
+    if snapshot is None:
+        return ""
+    projection = getattr(snapshot, "projection", None)
+    return f"{snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
+
+
 def index_lookup(current_view: Callable[[], Any]) -> ItemLookup:
     """The production :data:`ItemLookup`: the item's index-space vector and fields from the current index view.
 
@@ -72,17 +85,19 @@ class ProfileUpdater:
     max_attempts: int = 10
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+    space: Callable[[], str] | None = None  # names the index space of looked-up vectors (see index_space)
 
     def handle(self, event: ShopperEvent) -> str:
         """Apply ``event`` to its user's stored profile; returns the outcome ("applied", "duplicate", ...)."""
         found = self.lookup(event.item_id)
         vector, fields = found if found is not None else (None, None)
+        space = self.space() if self.space is not None and vector is not None else ""
         neighbours = None
         if self.cooccurrence is not None and event.type in ENGAGED_TYPES:
             neighbours = self.cooccurrence.neighbours(event.item_id)
         for attempt in range(self.max_attempts):
             current = self.store.load(event.user_id)
-            result = apply_event(current, event, vector, fields, params=self.params, neighbours=neighbours)
+            result = apply_event(current, event, vector, fields, params=self.params, neighbours=neighbours, space=space)
             if result.outcome != "applied":
                 return result.outcome
             pairs: list[tuple[str, str]] = []
