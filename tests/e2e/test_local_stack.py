@@ -28,7 +28,7 @@ def test_search_by_photo_finds_the_same_product_first(stack: StackClient) -> Non
     ids = hit_ids(answer)
     assert len(ids) == 5
     assert ids[0].startswith("espresso-cup-")
-    assert answer["item_count"] == DEMO_ITEMS
+    assert answer["item_count"] >= DEMO_ITEMS  # other tests add their own items to the shared stack
     first = answer["hits"][0]
     assert first["fields"]["category"] == "kitchen"
     assert first["image_key"].endswith(".jpg")
