@@ -239,8 +239,14 @@ async function showProfile() {
       box.textContent = `${user}: no profile yet — clicks and add-to-carts build one; until then results are purely visual.`;
       return;
     }
-    const parts = Object.entries(profile.summary || {}).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
-    box.textContent = `${user}'s profile · ${parts.join(" · ")}`;
+    const summary = profile.summary || {};
+    const events = Object.entries(summary.events || {}).map(([k, v]) => `${v} ${k.replace(/_/g, " ")}`);
+    const names = (weights) => Object.keys(weights || {}).join(", ") || "—";
+    const recent = [...new Set(summary.recent || [])].reverse().slice(0, 4);
+    box.textContent =
+      `${user}'s profile · ${events.join(", ") || "no events"} · likes ${names(summary.categories)}` +
+      ` (brands: ${names(summary.brands)}) · confidence ${Math.round((summary.confidence || 0) * 100)}%` +
+      (recent.length ? ` · recently: ${recent.join(", ")}` : "");
   } catch (error) {
     box.hidden = false;
     box.textContent = `profile: ${error.message}`;
