@@ -423,6 +423,9 @@ class CountingBlob:
         self.gets: list[str] = []
         self.lists = 0
         self.block_prefix: str | None = None
+        self.block_once: str | None = None  # the first GET of this key blocks (on its own events)
+        self.once_blocked = threading.Event()
+        self.once_release = threading.Event()
         self.block_lists = False
         self.release = threading.Event()
         self.blocked = threading.Event()
@@ -432,6 +435,10 @@ class CountingBlob:
         if self.fail:
             raise OSError("network down")
         self.gets.append(key)
+        if key == self.block_once:
+            self.block_once = None
+            self.once_blocked.set()
+            assert self.once_release.wait(30), "test never released the blocked GET"
         if self.block_prefix and key.startswith(self.block_prefix):
             self.blocked.set()
             assert self.release.wait(30), "test never released the blocked load"
@@ -565,6 +572,37 @@ def test_background_cache_does_not_hold_answers_for_a_slow_refresh() -> None:
     rig.counting.release.set()
     assert rig.cache.wait_idle(10)
     assert set(view_state(rig.cache.view())) == {"a", "b"}
+
+
+def test_a_version_load_does_not_drop_a_delta_found_while_it_ran() -> None:
+    """The loader LISTs the deltas, then (slowly) fetches one; a revalidation meanwhile finds a newer delta.
+    Swapping in the new version must keep that delta, or the photo would vanish for a TTL."""
+    rig = make_rig(background=True)
+    rig.writer.write_item(put_event("a", "1", "e"))
+    compact(rig.writer)
+    assert set(view_state(rig.cache.view())) == {"a"}
+    rig.writer.write_item(put_event("b", "2", "e"))
+    v2 = compact(rig.writer).version
+    rig.counting.block_prefix = f"ix/versions/{v2}/"
+    rig.clock.now += 2
+    assert set(view_state(rig.cache.view())) == {"a", "b"}, "v1 + b while v2 loads"
+    assert rig.counting.blocked.wait(10)
+
+    slow = put_event("w", "3", "e")
+    rig.writer.write_item(slow)  # unseen by any refresh yet: the loader will fetch it after its LIST
+    rig.counting.block_once = f"ix/{delta_key(slow)}"
+    rig.counting.block_prefix = None
+    rig.counting.release.set()
+    assert rig.counting.once_blocked.wait(10), "the loader listed and now hangs fetching w"
+    rig.writer.write_item(put_event("x", "4", "e"))  # after the loader's LIST
+    rig.clock.now += 2
+    assert set(view_state(rig.cache.view())) == {"a", "b", "w", "x"}, "the revalidation found w and x"
+    assert rig.cache.version != v2
+
+    rig.counting.once_release.set()
+    assert rig.cache.wait_idle(10)
+    assert rig.cache.version == v2
+    assert set(view_state(rig.cache.view())) == {"a", "b", "w", "x"}, "x survives the swap to v2"
 
 
 def test_cache_keeps_answering_when_storage_fails() -> None:

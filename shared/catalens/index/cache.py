@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalens.index.store import Delta, IndexStore, LoadedVersion, Manifest, SnapshotCoverage, make_view
+from catalens.index.store import Delta, DeltaKey, IndexStore, LoadedVersion, Manifest, SnapshotCoverage, make_view
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
@@ -212,5 +212,23 @@ class IndexCache:
             current = self._state
             if only_if_newer and current is not None and new.generation < current.generation:
                 return current
+            if current is not None and current.loaded is not new.loaded:
+                new = _carry_newer_deltas(current, new)
             self._state = new
             return new
+
+
+def _carry_newer_deltas(current: _State, new: _State) -> _State:
+    """A version load LISTed the deltas before it installs; a revalidation meanwhile may have found newer
+    ones. Keep those the new version does not cover, so a photo once found does not vanish for a TTL."""
+    extra = {key: delta for key, delta in current.deltas.items() if key not in new.deltas}
+    if not extra:
+        return new
+    coverage = new.loaded.coverage if new.loaded else SnapshotCoverage(None)
+    keys = list(extra)
+    covered = coverage.covers([DeltaKey.of(extra[key].record) for key in keys])
+    kept = {key: extra[key] for key, done in zip(keys, covered, strict=True) if not done}
+    if not kept:
+        return new
+    deltas = {**new.deltas, **kept}
+    return _State(new.generation, new.manifest_etag, new.loaded, deltas, make_view(new.loaded, deltas.values()))

@@ -132,6 +132,10 @@ class DeltaKey:
     deleted: bool
 
     @classmethod
+    def of(cls, record: ItemRecord) -> DeltaKey:
+        return cls(item_id=record.item_id, sequencer=normalize_sequencer(record.sequencer), deleted=record.deleted)
+
+    @classmethod
     def parse(cls, relative_key: str) -> DeltaKey | None:
         """``deltas/<quoted item id>/<seq>-<put|del>-<event>.json`` → DeltaKey; None for anything else."""
         parts = relative_key.split("/")
@@ -321,7 +325,9 @@ class VersionEntry:
 
     @property
     def checksum(self) -> str:
-        canonical = json.dumps(self.files, sort_keys=True, separators=(",", ":"))
+        """Binds the version name, its item count and every file's sha256 together."""
+        body = {"version": self.version, "items": self.items, "files": self.files}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
