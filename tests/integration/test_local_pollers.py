@@ -91,8 +91,19 @@ def test_sqs_partial_failure_deletes_good_messages_and_redrives_the_bad_one(queu
     for body in ("good-1", "bad", "good-2"):
         sqs.send_message(QueueUrl=queues["url"], MessageBody=body)
     function = RecordingFunction({"bad"}, id_of="sqs")
-    poller = SqsPoller(sqs, queues["url"], queues["arn"], function, wait_seconds=0, retry_delay_seconds=0)
+    exhausted: list[dict] = []
+    poller = SqsPoller(
+        sqs,
+        queues["url"],
+        queues["arn"],
+        function,
+        wait_seconds=0,
+        retry_delay_seconds=0,
+        max_receive_count=2,
+        on_exhausted=exhausted.append,
+    )
     drain_sqs(poller)
+    assert [m["Body"] for m in exhausted] == ["bad"]
 
     seen = function.seen()
     assert seen.count("good-1") == 1

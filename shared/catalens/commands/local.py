@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         metavar="SECONDS",
         help="builder schedule (default: the template's)",
     )
-    parser.add_argument("--verbose", action="store_true", help="show the handlers' INFO logs")
+    parser.add_argument(
+        "--verbose", action="store_true", help="handlers' logs (INFO) in the terminal instead of .catalens/logs/"
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         load_catalog=not args.no_catalog,
         compaction_interval_seconds=args.compact_every,
         log_level="INFO" if args.verbose else "WARNING",
+        capture_function_output=not args.verbose,
     )
     if args.catalog is not None and not args.catalog.expanduser().is_dir():
         print(f"catalens local: catalog folder {args.catalog} does not exist", file=sys.stderr)

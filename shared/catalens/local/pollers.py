@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalens.local.runtime import LOCAL_ACCOUNT, LOCAL_REGION
+from catalens.local.runtime import LOCAL_ACCOUNT, LOCAL_REGION, describe
 
 log = logging.getLogger("catalens.local")
 
@@ -208,7 +208,7 @@ class _PollerThread(threading.Thread):
             try:
                 self.poll_once()
             except Exception as exc:  # the poller must outlive a flaky call; the error is kept for /local/status
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.last_error = describe(exc)
                 log.warning("%s: %s", self.name, self.stats.last_error)
                 self._stop_event.wait(1.0)
 
@@ -240,6 +240,9 @@ class SqsPoller(_PollerThread):
     batching_window_seconds:
         ``MaximumBatchingWindowInSeconds``: after the first message, keep gathering until the batch is full or the
         window has passed.
+    max_receive_count, on_exhausted:
+        The queue's redrive ``maxReceiveCount``; a message that fails on its last allowed receive is handed to
+        ``on_exhausted`` (SQS moves it to the DLQ at the next receive), so the stack can say so in one line.
     """
 
     def __init__(
@@ -254,9 +257,13 @@ class SqsPoller(_PollerThread):
         visibility_timeout: int | None = None,
         retry_delay_seconds: int | None = None,
         batching_window_seconds: float = 0.0,
+        max_receive_count: int | None = None,
+        on_exhausted: Callable[[dict], None] | None = None,
         region: str = LOCAL_REGION,
     ) -> None:
         super().__init__(name=f"sqs-poller:{queue_arn.rsplit(':', 1)[-1]}")
+        self.max_receive_count = max_receive_count
+        self.on_exhausted = on_exhausted
         self.batching_window_seconds = batching_window_seconds
         self.deleted_at: deque[float] = deque(maxlen=100_000)  # for NumberOfMessagesDeleted-style alarms
         self.sqs = sqs
@@ -310,7 +317,7 @@ class SqsPoller(_PollerThread):
             failed = failed_item_ids(result, ids)
         except Exception as exc:
             self.stats.function_errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self.stats.last_error = describe(exc)
             failed = None
         if failed is None:
             failed = set(ids)
@@ -325,6 +332,10 @@ class SqsPoller(_PollerThread):
             self.stats.last_success_at = time.time()
         if retry and self.retry_delay_seconds is not None:
             self._delay_messages(retry, self.retry_delay_seconds)
+        if self.max_receive_count and self.on_exhausted:
+            for message in retry:
+                if int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 0)) >= self.max_receive_count:
+                    self.on_exhausted(message)
 
     def _delete_messages(self, messages: list[dict]) -> None:
         for start in range(0, len(messages), 10):
@@ -472,7 +483,7 @@ class StreamPoller(_PollerThread):
             failed = failed_item_ids(result, sequence)
         except Exception as exc:
             self.stats.function_errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self.stats.last_error = describe(exc)
             failed = None
         if failed is None:
             failed = {sequence[0]}
@@ -605,7 +616,7 @@ class ScheduledInvoker(threading.Thread):
         try:
             state = bool(self.alarm_state()) if self.alarm_state else False
         except Exception as exc:
-            self.stats.last_error = f"alarm check: {type(exc).__name__}: {exc}"
+            self.stats.last_error = f"alarm check: {describe(exc)}"
             return ""
         fired = state and not self.stats.alarm
         self.stats.alarm = state
@@ -618,7 +629,7 @@ class ScheduledInvoker(threading.Thread):
             self.stats.last_result = self.invoke(self.event_for(reason))
         except Exception as exc:
             self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self.stats.last_error = describe(exc)
             log.warning("%s: %s", self.name, self.stats.last_error)
         self.stats.last_run_at = started
         with self._done:

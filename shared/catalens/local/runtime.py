@@ -28,6 +28,13 @@ LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT = "123456789012"  # moto's default account
 
 
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """One line for an exception: its type and the first line of its message (tracebacks stay in the log file)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class HandlerLoadError(CatalensError):
     """A function's handler module is missing or failed at import (its init code raised)."""
 
@@ -135,8 +142,11 @@ class LocalFunction:
                 return self.handler(event, context)
             except Exception as exc:
                 self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("function %s raised %s", self.name, self.stats.last_error)
+                self.stats.last_error = describe(exc)
+                # Powertools raises BatchProcessingError when every record of a batch failed: that is the batch
+                # protocol (the records are retried, then dead-lettered), not a crash; the stack reports dead letters.
+                level = logging.INFO if type(exc).__name__ == "BatchProcessingError" else logging.WARNING
+                log.log(level, "function %s raised %s", self.name, self.stats.last_error, exc_info=True)
                 raise
             finally:
                 self.stats.invocations += 1

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from catalens.errors import CatalensError, ModelError
 from catalens.local.gateway import ApiConfig, Gateway, Route
@@ -58,6 +59,18 @@ class _ExtrasFormatter(logging.Formatter):
         return text + ("  " + " ".join(f"{k}={v}" for k, v in extras.items()) if extras else "")
 
 
+class _OneLineFormatter(_ExtrasFormatter):
+    """For the terminal: the message and extras only; tracebacks stay in the log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 class LocalStackError(CatalensError):
     code = "local_stack_error"
 
@@ -80,6 +93,7 @@ class LocalConfig:
     log_level: str = "WARNING"
     upload_workers: int = 4
     quiet: bool = False  # no progress bar / banner (tests)
+    capture_function_output: bool = True  # handlers' stdout (JSON logs, EMF) to <data dir>/logs/functions.log
 
 
 @dataclass
@@ -152,6 +166,7 @@ class LocalStack:
         self.catalog_result: dict[str, Any] = {}
         self._stopped = threading.Event()
         self._started = False
+        self._real_stdout: Any = None
         self._clients: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------- start
@@ -237,7 +252,7 @@ class LocalStack:
         to_file.setFormatter(_ExtrasFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         to_file.setLevel(logging.INFO)
         to_stderr = logging.StreamHandler(sys.stderr)
-        to_stderr.setFormatter(_ExtrasFormatter("catalens local: %(name)s: %(message)s"))
+        to_stderr.setFormatter(_OneLineFormatter("catalens local: %(name)s: %(message)s"))
         to_stderr.setLevel(logging.WARNING)
         for handler in (to_file, to_stderr):
             handler.catalens_local = True  # type: ignore[attr-defined]
@@ -245,6 +260,9 @@ class LocalStack:
         root.setLevel(logging.INFO)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # pool-size notices from handler clients
         logging.getLogger("botocore").setLevel(logging.WARNING)
+        if self.config.capture_function_output:  # Lambda sends a function's stdout to CloudWatch Logs; we, to a file
+            self._real_stdout = sys.stdout
+            sys.stdout = (logs / "functions.log").open("a", buffering=1, encoding="utf-8")
 
     def _prepare_data_dir(self) -> None:
         if self.config.fresh and self.data_dir.exists():
@@ -407,20 +425,42 @@ class LocalStack:
 
     def _start_sqs(self, logical_id: str, props: dict[str, Any]) -> None:
         queue_arn = props["Queue"]
+        queue_url = self._queue_url_for_arn(queue_arn)
+        redrive = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+        max_receive_count = json.loads(redrive["RedrivePolicy"])["maxReceiveCount"] if redrive else None
         poller = SqsPoller(
             self.sqs,
-            self._queue_url_for_arn(queue_arn),
+            queue_url,
             queue_arn,
             lambda event, fn=logical_id: self.invoke(fn, event),
             batch_size=int(props.get("BatchSize", 10)),
             wait_seconds=1,
             retry_delay_seconds=self.config.retry_delay_seconds,
             batching_window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0) or 0),
+            max_receive_count=int(max_receive_count) if max_receive_count else None,
+            on_exhausted=lambda message, fn=logical_id: self._report_dead_letter(fn, message),
         )
         poller.start()
         self.pollers.append(poller)
         if queue_arn.endswith(self.ingest_queue_url.rsplit("/", 1)[-1]):
             self.sqs_poller = poller
+
+    def _report_dead_letter(self, logical_id: str, message: dict) -> None:
+        """One line when a message failed its last try (SQS moves it to the DLQ next): which photo, where to look."""
+        try:
+            records = json.loads(message.get("Body") or "{}").get("Records") or []
+            keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records if "s3" in r]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            keys = []
+        what = ", ".join(keys) or f"message {message.get('MessageId')}"
+        tries = (message.get("Attributes") or {}).get("ApproximateReceiveCount", "?")
+        where = self.data_dir / "logs" / ("functions.log" if self.config.capture_function_output else "local.log")
+        print(
+            f"catalens local: {logical_id} gave up on {what} after {tries} tries; it goes to the dead-letter queue "
+            f"(why: {where})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _start_stream(self, logical_id: str, props: dict[str, Any], checkpoints: Path, restored: bool) -> None:
         destination = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
@@ -660,6 +700,10 @@ class LocalStack:
         (self.data_dir / "stack.json").unlink(missing_ok=True)
         if self.server is not None and self._started:
             self.server.stop()
+        if self._real_stdout is not None:
+            sys.stdout.flush()
+            sys.stdout = self._real_stdout
+            self._real_stdout = None
 
     def _previous_catalog(self) -> str | None:
         return StateStore(self.data_dir / "state").info().get("catalog")
