@@ -97,20 +97,23 @@ def run(args: argparse.Namespace) -> int:
                 stack.s3.put_object(
                     Bucket=info.catalog_bucket, Key=f"{item_id}.jpg", Body=photo, ContentType="image/jpeg"
                 )
-                while True:
+                found = None
+                while found is None:
                     ids, took = search(photo)
                     search_seconds.append(took)
                     if item_id in ids:
-                        latencies.append(time.perf_counter() - uploaded)
+                        found = time.perf_counter() - uploaded
+                    elif time.perf_counter() - uploaded > args.timeout:
                         break
-                    if time.perf_counter() - uploaded > args.timeout:
-                        missed += 1
-                        break
-                    time.sleep(args.poll)
-                print(
-                    f"  {number + 1}/{args.uploads}: {latencies[-1] if latencies else float('nan'):.2f}s",
-                    file=sys.stderr,
-                )
+                    else:
+                        time.sleep(args.poll)
+                if found is None:
+                    missed += 1
+                    line = "missed"
+                else:
+                    latencies.append(found)
+                    line = f"{found:.2f}s"
+                print(f"  {number + 1}/{args.uploads}: {line}", file=sys.stderr)
                 time.sleep(args.pause)
             ingest = next(s for s in stack.specs.values() if any(e.get("Type") == "SQS" for e in s.events.values()))
             window = next(e["Properties"].get("MaximumBatchingWindowInSeconds", 0) for e in ingest.events.values())

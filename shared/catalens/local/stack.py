@@ -33,7 +33,7 @@ from urllib.parse import unquote_plus
 from catalens.errors import CatalensError, ModelError
 from catalens.local.gateway import ApiConfig, Gateway, Route
 from catalens.local.pollers import ScheduledInvoker, SqsPoller, StreamPoller
-from catalens.local.runtime import LOCAL_ACCOUNT, LOCAL_REGION, LocalFunction, load_handler
+from catalens.local.runtime import LOCAL_ACCOUNT, LOCAL_REGION, LocalFunction, describe, load_handler
 from catalens.local.server import DEFAULT_MOTO_PORT, LocalMotoServer, ensure_port_free
 from catalens.local.state import StateStore
 
@@ -212,7 +212,13 @@ class LocalStack:
         state = StateStore(self.data_dir / "state")
         restored = False
         if state.exists:
-            result = state.restore(self.s3, self.ddb, self._buckets(), self._tables())
+            try:
+                result = state.restore(self.s3, self.ddb, self._buckets(), self._tables())
+            except Exception as exc:
+                raise LocalStackError(
+                    f"could not restore the saved state in {state.root} ({describe(exc)}); "
+                    "start with --fresh to begin again"
+                ) from exc
             self.sqs.purge_queue(QueueUrl=self.ingest_queue_url)  # the restore's own notifications: already indexed
             restored = True
             self._say(f"restored {result.objects} objects and {result.items} table items from {state.root}")
