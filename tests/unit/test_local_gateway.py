@@ -177,3 +177,14 @@ def test_static_files_get_the_api_key_and_cannot_escape_the_web_root(tmp_path) -
     assert b'content="k3y"' in page.body
     assert gateway.handle(request("GET", "/../secret.txt")).status == 404
     assert gateway.handle(request("GET", "/%2e%2e/secret.txt")).status == 404
+
+
+def test_gateway_errors_carry_the_cors_origin_like_gateway_responses() -> None:
+    cors = ApiConfig(routes=ROUTES, api_key="k3y", cors_allow_origin="https://shop.example")
+    gateway = Gateway(cors, lambda event: {"statusCode": 200, "body": "{}"})
+    denied = gateway.handle(request("GET", "/api/items/x"))
+    assert denied.status == 403
+    assert ("Access-Control-Allow-Origin", "https://shop.example") in denied.headers
+    preflight = gateway.handle(request("OPTIONS", "/api/search"))
+    assert preflight.status == 204
+    assert ("Access-Control-Allow-Origin", "https://shop.example") in preflight.headers

@@ -117,6 +117,7 @@ class ApiConfig:
     api_id: str = "local"
     api_key: str = ""
     api_key_id: str = "local-key"
+    cors_allow_origin: str | None = None  # the API's Cors AllowOrigin; also on API Gateway's own 4xx/5xx answers
 
 
 def rest_event(
@@ -358,6 +359,17 @@ class Gateway:
         return bool(self.config.api_key) and secrets.compare_digest(given, self.config.api_key)
 
     def handle_api(self, request: Request) -> HttpResponse:
+        response = self._handle_api(request)
+        origin = self.config.cors_allow_origin
+        if (
+            origin
+            and response.status >= 400
+            and not any(k.lower() == "access-control-allow-origin" for k, _ in response.headers)
+        ):
+            response.headers.append(("Access-Control-Allow-Origin", origin))  # GatewayResponses DEFAULT_4XX/5XX
+        return response
+
+    def _handle_api(self, request: Request) -> HttpResponse:
         path = request.path[len(API_PREFIX) :] or "/"
         if request.method == "OPTIONS":
             return self._preflight(request)
@@ -393,7 +405,7 @@ class Gateway:
         return HttpResponse(
             204,
             [
-                ("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Origin", self.config.cors_allow_origin or "*"),
                 ("Access-Control-Allow-Methods", "GET,POST,DELETE,OPTIONS"),
                 ("Access-Control-Allow-Headers", "Content-Type,X-Api-Key"),
             ],

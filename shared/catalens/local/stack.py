@@ -541,6 +541,7 @@ class LocalStack:
             binary_media_types=self.api.binary_media_types,
             stage=self.api.stage,
             api_key=self.api_key,
+            cors_allow_origin=self.api.cors_allow_origin,
         )
         resources = LocalResources(
             s3=self.s3,
