@@ -50,7 +50,9 @@ def browser():
 
 
 @pytest.mark.slow
-def test_drop_a_photo_and_see_result_cards(stack: StackClient, browser, repo_root: Path) -> None:
+def test_drop_a_photo_see_cards_and_upload_as_merchant(
+    stack: StackClient, browser, repo_root: Path, tmp_path: Path
+) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -81,6 +83,13 @@ def test_drop_a_photo_and_see_result_cards(stack: StackClient, browser, repo_roo
     page.click("#merchant-toggle")
     page.wait_for_selector("#items li")
     assert page.locator("#items li").count() >= 1
+    new_photo = tmp_path / "browser-upload-lamp.jpg"
+    new_photo.write_bytes(photo_bytes(41))
+    page.fill("#u-category", "lighting")
+    page.set_input_files("#upload-files", str(new_photo))
+    page.wait_for_selector("#uploads li.done", timeout=60_000)  # polls GET /items/{id} until it answers
+    assert "searchable in" in page.locator("#uploads li").first.inner_text()
+    assert stack.api("GET", "/items/browser-upload-lamp").json()["fields"]["category"] == "lighting"
     page.screenshot(path=str(artifacts / "merchant-panel.png"))
     assert errors == []
     page.close()
