@@ -70,12 +70,14 @@ deploy-checks: $(STAMP) $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file infra/checkov.yaml --skip-download \
 		--file build/template.transformed.json
 
-# sam build of every zip function and layer (the builder image needs Docker: left out), then the 250 MB check.
+# sam build of every zip function and layer (the builder image needs Docker: left out), then the 250 MB check
+# and an import of each handler from nothing but its layers and the runtime's boto3.
 sam-build: $(STAMP) $(SAM_VENV)/.installed
 	$(VENV)/bin/catalens template zip-only --out build/template.zip-only.json
 	PATH="$$(dirname "$$(infra/find-python312)"):$$PATH" $(SAM) build --config-file $(SAM_CONFIG) \
 		--template build/template.zip-only.json --base-dir .
 	$(PY) infra/size_check.py --build-dir .aws-sam/build
+	$(PY) infra/layer_import_check.py --build-dir .aws-sam/build
 
 # Everything, builder image included (needs Docker and AWS credentials); GUIDED=1 asks for the settings.
 deploy: $(STAMP) $(SAM_VENV)/.installed

@@ -4,7 +4,10 @@ Every byte counts against the 250 MB unzipped limit of a function plus its layer
 unzip time. Only files that no import at run time reaches are removed: test suites, byte-code caches, type
 stubs, C headers, console scripts, numpy's Fortran wrapper generator, onnxruntime's offline tools (quantisation,
 transformer optimisers: they need onnx/sympy, which the layer does not carry) and wheel RECORD files (which
-would list the removed files). Licence files stay: the wheels' licences require shipping them.
+would list the removed files). Licence files stay: the wheels' licences require shipping them. (The Makefile
+then compiles fresh byte-code: Lambda cannot write ``__pycache__`` under /opt, so shipped .pyc files save import time.)
+Shared libraries are not stripped: the wheels ship most of them stripped already, and stripping auditwheel-patched
+libraries (OpenBLAS) risks breaking them for ~1 MB.
 
 Usage: ``python trim.py DIR`` — prints what it removed as one JSON line.
 """

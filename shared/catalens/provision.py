@@ -317,6 +317,10 @@ class Resolver:
             ("AWS::SQS::Queue", "QueueName"): lambda: name,
             ("AWS::SQS::Queue", "QueueUrl"): lambda: f"https://sqs.{region}.amazonaws.com/{account}/{name}",
             ("AWS::DynamoDB::Table", "Arn"): lambda: f"arn:aws:dynamodb:{region}:{account}:table/{name}",
+            # the stream label is the creation time; provision() records the real ARN over this placeholder
+            ("AWS::DynamoDB::Table", "StreamArn"): lambda: (
+                f"arn:aws:dynamodb:{region}:{account}:table/{name}/stream/1970-01-01T00:00:00.000"
+            ),
             ("AWS::SNS::Topic", "TopicArn"): lambda: f"arn:aws:sns:{region}:{account}:{name}",
             ("AWS::Logs::LogGroup", "Arn"): lambda: f"arn:aws:logs:{region}:{account}:log-group:{name}:*",
             ("AWS::Serverless::Function", "Arn"): lambda: f"arn:aws:lambda:{region}:{account}:function:{name}",

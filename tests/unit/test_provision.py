@@ -100,8 +100,9 @@ def test_resolution_errors_name_the_problem(template: dict) -> None:
     resolver = Resolver(template, stack_name="shop")
     with pytest.raises(TemplateError, match="no resource, parameter or pseudo parameter 'Missing'"):
         resolver.resolve({"Ref": "Missing"})
-    with pytest.raises(TemplateError, match=r"cannot resolve !GetAtt Table.StreamArn"):
-        resolver.get_att("Table", "StreamArn")
+    with pytest.raises(TemplateError, match=r"cannot resolve !GetAtt Topic.Endpoint"):
+        resolver.get_att("Topic", "Endpoint")
+    assert resolver.get_att("Table", "StreamArn").endswith("/stream/1970-01-01T00:00:00.000")  # until created
     resolver.set_attribute("Table", "StreamArn", "arn:stream")
     assert resolver.resolve({"Fn::GetAtt": ["Table", "StreamArn"]}) == "arn:stream"
 
