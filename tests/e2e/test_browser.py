@@ -77,7 +77,7 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     page.check("#explain")
     page.wait_for_selector(".card .explain:not([hidden])")
     cards.nth(3).locator(".more").click()
-    page.wait_for_function("document.querySelector('#summary').textContent.includes('more like')")
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('products like “')")
     assert page.locator(".card").count() > 0
 
     page.click("#merchant-toggle")

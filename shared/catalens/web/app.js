@@ -141,7 +141,7 @@ async function runSearch() {
 function render(answer, query) {
   const hits = answer.hits || [];
   const took = answer.timings_ms ? Object.values(answer.timings_ms).reduce((a, b) => a + b, 0) : null;
-  const what = query.kind === "item" ? `more like “${query.itemId}”` : "your photo";
+  const what = query.kind === "item" ? `“${query.itemId}”` : "your photo";
   $("#summary").textContent =
     `${hits.length} products like ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
