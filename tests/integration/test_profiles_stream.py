@@ -346,9 +346,11 @@ def test_erasure_forgets_the_profile_and_ignores_late_records(stack: Stack):
     stack.write(*HISTORY)
     records = stack.read_stream()
     stack.invoke(records[:4])
-    stack.profiles._clock_ms = lambda: HISTORY[-1].ts_ms + 1000  # the shopper asks to be forgotten after all events
+    erasing = DynamoProfileStore(  # what the search API's DELETE /users/{id}/profile uses
+        stack.client, PROFILES, events_table=EVENTS, clock_ms=lambda: HISTORY[-1].ts_ms + 1000
+    )  # the shopper asks to be forgotten after all their events
 
-    assert stack.profiles.delete("alice") is True
+    assert erasing.delete("alice") is True
 
     erased = stack.profiles.load("alice")
     assert erased.is_empty
@@ -363,7 +365,7 @@ def test_erasure_forgets_the_profile_and_ignores_late_records(stack: Stack):
     # the stream still holds the rest of the old events (and the REMOVEs of the erasure): nothing comes back
     assert stack.invoke(records[4:] + stack.read_stream()) == {"batchItemFailures": []}
     assert stack.profiles.load("alice").is_empty
-    assert stack.profiles.delete("alice") is False  # idempotent
+    assert erasing.delete("alice") is False  # idempotent
 
     fresh = ev(100, "purchase", "item-3", ts=HISTORY[-1].ts_ms + 5000)
     stack.write(fresh)
