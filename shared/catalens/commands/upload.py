@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     )
     parser.add_argument("folder", metavar="DIR", help="folder of photos (searched recursively)")
     parser.add_argument("--bucket", required=True, help="catalog bucket name")
-    parser.add_argument("--prefix", default="", help="key prefix the bucket's notification listens on, e.g. catalog/")
+    parser.add_argument("--prefix", default="", help="key prefix inside the bucket (default: none)")
     parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (the local stack's emulator)")
     parser.add_argument("--profile", default=None, help="AWS profile")
     parser.add_argument("--region", default=None, help="AWS region")
