@@ -388,3 +388,23 @@ def test_recorded_stream_event(stack: Stack, path: Path):
         profile = stack.profiles.load(user)
         assert profile is not None
         assert profile.counts
+
+
+def test_table_definitions_match_the_template():
+    """The tables these tests (and the local tooling) create are the ones template.yaml deploys."""
+    from catalens.adapters.dynamodb import table_definitions
+    from catalens.provision import load_template
+
+    resources = load_template()["Resources"]
+    ours = table_definitions(events="EventsTable", profiles="ProfilesTable", cooccurrence="CooccurrenceTable")
+    for logical_id, definition in ours.items():
+        deployed = resources[logical_id]["Properties"]
+        assert deployed["KeySchema"] == definition["KeySchema"], logical_id
+        assert sorted(deployed["AttributeDefinitions"], key=str) == sorted(definition["AttributeDefinitions"], key=str)
+        assert deployed["BillingMode"] == definition["BillingMode"]
+        stream = definition.get("StreamSpecification")
+        assert deployed.get("StreamSpecification", {}).get("StreamViewType") == (stream or {}).get("StreamViewType")
+    assert resources["EventsTable"]["Properties"]["TimeToLiveSpecification"] == {
+        "AttributeName": "ttl",
+        "Enabled": True,
+    }
