@@ -533,9 +533,16 @@ class LocalStack:
     def _start_gateway(self) -> None:
         from catalens.local.routes import LocalResources, LocalRoutes
 
-        search_id = next(
-            lid for lid, spec in self.specs.items() if any(e.get("Type") == "Api" for e in spec.events.values())
-        )
+        # which function serves each (method, resource): the functions' Api events, as API Gateway's integrations
+        self.api_functions: dict[tuple[str, str], str] = {}
+        for logical_id, spec in self.specs.items():
+            for event in spec.events.values():
+                if event.get("Type") == "Api":
+                    props = event.get("Properties", {})
+                    self.api_functions[(str(props["Method"]).upper(), props["Path"])] = logical_id
+        if not self.api_functions:
+            raise LocalStackError("the template declares no API routes")
+        self.search_function_id = self.api_functions.get(("GET", "/health")) or next(iter(self.api_functions.values()))
         config = ApiConfig(
             routes=[Route(r.method, r.path, r.api_key_required) for r in self.api.routes],
             binary_media_types=self.api.binary_media_types,
@@ -556,13 +563,19 @@ class LocalStack:
         )
         self.gateway = Gateway(
             config,
-            lambda event: self.invoke(search_id, event),
+            self._invoke_api,
             local_routes=LocalRoutes(resources).table(),
             web_root=WEB_ROOT,
             port=self.config.port,
         )
-        self.search_function_id = search_id
         self.gateway.start()
+
+    def _invoke_api(self, event: dict) -> Any:
+        key = (event["httpMethod"], event["resource"])
+        function = self.api_functions.get(key) or self.api_functions.get(("ANY", event["resource"]))
+        if function is None:
+            raise LocalStackError(f"no function integrates {key}")
+        return self.invoke(function, event)
 
     # ----------------------------------------------------------------------------------------------- catalog
     def _maybe_load_catalog(self, state: StateStore) -> None:
