@@ -87,7 +87,7 @@ def test_simulated_shoppers_engage_with_what_they_like(world):
     assert len(events) == 80
     assert len({e.key for e in events}) == 80
     assert all(event_from_item(e.to_item()) == e for e in events)  # valid table items
-    liked = {item.item_id for item in catalog.items if shopper.likes(item.fields)}
+    liked = {item.item_id for item in catalog.items if shopper.likes(item)}
     engaged = [e for e in events if e.type in ("click", "add_to_cart", "purchase")]
     dismissed = [e for e in events if e.type == "dismiss"]
     assert sum(e.item_id in liked for e in engaged) > 0.6 * len(engaged)
@@ -102,7 +102,7 @@ def test_personal_reranking_beats_plain_on_held_out_shoppers_within_the_top1_bud
     def samples(seed, queries):
         rng = random.Random(seed)
         population = Population(catalog)
-        shoppers = make_shoppers(catalog, 30, rng, f"s{seed}")
+        shoppers = make_shoppers(catalog, 30, rng, f"s{seed}", tastes=("brand", "colour"))
         last = {}
         for shopper in shoppers:
             events = simulate_events(shopper, catalog, neighbours, 30, rng)

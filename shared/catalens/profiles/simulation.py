@@ -9,7 +9,9 @@ World
     from the Grocery Store Dataset; :func:`synthetic_world` from clustered random vectors.
 
 Shoppers
-    Each has one hidden taste: a preferred ``category``, ``brand`` or ``colour`` value. They browse
+    Each has one hidden taste: a preferred ``category``, ``brand`` or ``colour`` value, or a latent
+    ``style`` — a hash-assigned eighth of the items that neither the photo nor the product fields reveal,
+    the kind of taste only other shoppers' co-engagement (the collaborative signal) can find. They browse
     like people do: look up an item ("more like this"; 60 % of the time one they like), scan the
     plain visual results, view some (more often near the top), click, cart and buy items matching
     their taste far more often than others, and now and then dismiss one they dislike. Their events go
@@ -48,7 +50,8 @@ from catalens.ranking import RerankParams, personal_signals, rerank
 
 T0_MS = 1_730_000_000_000  # simulated time starts here (Oct 2024)
 HOUR_MS = 3_600_000
-TASTES = ("category", "brand", "colour")
+TASTES = ("category", "brand", "colour", "style")
+STYLES = 8  # latent styles: hash-assigned groups of items, in neither the photo nor the product fields
 GROWERS = ("Grower-A", "Grower-B", "Grower-C", "Grower-D")
 GROWER_PRICE_FACTOR = {"Grower-A": 1.3, "Grower-B": 1.0, "Grower-C": 0.85, "Grower-D": 1.1}
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white")
@@ -68,7 +71,15 @@ def _unit_hash(*parts: str) -> float:
 class CatalogItem:
     item_id: str
     fine: int  # fine class: ground truth of visual top-1
-    fields: dict[str, Any]
+    fields: dict[str, Any]  # what the index knows (and the ranker sees)
+
+    @property
+    def style(self) -> str:
+        """The item's latent style: only shoppers know it (the ranker can learn it only from co-engagement)."""
+        return f"style-{int(_unit_hash('style', self.item_id) * STYLES)}"
+
+    def attribute(self, name: str) -> Any:
+        return self.style if name == "style" else self.fields.get(name)
 
 
 @dataclass
@@ -108,7 +119,7 @@ class Catalog:
         return IndexView(None, records)
 
     def describe(self) -> dict[str, Any]:
-        counts = {name: Counter(item.fields[name] for item in self.items) for name in TASTES}
+        counts = {name: Counter(item.attribute(name) for item in self.items) for name in TASTES}
         return {
             "items": len(self.items),
             "dim": int(self.vectors.shape[1]),
@@ -288,11 +299,11 @@ def synthetic_world(
 @dataclass(frozen=True)
 class Shopper:
     user_id: str
-    taste: str  # "category", "brand" or "colour"
+    taste: str  # one of TASTES
     value: str
 
-    def likes(self, fields: dict[str, Any]) -> bool:
-        return fields.get(self.taste) == self.value
+    def likes(self, item: CatalogItem) -> bool:
+        return item.attribute(self.taste) == self.value
 
 
 @dataclass(frozen=True)
@@ -309,14 +320,17 @@ class Behaviour:
     dismiss_other: float = 0.12
 
 
-def make_shoppers(catalog: Catalog, count: int, rng: random.Random, prefix: str) -> list[Shopper]:
-    """Shoppers whose taste value is that of a random catalog item (popular values are common tastes)."""
+def make_shoppers(
+    catalog: Catalog, count: int, rng: random.Random, prefix: str, tastes: Sequence[str] = TASTES
+) -> list[Shopper]:
+    """Shoppers with the kinds of ``tastes`` in turn, each valued as a random catalog item is (popular values
+    are common tastes)."""
     shoppers = []
     for n in range(count):
-        taste = TASTES[n % len(TASTES)]
+        taste = tastes[n % len(tastes)]
         while True:
-            value = catalog.items[rng.randrange(len(catalog.items))].fields[taste]
-            if sum(item.fields[taste] == value for item in catalog.items) >= 10:
+            value = catalog.items[rng.randrange(len(catalog.items))].attribute(taste)
+            if sum(item.attribute(taste) == value for item in catalog.items) >= 10:
                 break
         shoppers.append(Shopper(f"{prefix}-{n:04d}", taste, str(value)))
     return shoppers
@@ -344,7 +358,7 @@ def simulate_events(
     behaviour: Behaviour = Behaviour(),
 ) -> list[ShopperEvent]:
     """``count`` events of one shopper, sessions hours apart, actions seconds apart."""
-    liked = [i for i, item in enumerate(catalog.items) if shopper.likes(item.fields)]
+    liked = [i for i, item in enumerate(catalog.items) if shopper.likes(item)]
     events: list[ShopperEvent] = []
     now = T0_MS + rng.randrange(30 * 24) * HOUR_MS
     serial = itertools.count()
@@ -365,7 +379,7 @@ def simulate_events(
         for rank, index in enumerate(neighbours[start][: behaviour.page]):
             if rng.random() >= behaviour.view_first * 0.9**rank:
                 continue
-            likes = shopper.likes(catalog.items[index].fields)
+            likes = shopper.likes(catalog.items[index])
             dwell = rng.randrange(4_000, 15_000) if likes else rng.randrange(800, 5_000)
             emit("view", int(index), dwell_ms=dwell)
             if rng.random() < (behaviour.click_liked if likes else behaviour.click_other):
@@ -453,7 +467,7 @@ def collect_samples(
             raise ValueError(f"the catalog is too small for a pool of {pool}")
         pools.append(hits)
         visual[row] = [hit.score for hit in hits]
-        relevant[row] = [shopper.likes(hit.fields) for hit in hits]
+        relevant[row] = [shopper.likes(catalog.items[catalog.position[hit.item_id]]) for hit in hits]
         correct[row] = [catalog.items[catalog.position[hit.item_id]].fine == queries.fine[query] for hit in hits]
         found = personal_signals(hits, profiles[shopper.user_id], params=base, now_ms=now_ms[shopper.user_id])
         if found is not None:
