@@ -199,7 +199,8 @@ def personal_signals(
     now_ms: int | None = None,
     space: str = "",
 ) -> tuple[Signals, np.ndarray, np.ndarray] | None:
-    """The unweighted signals of ``hits`` for ``profile`` (None for a cold shopper), with the unit vectors.
+    """The unweighted signals of ``hits`` for ``profile`` (None for a cold shopper), the hits' vectors (unit
+    rows when diversity is on: only it needs them) and the mask of hits that have one.
 
     :func:`rerank` weighs them with :func:`boost`; the personalisation evaluation calls both to tune weights.
     """
