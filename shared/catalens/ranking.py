@@ -79,8 +79,8 @@ class RerankParams:
         Half-life and evidence scale used to compute the profile's confidence at query time.
     """
 
-    personal_weight: float = 0.05
-    category_weight: float = 0.01
+    personal_weight: float = 0.01
+    category_weight: float = 0.02
     brand_weight: float = 0.02
     price_weight: float = 0.0
     cooc_weight: float = 0.0

@@ -125,7 +125,7 @@ def test_personal_term_follows_the_preference_vector():
     hits = make_hits(50, brands=("same",), categories=("same",))
     favourite = hits[30]
     profile = profile_from(hits, lambda h: h.item_id == favourite.item_id)
-    ranked = rerank(hits, profile)
+    ranked = rerank(hits, profile, params=RerankParams(personal_weight=0.05))
     personal = {h.item_id: h.explain["personal"] for h in ranked}
     assert personal[favourite.item_id] == max(personal.values())
     assert next(i for i, h in enumerate(ranked) if h.item_id == favourite.item_id) < 30
@@ -192,7 +192,7 @@ def test_dismissed_items_sink():
         hit = hits[2]
         event = ShopperEvent("u1", f"e{n}", T0 + n, "dismiss", hit.item_id)
         profile = apply_event(profile, event, hit.vector, hit.fields, params=ProfileParams()).profile
-    ranked = rerank(hits, profile)
+    ranked = rerank(hits, profile, params=RerankParams(personal_weight=0.05))
     assert [h.item_id for h in ranked].index("i2") > 2
 
 

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     source.add_argument("--data", type=Path, help="the grocery folder, e.g. ../shared/data/grocery")
     source.add_argument("--synthetic", action="store_true", help="clustered random vectors instead of photos")
     parser.add_argument("--events", type=int, default=30, help="events per shopper before measuring (default 30)")
-    parser.add_argument("--shoppers", type=int, default=150, help="measured shoppers per split (default 150)")
+    parser.add_argument("--shoppers", type=int, default=300, help="measured shoppers per split (default 300)")
     parser.add_argument("--population", type=int, default=300, help="background shoppers feeding co-occurrence")
     parser.add_argument("--queries", type=int, default=10, help="queries per measured shopper (default 10)")
     parser.add_argument("--pool", type=int, default=50, help="first-stage candidates re-ranked (default 50)")
