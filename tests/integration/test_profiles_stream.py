@@ -189,6 +189,8 @@ def test_events_flow_from_the_table_through_the_stream_into_the_profile(stack: S
     assert ranking.recent == []
     assert ranking.applied == []
     assert ranking.confidence() == pytest.approx(profile.confidence())
+    assert stack.profiles.get_async("alice").result(timeout=10).to_item() == ranking.to_item()
+    assert stack.profiles.get_async("nobody").result(timeout=10) is None
 
 
 def test_duplicate_delivery_changes_nothing(stack: Stack):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -96,6 +97,7 @@ class DynamoProfileStore:
         self.events = DynamoEventStore(client, events_table) if events_table else None
         self._clock_ms = clock_ms
         self._max_delete_attempts = max_delete_attempts
+        self._reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="profile-read")  # threads start on use
         self._projection = ", ".join(f"#a{i}" for i in range(len(RANKING_ATTRIBUTES)))
         self._projection_names = {f"#a{i}": name for i, name in enumerate(RANKING_ATTRIBUTES)}
 
@@ -118,6 +120,14 @@ class DynamoProfileStore:
         return None if item is None else Profile.from_item(from_attribute_values(item))
 
     get = load_for_ranking  # what the search service calls
+
+    def get_async(self, user_id: str) -> Future[Profile | None]:
+        """Start the ranking read now and collect it later (``.result()``).
+
+        A GetItem takes milliseconds of network; started before the query photo is decoded and embedded,
+        it is done by the time re-ranking needs it, so personalisation adds only the re-ranking itself.
+        """
+        return self._reader.submit(self.load_for_ranking, user_id)
 
     # ---- writes
 
