@@ -248,6 +248,7 @@ def rerank(
     personalize: bool = True,
     now_ms: int | None = None,
     space: str = "",
+    limit: int | None = None,
 ) -> list[Any]:
     """Reorder first-stage ``hits`` (best visual first) for ``profile``; fills each hit's ``explain``.
 
@@ -256,7 +257,8 @@ def rerank(
     below ``params.min_confidence``, the order is exactly the input order. Pass ``now_ms`` (the
     wall clock) so that an idle shopper's confidence fades; without it, decay stops at their last event.
     Pass ``space`` (``catalens.profiles.index_space(view)``) so that a preference vector from another index
-    space (a rebuilt index) is ignored rather than compared across bases.
+    space (a rebuilt index) is ignored rather than compared across bases. ``limit`` returns only the best
+    ``limit`` hits (e.g. ``offset + k``), sparing the hits nobody will see their explain dicts.
 
     Examples
     --------
@@ -264,7 +266,7 @@ def rerank(
     """
     found = personal_signals(hits, profile, params=params, now_ms=now_ms, space=space) if personalize else None
     if found is None:
-        return _plain(hits)
+        return _plain(hits[:limit])
     signals, vectors, has_vector = found
     visual = np.array([float(hit.score) for hit in hits])
     parts, total = boost(signals, params)
@@ -278,7 +280,7 @@ def rerank(
     columns = [visual.tolist(), *(values.tolist() for values in parts.values()), total.tolist(), (-penalty).tolist()]
     confidence = signals.confidence
     ranked = []
-    for index in order:
+    for index in order[:limit]:
         hit = hits[index]
         score = scores[index]
         explain = dict(zip(_EXPLAIN_KEYS, [column[index] for column in columns], strict=True))

@@ -210,3 +210,13 @@ def test_a_profile_vector_from_another_index_space_is_ignored():
     other = rerank(hits, profile, space="model-a/pca-1234")
     assert all(h.explain["personal"] == 0 for h in other)
     assert any(h.explain["affinity"] != 0 for h in other)
+
+
+def test_limit_returns_the_same_head():
+    hits = make_hits(60)
+    profile = profile_from(hits, lambda h: h.fields["brand"] == "zeta")
+    full = rerank(hits, profile)
+    head = rerank(hits, profile, limit=12)
+    assert [h.item_id for h in head] == [h.item_id for h in full[:12]]
+    assert [h.explain for h in head] == [h.explain for h in full[:12]]
+    assert [h.item_id for h in rerank(hits, None, limit=5)] == [h.item_id for h in hits[:5]]
