@@ -30,11 +30,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint deploy-checks
-	$(VENV)/bin/pytest tests/unit -p socket --disable-socket --allow-unix-socket -q
+	$(VENV)/bin/pytest tests/unit --disable-socket --allow-unix-socket -q
 	$(VENV)/bin/pytest tests/integration tests/e2e -q
 
 unit: setup
-	$(VENV)/bin/pytest tests/unit -p socket --disable-socket --allow-unix-socket -q
+	$(VENV)/bin/pytest tests/unit --disable-socket --allow-unix-socket -q
 
 integration: setup
 	$(VENV)/bin/pytest tests/integration -q
