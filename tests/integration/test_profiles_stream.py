@@ -265,19 +265,21 @@ def test_ttl_expiry_records_are_ignored(stack: Stack):
 
 
 @pytest.fixture
-def serialised_moto_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make moto's DynamoDB writes atomic with respect to each other, as DynamoDB's are.
+def serialised_moto_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's DynamoDB operations atomic with respect to each other, as DynamoDB's are.
 
-    moto's ``transact_write_items`` deep-copies the tables first and, when a condition fails,
-    restores that copy — erasing any write another thread committed in between (a lost update
-    that real, serialisable DynamoDB transactions cannot produce). One lock around moto's write
-    operations removes that artefact without hiding a lost update of ours: the read-modify-write
-    of the updater still interleaves freely between its read and its conditional write.
+    moto is not thread-safe where these tests need it to be: ``transact_write_items`` deep-copies the
+    tables and, when a condition fails, restores that copy — erasing any write another thread committed
+    in between (a lost update that serialisable DynamoDB transactions cannot produce); and an ``ADD`` to a
+    new item first stores the bare key, then the attribute, so an unlocked concurrent query can read a
+    co-occurrence row without ``n`` (DynamoDB's reads only ever see committed items). One lock around
+    moto's reads and writes removes those artefacts without hiding a lost update of ours: the updater's
+    read and its conditional write are separate operations, and other writes still interleave between them.
     """
     from moto.dynamodb.models import DynamoDBBackend
 
-    lock = threading.RLock()
-    for name in ("transact_write_items", "put_item", "update_item", "delete_item"):
+    lock = threading.RLock()  # re-entrant: moto's transaction calls its own get/put/update
+    for name in ("transact_write_items", "put_item", "update_item", "delete_item", "get_item", "query", "scan"):
         original = getattr(DynamoDBBackend, name)
 
         def locked(self, *args, __original=original, **kwargs):
@@ -288,28 +290,38 @@ def serialised_moto_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class RecordingStore(DynamoProfileStore):
-    """Remembers the co-occurrence pairs of every profile write that committed."""
+    """Remembers the co-occurrence pairs of every profile write that committed.
+
+    Its first write waits at ``first_write`` until the other updater's first write is also due, so
+    both have read the same (absent) profile: one of them must lose the race, every run.
+    """
 
     committed: list[tuple[str, str]]
+    first_write: threading.Barrier | None = None
     lock = threading.Lock()
 
     def save(self, profile, *, expected_version, pairs=()):
+        if self.first_write is not None:
+            barrier, self.first_write = self.first_write, None
+            barrier.wait(timeout=30)
         super().save(profile, expected_version=expected_version, pairs=pairs)
         with self.lock:
             self.committed.extend(pairs)
 
 
-@pytest.mark.usefixtures("serialised_moto_writes")
+@pytest.mark.usefixtures("serialised_moto_operations")
 def test_two_concurrent_updaters_of_one_user_lose_no_event(stack: Stack):
     events = [ev(n, "click", f"item-{n % 5}", ts=T0 + n * 1000) for n in range(60)]
     errors: list[BaseException] = []
     committed: list[tuple[str, str]] = []
     conflicts: list[float] = []
+    first_write = threading.Barrier(2)
 
     def updater_thread(share: list[ShopperEvent]) -> None:
         client = boto3.client("dynamodb", region_name=REGION)  # each updater has its own client, like two Lambdas
         store = RecordingStore(client, PROFILES, cooccurrence_table=COOC)
         store.committed = committed
+        store.first_write = first_write
         updater = ProfileUpdater(
             store=store,
             lookup=lookup,
@@ -341,7 +353,19 @@ def test_two_concurrent_updaters_of_one_user_lose_no_event(stack: Stack):
     stored = {(a, b): stack.cooc.count(a, b) for a in items for b in items}
     assert stored == {pair: float(committed.count(pair)) for pair in stored}
     assert sum(stored.values()) > 0
+    assert conflicts  # the races really happened (at least the forced first one) and were retried
     print(f"lost races retried: {len(conflicts)}")
+
+
+def test_cooccurrence_rows_without_a_count_are_ignored(stack: Stack):
+    """A row with only its keys (not written by ``ADD``) neither raises nor counts."""
+    stack.cooc.add([("item-1", "item-2"), ("item-1", "item-2"), ("item-1", "item-3")])
+    stack.client.put_item(TableName=COOC, Item={"item_id": {"S": "item-1"}, "other_id": {"S": "item-4"}})
+
+    neighbours = stack.cooc.neighbours("item-1")
+
+    assert set(neighbours) == {"item-2", "item-3"}
+    assert neighbours["item-2"] == pytest.approx(2 * neighbours["item-3"])
 
 
 def test_erasure_forgets_the_profile_and_ignores_late_records(stack: Stack):

@@ -250,7 +250,9 @@ class DynamoCooccurrenceStore:
             while len(row) < self.read_limit:
                 response = self._client.query(**kwargs, Limit=self.read_limit - len(row))
                 for entry in response.get("Items", []):
-                    row[entry["other_id"]["S"]] = float(entry["n"]["N"])
+                    count = entry.get("n", {}).get("N")
+                    if count is not None:  # a row with no numeric count (not written by ADD) contributes nothing
+                        row[entry["other_id"]["S"]] = float(count)
                 if "LastEvaluatedKey" not in response:
                     break
                 kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
