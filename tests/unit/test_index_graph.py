@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from catalens.index import Filter, IndexView, ItemRecord, SearchParams, Snapshot, build_snapshot
-from catalens.index.build import choose_entry_points, weak_components
+from catalens.index.build import choose_entry_points, group_entry_points, weak_components
 from catalens.index.graph import GraphSearcher, NeighbourGraph
 from catalens.index.synthetic import clustered_vectors, recall_at_k
 
@@ -155,3 +155,22 @@ def test_graph_build_is_deterministic_given_seed_and_threads(graph_case):
     np.testing.assert_array_equal(again.graph.indices, snapshot.graph.indices)
     np.testing.assert_array_equal(again.graph.entry_points, snapshot.graph.entry_points)
     np.testing.assert_array_equal(again.vectors, snapshot.vectors)
+
+
+def test_grouped_entry_points_are_routed_by_centroid():
+    sizes = [40] * 12
+    x, indptr, indices = _pieces(sizes, seed=3)
+    entries, _ = choose_entry_points(x, indptr, indices, 48)
+    grouped, group_ptr, centroids = group_entry_points(x, entries, min_entries=1)
+    assert sorted(grouped.tolist()) == sorted(entries.tolist())
+    assert group_ptr[-1] == entries.size
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    graph = NeighbourGraph(indptr, indices, grouped, entry_group_ptr=group_ptr, entry_centroids=centroids)
+    searcher = GraphSearcher(x, graph)
+    starts = np.cumsum([0, *sizes])
+    for piece in range(len(sizes)):
+        query = x[starts[piece] + 1]
+        rows, _ = searcher.search(query, 5, ef=48, probe=2)  # a pool as large as a piece: exact inside it
+        assert sorted(rows.tolist()) == sorted(np.argsort(-(x @ query))[:5].tolist())
+    with pytest.raises(ValueError, match="entry group"):
+        NeighbourGraph(indptr, indices, grouped, entry_group_ptr=group_ptr[:-1], entry_centroids=centroids)

@@ -38,8 +38,34 @@ GraphBuilder = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def default_entry_points(n: int) -> int:
-    """Entry-point budget: ~8·sqrt(n) (≈2.5k at 100k, 8k at 1M), at least 16."""
-    return max(16, min(16_384, int(8 * math.sqrt(max(n, 1)))))
+    """Entry-point budget: 16·sqrt(n) (≈1.6k at 10k, 5k at 100k, 16k at 1M), at least 16.
+
+    Measured at 1M×256 (ef 96): 5.9k k-means entries gave recall@10 0.975, 10k 0.991, 16k 0.999;
+    the misses were whole small clusters inside the giant component that no entry point was near.
+    Grouping (see :func:`group_entry_points`) keeps scoring them cheap.
+    """
+    return max(16, min(65_536, int(16 * math.sqrt(max(n, 1)))))
+
+
+def group_entry_points(
+    vectors: np.ndarray, entries: np.ndarray, *, seed: int = 0, min_entries: int = 2048
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Group entry points by spherical k-means into ~4·sqrt(m) groups (None when there are few).
+
+    Returns (entries sorted by group, group pointers int64[c + 1], unit-norm centroids float32[c, d]).
+    At 1M rows, 16k entries in 512 groups with 32 probed kept recall@10 at 0.999 and cut the
+    entry scoring from ~2 ms to ~0.2 ms.
+    """
+    if entries.size < min_entries:
+        return entries, None, None
+    n_groups = round(4 * math.sqrt(entries.size))
+    entry_vectors = vectors[entries]
+    centroids = _spherical_kmeans(entry_vectors, n_groups, np.random.default_rng(seed), 8)
+    assignment = _assign(entry_vectors, centroids)
+    order = np.argsort(assignment, kind="stable")
+    group_ptr = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(assignment, minlength=n_groups), out=group_ptr[1:])
+    return entries[order].astype(np.int32), group_ptr, np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 @dataclass
@@ -180,12 +206,16 @@ def build_snapshot(
         order, indptr, indices = builder(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
         vectors = np.ascontiguousarray(vectors[order])
         budget = entry_points if entry_points is not None else default_entry_points(len(live_ids))
+        graph_seconds = time.perf_counter() - started
         entries, n_components = choose_entry_points(vectors, indptr, indices, budget, seed=seed)
-        graph = NeighbourGraph(indptr=indptr, indices=indices, entry_points=entries)
+        entries, group_ptr, centroids = group_entry_points(vectors, entries, seed=seed)
+        graph = NeighbourGraph(indptr, indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
         graph_info = {
             "n_neighbors": n_neighbors,
             "components": n_components,
             "entry_points": int(entries.size),
+            "entry_groups": graph.n_groups,
+            "pynndescent_seconds": round(graph_seconds, 3),
             "build_seconds": round(time.perf_counter() - started, 3),
         }
     live_ids = [live_ids[i] for i in order]
@@ -315,16 +345,18 @@ def choose_entry_points(
     budget: int,
     *,
     seed: int = 0,
-    kmeans_iterations: int = 8,
-    sample_per_centre: int = 20,
+    kmeans_iterations: int = 6,
+    sample_per_centre: int = 12,
 ) -> tuple[np.ndarray, int]:
     """Entry points covering every weakly connected component of the graph.
 
     Each component gets ``max(1, round(budget * size / n))`` entry points: one (the member nearest
     its mean direction) for a small component, otherwise the members nearest the centres of a
-    spherical k-means run inside the component. Returns (sorted int32 rows, number of components).
-    A walk can only reach vertices of the components it starts in; without this, recall on
-    clustered data stalls at 0.85–0.90.
+    spherical k-means run on a sample of the component. Returns (sorted int32 rows, number of
+    components); vertices without incoming edges are added too. A walk only reaches vertices of
+    the components it starts in; without this, recall on clustered data stalls at 0.85–0.90.
+    Memory stays bounded (similarities are computed in blocks): a 1M-row graph with 16k entry
+    points fits a small builder.
     """
     labels = weak_components(indptr, indices)
     n = labels.size
@@ -334,30 +366,55 @@ def choose_entry_points(
     chosen: list[np.ndarray] = []
     for members in np.split(order, bounds):
         wanted = max(1, round(budget * members.size / n))
-        member_vectors = vectors[members]
-        if wanted == 1 or members.size <= wanted:
-            if members.size <= wanted:
-                chosen.append(members)
-                continue
-            centre = member_vectors.sum(axis=0)
-            chosen.append(members[[int(np.argmax(member_vectors @ centre))]])
+        if members.size <= wanted:
+            chosen.append(members)
             continue
-        centres = _spherical_kmeans(member_vectors, wanted, rng, kmeans_iterations, sample_per_centre)
-        nearest = np.argmax(member_vectors @ centres.T, axis=0)
-        chosen.append(members[np.unique(nearest)])
-    entries = np.unique(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+        if wanted == 1:
+            member_vectors = vectors[members]
+            chosen.append(members[[int(np.argmax(member_vectors @ member_vectors.sum(axis=0)))]])
+            continue
+        sample = members
+        if members.size > sample_per_centre * wanted:
+            sample = np.sort(rng.choice(members, sample_per_centre * wanted, replace=False))
+        sample_vectors = vectors[sample]
+        centres = _spherical_kmeans(sample_vectors, wanted, rng, kmeans_iterations)
+        nearest = _argmax_rows(sample_vectors, centres)  # for each centre, the nearest sampled member
+        chosen.append(sample[np.unique(nearest)])
+    # Vertices no edge points to (pruning leaves a few: ~0.1% at 1M) can only be found as entry points.
+    chosen.append(np.flatnonzero(np.bincount(indices, minlength=n) == 0))
+    entries = np.unique(np.concatenate(chosen)) if n else np.empty(0, dtype=np.int64)
     return entries.astype(np.int32), int(labels.max() + 1) if n else 0
 
 
-def _spherical_kmeans(
-    x: np.ndarray, k: int, rng: np.random.Generator, iterations: int, sample_per_centre: int
-) -> np.ndarray:
-    """k unit-norm centres of ``x`` (a sample of it) by Lloyd iterations on cosine similarity."""
-    if x.shape[0] > sample_per_centre * k:
-        x = x[np.sort(rng.choice(x.shape[0], sample_per_centre * k, replace=False))]
+_BLOCK_ELEMENTS = 1 << 24  # similarities computed per block: 64 MiB of float32
+
+
+def _assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the most similar centre for every row of ``x`` (blockwise)."""
+    block = max(1, _BLOCK_ELEMENTS // max(1, centres.shape[0]))
+    return np.concatenate([np.argmax(x[i : i + block] @ centres.T, axis=1) for i in range(0, x.shape[0], block)])
+
+
+def _argmax_rows(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For every centre, the index of the most similar row of ``x`` (blockwise)."""
+    block = max(1, _BLOCK_ELEMENTS // max(1, centres.shape[0]))
+    best_score = np.full(centres.shape[0], -np.inf, dtype=np.float32)
+    best_row = np.zeros(centres.shape[0], dtype=np.int64)
+    for i in range(0, x.shape[0], block):
+        scores = x[i : i + block] @ centres.T
+        rows = np.argmax(scores, axis=0)
+        top = scores[rows, np.arange(centres.shape[0])]
+        better = top > best_score
+        best_score[better] = top[better]
+        best_row[better] = rows[better] + i
+    return best_row
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> np.ndarray:
+    """k unit-norm centres of ``x`` by Lloyd iterations on cosine similarity."""
     centres = x[np.sort(rng.choice(x.shape[0], k, replace=False))].copy()
     for _ in range(iterations):
-        assignment = np.argmax(x @ centres.T, axis=1)
+        assignment = _assign(x, centres)
         order = np.argsort(assignment, kind="stable")
         present, starts = np.unique(assignment[order], return_index=True)
         sums = np.add.reduceat(x[order], starts, axis=0)

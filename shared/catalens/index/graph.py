@@ -21,16 +21,25 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_EF = 96
-DEFAULT_EXPAND = 16
+DEFAULT_EXPAND = 24
+DEFAULT_PROBE = 32
 
 
 @dataclass(frozen=True, eq=False)
 class NeighbourGraph:
-    """A directed neighbour graph over snapshot rows, as CSR arrays, with its entry points."""
+    """A directed neighbour graph over snapshot rows, as CSR arrays, with its entry points.
+
+    With many entry points (16k at 1M rows), scoring them all would cost more than the walk, so
+    they can be grouped: ``entry_points`` sorted by group, ``entry_group_ptr`` delimiting the
+    groups and ``entry_centroids`` their unit-norm mean directions. A query then scores the
+    centroids, and only the entry points of the ``probe`` best groups.
+    """
 
     indptr: np.ndarray  # int64[n + 1]
     indices: np.ndarray  # int32[nnz], row numbers
     entry_points: np.ndarray  # int32[m], covering every weakly connected component
+    entry_group_ptr: np.ndarray | None = None  # int64[c + 1]: group g = entry_points[ptr[g]:ptr[g + 1]]
+    entry_centroids: np.ndarray | None = None  # float32[c, d]
 
     def __post_init__(self) -> None:
         if self.indptr.ndim != 1 or self.indices.ndim != 1 or self.entry_points.ndim != 1:
@@ -39,14 +48,28 @@ class NeighbourGraph:
             raise ValueError("graph indptr does not match its indices")
         if self.entry_points.size == 0 and self.n_vertices > 0:
             raise ValueError("a non-empty graph needs at least one entry point")
+        if (self.entry_group_ptr is None) != (self.entry_centroids is None):
+            raise ValueError("entry groups need both their pointers and their centroids")
+        if self.entry_group_ptr is not None and (
+            self.entry_group_ptr.size != self.entry_centroids.shape[0] + 1
+            or int(self.entry_group_ptr[-1]) != self.entry_points.size
+        ):
+            raise ValueError("entry group pointers do not match the entry points")
 
     @property
     def n_vertices(self) -> int:
         return int(self.indptr.size - 1)
 
     @property
-    def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.indices.nbytes + self.entry_points.nbytes)
+    def n_groups(self) -> int:
+        return 0 if self.entry_centroids is None else int(self.entry_centroids.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"indptr": self.indptr, "indices": self.indices, "entry_points": self.entry_points}
+        if self.entry_group_ptr is not None:
+            out["entry_group_ptr"] = self.entry_group_ptr
+            out["entry_centroids"] = self.entry_centroids
+        return out
 
 
 class _Scratch(threading.local):
@@ -81,9 +104,22 @@ class GraphSearcher:
         self._indptr = graph.indptr.astype(np.int64, copy=False)
         self._indices = graph.indices.astype(np.int32, copy=False)
         self._entries = graph.entry_points.astype(np.int64, copy=False)
-        # A contiguous copy makes scoring every entry point a single BLAS call.
+        # A contiguous copy makes scoring entry points (all, or a group's slice) a single BLAS call.
         self._entry_vectors = np.ascontiguousarray(vectors[self._entries])
+        self._group_ptr = None if graph.entry_group_ptr is None else graph.entry_group_ptr.astype(np.int64)
+        self._centroids = graph.entry_centroids
         self._scratch = _Scratch()
+
+    def _seed_entries(self, query: np.ndarray, probe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Entry points to score for ``query`` and their scores: all of them, or those of the best groups."""
+        if self._centroids is None or probe >= self._centroids.shape[0]:
+            return self._entries, self._entry_vectors @ query
+        centroid_scores = self._centroids @ query
+        groups = np.argpartition(centroid_scores, centroid_scores.size - probe)[-probe:]
+        ptr = self._group_ptr
+        slices = [np.arange(ptr[g], ptr[g + 1]) for g in groups.tolist()]
+        chosen = np.concatenate(slices)
+        return self._entries[chosen], self._entry_vectors[chosen] @ query
 
     def _stamps(self) -> tuple[np.ndarray, _Scratch]:
         scratch = self._scratch
@@ -99,6 +135,7 @@ class GraphSearcher:
         *,
         ef: int = DEFAULT_EF,
         expand: int = DEFAULT_EXPAND,
+        probe: int = DEFAULT_PROBE,
         allowed: np.ndarray | None = None,
         max_steps: int = 100_000,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +151,8 @@ class GraphSearcher:
             Size of the candidate pool (raised to ``k`` if smaller); larger is slower and more exact.
         expand:
             How many of the best unexpanded candidates are expanded per step (one matmul each step).
+        probe:
+            When the entry points are grouped, how many groups' entry points are scored.
         allowed:
             Optional bool[n]: only rows marked True are returned. The walk still passes through the
             other rows (they are needed to navigate); results are collected from every scored row,
@@ -128,13 +167,13 @@ class GraphSearcher:
         if k <= 0 or self._entries.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         ef = max(ef, k)
-        vectors, indptr, indices, entries = self._vectors, self._indptr, self._indices, self._entries
+        vectors, indptr, indices = self._vectors, self._indptr, self._indices
         stamps, scratch = self._stamps()
         base = scratch.next_base
+        entries, entry_scores = self._seed_entries(query, probe)
         stamps[entries] = base + np.arange(entries.size)
         counter = base + entries.size
 
-        entry_scores = self._entry_vectors @ query
         if entry_scores.size > ef:
             keep = np.argpartition(entry_scores, entry_scores.size - ef)[-ef:]
             pool_rows, pool_scores = entries[keep], entry_scores[keep]

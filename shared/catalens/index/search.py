@@ -38,6 +38,8 @@ class SearchParams:
         Candidate pool of the graph walk (recall vs latency).
     expand:
         Candidates expanded per step of the walk (one matmul per step).
+    probe:
+        Groups of entry points scored per query (when the snapshot groups them).
     filtered_exact_below:
         When a filter leaves at most this many snapshot rows, search exactly over just those rows
         (a gather plus one matmul) instead of walking the graph.
@@ -46,7 +48,8 @@ class SearchParams:
     """
 
     ef: int = 96
-    expand: int = 16
+    expand: int = 24
+    probe: int = 32
     filtered_exact_below: int = 20_000
     max_ef: int = 2048
 
@@ -288,7 +291,7 @@ class IndexView:
         if n_allowed == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         excluded_rows = snapshot.rows_of(list(exclude)) if exclude else np.empty(0, np.int64)
-        excluded_rows = excluded_rows[excluded_rows >= 0]
+        excluded_rows = np.unique(excluded_rows[excluded_rows >= 0])
         searcher = snapshot.graph_searcher
         use_graph = searcher is not None and (
             strategy == "graph" or (strategy == "auto" and n_allowed > self.params.filtered_exact_below)
@@ -298,11 +301,14 @@ class IndexView:
             ef = self.params.ef
             if allowed is not None and n_allowed < len(snapshot):
                 ef = min(self.params.max_ef, math.ceil(ef * len(snapshot) / n_allowed))
-            rows, scores = searcher.search(q, want, ef=max(ef, want), expand=self.params.expand, allowed=allowed)
+            rows, scores = searcher.search(
+                q, want, ef=max(ef, want), expand=self.params.expand, probe=self.params.probe, allowed=allowed
+            )
             if excluded_rows.size:
                 keep = ~np.isin(rows, excluded_rows)
                 rows, scores = rows[keep], scores[keep]
-            reachable = min(k, n_allowed - int(excluded_rows.size))
+            excluded_allowed = int(excluded_rows.size if allowed is None else np.count_nonzero(allowed[excluded_rows]))
+            reachable = min(k, n_allowed - excluded_allowed)
             if rows.size >= reachable:
                 return rows[:k], scores[:k]
             # The walk found fewer allowed rows than exist: answer exactly rather than short.

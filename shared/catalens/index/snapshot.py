@@ -223,9 +223,8 @@ class Snapshot:
             for name, array in self.projection.arrays().items():
                 arrays[f"projection.{name}.npy"] = array
         if self.graph is not None:
-            arrays["graph.indptr.npy"] = self.graph.indptr
-            arrays["graph.indices.npy"] = self.graph.indices
-            arrays["graph.entry_points.npy"] = self.graph.entry_points
+            for name, array in self.graph.arrays().items():
+                arrays[f"graph.{name}.npy"] = array
         files = {name: _npy_bytes(array) for name, array in arrays.items()}
         files["tombstones.json"] = canonical_json([_tombstone_doc(t) for t in self.tombstones]).encode()
         meta = {
@@ -245,6 +244,8 @@ class Snapshot:
                 "vertices": self.graph.n_vertices,
                 "edges": int(self.graph.indices.size),
                 "entry_points": int(self.graph.entry_points.size),
+                "entry_groups": self.graph.n_groups,
+                "arrays": sorted(self.graph.arrays()),
             },
             "info": dict(self.info),
             "files": {
@@ -292,11 +293,8 @@ class Snapshot:
             )
         graph = None
         if meta.get("graph"):
-            graph = NeighbourGraph(
-                indptr=array("graph.indptr.npy"),
-                indices=array("graph.indices.npy"),
-                entry_points=array("graph.entry_points.npy"),
-            )
+            names = meta["graph"].get("arrays", ["entry_points", "indices", "indptr"])
+            graph = NeighbourGraph(**{name: array(f"graph.{name}.npy") for name in names})
         tombstones = tuple(_tombstone_from_doc(doc) for doc in json.loads(bytes(files["tombstones.json"])))
         vectors = array("vectors.npy")
         if vectors.ndim == 1:  # an empty snapshot saved as shape (0,)
