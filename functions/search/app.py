@@ -1,13 +1,16 @@
 """Search Lambda behind API Gateway (REST): each route hands the request to SearchService and returns its answer."""
 
+import warnings
+
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 
 from catalens.service import http
 from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
 from catalens.service.runtime import build_search_service, load_profile_store
+from catalens.service.telemetry import PowertoolsMetrics
 from catalens.settings import load_settings
 
 logger = Logger()
@@ -15,9 +18,12 @@ tracer = Tracer()
 metrics = Metrics()
 settings = load_settings()
 profiles = load_profile_store(settings, boto3.client("dynamodb"))
-service = build_search_service(settings, s3_client=boto3.client("s3"), profiles=profiles)
-app = APIGatewayRestResolver()
-http.register_error_handlers(app, logger)
+emf = PowertoolsMetrics(metrics)
+service = build_search_service(settings, s3_client=boto3.client("s3"), profiles=profiles, metrics=emf)
+app = http.RestResolver()
+http.register_error_handlers(app, logger, metrics=emf)
+# Searches and errors are counted; health checks, item reads and the OpenAPI document have nothing to count.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 @app.post("/search")

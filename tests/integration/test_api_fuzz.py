@@ -1,8 +1,9 @@
 """Fuzz the search API from its OpenAPI document (schemathesis) and find no 5xx.
 
 The real handler runs in-process behind a tiny WSGI adapter that does what API Gateway (REST, proxy integration)
-does: binary media types of template.yaml arrive base64-encoded with ``isBase64Encoded``, the path arrives decoded,
-headers and query strings come single- and multi-valued. Schemathesis generates valid and invalid requests for every
+does: binary media types of template.yaml arrive base64-encoded with ``isBase64Encoded``, the path stays
+percent-encoded as sent while ``pathParameters`` carry the decoded values, headers and query strings come single- and
+multi-valued. Schemathesis generates valid and invalid requests for every
 operation (bounded by ``max_examples``, deterministic so CI is repeatable).
 """
 
@@ -34,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
+from catalens.local.gateway import Route, match_route, percent_encoded
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from tests.unit.imagefactory import encode, photo
@@ -41,8 +43,8 @@ from tests.unit.imagefactory import encode, photo
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENT = json.loads((REPO / "shared" / "catalens" / "data" / "openapi.json").read_text())
 BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "multipart/form-data")  # as in template.yaml
-INDEX = "catalens-index-fuzz"
 
+ROUTES = [Route(method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item]
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 EXCLUDED_CHECKS = [negative_data_rejection, positive_data_acceptance, ignored_auth, missing_required_header]
 
@@ -69,16 +71,17 @@ def api_gateway(handler: Callable[[dict, Any], dict], context: Any) -> Callable:
         media_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
         binary = media_type in BINARY_MEDIA_TYPES
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace")
+        path = percent_encoded(environ.get("RAW_URI", "/").split("?", 1)[0])
+        route = match_route(ROUTES, environ["REQUEST_METHOD"], path)
         event = {
-            "resource": path,
+            "resource": route[0].resource if route else path,
             "path": path,
             "httpMethod": environ["REQUEST_METHOD"],
             "headers": headers,
             "multiValueHeaders": {k: [v] for k, v in headers.items()},
             "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
             "multiValueQueryStringParameters": query or None,
-            "pathParameters": None,
+            "pathParameters": (route[1] or None) if route else None,
             "requestContext": {"stage": "prod", "requestId": "fuzz", "httpMethod": environ["REQUEST_METHOD"]},
             "body": (base64.b64encode(raw).decode() if binary else raw.decode("utf-8", "replace")) if raw else None,
             "isBase64Encoded": binary and bool(raw),
@@ -95,16 +98,13 @@ def api_gateway(handler: Callable[[dict, Any], dict], context: Any) -> Callable:
 
 
 @pytest.fixture
-def gateway(
-    moto_aws: None, monkeypatch: pytest.MonkeyPatch, model_dir: Path, load_function: Any, lambda_context: Any
-) -> Callable:
-    """The search function over a small index (three items, one of them id ``sku-1``), behind the adapter."""
+def gateway(function_env: Any, model_dir: Path, load_function: Any, lambda_context: Any) -> Callable:
+    """The search function (template resources and environment) over a small index (three items, one of them id
+    ``sku-1``), behind the adapter."""
+    env = function_env("SearchFunction", CATALENS_MODEL_DIR=str(model_dir))
     s3 = boto3.client("s3", region_name="us-east-1")
-    s3.create_bucket(Bucket=INDEX)
-    monkeypatch.setenv("INDEX_BUCKET", INDEX)
-    monkeypatch.setenv("CATALENS_MODEL_DIR", str(model_dir))
     embedder = Embedder.from_dir(model_dir)
-    store = index_store(Settings(index_bucket=INDEX, index_prefix="index/"), s3)
+    store = index_store(Settings(index_bucket=env["INDEX_BUCKET"], index_prefix=env["INDEX_PREFIX"]), s3)
     vectors = embedder.embed_images([encode(photo(160, 120, seed=s)) for s in range(3)])
     for i, vector in enumerate(vectors):
         fields = {"title": f"t{i}", "price": float(i), "category": "c", "brand": "b"}

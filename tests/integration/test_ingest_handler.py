@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -25,8 +26,6 @@ from catalens.settings import Settings
 from tests.unit.imagefactory import encode, photo, png_bomb
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
-CATALOG = "catalens-catalog-test"
-INDEX = "catalens-index-test"
 REGION = "us-east-1"
 
 
@@ -46,57 +45,57 @@ def sqs_event(bodies: list[str]) -> dict[str, Any]:
     return {"Records": records}
 
 
-def aws_created(key: str, etag: str, sequencer: str, size: int = 1) -> str:
+def aws_created(bucket: str, key: str, etag: str, sequencer: str, size: int = 1) -> str:
     """An AWS-shaped ObjectCreated:Put notification (recorded, with this key/etag/sequencer)."""
     event = recorded("s3_object_created_aws.json")
     obj = event["Records"][0]["s3"]["object"]
-    event["Records"][0]["s3"]["bucket"]["name"] = CATALOG
+    event["Records"][0]["s3"]["bucket"]["name"] = bucket
     obj.update(key=quote_plus(key, safe="/"), eTag=etag, sequencer=sequencer, size=size)
     return json.dumps(event)
 
 
-def aws_removed(key: str, sequencer: str) -> str:
+def aws_removed(bucket: str, key: str, sequencer: str) -> str:
     event = recorded("s3_object_removed_aws.json")
-    event["Records"][0]["s3"]["bucket"]["name"] = CATALOG
+    event["Records"][0]["s3"]["bucket"]["name"] = bucket
     event["Records"][0]["s3"]["object"].update(key=quote_plus(key, safe="/"), sequencer=sequencer)
     return json.dumps(event)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """The template's catalog bucket, ingest queue and index bucket (names as ``sam deploy`` would make them)."""
+
+    s3: Any
+    sqs: Any
+    queue: str
+    catalog: str
+    index: str
+    settings: Settings
+
+
 @pytest.fixture
-def stack(moto_aws: None, monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> dict[str, Any]:
-    """Catalog bucket → SQS queue (with a DLQ) notifications, and an index bucket, as in template.yaml."""
-    s3 = boto3.client("s3", region_name=REGION)
+def stack(template_stack: Any, function_env: Any, model_dir: Path) -> Stack:
+    """template.yaml's resources in moto, and the ingest function's environment from its template entry."""
+    env = function_env("IngestFunction", CATALENS_MODEL_DIR=str(model_dir))
     sqs = boto3.client("sqs", region_name=REGION)
-    dlq = sqs.create_queue(QueueName="ingest-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = sqs.create_queue(
-        QueueName="catalog-events",
-        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"})},
-    )["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.create_bucket(Bucket=CATALOG)
-    s3.create_bucket(Bucket=INDEX)
-    s3.put_bucket_notification_configuration(
-        Bucket=CATALOG,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]},
-            ]
-        },
-    )
-    monkeypatch.setenv("CATALOG_BUCKET", CATALOG)
-    monkeypatch.setenv("INDEX_BUCKET", INDEX)
-    monkeypatch.setenv("INDEX_PREFIX", "index/")
-    monkeypatch.setenv("CATALENS_MODEL_DIR", str(model_dir))
+    queue = template_stack.queue_urls["CatalogEventsQueue"]
     drain(sqs, queue)  # S3's s3:TestEvent
-    return {"s3": s3, "sqs": sqs, "queue": queue}
+    return Stack(
+        s3=boto3.client("s3", region_name=REGION),
+        sqs=sqs,
+        queue=queue,
+        catalog=env["CATALOG_BUCKET"],
+        index=env["INDEX_BUCKET"],
+        settings=Settings(index_bucket=env["INDEX_BUCKET"], index_prefix=env["INDEX_PREFIX"]),
+    )
 
 
 def drain(sqs: Any, queue: str) -> list[str]:
     """Every message body waiting on the queue (deleted as read, as Lambda's poller does on success)."""
     bodies: list[str] = []
     while True:
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        # WaitTimeSeconds=0: the template's queue long-polls (20 s) by default, moto included
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
         if not messages:
             return bodies
         for message in messages:
@@ -104,9 +103,8 @@ def drain(sqs: Any, queue: str) -> list[str]:
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
 
 
-def view(stack: dict[str, Any]) -> Any:
-    settings = Settings(index_bucket=INDEX, index_prefix="index/")
-    return IndexCache(index_store(settings, stack["s3"]), background=False).view()
+def view(stack: Stack) -> Any:
+    return IndexCache(index_store(stack.settings, stack.s3), background=False).view()
 
 
 def jpeg(seed: int) -> bytes:
@@ -114,7 +112,7 @@ def jpeg(seed: int) -> bytes:
 
 
 @pytest.fixture
-def ingest(stack: dict[str, Any], load_function: Any, lambda_context: Any) -> Any:
+def ingest(stack: Stack, load_function: Any, lambda_context: Any) -> Any:
     module = load_function("ingest")
 
     def run(bodies: list[str]) -> dict[str, Any]:
@@ -124,15 +122,15 @@ def ingest(stack: dict[str, Any], load_function: Any, lambda_context: Any) -> An
     return run
 
 
-def upload(stack: dict[str, Any], key: str, data: bytes, **metadata: str) -> list[str]:
-    stack["s3"].put_object(Bucket=CATALOG, Key=key, Body=data, Metadata=metadata)
-    return drain(stack["sqs"], stack["queue"])
+def upload(stack: Stack, key: str, data: bytes, **metadata: str) -> list[str]:
+    stack.s3.put_object(Bucket=stack.catalog, Key=key, Body=data, Metadata=metadata)
+    return drain(stack.sqs, stack.queue)
 
 
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_moto_notification_upload_is_searchable_with_fields(stack: dict[str, Any], ingest: Any) -> None:
+def test_moto_notification_upload_is_searchable_with_fields(stack: Stack, ingest: Any) -> None:
     key = "photos/red shoe+ü.jpg"  # space, plus and unicode: encoded by S3 in the event, decoded per record
     bodies = upload(stack, key, jpeg(1), title="Red shoe", price="19.90", currency="eur", category="shoes")
     assert len(bodies) == 1
@@ -152,59 +150,63 @@ def test_moto_notification_upload_is_searchable_with_fields(stack: dict[str, Any
     assert hits[0].score > 0.99
 
 
-def test_aws_shaped_events_create_overwrite_delete(stack: dict[str, Any], ingest: Any) -> None:
+def test_aws_shaped_events_create_overwrite_delete(stack: Stack, ingest: Any) -> None:
     key = "photos/sku-1.jpg"
-    stack["s3"].put_object(Bucket=CATALOG, Key=key, Body=jpeg(2))
-    drain(stack["sqs"], stack["queue"])
-    etag = stack["s3"].head_object(Bucket=CATALOG, Key=key)["ETag"].strip('"')
-    assert ingest([aws_created(key, etag, "0055AED6DCD90281E5")]) == {"batchItemFailures": []}
+    stack.s3.put_object(Bucket=stack.catalog, Key=key, Body=jpeg(2))
+    drain(stack.sqs, stack.queue)
+    etag = stack.s3.head_object(Bucket=stack.catalog, Key=key)["ETag"].strip('"')
+    assert ingest([aws_created(stack.catalog, key, etag, "0055AED6DCD90281E5")]) == {"batchItemFailures": []}
     first = view(stack).vector_of("photos/sku-1").copy()
 
-    stack["s3"].put_object(Bucket=CATALOG, Key=key, Body=jpeg(3))  # overwrite: a new photo, a later sequencer
-    drain(stack["sqs"], stack["queue"])
-    etag2 = stack["s3"].head_object(Bucket=CATALOG, Key=key)["ETag"].strip('"')
-    assert ingest([aws_created(key, etag2, "0055AED6DCD90281F0")]) == {"batchItemFailures": []}
+    stack.s3.put_object(Bucket=stack.catalog, Key=key, Body=jpeg(3))  # overwrite: a new photo, a later sequencer
+    drain(stack.sqs, stack.queue)
+    etag2 = stack.s3.head_object(Bucket=stack.catalog, Key=key)["ETag"].strip('"')
+    assert ingest([aws_created(stack.catalog, key, etag2, "0055AED6DCD90281F0")]) == {"batchItemFailures": []}
     second = view(stack).get("photos/sku-1")
     assert second.source_etag == etag2
     assert float(np.dot(first, second.vector)) < 0.99  # a new vector
 
-    stack["s3"].delete_object(Bucket=CATALOG, Key=key)
-    drain(stack["sqs"], stack["queue"])
-    assert ingest([aws_removed(key, "0055AED6DCD9028A01")]) == {"batchItemFailures": []}
+    stack.s3.delete_object(Bucket=stack.catalog, Key=key)
+    drain(stack.sqs, stack.queue)
+    assert ingest([aws_removed(stack.catalog, key, "0055AED6DCD9028A01")]) == {"batchItemFailures": []}
     assert view(stack).get("photos/sku-1") is None
     assert len(view(stack)) == 0
 
 
-def test_moto_delete_event_removes_the_item(stack: dict[str, Any], ingest: Any) -> None:
+def test_moto_delete_event_removes_the_item(stack: Stack, ingest: Any) -> None:
+    # The template's catalog bucket is versioned: a delete makes a delete marker, for which AWS sends
+    # ObjectRemoved:DeleteMarkerCreated (recorded shape: test_aws_shaped_events_create_overwrite_delete) but moto
+    # sends nothing. With versioning suspended moto sends its own ObjectRemoved:Delete shape, tested here.
+    stack.s3.put_bucket_versioning(Bucket=stack.catalog, VersioningConfiguration={"Status": "Suspended"})
     assert ingest(upload(stack, "a.jpg", jpeg(4))) == {"batchItemFailures": []}
     assert view(stack).get("a") is not None
-    stack["s3"].delete_object(Bucket=CATALOG, Key="a.jpg")
-    bodies = drain(stack["sqs"], stack["queue"])
+    stack.s3.delete_object(Bucket=stack.catalog, Key="a.jpg")
+    bodies = drain(stack.sqs, stack.queue)
     assert json.loads(bodies[0])["Records"][0]["eventName"] == "ObjectRemoved:Delete"
     assert ingest(bodies) == {"batchItemFailures": []}
     assert view(stack).get("a") is None
 
 
-def test_late_create_after_delete_does_not_resurrect(stack: dict[str, Any], ingest: Any) -> None:
-    stack["s3"].put_object(Bucket=CATALOG, Key="b.jpg", Body=jpeg(5))
-    etag = stack["s3"].head_object(Bucket=CATALOG, Key="b.jpg")["ETag"].strip('"')
-    stack["s3"].delete_object(Bucket=CATALOG, Key="b.jpg")
-    drain(stack["sqs"], stack["queue"])
+def test_late_create_after_delete_does_not_resurrect(stack: Stack, ingest: Any) -> None:
+    stack.s3.put_object(Bucket=stack.catalog, Key="b.jpg", Body=jpeg(5))
+    etag = stack.s3.head_object(Bucket=stack.catalog, Key="b.jpg")["ETag"].strip('"')
+    stack.s3.delete_object(Bucket=stack.catalog, Key="b.jpg")
+    drain(stack.sqs, stack.queue)
     # The delete arrives first, the create (older sequencer) after it: the item must stay gone.
-    assert ingest([aws_removed("b.jpg", "00A2"), aws_created("b.jpg", etag, "00A1")]) == {"batchItemFailures": []}
+    assert ingest([aws_removed(stack.catalog, "b.jpg", "00A2"), aws_created(stack.catalog, "b.jpg", etag, "00A1")]) == {
+        "batchItemFailures": []
+    }
     assert view(stack).get("b") is None
 
 
-def test_duplicate_delivery_changes_nothing(stack: dict[str, Any], ingest: Any) -> None:
+def test_duplicate_delivery_changes_nothing(stack: Stack, ingest: Any) -> None:
     bodies = upload(stack, "c.jpg", jpeg(6))
     assert ingest(bodies + bodies) == {"batchItemFailures": []}
-    deltas = list(stack["s3"].list_objects_v2(Bucket=INDEX, Prefix="index/deltas/").get("Contents", []))
+    deltas = list(stack.s3.list_objects_v2(Bucket=stack.index, Prefix="index/deltas/").get("Contents", []))
     assert len(deltas) == 1
 
 
-def test_bad_files_fail_alone_and_are_recorded(
-    stack: dict[str, Any], ingest: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_files_fail_alone_and_are_recorded(stack: Stack, ingest: Any, capsys: pytest.CaptureFixture[str]) -> None:
     good = upload(stack, "good-1.jpg", jpeg(7)) + upload(stack, "good-2.png", encode(photo(200, 200, seed=8), "PNG"))
     corrupt = upload(stack, "corrupt.jpg", jpeg(9)[:600])
     text = upload(stack, "notes.jpg", b"this is a text file, not a photo\n")
@@ -220,9 +222,7 @@ def test_bad_files_fail_alone_and_are_recorded(
     assert index.get("good-1") is not None
     assert index.get("good-2") is not None
     assert len(index) == 2
-    markers = {
-        m["key"]: m["code"] for m in error_log(Settings(index_prefix="index/", index_bucket=INDEX), stack["s3"]).list()
-    }
+    markers = {m["key"]: m["code"] for m in error_log(stack.settings, stack.s3).list()}
     assert markers == {
         "corrupt.jpg": "truncated_image",
         "notes.jpg": "not_an_image",
@@ -235,14 +235,12 @@ def test_bad_files_fail_alone_and_are_recorded(
 
     # Fixed upload: indexes and clears its marker.
     assert ingest(upload(stack, "bad-price.jpg", jpeg(10), price="12.50")) == {"batchItemFailures": []}
-    markers_after = {
-        m["key"] for m in error_log(Settings(index_prefix="index/", index_bucket=INDEX), stack["s3"]).list()
-    }
+    markers_after = {m["key"] for m in error_log(stack.settings, stack.s3).list()}
     assert "bad-price.jpg" not in markers_after
     assert view(stack).get("bad-price").fields["price"] == 12.5
 
 
-def test_sidecar_supplies_and_updates_fields(stack: dict[str, Any], ingest: Any) -> None:
+def test_sidecar_supplies_and_updates_fields(stack: Stack, ingest: Any) -> None:
     sidecar = {"title": "Oat milk", "brand": "Oatly", "price": 2.49, "tags": ["vegan", "dairy-free"]}
     assert ingest(upload(stack, "milk.jpg.json", json.dumps(sidecar).encode())) == {"batchItemFailures": []}
     assert view(stack).get("milk") is None  # a sidecar alone indexes nothing (and is never a photo)
@@ -257,7 +255,7 @@ def test_sidecar_supplies_and_updates_fields(stack: dict[str, Any], ingest: Any)
 
 
 def test_near_duplicate_upload_is_flagged(
-    stack: dict[str, Any],
+    stack: Stack,
     load_function: Any,
     lambda_context: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -283,14 +281,14 @@ def test_near_duplicate_upload_is_flagged(
     assert '"NearDuplicates"' in capsys.readouterr().out
 
 
-def test_s3_test_event_and_folder_markers_are_ignored(stack: dict[str, Any], ingest: Any) -> None:
+def test_s3_test_event_and_folder_markers_are_ignored(stack: Stack, ingest: Any) -> None:
     test_event = json.dumps(recorded("s3_test_event.json"))
     folder = upload(stack, "photos/", b"")
     assert ingest([test_event, *folder]) == {"batchItemFailures": []}
     assert len(view(stack)) == 0
 
 
-def test_unreadable_message_is_a_failure(stack: dict[str, Any], ingest: Any) -> None:
+def test_unreadable_message_is_a_failure(stack: Stack, ingest: Any) -> None:
     good = upload(stack, "ok.jpg", jpeg(15))
     assert ingest(["not json", *good, json.dumps({"hello": 1})]) == {
         "batchItemFailures": [{"itemIdentifier": "msg-0"}, {"itemIdentifier": "msg-2"}]
@@ -300,10 +298,10 @@ def test_unreadable_message_is_a_failure(stack: dict[str, Any], ingest: Any) -> 
         ingest(["not json"])
 
 
-def test_photo_deleted_before_ingest_is_skipped(stack: dict[str, Any], ingest: Any) -> None:
+def test_photo_deleted_before_ingest_is_skipped(stack: Stack, ingest: Any) -> None:
     bodies = upload(stack, "gone.jpg", jpeg(14))
-    stack["s3"].delete_object(Bucket=CATALOG, Key="gone.jpg")
-    drain(stack["sqs"], stack["queue"])
+    stack.s3.delete_object(Bucket=stack.catalog, Key="gone.jpg")
+    drain(stack.sqs, stack.queue)
     assert ingest(bodies) == {"batchItemFailures": []}
     assert view(stack).get("gone") is None
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import http.client
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -19,13 +22,13 @@ import yaml
 
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
+from catalens.service.ingest import item_id_for_key
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from tests.unit.imagefactory import encode, photo
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 REPO = Path(__file__).resolve().parents[2]
-INDEX = "catalens-index-test"
 REGION = "us-east-1"
 CATEGORIES = ["shoes", "bags", "shoes", "hats", "bags", "shoes", "hats", "shoes"]
 
@@ -75,12 +78,15 @@ def embedder(model_dir: Path) -> Embedder:
 
 
 @pytest.fixture
-def index_settings(moto_aws: None, monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> Settings:
-    boto3.client("s3", region_name=REGION).create_bucket(Bucket=INDEX)
-    monkeypatch.setenv("INDEX_BUCKET", INDEX)
-    monkeypatch.setenv("INDEX_PREFIX", "index/")
-    monkeypatch.setenv("CATALENS_MODEL_DIR", str(model_dir))
-    return Settings(index_bucket=INDEX, index_prefix="index/")
+def index_settings(template_stack: Any, function_env: Any, model_dir: Path) -> Settings:
+    """template.yaml's resources in moto and the search function's environment from its template entry."""
+    env = function_env("SearchFunction", CATALENS_MODEL_DIR=str(model_dir))
+    return Settings(
+        index_bucket=env["INDEX_BUCKET"],
+        index_prefix=env["INDEX_PREFIX"],
+        profiles_table=env["PROFILES_TABLE"],
+        events_table=env["EVENTS_TABLE"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -222,14 +228,94 @@ def test_get_item_and_health(catalog: dict[str, bytes], call: Any) -> None:
     assert health["model"]["fingerprint"]
 
 
-def test_item_ids_with_spaces_and_unicode_round_trip(index_settings: Settings, embedder: Embedder, call: Any) -> None:
+# Ids as ingest derives them from catalog keys: spaces, folders, non-ASCII, '%' and '+', and an id whose last
+# folder is called "similar" (it must not be taken for the /similar route).
+CATALOG_KEYS = [
+    "photos/red shoe.jpg",
+    "photos/shoes/sku-1.final.png",
+    "photos/kitchen/10 ÷ 2 = 5.jpg",
+    "photos/100% wool+silk.webp",
+    "photos/café/crème brûlée.jpg",
+    "photos/shoes/similar.jpg",
+]
+
+
+def item_event(item_id: str, suffix: str = "", *, path_parameters: bool = True) -> dict[str, Any]:
+    """``GET /items/{id}[suffix]`` as API Gateway REST delivers it: ``path`` percent-encoded as the client sent
+    it (encodeURIComponent, so ``/`` is ``%2F``), ``pathParameters`` decoded, ``resource`` the template's."""
+    event = rest_event("GET", f"/items/{quote(item_id, safe='')}{suffix}")
+    event["resource"] = event["requestContext"]["resourcePath"] = "/items/{id}" + suffix
+    event["pathParameters"] = {"id": item_id} if path_parameters else None
+    return event
+
+
+@pytest.fixture
+def catalog_ids(index_settings: Settings, embedder: Embedder) -> list[str]:
+    """One item per key of CATALOG_KEYS, ids derived as ingest derives them, plus a neighbour for /similar."""
     store = index_store(index_settings, boto3.client("s3", region_name=REGION))
-    vector = embedder.embed_images([jpeg(1)])[0]
-    store.write_item(
-        ItemRecord("red shoe ü", vector, {}, "red shoe ü.jpg", "e", "01"), model_fingerprint=embedder.fingerprint
-    )
-    status, item, _ = call(rest_event("GET", "/items/red shoe ü"))  # API Gateway hands the path decoded
-    assert (status, item["item_id"]) == (200, "red shoe ü")
+    ids = [item_id_for_key(key, "photos/") for key in CATALOG_KEYS]
+    vectors = embedder.embed_images([jpeg(200 + n) for n in range(len(ids))])
+    for n, (item_id, key, vector) in enumerate(zip(ids, CATALOG_KEYS, vectors, strict=True)):
+        record = ItemRecord(item_id, vector, {"title": key}, key, f"etag-{n}", f"{n + 1:04X}")
+        store.write_item(record, model_fingerprint=embedder.fingerprint)
+    return ids
+
+
+@pytest.mark.parametrize("path_parameters", [True, False], ids=["pathParameters", "path-only"])
+def test_every_id_ingest_makes_is_reachable(catalog_ids: list[str], call: Any, path_parameters: bool) -> None:
+    for item_id in catalog_ids:
+        status, item, _ = call(item_event(item_id, path_parameters=path_parameters))
+        assert (status, item.get("item_id")) == (200, item_id), item
+        status, similar, _ = call(item_event(item_id, "/similar", path_parameters=path_parameters))
+        assert status == 200, similar
+        assert similar["query"]["item_id"] == item_id
+        assert item_id not in {hit["item_id"] for hit in similar["hits"]}
+        assert len(similar["hits"]) == len(catalog_ids) - 1
+
+
+def test_a_raw_non_ascii_path_segment_is_matched_too(catalog_ids: list[str], call: Any) -> None:
+    """A client that sends UTF-8 unencoded: the segment still matches the route (it used to be 404 not_found)."""
+    item_id = item_id_for_key(CATALOG_KEYS[2], "photos/").replace("/", "%2F")
+    event = rest_event("GET", f"/items/{item_id}")
+    status, item, _ = call(event)
+    assert (status, item.get("item_id")) == (200, "kitchen/10 ÷ 2 = 5"), item
+
+
+def test_ids_reach_the_handler_through_the_local_gateway(
+    catalog_ids: list[str], template_stack: Any, call: Any, lambda_context: Any
+) -> None:
+    """The local gateway (template's routes) in front of the real handler, over HTTP as a browser calls it."""
+    from catalens.local.gateway import ApiConfig, Gateway, Route
+    from catalens.provision import api_spec
+
+    api = api_spec(template_stack)
+    routes = [Route(r.method, r.path, r.api_key_required) for r in api.routes]
+    config = ApiConfig(routes=routes, binary_media_types=api.binary_media_types, stage=api.stage, api_key="k3y")
+    gateway = Gateway(config, lambda event: call.module.lambda_handler(event, lambda_context), port=0)
+    gateway.start()
+    try:
+        for item_id in catalog_ids:
+            for suffix in ("", "/similar"):
+                target = f"/api/items/{quote(item_id, safe='')}{suffix}"
+                status, body = http_get(gateway.port, target.encode())
+                assert status == 200, (target, body)
+                assert (body.get("item_id") or body["query"]["item_id"]) == item_id
+        # UTF-8 bytes sent unencoded on the request line (curl does this) name the same item
+        raw = "/api/items/kitchen%2F10 ÷ 2 = 5".replace(" ", "%20").encode("utf-8")
+        assert http_get(gateway.port, raw) == (200, call(item_event("kitchen/10 ÷ 2 = 5"))[1])
+    finally:
+        gateway.stop()
+
+
+def http_get(port: int, target: bytes) -> tuple[int, dict[str, Any]]:
+    """A GET with the request target sent byte for byte (http.client would refuse non-ASCII)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(
+            b"GET " + target + b" HTTP/1.1\r\nHost: local\r\nx-api-key: k3y\r\nConnection: close\r\n\r\n"
+        )
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, json.loads(response.read())
 
 
 def test_empty_index_answers_200_with_no_hits(index_settings: Settings, call: Any) -> None:
@@ -249,6 +335,54 @@ def test_openapi_document_is_served(index_settings: Settings, call: Any) -> None
     assert status == 200
     assert body["openapi"].startswith("3.")
     assert "/search" in body["paths"]
+
+
+def emf_documents(out: str) -> list[dict[str, Any]]:
+    """The CloudWatch EMF documents a handler printed: {metric: value list, dimension: value, ...} each."""
+    documents = []
+    for line in out.splitlines():
+        if line.startswith('{"_aws"'):
+            document = json.loads(line)
+            (directive,) = document["_aws"]["CloudWatchMetrics"]
+            names = [m["Name"] for m in directive["Metrics"]] + [d for ds in directive["Dimensions"] for d in ds]
+            documents.append({name: document[name] for name in names})
+    return documents
+
+
+def test_each_request_publishes_one_metrics_document(
+    catalog: dict[str, bytes], call: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    call(rest_event("POST", "/search", body=catalog["sku-1"], content_type="image/jpeg", base64_body=True))
+    (photo_search,) = emf_documents(capsys.readouterr().out)
+    assert photo_search["kind"] == "photo"
+    assert photo_search["Searches"] == [1.0]
+    assert photo_search["SearchHits"] == [8.0]  # k=12 over 8 items
+    assert photo_search["SearchMs"][0] > 0
+
+    call(rest_event("GET", "/items/sku-1/similar", query={"k": "3"}))
+    (item_search,) = emf_documents(capsys.readouterr().out)
+    assert (item_search["kind"], item_search["Searches"], item_search["SearchHits"]) == ("item", [1.0], [3.0])
+
+    call(rest_event("GET", "/items/sku-1/similar", query={"k": "0"}))
+    call(rest_event("GET", "/items/nope"))
+    errors = emf_documents(capsys.readouterr().out)
+    assert [(d["code"], d["ClientErrors"]) for d in errors] == [("invalid_parameter", [1.0]), ("item_not_found", [1.0])]
+    assert all("kind" not in d and "Searches" not in d for d in errors)
+
+
+def test_a_bug_answers_500_and_counts_a_server_error(
+    index_settings: Settings, call: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(call.module.service, "health", broken)
+    capsys.readouterr()
+    status, body, _ = call(rest_event("GET", "/health"))
+    assert (status, body["code"]) == (500, "internal_error")
+    (document,) = emf_documents(capsys.readouterr().out)
+    assert (document["ServerErrors"], document["code"]) == ([1.0], "internal_error")
 
 
 # ------------------------------------------------------------------------------------------------ malformed requests
@@ -351,22 +485,19 @@ def test_resolver_routes_match_the_openapi_document_and_the_template(index_setti
 
 
 def test_personalised_search_and_profile_erasure(
-    catalog: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, load_function: Any, lambda_context: Any
+    catalog: dict[str, bytes], index_settings: Settings, load_function: Any, lambda_context: Any
 ) -> None:
     import time
 
-    from catalens.adapters.dynamodb import DynamoProfileStore, create_tables
+    from catalens.adapters.dynamodb import DynamoProfileStore
     from catalens.index.cache import IndexCache
     from catalens.profiles import ProfileUpdater, index_lookup
     from catalens.profiles.events import ShopperEvent
 
     dynamodb = boto3.client("dynamodb", region_name=REGION)
-    create_tables(dynamodb, events="events", profiles="profiles", cooccurrence="cooc")
-    monkeypatch.setenv("PROFILES_TABLE", "profiles")
-    monkeypatch.setenv("EVENTS_TABLE", "events")
-    settings = Settings(index_bucket=INDEX, index_prefix="index/")
-    view = IndexCache(index_store(settings, boto3.client("s3", region_name=REGION)), background=False).view
-    updater = ProfileUpdater(store=DynamoProfileStore(dynamodb, "profiles"), lookup=index_lookup(view))
+    view = IndexCache(index_store(index_settings, boto3.client("s3", region_name=REGION)), background=False).view
+    store = DynamoProfileStore(dynamodb, index_settings.profiles_table)  # the template's table
+    updater = ProfileUpdater(store=store, lookup=index_lookup(view))
     now = int(time.time() * 1000)
     for n, item_id in enumerate(["sku-3", "sku-6", "sku-3", "sku-6", "sku-3"] * 3):  # alice buys hats
         updater.handle(ShopperEvent("alice", f"e{n}", now - 1000 * n, "purchase", item_id))
@@ -381,9 +512,17 @@ def test_personalised_search_and_profile_erasure(
     personal = search(user_id="alice")
     assert personal["personalized"] is True
     assert all("boost" in hit["explain"] for hit in personal["hits"])
-    assert search(user_id="alice", personalize="false")["personalized"] is False
-    assert search(user_id="nobody")["personalized"] is False  # a cold user gets plain visual results
+    plain = [(hit["item_id"], hit["score"]) for hit in search()["hits"]]
+    for opted_out_or_cold in (search(user_id="alice", personalize="false"), search(user_id="nobody")):
+        assert opted_out_or_cold["personalized"] is False
+        assert [(hit["item_id"], hit["score"]) for hit in opted_out_or_cold["hits"]] == plain  # exactly plain
 
     erased = module.lambda_handler(rest_event("DELETE", "/users/alice/profile"), lambda_context)
     assert (erased["statusCode"], json.loads(erased["body"])["deleted"]) == (200, True)
-    assert search(user_id="alice")["personalized"] is False
+    after = search(user_id="alice")
+    assert after["personalized"] is False
+    assert [(hit["item_id"], hit["score"]) for hit in after["hits"]] == plain
+    later = int(time.time() * 1000) + 1000  # new events, after the erasure, start a new profile
+    for n in range(15):
+        updater.handle(ShopperEvent("alice", f"new{n}", later + n, "purchase", ["sku-3", "sku-6"][n % 2]))
+    assert search(user_id="alice")["personalized"] is True

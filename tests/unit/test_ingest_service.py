@@ -24,6 +24,7 @@ from catalens.service.ingest import (
     IngestService,
     item_id_for_key,
 )
+from catalens.service.requests import parse_item_id
 from catalens.service.telemetry import RecordingMetrics
 from tests.unit.imagefactory import encode, photo, png_bomb
 
@@ -285,3 +286,38 @@ def test_near_duplicates_of_other_items_are_recorded(parts: dict[str, Any]) -> N
     # Re-ingesting the same item never lists itself.
     catalog.put("a.jpg", JPEG, title="again")
     assert [n["item_id"] for n in service.handle_event(created("a.jpg", "3")).near_duplicates] == ["a-copy"]
+
+
+# ------------------------------------------------------------------------------------------------ ids the API serves
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "photos/red shoe.jpg",
+        "photos/shoes/sku-1.final.png",
+        "photos/kitchen/10 ÷ 2 = 5.jpg",
+        "photos/100% wool+silk?.webp",
+        "photos/" + "x" * 1000 + ".jpg",  # S3 keys reach 1024 bytes, so ids reach 1000+ characters
+        "photos/.hidden",
+    ],
+)
+def test_ids_of_ordinary_keys_index_and_pass_the_apis_id_check(parts: dict[str, Any], key: str) -> None:
+    item_id = item_id_for_key(key, "photos/")
+    assert parse_item_id(item_id) == item_id  # what GET /items/{id} accepts
+    parts["service"].config = IngestConfig(catalog_prefix="photos/", near_duplicate_threshold=0.999)
+    parts["catalog"].put(key, JPEG)
+    assert parts["service"].handle_event(created(key, "5")).action == "indexed"
+    assert parts["cache"].view().get(item_id) is not None
+
+
+@pytest.mark.parametrize("key", ["tab\there.jpg", "line\nbreak.jpg", "bell\x07.png", "..", "."])
+def test_keys_whose_id_the_api_cannot_serve_are_recorded_not_indexed(parts: dict[str, Any], key: str) -> None:
+    parts["catalog"].put(key, JPEG)
+    with pytest.raises(IngestFailedError) as caught:
+        parts["service"].handle_event(created(key, "5"))
+    assert caught.value.reason == "invalid_item_id"
+    (marker,) = parts["errors"].list()
+    assert (marker["key"], marker["code"]) == (key, "invalid_item_id")
+    assert "rename the photo" in marker["message"]
+    assert len(parts["cache"].view()) == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -11,9 +13,13 @@ import pytest
 from catalens.imaging import PreprocessConfig
 from catalens.index import IndexView, ItemRecord
 from catalens.index.records import Hit
+from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup
+from catalens.profiles.memory import InMemoryProfileStore
+from catalens.ranking import RerankParams, rerank
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
 from catalens.service.search import SearchService, hit_to_dict, to_index_filter
+from catalens.service.telemetry import RecordingMetrics
 from tests.unit.imagefactory import encode, photo
 
 DIM = 8
@@ -148,13 +154,19 @@ def test_get_item_and_health(view: IndexView, embedder: StubEmbedder) -> None:
 
 
 class StubProfiles:
-    def __init__(self) -> None:
+    def __init__(self, embedder: StubEmbedder | None = None) -> None:
         self.loaded: list[str] = []
         self.deleted: list[str] = []
+        self.embedder = embedder
+        self.embeds_before_read: list[int] = []
 
-    def load_for_ranking(self, user_id: str) -> Any:
+    def get_async(self, user_id: str) -> Future[Any]:
         self.loaded.append(user_id)
-        return {"user": user_id}
+        if self.embedder is not None:
+            self.embeds_before_read.append(self.embedder.calls)
+        future: Future[Any] = Future()
+        future.set_result({"user": user_id})
+        return future
 
     def delete(self, user_id: str) -> None:
         self.deleted.append(user_id)
@@ -185,6 +197,83 @@ def test_without_profile_store_erasure_is_a_no_op(view: IndexView, embedder: Stu
     assert service_for(view, embedder).forget_user("u2") == {"user_id": "u2", "deleted": False}
 
 
+class InSpace:
+    """``view`` as if its snapshot were built with model ``fingerprint`` (what ``index_space`` reads)."""
+
+    def __init__(self, view: IndexView, fingerprint: str) -> None:
+        self._view = view
+        self.snapshot = SimpleNamespace(model_fingerprint=fingerprint, projection=None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
+def test_profile_read_starts_before_the_photo_is_embedded_and_rerank_gets_clock_space_and_page(
+    view: IndexView, embedder: StubEmbedder
+) -> None:
+    profiles = StubProfiles(embedder)
+    calls: list[dict[str, Any]] = []
+
+    def recording_rerank(hits: list[Hit], profile: Any, **kwargs: Any) -> list[Hit]:
+        calls.append(kwargs)
+        return reverse_rerank(hits, profile)
+
+    service = SearchService(
+        embedder=embedder,
+        views=lambda: InSpace(view, "fp-1"),
+        profiles=profiles,
+        rerank=recording_rerank,
+        wall_clock_ms=lambda: 1_800_000_000_000,
+    )
+    service.search(SearchRequest(image=JPEG, options=SearchOptions(k=2, offset=1, user_id="u1")))
+
+    assert profiles.embeds_before_read == [0]  # the read was under way before decode + embed
+    assert embedder.calls == 1
+    assert calls == [{"now_ms": 1_800_000_000_000, "space": "fp-1/identity", "limit": 3}]
+
+
+T0 = 1_732_600_000_000
+DAY_MS = 86_400_000
+STRONG = RerankParams(category_weight=0.5, brand_weight=0.0, personal_weight=0.0, max_boost=0.5)
+
+
+def test_cold_idle_erased_and_opted_out_shoppers_get_exactly_the_plain_order(
+    view: IndexView, embedder: StubEmbedder
+) -> None:
+    """Real re-ranking over the in-memory store: only a warm profile may change the list."""
+    wall_clock = [T0 + 20_000]
+    store = InMemoryProfileStore(clock_ms=lambda: wall_clock[0])
+    updater = ProfileUpdater(store=store, lookup=index_lookup(lambda: view))
+    for n in range(20):  # a bag lover
+        updater.handle(ShopperEvent("warm", f"e{n}", T0 + n * 1000, "purchase", "b"))
+    service = service_for(
+        view, embedder, profiles=store, rerank=rerank, rank_params=STRONG, wall_clock_ms=lambda: wall_clock[0]
+    )
+
+    def ranking(**options: Any) -> list[tuple[str, float]]:
+        result = service.search(SearchRequest(image=JPEG, options=SearchOptions(k=4, **options)))
+        return [(hit.item_id, hit.score) for hit in result.hits]
+
+    plain = ranking()
+    assert [item for item, _ in plain] == ["a", "b", "c", "d"]
+    assert [item for item, _ in ranking(user_id="warm")][:2] == ["b", "a"]  # the profile is strong enough to matter
+    assert ranking(user_id="warm", personalize=False) == plain
+    assert ranking(user_id="nobody") == plain
+    assert ranking(user_id="nobody", explain=True) == plain
+    wall_clock[0] = T0 + 3650 * DAY_MS  # ten idle years: confidence has faded below the threshold
+    assert ranking(user_id="warm") == plain
+
+    wall_clock[0] = T0 + 30_000
+    assert service.forget_user("warm") == {"user_id": "warm", "deleted": True}
+    assert ranking(user_id="warm") == plain  # erased: no personalisation ...
+    for n in range(20):  # ... until new events arrive
+        updater.handle(ShopperEvent("warm", f"new{n}", T0 + 40_000 + n * 1000, "purchase", "b"))
+    assert [item for item, _ in ranking(user_id="warm")][:2] == ["b", "a"]
+
+
 def test_hit_serialisation_hides_vectors_and_shows_explain_on_demand() -> None:
     hit = Hit("x", 0.5, {"title": "t"}, "x.jpg", vector=np.ones(3), explain={"visual": 0.5, "final": 0.55})
     assert hit_to_dict(hit, explain=False) == {
@@ -202,3 +291,24 @@ def test_index_filter_matches_numbers_and_booleans_spelled_as_text() -> None:
     assert flt.matches({"size": 42, "vegan": True, "price": 2.0})
     assert not flt.matches({"size": 42, "vegan": True, "price": 0.5})
     assert to_index_filter(Filters()) is None
+
+
+def test_each_answered_search_records_one_outcome_by_kind(view: IndexView, embedder: StubEmbedder) -> None:
+    metrics = RecordingMetrics()
+    service = service_for(view, embedder, metrics=metrics)
+    service.search(SearchRequest(image=JPEG, options=SearchOptions(k=3)))
+    service.similar("a", SearchOptions(k=2, filters=Filters(equals={"category": ("shoes",)})))
+    with pytest.raises(ItemNotFoundError):
+        service.similar("nope", SearchOptions())  # a rejected request is the handler's ClientErrors, not a search
+
+    assert [(p.name, p.dimensions) for p in metrics.points] == [
+        ("Searches", {"kind": "photo"}),
+        ("SearchHits", {"kind": "photo"}),
+        ("SearchMs", {"kind": "photo"}),
+        ("Searches", {"kind": "item"}),
+        ("SearchHits", {"kind": "item"}),
+        ("SearchMs", {"kind": "item"}),
+    ]
+    assert metrics.total("SearchHits", kind="photo") == 3
+    assert metrics.total("SearchHits", kind="item") == 2  # c and d: the shoes other than a
+    assert all(p.value > 0 and p.unit == "Milliseconds" for p in metrics.points if p.name == "SearchMs")

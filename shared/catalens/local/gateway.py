@@ -33,7 +33,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from catalens.local.runtime import LOCAL_ACCOUNT
 from catalens.local.server import ensure_port_free
@@ -253,6 +253,18 @@ def proxy_response(result: Any) -> HttpResponse:
 
 
 # --------------------------------------------------------------------------------------------------------- server
+_ASCII_PRINTABLE = "".join(chr(code) for code in range(0x21, 0x7F))
+
+
+def percent_encoded(raw_path: str) -> str:
+    """The request path as API Gateway REST hands it on: percent-encoded, existing escapes kept as sent.
+
+    http.server reads the request line as Latin-1, so a client that sends an id's UTF-8 bytes unencoded
+    (``/items/a÷b``) would otherwise reach the route matcher as mojibake (``a\u00c3\u00b7b``).
+    """
+    return quote(raw_path.encode("latin-1"), safe=_ASCII_PRINTABLE)
+
+
 LocalHandler = Callable[["Request"], HttpResponse]
 
 
@@ -446,7 +458,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         request = Request(
             method=self.command,
-            path=url.path,
+            path=percent_encoded(url.path),
             query=url.query,
             headers=list(self.headers.items()),
             body=body,

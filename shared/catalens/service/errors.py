@@ -47,6 +47,13 @@ class FieldError(CatalensError):
     code = "invalid_field"
 
 
+class ItemIdError(FieldError):
+    """A catalog key whose item id ``GET /items/{id}`` could not serve (control characters, ``.`` or ``..``);
+    recorded against the photo at ingest, so no item is indexed that the API cannot answer for."""
+
+    code = "invalid_item_id"
+
+
 class NotConfiguredError(CatalensError):
     """A feature was asked for that this deployment does not have (e.g. no profile store)."""
 

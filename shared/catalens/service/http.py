@@ -1,7 +1,8 @@
 """HTTP plumbing of the search API for Powertools' ``APIGatewayRestResolver``: responses, errors, OpenAPI.
 
 The handler (``functions/search/app.py``) declares the routes; this module keeps the details out of it:
-how a :class:`~catalens.service.search.SearchResponse` becomes JSON with ``Server-Timing`` headers, how
+how a path parameter becomes the id it names (:class:`RestResolver`), how a
+:class:`~catalens.service.search.SearchResponse` becomes JSON with ``Server-Timing`` headers, how
 every :class:`~catalens.errors.CatalensError` becomes ``{"code", "message"}`` with a 4xx status, and
 where the OpenAPI document lives.
 """
@@ -10,20 +11,58 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
 from catalens.errors import CatalensError
 from catalens.service.errors import http_status_for
 from catalens.service.requests import HttpRequest
 from catalens.service.search import SearchResponse
+from catalens.service.telemetry import MetricsSink, NullMetrics
 
 OPENAPI_RESOURCE = "openapi.json"
 INDEX_VERSION_HEADER = "X-Catalens-Index-Version"
+
+
+ROUTE_PARAMETER = re.compile(r"<(\w+)>")
+
+
+class RestResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, with path parameters that can hold any item id ingest makes.
+
+    API Gateway REST keeps ``event["path"]`` percent-encoded (``/items/red%20shoe``, a ``/`` inside an id as ``%2F``)
+    and hands the decoded values in ``pathParameters``. Powertools matches ``<id>`` against a character allow-list
+    and passes the matched text on as it is, so ``red%20shoe`` reached the service still encoded, and a raw
+    non-ASCII character (``÷``, from a client that does not encode it) matched no route at all. Here a parameter
+    is one whole path segment, as API Gateway matches ``{id}``, and its value is API Gateway's decoded one
+    (the segment percent-decoded when an event carries no ``pathParameters``).
+
+    >>> app = RestResolver()
+    >>> @app.get("/items/<id>")
+    ... def get_item(id: str) -> dict:
+    ...     return {"id": id}
+    >>> event = {"httpMethod": "GET", "path": "/items/shoes%2Fred%20shoe", "requestContext": {}}
+    >>> json.loads(app.resolve(event, None)["body"])
+    {'id': 'shoes/red shoe'}
+    """
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        # Powertools' REST form (optional trailing slashes), each <name> one segment of the encoded path.
+        return re.compile(base_regex.format(ROUTE_PARAMETER.sub(r"(?P<\1>[^/]+)", rule)))
+
+    def _convert_matches_into_route_keys(self, match: re.Match[str]) -> dict[str, str]:
+        decoded = self.current_event.path_parameters or {}
+        # surrogateescape: bytes that are not UTF-8 survive to the id check, which answers 400 for them
+        return {
+            name: decoded.get(name, unquote(raw, errors="surrogateescape")) for name, raw in match.groupdict().items()
+        }
 
 
 def http_request(app: Any) -> HttpRequest:
@@ -47,8 +86,19 @@ def error_response(code: str, message: str, status: int) -> Response:
     return json_response({"code": code, "message": message}, status=status)
 
 
-def register_error_handlers(app: Any, logger: logging.Logger | Any) -> None:
-    """Map every failure to a JSON error: typed errors to their status, unknown routes to 404, bugs to 500."""
+def register_error_handlers(app: Any, logger: logging.Logger | Any, metrics: MetricsSink | None = None) -> None:
+    """Map every failure to a JSON error: typed errors to their status, unknown routes to 404, bugs to 500.
+
+    Each error answer is counted once: ``ClientErrors`` (4xx) or ``ServerErrors`` (5xx) by ``code``, so a
+    dashboard shows which mistakes clients make and an alarm can watch the errors API Gateway sees as 200s
+    from a function that never raises.
+    """
+    sink = metrics or NullMetrics()
+
+    def answer(code: str, message: str, status: int) -> Response:
+        kind = "ServerErrors" if status >= 500 else "ClientErrors"
+        sink.emit_group({kind: (1, "Count")}, {"code": code})
+        return error_response(code, message, status)
 
     @app.exception_handler(CatalensError)
     def _catalens_error(exc: CatalensError) -> Response:
@@ -57,7 +107,7 @@ def register_error_handlers(app: Any, logger: logging.Logger | Any) -> None:
             logger.exception("request failed on the server side", extra={"code": exc.code})
         else:
             logger.info("request rejected", extra={"code": exc.code, "status": status, "reason": str(exc)})
-        return error_response(exc.code, str(exc), status)
+        return answer(exc.code, str(exc), status)
 
     @app.not_found
     def _not_found(_exc: NotFoundError) -> Response:
@@ -65,15 +115,15 @@ def register_error_handlers(app: Any, logger: logging.Logger | Any) -> None:
         allowed = allowed_methods(app, event.path)
         if allowed:
             message = f"{event.http_method} is not allowed on {event.path}; use {', '.join(allowed)}"
-            response = error_response("method_not_allowed", message, 405)
+            response = answer("method_not_allowed", message, 405)
             response.headers["Allow"] = ", ".join(allowed)
             return response
-        return error_response("not_found", f"no route for {event.http_method} {event.path}", 404)
+        return answer("not_found", f"no route for {event.http_method} {event.path}", 404)
 
     @app.exception_handler(Exception)
     def _bug(exc: Exception) -> Response:
         logger.exception("unhandled error while answering a request")
-        return error_response("internal_error", f"internal error ({type(exc).__name__}); it has been logged", 500)
+        return answer("internal_error", f"internal error ({type(exc).__name__}); it has been logged", 500)
 
 
 def allowed_methods(app: Any, path: str) -> list[str]:

@@ -31,9 +31,10 @@ from catalens.errors import CatalensError, ImageError
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import BlobNotFoundError, BlobStore
-from catalens.service.errors import FieldError
+from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.events import EventError, ObjectEvent, parse_notification
 from catalens.service.fields import parse_product_fields, parse_sidecar
+from catalens.service.requests import parse_item_id
 from catalens.service.telemetry import MetricsSink, NullMetrics
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,22 @@ def item_id_for_key(key: str, catalog_prefix: str = "") -> str:
     return stem if stem and not stem.endswith("/") and ext else relative
 
 
+def check_item_id(item_id: str) -> str:
+    """``item_id`` if the search API can serve it as ``GET /items/{id}``; else :class:`ItemIdError` naming why.
+
+    The API takes the same ids (:func:`~catalens.service.requests.parse_item_id`); ``.`` and ``..`` pass that
+    check but no client can send them as a path segment (URL parsers drop dot segments, ``%2E%2E`` included).
+    """
+    if item_id in (".", ".."):
+        raise ItemIdError(f"the item id {item_id!r} cannot be a URL path segment; rename the photo")
+    try:
+        return parse_item_id(item_id)
+    except RequestError as exc:
+        raise ItemIdError(
+            f"the item id {item_id[:80]!r} cannot be served by the API ({exc}); rename the photo"
+        ) from exc
+
+
 def is_sidecar(key: str) -> bool:
     return key.lower().endswith(SIDECAR_SUFFIX)
 
@@ -303,6 +320,7 @@ class IngestService:
     # ------------------------------------------------------------------------------------------------ steps
 
     def _index_photo(self, event: ObjectEvent, photo_key: str, item_id: str) -> IngestOutcome:
+        check_item_id(item_id)
         limits = self.config.limits
         photo = self.catalog.read(event.bucket, photo_key, max_bytes=limits.max_bytes)
         if photo is None:

@@ -43,7 +43,8 @@ MAX_K = 100
 MAX_WINDOW = 1000  # offset + k: how deep a client may page
 MAX_FILTER_FIELDS = 20
 MAX_FILTER_VALUES = 50
-MAX_ID_LENGTH = 512
+MAX_ID_LENGTH = 512  # user ids
+MAX_ITEM_ID_LENGTH = 1024  # S3's key limit: every key's item id fits
 MAX_TEXT_LENGTH = 1024
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
 
@@ -197,7 +198,7 @@ def parse_search_request(
         )
     item_id = params.pop("item_id", None)
     if item_id is not None:
-        item_id = _parse_id(item_id, "item_id")
+        item_id = _parse_id(item_id, "item_id", MAX_ITEM_ID_LENGTH)
     if image is not None and item_id is not None:
         raise RequestError("send either an image or an item_id, not both", code="ambiguous_query")
     if image is None and item_id is None:
@@ -215,8 +216,8 @@ def parse_query_options(query: Mapping[str, tuple[str, ...]]) -> SearchOptions:
 
 
 def parse_item_id(raw: str) -> str:
-    """Validate an item id taken from a path."""
-    return _parse_id(raw, "item id")
+    """Validate an item id taken from a path (ingest checks the ids it makes with this too)."""
+    return _parse_id(raw, "item id", MAX_ITEM_ID_LENGTH)
 
 
 def parse_user_id(raw: str) -> str:
@@ -452,11 +453,11 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise RequestError(f"{name} must be true or false, got {_short(repr(value), 40)}", code="invalid_parameter")
 
 
-def _parse_id(value: Any, name: str) -> str:
+def _parse_id(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> str:
     if not isinstance(value, str):
         raise RequestError(f"{name} must be a string", code="invalid_parameter")
-    if not value or len(value) > MAX_ID_LENGTH:
-        raise RequestError(f"{name} must have 1 to {MAX_ID_LENGTH} characters", code="invalid_parameter")
+    if not value or len(value) > max_length:
+        raise RequestError(f"{name} must have 1 to {max_length} characters", code="invalid_parameter")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise RequestError(f"{name} contains control characters", code="invalid_parameter")
     try:

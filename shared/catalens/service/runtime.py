@@ -47,6 +47,7 @@ def build_search_service(
     s3_client: Any,
     embedder: Embedder | None = None,
     profiles: Any = None,
+    metrics: MetricsSink | None = None,
     background_loads: bool = True,
 ) -> SearchService:
     """The search service over the S3 index; ``profiles`` (a ProfileStore) turns personalisation on."""
@@ -61,6 +62,7 @@ def build_search_service(
         limits=image_limits(settings),
         profiles=profiles,
         rerank=rerank,
+        metrics=metrics,
     )
 
 

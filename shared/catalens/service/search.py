@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,10 +26,12 @@ import numpy as np
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
+from catalens.profiles.updater import index_space
 from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
+from catalens.service.telemetry import MetricsSink, NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class IndexViewLike(Protocol):
 class ProfileStoreLike(Protocol):
     """What the service needs of :class:`catalens.profiles.updater.ProfileStore`."""
 
-    def load_for_ranking(self, user_id: str) -> Any: ...
+    def get_async(self, user_id: str) -> Future[Any]: ...  # the ranking read, started now and collected later
 
     def delete(self, user_id: str) -> bool | None: ...
 
@@ -147,6 +150,11 @@ class SearchService:
         ``catalens.ranking.rerank``-compatible function; None returns visual order.
     rank_params
         Passed to ``rerank`` as ``params``.
+    wall_clock_ms
+        Epoch milliseconds, passed to ``rerank`` as ``now_ms`` so an idle shopper's confidence fades (tests fix it).
+    metrics
+        Per answered search, one group by ``kind`` (``photo`` or ``item``): ``Searches``, ``SearchHits`` (hits
+        returned), ``SearchMs`` (service time).
     """
 
     def __init__(
@@ -158,7 +166,9 @@ class SearchService:
         profiles: ProfileStoreLike | None = None,
         rerank: Reranker | None = None,
         rank_params: Any = None,
+        metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.embedder = embedder
         self._views = views
@@ -168,7 +178,9 @@ class SearchService:
         self._rank_kwargs = {} if rank_params is None else {"params": rank_params}
         self._fields_by_version: dict[str, frozenset[str]] = {}
         self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
         self._checked_fingerprints: set[str] = set()
+        self.metrics = metrics or NullMetrics()
 
     # ------------------------------------------------------------------------------------------------ queries
 
@@ -179,6 +191,7 @@ class SearchService:
         view = self._view()
         options = request.options
         self._check_filters(options.filters, view)
+        profile_read = self._start_profile_read(options)  # its network time overlaps decode + embed
         exclude: set[str] = set()
         if request.image is not None:
             vector = self._embed_query(request.image, timings)
@@ -188,7 +201,14 @@ class SearchService:
             vector = self._vector_of(view, request.item_id)
             exclude.add(request.item_id)
             query = {"type": "item", "item_id": request.item_id}
-        return self._answer(view, vector, options, exclude, timings, started, query)
+        response = self._answer(view, vector, options, exclude, timings, started, query, profile_read)
+        outcome = {
+            "Searches": (1, "Count"),
+            "SearchHits": (len(response.hits), "Count"),
+            "SearchMs": (timings.total, "Milliseconds"),
+        }
+        self.metrics.emit_group(outcome, {"kind": "photo" if request.image is not None else "item"})
+        return response
 
     def similar(self, item_id: str, options: SearchOptions) -> SearchResponse:
         """Items that look like an indexed item (the item itself left out)."""
@@ -296,9 +316,10 @@ class SearchService:
         timings: Timings,
         started: float,
         query: dict[str, Any],
+        profile_read: Future[Any] | None = None,
     ) -> SearchResponse:
         window = options.offset + options.k
-        profile = self._profile(options, timings)
+        profile = self._profile(profile_read, timings)
         pool = first_stage_k(options.k, options.offset) if profile is not None else window
         t0 = self._clock()
         hits = view.search(vector, pool, filters=to_index_filter(options.filters), exclude=exclude)
@@ -306,7 +327,8 @@ class SearchService:
         timings.search = (t1 - t0) * 1000
         personalized = False
         if self._rerank is not None and (profile is not None or options.explain):
-            hits = self._rerank(hits, profile, **self._rank_kwargs)
+            now_ms, space = self._wall_clock_ms(), index_space(view)
+            hits = self._rerank(hits, profile, now_ms=now_ms, space=space, limit=window, **self._rank_kwargs)
             personalized = any("boost" in hit.explain for hit in hits)
         timings.rank = (self._clock() - t1) * 1000
         timings.total = (self._clock() - started) * 1000
@@ -322,12 +344,19 @@ class SearchService:
             query=query,
         )
 
-    def _profile(self, options: SearchOptions, timings: Timings) -> Any:
+    def _start_profile_read(self, options: SearchOptions) -> Future[Any] | None:
+        """Start reading the shopper's profile (None when this request is not personalised)."""
         if options.user_id is None or not options.personalize or self.profiles is None or self._rerank is None:
+            return None
+        return self.profiles.get_async(options.user_id)
+
+    def _profile(self, profile_read: Future[Any] | None, timings: Timings) -> Any:
+        """The profile read's result; ``timings.profile`` is the time spent waiting for it (not the whole read)."""
+        if profile_read is None:
             return None
         t0 = self._clock()
         try:
-            return self.profiles.load_for_ranking(options.user_id)
+            return profile_read.result()
         finally:
             timings.profile = (self._clock() - t0) * 1000
 

@@ -11,15 +11,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# name -> (value, unit): points recorded together, e.g. one request's outcome
+MetricGroup = Mapping[str, tuple[float, str]]
+
 
 class MetricsSink(Protocol):
     def emit(self, name: str, value: float, unit: str = "Count", dimensions: Mapping[str, str] | None = None) -> None:
         """Record one data point; ``dimensions`` split it (e.g. failures by reason)."""
         ...
 
+    def emit_group(self, points: MetricGroup, dimensions: Mapping[str, str] | None = None) -> None:
+        """Record points that share their dimensions (one request's outcome) in one go."""
+        ...
+
 
 class NullMetrics:
     def emit(self, name: str, value: float, unit: str = "Count", dimensions: Mapping[str, str] | None = None) -> None:
+        return None
+
+    def emit_group(self, points: MetricGroup, dimensions: Mapping[str, str] | None = None) -> None:
         return None
 
 
@@ -42,25 +52,53 @@ class RecordingMetrics:
         with self._lock:
             self.points.append(MetricPoint(name, value, unit, dict(dimensions or {})))
 
+    def emit_group(self, points: MetricGroup, dimensions: Mapping[str, str] | None = None) -> None:
+        for name, (value, unit) in points.items():
+            self.emit(name, value, unit, dimensions)
+
     def total(self, name: str, **dimensions: str) -> float:
         wanted = dimensions.items()
         return sum(p.value for p in self.points if p.name == name and all(p.dimensions.get(k) == v for k, v in wanted))
 
 
 class PowertoolsMetrics:
-    """Adapter over ``aws_lambda_powertools.Metrics``: plain points join the handler's flush; dimensioned
-    points go out as their own EMF blob (Powertools dimensions otherwise apply to every metric in a flush)."""
+    """Adapter over ``aws_lambda_powertools.Metrics`` (CloudWatch embedded metric format).
+
+    Powertools applies its dimensions to every metric of a flush, so points join the handler's flush (the one
+    EMF document ``@metrics.log_metrics`` prints at the end of the invocation) only while that flush holds
+    nothing or holds points of the same dimensions; any other group goes out as its own document. A function that
+    records one group per invocation (the search API: one request, one outcome) thus prints one document per
+    call, and Powertools always has application metrics to publish. With ``POWERTOOLS_METRICS_DISABLED`` (the
+    local stack) nothing is recorded at all: Powertools' own paths would still print some documents.
+    """
 
     def __init__(self, metrics: Any) -> None:
         self.metrics = metrics
 
     def emit(self, name: str, value: float, unit: str = "Count", dimensions: Mapping[str, str] | None = None) -> None:
-        from aws_lambda_powertools.metrics import single_metric
+        self.emit_group({name: (value, unit)}, dimensions)
 
-        if not dimensions:
-            self.metrics.add_metric(name=name, unit=unit, value=value)
+    def emit_group(self, points: MetricGroup, dimensions: Mapping[str, str] | None = None) -> None:
+        from aws_lambda_powertools.metrics import EphemeralMetrics
+        from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+        if is_metrics_disabled():
             return
-        namespace = getattr(self.metrics, "namespace", None)
-        with single_metric(name=name, unit=unit, value=value, namespace=namespace) as metric:
-            for dim_name, dim_value in dimensions.items():
-                metric.add_dimension(name=dim_name, value=str(dim_value))
+        wanted = {name: str(value) for name, value in (dimensions or {}).items()}
+        current = self._flush_dimensions()
+        if current == wanted or (not current and not self.metrics.metric_set):
+            target = self.metrics
+        else:
+            target = EphemeralMetrics(namespace=self.metrics.namespace, service=self.metrics.service)
+            target.set_default_dimensions(**self.metrics.default_dimensions)
+        for name, value in wanted.items():
+            target.add_dimension(name=name, value=value)
+        for name, (value, unit) in points.items():
+            target.add_metric(name=name, unit=unit, value=value)
+        if target is not self.metrics:
+            target.flush_metrics()
+
+    def _flush_dimensions(self) -> dict[str, str]:
+        """Dimensions on the handler's flush beyond the defaults (``service`` and ``set_default_dimensions``)."""
+        defaults = {"service", *self.metrics.default_dimensions}
+        return {name: value for name, value in self.metrics.dimension_set.items() if name not in defaults}
