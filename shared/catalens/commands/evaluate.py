@@ -4,6 +4,11 @@ Example::
 
     catalens eval grocery --data ../shared/data/grocery --variant int8
     catalens eval grocery --data ../shared/data/grocery --split train --threads 2
+    catalens eval grocery --data ../shared/data/grocery --levers --plot infra/quality_vs_latency.png
+
+``--levers`` runs the lever study of issue 8 instead (:mod:`catalens.evaluation.levers`): every configuration
+(pooling, crops, flips, catalog views, whitening, re-ranking, model size) on val and train-as-queries, with embed
+and search ms/query and the label-free self-check; JSON on stdout, forward passes cached in ~/.cache/catalens.
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument(
         "--max-per-class", type=int, default=None, metavar="N", help="only the first N photos per class and split"
     )
+    parser.add_argument("--name", default=None, help="model name in the model folder (default: the default model)")
+    levers = parser.add_argument_group("lever study (--levers)")
+    levers.add_argument("--levers", action="store_true", help="evaluate every retrieval configuration in one table")
+    levers.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/catalens/levers)")
+    levers.add_argument("--only", nargs="+", default=None, metavar="TEXT", help="rows whose name contains TEXT")
+    levers.add_argument("--table", type=Path, default=None, help="also write the Markdown table to this file")
+    levers.add_argument("--plot", type=Path, default=None, help="also draw quality vs latency to this PNG")
     parser.set_defaults(func=run)
 
 
@@ -54,6 +66,10 @@ def _json_safe(value):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.levers:
+        from catalens.evaluation.levers import run_command
+
+        return run_command(args)
     import numpy as np
 
     from catalens.embedder import Embedder
@@ -64,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = args.model_dir or settings.model_dir
     variant = args.variant or settings.model_variant
     threads = args.threads or settings.onnx_threads
-    embedder = Embedder.from_dir(model_dir, variant, threads=threads)
+    embedder = Embedder.from_dir(model_dir, variant, threads=threads, name=args.name)
 
     def embed_files(paths: list[Path]) -> np.ndarray:
         chunks = []

@@ -9,7 +9,8 @@ Graph, for input ``image`` float32 [n, 3, S, S] normalised (x − 127) / 128:
 * stem 3×3/2 conv → 16 MBConv blocks (expand 1×1, depthwise k×k, project 1×1; skip when shapes match; no SE)
   → head 1×1 conv; every conv has its batch norm (eps 1e-3) folded in, every activation is ReLU6 (``Clip 0..6``);
 * padding is TensorFlow "SAME", computed for S: stride-2 convs pad more at the bottom/right than at the top/left;
-* ``embedding`` [n, C]: pooled head features (``avg`` by default), L2-normalised inside the graph;
+* ``embedding`` [n, C]: pooled head features (``avg`` by default; ``max``, ``gem``, ``rmac``), L2-normalised inside
+  the graph; with ``+flip`` the mirrored image goes through in the same batch and the two unit vectors are summed;
 * ``logits`` [n, 1000]: the ImageNet classifier on average-pooled features (proves the weights are wired right).
 """
 
@@ -68,17 +69,23 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Pooling:
-    """How the head's feature map becomes one vector: ``avg``, ``max`` or ``gem`` (generalised mean, power p)."""
+    """How the head's feature map becomes one vector: ``avg``, ``max``, ``gem`` (generalised mean, power p) or
+    ``rmac`` (regional max, 3 levels); ``flip`` also embeds the mirrored image and sums the two unit vectors."""
 
     kind: str
     p: float = 3.0
+    flip: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Pooling:
-        """``"avg"``, ``"max"``, ``"gem"`` (p = 3) or ``"gem:2.5"``."""
-        kind, _, arg = spec.strip().lower().partition(":")
-        if kind in ("avg", "max") and not arg:
-            return cls(kind)
+        """``"avg"``, ``"max"``, ``"gem"`` (p = 3), ``"gem:2.5"`` or ``"rmac"``, each optionally ``+flip``."""
+        base, plus, suffix = spec.strip().lower().partition("+")
+        if plus and suffix != "flip":
+            raise ModelError(f"pooling {spec!r}: the only modifier is '+flip'")
+        flip = bool(plus)
+        kind, _, arg = base.partition(":")
+        if kind in ("avg", "max", "rmac") and not arg:
+            return cls(kind, flip=flip)
         if kind == "gem":
             try:
                 p = float(arg) if arg else 3.0
@@ -86,11 +93,12 @@ class Pooling:
                 raise ModelError(f"pooling {spec!r}: GeM power must be a number") from None
             if not (0.0 < p <= 16.0):
                 raise ModelError(f"pooling {spec!r}: GeM power must be in (0, 16]")
-            return cls("gem", p)
-        raise ModelError(f"unknown pooling {spec!r} (use avg, max, gem or gem:<p>)")
+            return cls("gem", p, flip)
+        raise ModelError(f"unknown pooling {spec!r} (use avg, max, gem, gem:<p> or rmac, optionally +flip)")
 
     def __str__(self) -> str:
-        return f"gem:{self.p:g}" if self.kind == "gem" else self.kind
+        base = f"gem:{self.p:g}" if self.kind == "gem" else self.kind
+        return base + ("+flip" if self.flip else "")
 
 
 def _shape(state_dict: dict[str, np.ndarray], key: str) -> tuple[int, ...]:
@@ -200,11 +208,52 @@ class _GraphBuilder:
         return self.node("Clip", [x, "relu6.min", "relu6.max"], f"{x}.relu6")
 
 
-def _pool(g: _GraphBuilder, x: str, pooling: Pooling) -> str:
+def rmac_regions(side: int, levels: int = 3) -> list[tuple[int, int, int]]:
+    """R-MAC regions (Tolias, Sicre, Jégou 2016; cirtorch's layout) on a square ``side``×``side`` map, as
+    (top, left, region side): the whole map, then at level l an l×l grid of squares of side ⌊2·side/(l+1)⌋."""
+    regions = [(0, 0, side)]
+    for level in range(1, levels + 1):
+        region = math.floor(2 * side / (level + 1))
+        half = math.floor(region / 2 - 1)
+        step = (side - region) / (level - 1) if level > 1 else 0.0
+        starts = [int(math.floor(half + i * step) - half) for i in range(level)]
+        regions += [(y, x, region) for y in starts for x in starts]
+    return regions
+
+
+def _l2_eps(g: _GraphBuilder) -> str:
+    """The shared L2 epsilon, created where first needed (so plain poolings keep their exact bytes)."""
+    if not any(init.name == "l2.eps" for init in g.initializers):
+        g.const("l2.eps", np.array(L2_EPS, np.float32))
+    return "l2.eps"
+
+
+def _l2_normalise(g: _GraphBuilder, x: str, name: str) -> str:
+    norm = g.node("ReduceL2", [x], f"{name}.norm", axes=[1], keepdims=1)
+    norm = g.node("Max", [norm, _l2_eps(g)], f"{name}.norm_clamped")
+    return g.node("Div", [x, norm], name)
+
+
+def _rmac(g: _GraphBuilder, x: str, side: int) -> str:
+    """Sum over regions of the L2-normalised max of each region (``[n, C, 1, 1]``)."""
+    parts = []
+    axes = g.const("rmac.axes", np.array([2, 3], np.int64))
+    for i, (top, left, region) in enumerate(rmac_regions(side)):
+        starts = g.const(f"rmac.{i}.starts", np.array([top, left], np.int64))
+        ends = g.const(f"rmac.{i}.ends", np.array([top + region, left + region], np.int64))
+        window = g.node("Slice", [x, starts, ends, axes], f"rmac.{i}.window")
+        peak = g.node("ReduceMax", [window], f"rmac.{i}.max", axes=[2, 3], keepdims=1)
+        parts.append(_l2_normalise(g, peak, f"rmac.{i}.unit"))
+    return g.node("Sum", parts, "pool.rmac")
+
+
+def _pool(g: _GraphBuilder, x: str, pooling: Pooling, side: int) -> str:
     if pooling.kind == "avg":
         return g.node("GlobalAveragePool", [x], "pool.avg")
     if pooling.kind == "max":
         return g.node("GlobalMaxPool", [x], "pool.max")
+    if pooling.kind == "rmac":
+        return _rmac(g, x, side)
     clamped = g.node("Clip", [x, g.const("gem.eps", np.array(1e-6, np.float32)), ""], "gem.clamp")
     powered = g.node("Pow", [clamped, g.const("gem.p", np.array(pooling.p, np.float32))], "gem.pow")
     mean = g.node("GlobalAveragePool", [powered], "gem.mean")
@@ -230,7 +279,8 @@ def build_onnx(
     with_classifier
         Add the ``logits`` output (ImageNet classifier on average-pooled features).
     pooling
-        ``avg`` | ``max`` | ``gem`` | ``gem:<p>`` — how ``embedding`` pools the head's feature map.
+        ``avg`` | ``max`` | ``gem`` | ``gem:<p>`` | ``rmac`` — how ``embedding`` pools the head's feature map;
+        ``+flip`` (e.g. ``rmac+flip``) also runs the mirrored image and sums the two unit vectors.
     image_size
         Input side S; the SAME padding of every conv is computed for it.
     """
@@ -242,7 +292,21 @@ def build_onnx(
     g.const("relu6.min", np.array(0.0, np.float32))
     g.const("relu6.max", np.array(6.0, np.float32))
 
-    x, size = g.folded_conv(INPUT_NAME, "_conv_stem", "_bn0", "stem", stride=STEM_STRIDE, size=image_size)
+    x = INPUT_NAME
+    if pool.flip:  # the mirrored images ride along in the same batch: [n, ...] -> [2n, ...], originals first
+        mirrored = g.node(
+            "Slice",
+            [
+                x,
+                g.const("flip.starts", np.array([-1], np.int64)),
+                g.const("flip.ends", np.array([-(2**62)], np.int64)),
+                g.const("flip.axes", np.array([3], np.int64)),
+                g.const("flip.steps", np.array([-1], np.int64)),
+            ],
+            "flip.mirrored",
+        )
+        x = g.node("Concat", [x, mirrored], "flip.batch", axis=0)
+    x, size = g.folded_conv(x, "_conv_stem", "_bn0", "stem", stride=STEM_STRIDE, size=image_size)
     x = g.relu6(x)
     for block in arch.blocks:
         p, inputs = f"_blocks.{block.index}", x
@@ -266,18 +330,31 @@ def build_onnx(
     features = g.relu6(x)
 
     flat_shape = g.const("flatten.shape", np.array([0, -1], np.int64))
-    pooled = g.node("Reshape", [_pool(g, features, pool), flat_shape], "pooled")
+    pooled = g.node("Reshape", [_pool(g, features, pool, size), flat_shape], "pooled")
+    if pool.flip:  # unit vector of each half, summed: [2n, C] -> [n, C]
+        halves_shape = g.const("flip.halves", np.array([2, -1, arch.head_channels], np.int64))
+        halves = g.node("Reshape", [_l2_normalise(g, pooled, "pooled.unit"), halves_shape], "flip.halves_of")
+        pooled = g.node("ReduceSum", [halves, g.const("flip.axis", np.array([0], np.int64))], "flip.sum", keepdims=0)
     norm = g.node("ReduceL2", [pooled], "embedding.norm", axes=[1], keepdims=1)
-    norm = g.node("Max", [norm, g.const("l2.eps", np.array(L2_EPS, np.float32))], "embedding.norm_clamped")
+    norm = g.node("Max", [norm, _l2_eps(g)], "embedding.norm_clamped")
     g.node("Div", [pooled, norm], EMBEDDING_OUTPUT)
 
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, arch.head_channels])]
     if with_classifier:
         avg = pooled  # the classifier was trained on average-pooled features, whatever the embedding uses
-        if pool.kind != "avg":
+        if pool.kind != "avg" or pool.flip:
             avg_pool = g.node("GlobalAveragePool", [features], "pool.avg_cls")
             avg = g.node("Reshape", [avg_pool, flat_shape], "pooled_cls")
+        if pool.flip:  # classify the original images only (the first half of the batch)
+            halves = g.node("Reshape", [avg, "flip.halves"], "pooled_cls.halves")
+            zero, one = g.const("flip.zero", np.array([0], np.int64)), g.const("flip.one", np.array([1], np.int64))
+            first = g.node("Slice", [halves, zero, one, zero], "pooled_cls.first_half")
+            avg = g.node(
+                "Reshape",
+                [first, g.const("cls.shape", np.array([-1, arch.head_channels], np.int64))],
+                "pooled_cls.first",
+            )
         fc_w = g.const("fc.w", state_dict["_fc.weight"].astype(np.float32))
         fc_b = g.const("fc.b", state_dict["_fc.bias"].astype(np.float32))
         g.node("Gemm", [avg, fc_w, fc_b], LOGITS_OUTPUT, transB=1)

@@ -1,0 +1,620 @@
+"""The lever study of issue 8: every retrieval configuration under the grocery protocol, in one table.
+
+Each :class:`LeverConfig` changes one thing against the baseline (plain EfficientNet-Lite0, average pooling, centre
+crop), then the best ones are combined. Quality is measured on the ``val`` queries (the protocol) and on the
+``train`` photos as queries (a second, larger query set: nothing here is fitted on either), together with
+
+- **embed ms/query** — decode + preprocess + network for one query photo (all its views), batch 1, one thread;
+- **search ms/query** — scoring one query against the photo→photo gallery (2,640 train photos), including any
+  projection and re-ranking; the 81-item catalog costs less;
+- **self-check R@1** — the label-free merchant check (:mod:`catalens.evaluation.selfcheck`) on the 81 catalog
+  images with the same configuration, so its ranking of the configurations can be compared with the labelled one.
+
+Nothing is fitted on evaluation labels. The only fitted step, PCA-whitening, is learned on the *searched side*
+(the catalog for photo→catalog, the gallery photos for photo→photo), as an index build would learn it.
+
+Forward passes are cached by :class:`~catalens.evaluation.features.FeatureStore` (``~/.cache/catalens/levers``);
+the first run embeds every photo once per (model, input size, view), reruns take seconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from catalens.evaluation.features import Backbone, FeatureStore, View
+from catalens.evaluation.grocery import GroceryImage, load_grocery, photo_to_catalog, photo_to_photo
+
+__all__ = [
+    "CONFIGS",
+    "LeverConfig",
+    "alpha_query_expansion",
+    "database_augmentation",
+    "fit_whitening",
+    "format_table",
+    "run_levers",
+]
+
+SELF_CHECK_QUERIES_PER_ITEM = 4
+SELF_CHECK_SEED = 2024  # differs from the catalog multi-view seed: the self-check never sees the views it scores
+CATALOG_VIEW_SEED = 7
+
+
+@dataclass(frozen=True)
+class LeverConfig:
+    """One retrieval configuration.
+
+    Parameters
+    ----------
+    name
+        Row label.
+    lever
+        The lever group it belongs to (``baseline``, ``pooling``, ``framing``, ``flip``, ``multi-crop``, ``model``,
+        ``catalog multi-view``, ``whitening``, ``re-ranking``, ``combination``).
+    backbone
+        Weights and input size.
+    pooling
+        ``avg``, ``max``, ``gem`` (p = 3), ``rmac`` or ``avg+mid`` (average-pooled head concatenated with the GeM
+        of the stride-16 stage, each L2-normalised).
+    views
+        Views of every photo (query and gallery); their descriptors are L2-normalised and averaged.
+    catalog_views
+        Views of catalog images when they differ from ``views``.
+    catalog_augment
+        Synthetic shopper photos per catalog item (:mod:`catalens.evaluation.augment`), added to the item's
+        vector (``catalog_mode="mean"``: still one vector per item) or kept as extra vectors scored by the best
+        view (``"max"``: the index would hold several vectors per item).
+    whitening
+        Output dimension of a PCA-whitening learned on the searched side (``None``: none). Shrinkage
+        ``whitening_shrink`` × mean eigenvalue is added to every eigenvalue so weak axes are not blown up.
+    rerank
+        ``aqe`` (α-query expansion, α = 3) or ``dba`` (database-side augmentation of the gallery) with the top
+        ``rerank_k`` neighbours, or ``aqe+dba`` (both).
+    built
+        ``fp32`` or ``int8``: embed through the model ``catalens model build --weights W --pooling P`` makes and
+        :class:`~catalens.embedder.Embedder` (the production path, card preprocessing) instead of the study's
+        numpy pooling; ``pooling`` is then the graph's pooling spec (``rmac``, ``rmac+flip``, ...).
+    """
+
+    name: str
+    lever: str
+    backbone: Backbone = field(default_factory=Backbone)
+    pooling: str = "avg"
+    views: tuple[View, ...] = (View(),)
+    catalog_views: tuple[View, ...] | None = None
+    catalog_augment: int = 0
+    catalog_mode: str = "mean"
+    whitening: int | None = None
+    whitening_shrink: float = 1.0
+    rerank: str | None = None
+    rerank_k: int = 2
+    built: str | None = None
+
+    @property
+    def all_views(self) -> tuple[View, ...]:
+        return tuple(dict.fromkeys(self.views + (self.catalog_views or ())))
+
+
+LITE0 = Backbone("efficientnet-lite0", 224)
+LITE1 = Backbone("efficientnet-lite1", 240)
+LITE2 = Backbone("efficientnet-lite2", 260)
+CROP, FULL = View("crop"), View("full")
+CROP_FLIP, FULL_FLIP = View("crop", flip=True), View("full", flip=True)
+TIGHT = View("crop", crop_fraction=0.7)
+
+BASELINE = LeverConfig("baseline: lite0, avg, centre crop", "baseline")
+# The serving default (catalens.model.build.SERVING_WEIGHTS / SERVING_POOLING), as the study computes it.
+DEFAULT = replace(BASELINE, name="DEFAULT: lite1 + R-MAC", lever="combination", backbone=LITE1, pooling="rmac")
+
+CONFIGS: tuple[LeverConfig, ...] = (
+    BASELINE,
+    replace(BASELINE, name="GeM pooling (p=3)", lever="pooling", pooling="gem"),
+    replace(BASELINE, name="max pooling (MAC)", lever="pooling", pooling="max"),
+    replace(BASELINE, name="R-MAC (3 levels)", lever="pooling", pooling="rmac"),
+    replace(BASELINE, name="avg + mid-level GeM", lever="pooling", pooling="avg+mid"),
+    replace(BASELINE, name="no centre crop (whole photo)", lever="framing", views=(FULL,)),
+    replace(BASELINE, name="tight centre crop (0.7)", lever="framing", views=(TIGHT,)),
+    replace(BASELINE, name="flip averaging", lever="flip / multi-crop", views=(CROP, CROP_FLIP)),
+    replace(BASELINE, name="multi-crop (0.875 + 0.7)", lever="flip / multi-crop", views=(CROP, TIGHT)),
+    replace(
+        BASELINE,
+        name="crop + whole, each flipped (4 views)",
+        lever="flip / multi-crop",
+        views=(CROP, CROP_FLIP, FULL, FULL_FLIP),
+    ),
+    replace(BASELINE, name="catalog: 16 shopper views, mean", lever="catalog multi-view", catalog_augment=16),
+    replace(
+        BASELINE,
+        name="catalog: 16 shopper views, best view",
+        lever="catalog multi-view",
+        catalog_augment=16,
+        catalog_mode="max",
+    ),
+    replace(BASELINE, name="PCA-whitening (searched side, 256-d)", lever="whitening", whitening=256),
+    replace(BASELINE, name="αQE (top 2)", lever="re-ranking", rerank="aqe"),
+    replace(BASELINE, name="DBA on gallery (top 2)", lever="re-ranking", rerank="dba"),
+    replace(BASELINE, name="EfficientNet-Lite1 (240 px)", lever="model", backbone=LITE1),
+    replace(BASELINE, name="EfficientNet-Lite2 (260 px)", lever="model", backbone=LITE2),
+    DEFAULT,
+    replace(DEFAULT, name="lite1 + R-MAC + flip", views=(CROP, CROP_FLIP)),
+    replace(DEFAULT, name="lite1 + R-MAC + catalog views (mean)", catalog_augment=16),
+    replace(DEFAULT, name="lite1 + R-MAC + DBA + αQE (top 3)", rerank="aqe+dba", rerank_k=3),
+    replace(DEFAULT, name="lite2 + R-MAC + flip", backbone=LITE2, views=(CROP, CROP_FLIP)),
+    replace(DEFAULT, name="DEFAULT as built, fp32 (Embedder)", lever="int8 vs fp32", built="fp32"),
+    replace(DEFAULT, name="DEFAULT as built, int8 (Embedder)", lever="int8 vs fp32", built="int8"),
+)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def pooled(descriptors: dict[str, np.ndarray], pooling: str) -> np.ndarray:
+    """One view's descriptor for ``pooling`` (``avg+mid`` concatenates two normalised parts)."""
+    if pooling == "avg+mid":
+        return np.hstack([_unit(descriptors["avg"]), _unit(descriptors["mid"])])
+    return np.asarray(descriptors[pooling], dtype=np.float64)
+
+
+def fit_whitening(vectors: np.ndarray, dim: int, shrink: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    """PCA-whitening with shrinkage, fitted on ``vectors`` (the searched side); returns the projection.
+
+    Eigenvalue λᵢ becomes λᵢ + shrink·mean(λ): the weakest axes — mostly noise when the catalog is small — are
+    not amplified to the strength of the strongest ones (``shrink=0`` is plain whitening).
+    """
+    x = _unit(vectors)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    covariance = centred.T @ centred / max(1, len(x) - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1][: min(dim, len(x) - 1)]
+    values = np.clip(eigenvalues[order], 0.0, None)
+    scale = 1.0 / np.sqrt(values + shrink * values.mean() + 1e-12)
+    components = eigenvectors[:, order] * scale
+
+    def project(y: np.ndarray) -> np.ndarray:
+        return _unit((_unit(y) - mean) @ components)
+
+    return project
+
+
+def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, k: int = 2, alpha: float = 3.0) -> np.ndarray:
+    """αQE (Radenović et al.): each query becomes the similarity^α-weighted mean of itself and its top ``k``."""
+    q, db = _unit(queries), _unit(database)
+    scores = q @ db.T
+    top = np.argsort(-scores, axis=1)[:, :k]
+    weights = np.clip(np.take_along_axis(scores, top, axis=1), 0.0, None) ** alpha
+    return _unit(q + np.einsum("nk,nkd->nd", weights, db[top]))
+
+
+def database_augmentation(database: np.ndarray, k: int = 2, alpha: float = 3.0) -> np.ndarray:
+    """DBA: every database vector replaced by the weighted mean of itself and its top ``k`` database neighbours."""
+    db = _unit(database)
+    scores = db @ db.T
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argsort(-scores, axis=1)[:, :k]
+    weights = np.clip(np.take_along_axis(scores, top, axis=1), 0.0, None) ** alpha
+    return _unit(db + np.einsum("nk,nkd->nd", weights, db[top]))
+
+
+@dataclass
+class _Data:
+    """The grocery images in one fixed order, with index lists per role."""
+
+    paths: list[Path]
+    catalog: list[GroceryImage]
+    splits: dict[str, list[GroceryImage]]
+    row: dict[Path, int]
+
+    def rows(self, matrix: np.ndarray, images: Sequence[GroceryImage]) -> np.ndarray:
+        return matrix[[self.row[image.path] for image in images]]
+
+
+def _load(data_dir: Path) -> _Data:
+    data = load_grocery(data_dir)
+    images = sorted(data.images, key=lambda image: str(image.path))
+    paths = [image.path for image in images]
+    return _Data(
+        paths=paths,
+        catalog=sorted(data.catalog, key=lambda image: str(image.path)),
+        splits={split: sorted(data.photos(split), key=lambda image: str(image.path)) for split in ("train", "val")},
+        row={path: i for i, path in enumerate(paths)},
+    )
+
+
+class LeverStudy:
+    """Evaluates :class:`LeverConfig` objects on the grocery data, sharing cached forward passes."""
+
+    def __init__(self, data_dir: Path, store: FeatureStore) -> None:
+        self.data = _load(data_dir)
+        self.store = store
+        self._products: list | None = None
+        self._embedders: dict[tuple, object] = {}
+        self._augmented: dict[tuple[int, int], object] = {}
+
+    # ---- descriptors
+
+    def photo_vectors(self, config: LeverConfig, views: Sequence[View]) -> np.ndarray:
+        """Every grocery image (catalog and photos) embedded with ``views`` averaged."""
+        if config.built:
+            return self.built_vectors(config, self.data.paths, None, "files")
+        found = self.store.descriptors(config.backbone, list(views), self.data.paths)
+        return _unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views))
+
+    def built_embedder(self, config: LeverConfig):
+        """The production model for ``config`` (built once into the cache folder, or a temporary one)."""
+        import tempfile
+
+        from catalens.embedder import Embedder
+        from catalens.model.build import build_fp32, build_int8, write_model
+        from catalens.model.card import model_paths
+
+        key = (config.backbone.weights, config.pooling, config.built)
+        if key not in self._embedders:
+            fp32, fp32_card = build_fp32(config.backbone.weights, pooling=config.pooling)  # < 1 s; keys the cache
+            root = self.store.cache_dir or Path(tempfile.mkdtemp(prefix="catalens-levers-"))
+            model_dir = root / "models" / fp32_card.sha256[:12]
+            if not model_paths(model_dir, fp32_card.name, config.built)[1].is_file():
+                if config.built == "int8":
+                    write_model(model_dir, *build_int8(fp32, fp32_card))
+                else:
+                    write_model(model_dir, fp32, fp32_card)
+            self._embedders[key] = Embedder.from_dir(
+                model_dir, config.built, threads=self.store.threads, name=fp32_card.name
+            )
+        return self._embedders[key]
+
+    def built_vectors(
+        self, config: LeverConfig, paths: Sequence[Path], images: Callable | None, tag: str
+    ) -> np.ndarray:
+        """Vectors of ``paths`` (or of ``images(i)``) from the production model, cached by its sha256."""
+        import hashlib
+
+        from catalens.imaging import preprocess
+
+        embedder = self.built_embedder(config)
+        digest = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:12]
+        cache = None
+        if self.store.cache_dir is not None:
+            card = embedder.card
+            cache = self.store.cache_dir / f"built-{card.name}.{card.variant}-{card.sha256[:12]}-{tag}-{digest}.npz"
+            if cache.is_file():
+                with np.load(cache) as stored:
+                    return stored["vectors"]
+        chunks = []
+        for start in range(0, len(paths), self.store.batch):
+            indices = range(start, min(start + self.store.batch, len(paths)))
+            if images is None:
+                chunks.append(embedder.embed_images([Path(paths[i]).read_bytes() for i in indices]))
+            else:
+                batch = np.stack([preprocess(images(i), embedder.card.preprocess) for i in indices])
+                chunks.append(embedder.embed(batch))
+        vectors = np.concatenate(chunks).astype(np.float32)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, vectors=vectors)
+        return vectors
+
+    def _products_of_catalog(self) -> list:
+        if self._products is None:
+            from PIL import Image
+
+            from catalens.evaluation.augment import Product
+
+            self._products = [Product.of(Image.open(image.path)) for image in self.data.catalog]
+        return self._products
+
+    def augmented_catalog(self, config: LeverConfig, views: Sequence[View], count: int, seed: int) -> np.ndarray:
+        """``[count, n_catalog, d]``: synthetic shopper photos of every catalog item, embedded with ``views``."""
+        from catalens.evaluation.augment import AugmentConfig, augment
+
+        products = self._products_of_catalog()
+        n = len(products)
+        paths = [image.path for image in self.data.catalog] * count
+
+        def image(i: int):
+            key = (seed, i)
+            if key not in self._augmented:  # augmenting costs more than a forward pass: once per study
+                item = i % n
+                rng = np.random.default_rng([seed, i])
+                others = [p for j, p in enumerate(products) if j != item]
+                self._augmented[key] = augment(products[item], rng, AugmentConfig(), others=others)
+            return self._augmented[key]
+
+        tag = f"aug1-s{seed}-n{count}"
+        if config.built:
+            return _unit(self.built_vectors(config, paths, image, tag)).reshape(count, n, -1)
+        found = self.store.descriptors(config.backbone, list(views), paths, images=image, tag=tag)
+        vectors = _unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views))
+        return vectors.reshape(count, n, -1)
+
+    # ---- one configuration
+
+    def evaluate(self, config: LeverConfig) -> dict:
+        queries_all = self.photo_vectors(config, config.views)
+        catalog_all = (
+            self.photo_vectors(config, config.catalog_views) if config.catalog_views is not None else queries_all
+        )
+        catalog = self.data.rows(catalog_all, self.data.catalog)
+        catalog_labels = list(self.data.catalog)
+        extra = None
+        if config.catalog_augment:
+            extra = self.augmented_catalog(
+                config, config.catalog_views or config.views, config.catalog_augment, CATALOG_VIEW_SEED
+            )
+        catalog_side = catalog if extra is None else np.concatenate([catalog[None], extra])  # [V, n, d] or [n, d]
+        project = None
+        if config.whitening:
+            project = fit_whitening(
+                catalog_side.reshape(-1, catalog.shape[1]), config.whitening, config.whitening_shrink
+            )
+        if extra is not None:
+            if config.catalog_mode == "mean":
+                catalog = _unit(catalog_side.sum(axis=0))
+            else:
+                catalog_labels = catalog_labels * catalog_side.shape[0]
+                catalog = catalog_side.reshape(-1, catalog.shape[1])
+        if project is not None:
+            catalog = project(catalog)
+        result: dict = {}
+        for split, other in (("val", "train"), ("train", "val")):
+            queries = self.data.splits[split]
+            gallery = self.data.splits[other]
+            query_vectors = self.data.rows(queries_all, queries)
+            gallery_vectors = self.data.rows(queries_all, gallery)
+            catalog_queries = project(query_vectors) if project is not None else query_vectors
+            if config.rerank and "aqe" in config.rerank:
+                catalog_queries = alpha_query_expansion(catalog_queries, catalog, config.rerank_k)
+            p2c = photo_to_catalog(catalog_queries, queries, catalog, catalog_labels)
+            gallery_project = fit_whitening(gallery_vectors, config.whitening) if config.whitening else None
+            if gallery_project is not None:
+                query_vectors, gallery_vectors = gallery_project(query_vectors), gallery_project(gallery_vectors)
+            if config.rerank and "dba" in config.rerank:
+                gallery_vectors = database_augmentation(gallery_vectors, config.rerank_k)
+            if config.rerank and "aqe" in config.rerank:
+                query_vectors = alpha_query_expansion(query_vectors, gallery_vectors, config.rerank_k)
+            p2p = photo_to_photo(query_vectors, queries, gallery_vectors, gallery)
+            result[split] = {
+                "top1": p2c["top1"],
+                "top5": p2c["top5"],
+                "packages_top1": p2c["packages"]["top1"],
+                "p2p_recall@1": p2p["recall@1"],
+                "p2p_mAP": p2p["mAP"],
+            }
+        result["self_check"] = self.self_check(config, project)
+        result["search_ms"] = self.search_ms(config, queries_all)
+        result["dim"] = int(catalog.shape[1])
+        result["catalog_vectors_per_item"] = int(len(catalog_labels) // len(self.data.catalog))
+        return result
+
+    def self_check(self, config: LeverConfig, project: Callable[[np.ndarray], np.ndarray] | None) -> dict:
+        """The merchant self-check on the 81 catalog images, with this configuration's query and catalog sides."""
+        from catalens.evaluation.selfcheck import retrieval_recall
+
+        queries = self.augmented_catalog(config, config.views, SELF_CHECK_QUERIES_PER_ITEM, SELF_CHECK_SEED)
+        queries = queries.reshape(-1, queries.shape[-1])
+        items = np.tile(np.arange(len(self.data.catalog)), SELF_CHECK_QUERIES_PER_ITEM)
+        catalog_all = self.photo_vectors(config, config.catalog_views or config.views)
+        catalog = self.data.rows(catalog_all, self.data.catalog)
+        labels = np.arange(len(catalog))
+        if config.catalog_augment:
+            extra = self.augmented_catalog(
+                config, config.catalog_views or config.views, config.catalog_augment, CATALOG_VIEW_SEED
+            )
+            side = np.concatenate([catalog[None], extra])
+            if config.catalog_mode == "mean":
+                catalog = _unit(side.sum(axis=0))
+            else:
+                catalog, labels = side.reshape(-1, catalog.shape[1]), np.tile(labels, side.shape[0])
+        if project is not None:
+            queries, catalog = project(queries), project(catalog)
+        if config.rerank and "aqe" in config.rerank:
+            queries = alpha_query_expansion(queries, catalog, config.rerank_k)
+        recall = retrieval_recall(queries, items, catalog, labels)
+        return {"recall@1": recall["recall@1"], "recall@5": recall["recall@5"], "queries": len(items)}
+
+    def search_ms(self, config: LeverConfig, vectors: np.ndarray, repeats: int = 50) -> float:
+        """Median ms to score one query against the photo→photo gallery (projection and re-ranking included)."""
+        gallery = self.data.rows(vectors, self.data.splits["train"]).astype(np.float32)
+        queries = self.data.rows(vectors, self.data.splits["val"])[:repeats].astype(np.float32)
+        project = fit_whitening(gallery, config.whitening) if config.whitening else None
+        if project is not None:
+            gallery = project(gallery).astype(np.float32)
+        if config.rerank and "dba" in config.rerank:
+            gallery = database_augmentation(gallery, config.rerank_k).astype(np.float32)
+        times = []
+        with _one_blas_thread():  # a Lambda has about one vCPU; BLAS threads would only contend on a shared machine
+            for query in queries:
+                times.append(self._time_one_search(config, query, project, gallery))
+        return round(1000 * statistics.median(times), 3)
+
+    @staticmethod
+    def _time_one_search(config: LeverConfig, query: np.ndarray, project, gallery: np.ndarray) -> float:
+        started = time.perf_counter()
+        q = project(query[None]).astype(np.float32) if project is not None else query[None]
+        if config.rerank and "aqe" in config.rerank:
+            q = alpha_query_expansion(q, gallery, config.rerank_k).astype(np.float32)
+        scores = q @ gallery.T
+        top = min(10, len(gallery) - 1)
+        np.argpartition(-scores[0], top)[:top]
+        return time.perf_counter() - started
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread where threadpoolctl is installed (it comes with the builder extra)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - timing is then multi-threaded, still comparable between rows
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def embed_ms(backbone: Backbone, views: Sequence[View], photos: Sequence[Path], *, threads: int = 1) -> float:
+    """Median ms for one query photo: decode + every view's preprocessing + one network call (batch = views)."""
+    from catalens.evaluation.features import FeatureExtractor, load_photo, view_tensor
+
+    extractor = FeatureExtractor(backbone, threads=threads)
+    short_side = max(view.preprocess_config(backbone.size).decode_short_side for view in views)
+    times = []
+    for i, path in enumerate(photos):
+        data_path = Path(path)
+        started = time.perf_counter()
+        image = load_photo(data_path, short_side)
+        batch = np.stack([view_tensor(image, view, backbone.size) for view in views])
+        extractor.maps(batch)
+        if i > 0:  # the first call warms the session up
+            times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 2)
+
+
+def embedder_ms(embedder, photos: Sequence[Path]) -> float:
+    """Median ms of ``Embedder.embed_images`` for one photo (what ingest and search run per photo)."""
+    times = []
+    for i, path in enumerate(photos):
+        data = Path(path).read_bytes()
+        started = time.perf_counter()
+        embedder.embed_images([data])
+        if i > 0:
+            times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 2)
+
+
+def run_levers(
+    data_dir: Path,
+    store: FeatureStore,
+    configs: Sequence[LeverConfig] = CONFIGS,
+    *,
+    timing_photos: int = 21,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Evaluate every configuration; returns the JSON report (rows, baseline deltas, self-check agreement)."""
+    from catalens.evaluation.selfcheck import kendall_tau, spearman_rho
+
+    study = LeverStudy(data_dir, store)
+    timing_sample = study.data.splits["val"][::7][:timing_photos]
+    timings: dict[tuple, float] = {}
+    rows = []
+    for config in configs:
+        if log:
+            log(f"evaluating: {config.name}")
+        row = {"name": config.name, "lever": config.lever, **study.evaluate(config)}
+        key = (config.backbone, config.views, config.built, config.pooling if config.built else None)
+        sample = [image.path for image in timing_sample]
+        if key not in timings:
+            if config.built:
+                timings[key] = embedder_ms(study.built_embedder(config), sample)
+            else:
+                timings[key] = embed_ms(config.backbone, config.views, sample)
+        row["embed_ms"] = timings[key]
+        row["config"] = describe(config)
+        rows.append(row)
+    grocery = [row["val"]["top1"] + row["train"]["top1"] for row in rows]
+    self_check = [row["self_check"]["recall@1"] for row in rows]
+    return {
+        "protocol": "grocery levers",
+        "data": str(data_dir),
+        "rows": rows,
+        "self_check_agreement": {
+            "compared": "self-check recall@1 vs grocery photo→catalog top-1 (val + train queries), over the rows",
+            "spearman": spearman_rho(self_check, grocery),
+            "kendall": kendall_tau(self_check, grocery),
+        },
+    }
+
+
+def describe(config: LeverConfig) -> dict:
+    """The configuration as JSON."""
+    return {
+        "weights": config.backbone.weights,
+        "input": config.backbone.size,
+        "pooling": config.pooling,
+        "views": [view.key() for view in config.views],
+        "catalog_views": [view.key() for view in config.catalog_views] if config.catalog_views else None,
+        "catalog_augment": config.catalog_augment,
+        "catalog_mode": config.catalog_mode if config.catalog_augment else None,
+        "whitening": config.whitening,
+        "rerank": config.rerank,
+        "rerank_k": config.rerank_k if config.rerank else None,
+        "built": config.built,
+    }
+
+
+def format_table(report: dict) -> str:
+    """The report as a Markdown table (what the README shows)."""
+    header = (
+        "| configuration | val top-1 | val top-5 | val p→p R@1 | val p→p mAP | train top-1 | train top-5 "
+        "| train p→p mAP | self-check R@1 | embed ms | search ms |"
+    )
+    lines = [header, "|" + "|".join(["---"] * 11) + "|"]
+    for row in report["rows"]:
+        val, train = row["val"], row["train"]
+        lines.append(
+            f"| {row['name']} | {val['top1']:.3f} | {val['top5']:.3f} | {val['p2p_recall@1']:.3f} "
+            f"| {val['p2p_mAP']:.3f} | {train['top1']:.3f} | {train['top5']:.3f} | {train['p2p_mAP']:.3f} "
+            f"| {row['self_check']['recall@1']:.3f} | {row['embed_ms']:.1f} | {row['search_ms']:.2f} |"
+        )
+    agreement = report.get("self_check_agreement")
+    if agreement:
+        lines.append("")
+        lines.append(
+            f"Self-check vs grocery ranking of these rows: Spearman {agreement['spearman']:.2f}, "
+            f"Kendall {agreement['kendall']:.2f}."
+        )
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """Quality (photo→catalog top-1, val and train) against query latency (embed + search ms)."""
+    from catalens.evaluation.plot import Point, scatter_png
+
+    points = [
+        Point(
+            label=row["name"],
+            x=row["embed_ms"] + row["search_ms"],
+            y=row["val"]["top1"],
+            y2=row["train"]["top1"],
+            group=row["lever"],
+        )
+        for row in report["rows"]
+    ]
+    return scatter_png(
+        points,
+        path,
+        x_label="query latency: embed + search, ms (1 thread)",
+        y_label="photo→catalog top-1",
+        title="Grocery photo→catalog top-1 vs query latency (dot: val queries, ring: train photos as queries)",
+    )
+
+
+def run_command(args) -> int:
+    """``catalens eval grocery --levers``: JSON report on stdout, progress on stderr, optional table and plot."""
+    import json
+    import sys
+
+    from catalens.evaluation.features import default_cache_dir
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    threads = args.threads or 1
+    store = FeatureStore(args.cache_dir or default_cache_dir(), threads=threads, batch=args.batch, log=log)
+    configs = [c for c in CONFIGS if not args.only or any(text.lower() in c.name.lower() for text in args.only)]
+    report = run_levers(args.data, store, configs, log=log)
+    table = format_table(report)
+    log(table)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table + "\n")
+    if args.plot:
+        plot_report(report, args.plot)
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
