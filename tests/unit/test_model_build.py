@@ -244,7 +244,8 @@ def test_hand_edited_card_is_refused(model_dir: Path) -> None:
 
 
 def test_cli_builds_into_out_dir(tmp_path: Path, capsys) -> None:
-    assert cli_main(["model", "build", "--out", str(tmp_path), "--variant", "fp32", "--pooling", "gem"]) == 0
+    args = ["model", "build", "--out", str(tmp_path), "--variant", "fp32", "--weights", "efficientnet-lite0"]
+    assert cli_main([*args, "--pooling", "gem"]) == 0
     report = json.loads(capsys.readouterr().out)
     (model,) = report["models"]
     assert model["file"] == "efficientnet-lite0-gem3.fp32.onnx"

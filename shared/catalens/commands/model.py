@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         choices=["fp32", "int8"],
         help="variant to build; repeat for several (default: fp32 and int8)",
     )
-    parser.add_argument("--weights", default="efficientnet-lite0", help="efficientnet-lite0 (default), -lite1, -lite2")
-    parser.add_argument("--pooling", default="avg", help="avg (default), max, gem or gem:<p>")
+    parser.add_argument(
+        "--weights", default=None, help="efficientnet-lite0, -lite1 or -lite2 (default: the serving model, lite1)"
+    )
+    parser.add_argument(
+        "--pooling", default=None, help="avg, max, gem, gem:<p> or rmac, optionally +flip (default: serving, rmac)"
+    )
     parser.add_argument("--name", default=None, help="file stem (default: weights name, plus pooling if not avg)")
     parser.add_argument("--size", type=int, default=None, help="model input side (default: the weights' native size)")
     parser.add_argument("--resize-short", type=int, default=None, help="short side before the centre crop")
@@ -38,11 +42,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from catalens.imaging import PreprocessConfig
-    from catalens.model.build import WEIGHTS, build_models
+    from catalens.model.build import SERVING_POOLING, SERVING_WEIGHTS, WEIGHTS, build_models
     from catalens.model.card import model_paths
     from catalens.settings import load_settings
 
     out = args.out or load_settings().model_dir
+    args.weights = args.weights or SERVING_WEIGHTS
+    args.pooling = args.pooling or SERVING_POOLING
     preprocess = None
     if args.size or args.resize_short or args.no_crop:
         source = WEIGHTS.get(args.weights)
