@@ -137,6 +137,7 @@ class GraphSearcher:
         expand: int = DEFAULT_EXPAND,
         probe: int = DEFAULT_PROBE,
         allowed: np.ndarray | None = None,
+        pool: int | None = None,
         max_steps: int = 100_000,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-``k`` rows by dot product with ``query``, best first.
@@ -148,15 +149,18 @@ class GraphSearcher:
         k:
             Number of results wanted.
         ef:
-            Size of the candidate pool (raised to ``k`` if smaller); larger is slower and more exact.
+            Size of the result pool (raised to ``k`` if smaller); larger is slower and more exact.
         expand:
             How many of the best unexpanded candidates are expanded per step (one matmul each step).
         probe:
             When the entry points are grouped, how many groups' entry points are scored.
         allowed:
-            Optional bool[n]: only rows marked True are returned. The walk still passes through the
-            other rows (they are needed to navigate); results are collected from every scored row,
-            so a filter is applied before the top ``k`` is cut.
+            Optional bool[n]: only rows marked True are returned, so a filter is applied before the
+            top ``k`` is cut. The walk still passes through the other rows (they are needed to
+            navigate) and goes on while an unexpanded candidate beats the ``ef``-th allowed result.
+        pool:
+            With ``allowed``: how many candidates (allowed or not) the walk keeps; default ``4·ef``.
+            Without it the candidate pool is the result pool (``ef``).
         max_steps:
             Safety bound on the number of expansion steps.
 
@@ -167,6 +171,7 @@ class GraphSearcher:
         if k <= 0 or self._entries.size == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         ef = max(ef, k)
+        pool_size = ef if allowed is None else max(pool or 4 * ef, ef)
         vectors, indptr, indices = self._vectors, self._indptr, self._indices
         stamps, scratch = self._stamps()
         base = scratch.next_base
@@ -174,16 +179,15 @@ class GraphSearcher:
         stamps[entries] = base + np.arange(entries.size)
         counter = base + entries.size
 
-        if entry_scores.size > ef:
-            keep = np.argpartition(entry_scores, entry_scores.size - ef)[-ef:]
-            pool_rows, pool_scores = entries[keep], entry_scores[keep]
-        else:
-            pool_rows, pool_scores = entries, entry_scores
+        pool_rows, pool_scores = _top(entries, entry_scores, pool_size)
         pool_open = np.ones(pool_rows.size, dtype=bool)
-
+        # Without a filter the result pool is the candidate pool; with one, a separate top-ef of allowed rows.
+        worst_result = -np.inf
         if allowed is not None:
             ok = allowed[entries]
-            result_rows, result_scores = _top(entries[ok], entry_scores[ok], k)
+            result_rows, result_scores = _top(entries[ok], entry_scores[ok], ef)
+            if result_rows.size >= ef:
+                worst_result = result_scores.min()
 
         for _ in range(max_steps):
             open_idx = np.flatnonzero(pool_open)
@@ -191,6 +195,10 @@ class GraphSearcher:
                 break
             if open_idx.size > expand:
                 open_idx = open_idx[np.argpartition(pool_scores[open_idx], open_idx.size - expand)[-expand:]]
+            if allowed is not None and worst_result > -np.inf:
+                open_idx = open_idx[pool_scores[open_idx] >= worst_result]
+                if open_idx.size == 0:
+                    break  # no candidate left that could lead to a better allowed row
             pool_open[open_idx] = False
             frontier = pool_rows[open_idx].tolist()
             neighbours = np.concatenate([indices[indptr[u] : indptr[u + 1]] for u in frontier])
@@ -206,8 +214,8 @@ class GraphSearcher:
             pool_rows = np.concatenate((pool_rows, neighbours))
             pool_scores = np.concatenate((pool_scores, scores))
             pool_open = np.concatenate((pool_open, np.ones(neighbours.size, dtype=bool)))
-            if pool_rows.size > ef:
-                keep = np.argpartition(pool_scores, pool_rows.size - ef)[-ef:]
+            if pool_rows.size > pool_size:
+                keep = np.argpartition(pool_scores, pool_rows.size - pool_size)[-pool_size:]
                 pool_rows, pool_scores, pool_open = pool_rows[keep], pool_scores[keep], pool_open[keep]
 
             if allowed is not None:
@@ -215,8 +223,9 @@ class GraphSearcher:
                 if ok.any():
                     result_rows = np.concatenate((result_rows, neighbours[ok]))
                     result_scores = np.concatenate((result_scores, scores[ok]))
-                    if result_rows.size > 4 * k:
-                        result_rows, result_scores = _top(result_rows, result_scores, k)
+                    result_rows, result_scores = _top(result_rows, result_scores, ef)
+                    if result_rows.size >= ef:
+                        worst_result = result_scores.min()
         scratch.next_base = counter + 1
 
         if allowed is None:
