@@ -189,3 +189,12 @@ def test_deltas_over_an_empty_snapshot_are_searchable():
     assert len(view) == 3
     assert view.search(x[1], 1)[0].item_id == "d1"
     assert IndexView(empty, [_record("gone", x[0], "0")]).get("gone") is None  # older than the compacted delete
+
+
+def test_view_names_its_model_space_and_fields():
+    snapshot = build_snapshot(_catalog(5), model_fingerprint=FP, reduce_dim=4)
+    view = IndexView(snapshot, [_record("d", _vectors(1)[0], "0200", colour="red")])
+    assert view.model_fingerprint == FP
+    assert view.index_space == f"{FP}/{snapshot.projection.fingerprint}"
+    assert view.field_names() == {"category", "price", "colour"}
+    assert IndexView(None).index_space == ""

@@ -245,6 +245,7 @@ def build_snapshot(
             "created_at": now,
             "seed": seed,
             "graph": graph_info,
+            "fields": sorted({name for doc in documents for name in doc["fields"]}),
         },
     )
 

@@ -166,6 +166,30 @@ class IndexView:
         return self._len
 
     @property
+    def model_fingerprint(self) -> str | None:
+        """Fingerprint of the model the snapshot was built with (None without a snapshot)."""
+        return self.snapshot.model_fingerprint if self.snapshot is not None else None
+
+    @property
+    def index_space(self) -> str:
+        """Name of the space vectors live in: model fingerprint + projection fingerprint.
+
+        Compactions keep it; it changes only on a rebuild with another model or projection, which is
+        when stored index-space vectors (profiles) stop meaning anything.
+        """
+        if self.snapshot is None:
+            return ""
+        projection = self.snapshot.projection
+        return f"{self.snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
+
+    def field_names(self) -> frozenset[str]:
+        """Every product field name present in the index (snapshot and live deltas): what a filter may name."""
+        names = set(self.snapshot.field_names) if self.snapshot is not None else set()
+        for record in self._delta_records:
+            names.update(record.fields)
+        return frozenset(names)
+
+    @property
     def dim(self) -> int:
         """Index-space dimensionality (0 for an empty view)."""
         return self.snapshot.dim if self._snapshot_space else int(self._delta_vectors.shape[1])

@@ -113,6 +113,11 @@ class Snapshot:
         return self.projection.output_dim if self.projection is not None else self.model_dim
 
     @property
+    def field_names(self) -> tuple[str, ...]:
+        """Top-level product field names of the live items (recorded by the builder)."""
+        return tuple(self.info.get("fields", ()))
+
+    @property
     def generation(self) -> int:
         return int(self.info.get("generation", 0))
 
