@@ -119,7 +119,7 @@ class DynamoProfileStore:
         item = response.get("Item")
         return None if item is None else Profile.from_item(from_attribute_values(item))
 
-    get = load_for_ranking  # what the search service calls
+    get = load_for_ranking
 
     def get_async(self, user_id: str) -> Future[Profile | None]:
         """Start the ranking read now and collect it later (``.result()``).

@@ -5,7 +5,9 @@ model's space through a fixed orthonormal projection, so the query path projects
 snapshot would; a neighbour graph above the builder's threshold), published through the index protocol into an
 in-process moto S3, and ``functions/search/app.py`` is imported as Lambda would at a cold start. Then one 1 MP JPEG
 query, sent as API Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call,
-plus the handler's own breakdown (decode, embed, search, rank) from the response body.
+plus the handler's own breakdown (decode, embed, search, rank) from the response body. ``--user`` also times the
+same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
+through the real store; plain and personalised requests alternate, and the report gives the overhead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
     parser.add_argument("--variant", default=None, help="fp32 or int8 (default: Settings.model_variant)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--user", default=None, help="also time the query personalised for this shopper (moto profile)")
     parser.set_defaults(func=run)
 
 
@@ -66,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
 
         embedder = Embedder.from_dir(Path(model_dir), variant, threads=settings.onnx_threads)
         s3 = boto3.client("s3", region_name="us-east-1")
+        dynamodb = _profiles_table(boto3.client("dynamodb", region_name="us-east-1")) if args.user else None
         for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
             bucket = f"bench-index-{size}"
             s3.create_bucket(Bucket=bucket)
             build_seconds = _publish_synthetic_index(s3, bucket, size, embedder, args)
             os.environ["INDEX_BUCKET"] = bucket
+            if dynamodb is not None:
+                _put_profile(dynamodb, s3, bucket, args)
             handler, context = _cold_start()
             results[str(size)] = _measure(handler, context, query, args) | {"index_build_s": round(build_seconds, 1)}
             del handler
@@ -169,6 +175,32 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
     return time.perf_counter() - started
 
 
+def _profiles_table(client: Any) -> Any:
+    """The profiles table (with its siblings) in moto; the handler finds it through ``PROFILES_TABLE``."""
+    from catalens.adapters.dynamodb import create_tables
+
+    create_tables(client, events="bench-events", profiles="bench-profiles", cooccurrence="bench-cooccurrence")
+    os.environ["PROFILES_TABLE"] = "bench-profiles"
+    return client
+
+
+def _put_profile(dynamodb: Any, s3: Any, bucket: str, args: argparse.Namespace) -> None:
+    """``args.user`` buys 20 items of the index just published (written by the real updater, so in its space)."""
+    from catalens.adapters.dynamodb import DynamoProfileStore
+    from catalens.index.cache import IndexCache
+    from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup, index_space
+    from catalens.service.runtime import index_store
+    from catalens.settings import Settings
+
+    view = IndexCache(index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3), background=False).view
+    store = DynamoProfileStore(dynamodb, "bench-profiles")
+    store.delete(args.user)  # a fresh profile per catalog size
+    updater = ProfileUpdater(store=store, lookup=index_lookup(view), space=lambda: index_space(view()))
+    now = int(time.time() * 1000)
+    for n in range(20):
+        updater.handle(ShopperEvent(args.user, f"bench{n}", now + n, "purchase", f"item-{n * 37:07d}"))
+
+
 def _cold_start() -> tuple[Any, Any]:
     from catalens.local.runtime import LambdaContext, load_handler
 
@@ -178,30 +210,47 @@ def _cold_start() -> tuple[Any, Any]:
 
 def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace) -> dict[str, Any]:
     template = json.loads((REPO_ROOT / "tests" / "events" / "apigw_search_image.json").read_text())
-    template["queryStringParameters"] = {"k": str(args.k)}
-    template["multiValueQueryStringParameters"] = {"k": [str(args.k)]}
     template["body"] = base64.b64encode(query).decode()
-    latencies: list[float] = []
-    stages: dict[str, list[float]] = {}
+    variants = {"plain": {"k": str(args.k)}}
+    if args.user:
+        variants["personalized"] = {"k": str(args.k), "user_id": args.user}
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     item_count = 0
     for index in range(args.warmup + args.requests):
-        event = copy.deepcopy(template)
-        started = time.perf_counter()
-        response = handler(event, context)
-        elapsed = (time.perf_counter() - started) * 1000
-        if response["statusCode"] != 200:
-            print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
-            raise SystemExit(1)
-        if index < args.warmup:
-            continue
-        latencies.append(elapsed)
-        body = json.loads(response["body"])
-        item_count = body["item_count"]
-        for stage, value in body["timings_ms"].items():
-            stages.setdefault(stage, []).append(value)
-    latencies.sort()
+        for name, parameters in variants.items():  # alternated: drift on a shared machine hits both alike
+            event = copy.deepcopy(template)
+            event["queryStringParameters"] = parameters
+            event["multiValueQueryStringParameters"] = {key: [value] for key, value in parameters.items()}
+            started = time.perf_counter()
+            response = handler(event, context)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response["statusCode"] != 200:
+                print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
+                raise SystemExit(1)
+            body = json.loads(response["body"])
+            if body["personalized"] != (name == "personalized"):
+                print(f"bench search: {name} request answered personalized={body['personalized']}", file=sys.stderr)
+                raise SystemExit(1)
+            if index < args.warmup:
+                continue
+            latencies[name].append(elapsed)
+            item_count = body["item_count"]
+            for stage, value in body["timings_ms"].items():
+                stages[name].setdefault(stage, []).append(value)
+    result = {"items": item_count} | _summary(latencies["plain"], stages["plain"])
+    if args.user:
+        personal = _summary(latencies["personalized"], stages["personalized"])
+        result["personalized"] = personal
+        result["personalization_overhead_ms"] = {
+            stat: round(personal[f"{stat}_ms"] - result[f"{stat}_ms"], 2) for stat in ("p50", "mean")
+        }
+    return result
+
+
+def _summary(latencies: list[float], stages: dict[str, list[float]]) -> dict[str, Any]:
+    latencies = sorted(latencies)
     return {
-        "items": item_count,
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))], 2),
         "mean_ms": round(statistics.fmean(latencies), 2),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from catalens.cooccurrence import CooccurrenceCounts
@@ -42,7 +43,16 @@ class InMemoryProfileStore:
             return None
         return Profile.from_item({k: v for k, v in item.items() if k in RANKING_ATTRIBUTES})
 
-    get = load_for_ranking  # what the search service calls
+    get = load_for_ranking
+
+    def get_async(self, user_id: str) -> Future[Profile | None]:
+        """The ranking read as an already-completed future (what the search service calls; nothing to overlap)."""
+        future: Future[Profile | None] = Future()
+        try:
+            future.set_result(self.load_for_ranking(user_id))
+        except Exception as exc:  # delivered by .result(), like the DynamoDB store's background read
+            future.set_exception(exc)
+        return future
 
     def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None:
         with self._lock:

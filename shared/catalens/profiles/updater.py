@@ -11,9 +11,12 @@ transaction), so they are counted exactly once too.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,11 +44,17 @@ class ProfileStore(Protocol):
 
     def load_for_ranking(self, user_id: str) -> Profile | None: ...
 
-    def get(self, user_id: str) -> Profile | None: ...  # = load_for_ranking (what the search service calls)
+    def get(self, user_id: str) -> Profile | None: ...  # = load_for_ranking
+
+    def get_async(self, user_id: str) -> Future[Profile | None]: ...  # load_for_ranking, started now (search)
 
     def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None: ...
 
     def delete(self, user_id: str) -> bool: ...  # erase (tombstone); True when there was something to erase
+
+
+_SPACE_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""Space name per (immutable) snapshot: the projection fingerprint hashes the whole basis (~1 ms per search)."""
 
 
 def index_space(view: Any) -> str:
@@ -57,8 +66,13 @@ def index_space(view: Any) -> str:
     snapshot = getattr(view, "snapshot", None)
     if snapshot is None:
         return ""
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: a snapshot double that cannot be weakly keyed
+        return _SPACE_NAMES[snapshot]
     projection = getattr(snapshot, "projection", None)
-    return f"{snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
+    name = f"{snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
+    with contextlib.suppress(TypeError):
+        _SPACE_NAMES[snapshot] = name
+    return name
 
 
 def index_lookup(current_view: Callable[[], Any]) -> ItemLookup:
