@@ -198,3 +198,44 @@ def test_rank_correlations_handle_ties_like_tau_b():
     )
     assert kendall_tau(a, b) == pytest.approx(expected)
     assert spearman_rho(a, b) == pytest.approx(np.corrcoef([1.5, 1.5, 3, 4], [1, 2, 3, 4])[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command
+
+
+def test_eval_self_command_on_a_folder(model_dir, tmp_path, capsys):
+    import json
+
+    from catalens.cli import main as cli_main
+
+    folder = tmp_path / "catalog"
+    (folder / "drinks").mkdir(parents=True)
+    for i, data in enumerate(catalog(3)):
+        (folder / "drinks" / f"item{i}.png").write_bytes(data)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (folder / "notes.txt").write_text("not a photo")
+    assert cli_main(["eval", "self", "--catalog", str(folder), "--model-dir", str(model_dir), "--per-item", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["items"], report["queries"]) == (3, 3)
+    assert report["skipped_photos"] == [{"photo": "broken.jpg", "error": "truncated_image"}]
+    assert 0.0 <= report["recall@1"] <= report["recall@5"] <= 1.0
+    assert report["model"]["fingerprint"]
+
+
+def test_local_photos_reads_the_saved_catalog_bucket(tmp_path):
+    import json
+
+    from catalens.commands.eval_self import LOCAL_CATALOG_STATE, local_photos
+
+    folder = tmp_path / LOCAL_CATALOG_STATE
+    (folder / "objects").mkdir(parents=True)
+    (folder / "objects" / "a").write_bytes(b"photo-a")
+    (folder / "objects" / "b").write_bytes(b"{}")
+    index = {
+        "shoes/a.jpg": {"file": "a", "content_type": "image/jpeg", "etag": "1"},
+        "shoes/a.json": {"file": "b", "content_type": "application/json", "etag": "2"},
+        "shoes/gone.jpg": {"file": "missing", "content_type": "image/jpeg", "etag": "3"},
+    }
+    (folder / "index.json").write_text(json.dumps(index))
+    assert local_photos(tmp_path) == [("shoes/a.jpg", b"photo-a")]

@@ -27,6 +27,14 @@ class Point:
     group: str = ""  # points of a group share a colour
 
 
+_ASCII = str.maketrans({"→": "->", "α": "alpha-", "×": "x", "–": "-", "—": "-"})
+
+
+def _text(value: str) -> str:
+    """Pillow's built-in font has no arrows or Greek letters: spell them in ASCII."""
+    return value.translate(_ASCII)
+
+
 def _nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
     span = max(high - low, 1e-9)
     step = 10 ** math.floor(math.log10(span / count))
@@ -54,7 +62,7 @@ def scatter_png(
     small = ImageFont.load_default(size=13)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 80, 50, 860, height - 70
+    left, top, right, bottom = 80, 70, 860, height - 70
     xs = [p.x for p in points]
     ys = [v for p in points for v in (p.y, p.y2) if v is not None]
     x_low, x_high = 0.0, max(xs) * 1.08
@@ -66,7 +74,7 @@ def scatter_png(
             bottom - (y - y_low) / max(y_high - y_low, 1e-9) * (bottom - top),
         )
 
-    draw.text((left, 15), title, fill="black", font=font)
+    draw.text((left, 12), _text(title), fill="black", font=font)
     for tick in _nice_ticks(x_low, x_high):
         px, _ = to_px(tick, y_low)
         draw.line((px, top, px, bottom), fill=(230, 230, 230))
@@ -76,8 +84,8 @@ def scatter_png(
         draw.line((left, py, right, py), fill=(230, 230, 230))
         draw.text((left - 50, py - 8), f"{tick:.2f}", fill="black", font=small)
     draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text(((left + right) // 2 - 120, bottom + 35), x_label, fill="black", font=font)
-    draw.text((10, top - 30), y_label, fill="black", font=font)
+    draw.text(((left + right) // 2 - 120, bottom + 35), _text(x_label), fill="black", font=font)
+    draw.text((10, top - 28), _text(y_label), fill="black", font=font)
 
     groups = list(dict.fromkeys(p.group for p in points))
     colour = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
@@ -98,7 +106,7 @@ def scatter_png(
     draw.text((legend_x + 106, legend_y), legend[1], fill="black", font=small)
     for number, point in enumerate(points, start=1):
         y = legend_y + 28 + (number - 1) * 20
-        draw.text((legend_x, y), f"{number:>2}  {point.label}", fill=colour[point.group], font=small)
+        draw.text((legend_x, y), f"{number:>2}  {_text(point.label)}", fill=colour[point.group], font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, optimize=True)
     return path
