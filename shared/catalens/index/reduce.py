@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -47,9 +48,9 @@ class Projection:
     def output_dim(self) -> int:
         return int(self.components.shape[1])
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """Short hash of the arrays: two snapshots with equal fingerprints share an index space."""
+        """Short hash of the arrays: two snapshots with equal fingerprints share an index space (computed once)."""
         digest = hashlib.sha256(self.kind.encode())
         for array in (self.mean, self.components, self.scale):
             digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
