@@ -509,19 +509,20 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "index-grocery", "grocery_dir": str(grocery)}
     if not (grocery / "labels.csv").is_file():
         return {**result, "skipped": "grocery photos not found"}
-    cache = (args.keep / f"grocery-vectors-a{args.grocery_augment}-s{args.seed}.npz") if args.keep else None
+    cache = (args.keep / f"grocery-vectors-v2-a{args.grocery_augment}-s{args.seed}.npz") if args.keep else None
     try:
         if cache is not None and cache.is_file():
             with np.load(cache, allow_pickle=False) as saved:
                 arrays = [saved[name] for name in ("iv", "ip", "il", "qv", "qp", "ql")]
-                fingerprint, embed_seconds = str(saved["fp"]), None
+                fingerprint, model_name, embed_seconds = str(saved["fp"]), str(saved["model"]), None
         else:
             *arrays, card, embed_seconds = _grocery_vectors(
                 grocery, args.model_dir, args.grocery_augment, 500, args.seed, args.build_threads
             )
-            fingerprint = card.fingerprint()
+            fingerprint, model_name = card.fingerprint(), f"{card.name}.{card.variant}"
             if cache is not None:
-                np.savez(cache, **dict(zip(("iv", "ip", "il", "qv", "qp", "ql"), arrays, strict=True)), fp=fingerprint)
+                named = dict(zip(("iv", "ip", "il", "qv", "qp", "ql"), arrays, strict=True))
+                np.savez(cache, **named, fp=fingerprint, model=model_name)
     except Exception as exc:  # no model built, unreadable photo: report instead of failing the whole bench
         return {**result, "skipped": f"{type(exc).__name__}: {exc}"}
     index_vectors, index_photo, index_label, query_vectors, query_photo, query_label = arrays
@@ -529,6 +530,7 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
         {
             "index_items": len(index_vectors),
             "queries": len(query_vectors),
+            "model": model_name,
             "model_dim": int(index_vectors.shape[1]),
             "embed_seconds": round(embed_seconds, 1) if embed_seconds is not None else "cached",
         }
