@@ -27,7 +27,7 @@ from catalens.index.store import Delta, DeltaKey, IndexStore, LoadedVersion, Man
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
-    from catalens.index.view import IndexView
+    from catalens.index.search import IndexView
 
 log = logging.getLogger(__name__)
 
