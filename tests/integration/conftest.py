@@ -13,7 +13,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from catalens.local import moto_fixes
+
 AWS_REGION = "us-east-1"
+
+# moto checks S3 conditions and then writes, without a lock; threads sharing moto in-process (the concurrency tests,
+# the pollers) need S3's real atomicity. The local stack applies the same fix to its server.
+moto_fixes.make_s3_requests_atomic()
 
 
 @pytest.fixture

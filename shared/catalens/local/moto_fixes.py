@@ -10,6 +10,11 @@ elsewhere see plain moto. Each fix makes the emulator do what AWS documents:
    the events of one key) and the ``versionId`` on versioned buckets; moto omits both. The sequencer here is a
    process-wide increasing counter seeded from the clock, so it also orders events across restarts.
 3. **Removal records have no ``size``/``eTag``**, as on AWS (moto copies them from the deleted object).
+4. **Each S3 request is atomic** (:func:`make_s3_requests_atomic`). S3 is strongly consistent and its conditional
+   writes are atomic: of two racing ``PUT``s with ``If-None-Match: *`` one wins and the other gets 412. moto checks the
+   condition and then writes, so both can "win"; and on overwrite it closes the old object's buffer while another
+   thread may still read it (``ValueError: I/O operation on closed file``). Serialising S3 requests removes both.
+   This one also matters in-process under ``mock_aws`` whenever threads share moto, so the integration tests apply it.
 
 (ingest also accepts moto's raw shape — it falls back to ``eventTime`` — and its tests cover both shapes.)
 """
@@ -31,9 +36,38 @@ def next_sequencer() -> str:
     return f"{next(_counter):018X}"
 
 
+_s3_request_lock = threading.RLock()
+_s3_atomic = False
+
+
+def make_s3_requests_atomic() -> None:
+    """Run each S3 request in moto under one lock, so check-then-write is atomic as on AWS (idempotent).
+
+    Wraps the three entry points moto's S3 URL map dispatches to (bucket, key, and the ambiguous
+    path-style one that calls either, hence a re-entrant lock); in-process and server mode both go through them.
+    """
+    global _s3_atomic
+    with _lock:
+        if _s3_atomic:
+            return
+        from moto.s3.responses import S3Response
+
+        for name in ("ambiguous_response", "bucket_response", "key_response"):
+            original = getattr(S3Response, name)
+
+            def serialised(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                with _s3_request_lock:
+                    return _original(self, *args, **kwargs)
+
+            serialised.__name__ = name
+            setattr(S3Response, name, serialised)
+        _s3_atomic = True
+
+
 def apply() -> None:
     """Install the fixes (idempotent)."""
     global _applied
+    make_s3_requests_atomic()
     with _lock:
         if _applied:
             return
