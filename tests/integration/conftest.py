@@ -17,9 +17,11 @@ from catalens.local import moto_fixes
 
 AWS_REGION = "us-east-1"
 
-# moto checks S3 conditions and then writes, without a lock; threads sharing moto in-process (the concurrency tests,
-# the pollers) need S3's real atomicity. The local stack applies the same fix to its server.
+# moto checks conditions and then writes without a lock, and rolls failed DynamoDB transactions back over other
+# threads' writes; threads sharing moto in-process (the concurrency tests, the pollers) need the atomicity S3 and
+# DynamoDB really have. The local stack applies the same fixes to its server (see catalens.local.moto_fixes).
 moto_fixes.make_s3_requests_atomic()
+moto_fixes.make_dynamodb_operations_atomic()
 
 
 @pytest.fixture

@@ -264,31 +264,6 @@ def test_ttl_expiry_records_are_ignored(stack: Stack):
     assert stack.profiles.load("alice").to_item() == before
 
 
-@pytest.fixture
-def serialised_moto_operations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make moto's DynamoDB operations atomic with respect to each other, as DynamoDB's are.
-
-    moto is not thread-safe where these tests need it to be: ``transact_write_items`` deep-copies the
-    tables and, when a condition fails, restores that copy — erasing any write another thread committed
-    in between (a lost update that serialisable DynamoDB transactions cannot produce); and an ``ADD`` to a
-    new item first stores the bare key, then the attribute, so an unlocked concurrent query can read a
-    co-occurrence row without ``n`` (DynamoDB's reads only ever see committed items). One lock around
-    moto's reads and writes removes those artefacts without hiding a lost update of ours: the updater's
-    read and its conditional write are separate operations, and other writes still interleave between them.
-    """
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()  # re-entrant: moto's transaction calls its own get/put/update
-    for name in ("transact_write_items", "put_item", "update_item", "delete_item", "get_item", "query", "scan"):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self, *args, __original=original, **kwargs):
-            with lock:
-                return __original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
-
-
 class RecordingStore(DynamoProfileStore):
     """Remembers the co-occurrence pairs of every profile write that committed.
 
@@ -309,7 +284,6 @@ class RecordingStore(DynamoProfileStore):
             self.committed.extend(pairs)
 
 
-@pytest.mark.usefixtures("serialised_moto_operations")
 def test_two_concurrent_updaters_of_one_user_lose_no_event(stack: Stack):
     events = [ev(n, "click", f"item-{n % 5}", ts=T0 + n * 1000) for n in range(60)]
     errors: list[BaseException] = []

@@ -15,6 +15,12 @@ elsewhere see plain moto. Each fix makes the emulator do what AWS documents:
    condition and then writes, so both can "win"; and on overwrite it closes the old object's buffer while another
    thread may still read it (``ValueError: I/O operation on closed file``). Serialising S3 requests removes both.
    This one also matters in-process under ``mock_aws`` whenever threads share moto, so the integration tests apply it.
+5. **Each DynamoDB operation is atomic** (:func:`make_dynamodb_operations_atomic`). moto's ``transact_write_items``
+   deep-copies the tables and, when a condition fails, restores that copy, erasing any write another thread committed
+   in between (a lost update serialisable DynamoDB transactions cannot produce); and an ``ADD`` to a new item stores
+   the bare key before the attribute, so a concurrent read can see half an item. One lock around moto's reads and
+   writes removes those artefacts without hiding a lost update of ours: an updater's read and its conditional write
+   are separate operations, and other writes still interleave between them.
 
 (ingest also accepts moto's raw shape — it falls back to ``eventTime`` — and its tests cover both shapes.)
 """
@@ -64,10 +70,35 @@ def make_s3_requests_atomic() -> None:
         _s3_atomic = True
 
 
+_dynamodb_atomic = False
+
+
+def make_dynamodb_operations_atomic() -> None:
+    """Run each of moto's DynamoDB reads and writes under one re-entrant lock, as DynamoDB's are atomic (idempotent)."""
+    global _dynamodb_atomic
+    with _lock:
+        if _dynamodb_atomic:
+            return
+        from moto.dynamodb.models import DynamoDBBackend
+
+        lock = threading.RLock()  # re-entrant: moto's transaction calls its own get/put/update
+        for name in ("transact_write_items", "put_item", "update_item", "delete_item", "get_item", "query", "scan"):
+            original = getattr(DynamoDBBackend, name)
+
+            def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                with lock:
+                    return _original(self, *args, **kwargs)
+
+            locked.__name__ = name
+            setattr(DynamoDBBackend, name, locked)
+        _dynamodb_atomic = True
+
+
 def apply() -> None:
     """Install the fixes (idempotent)."""
     global _applied
     make_s3_requests_atomic()
+    make_dynamodb_operations_atomic()
     with _lock:
         if _applied:
             return
