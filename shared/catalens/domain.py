@@ -1,0 +1,130 @@
+"""Query-domain calibration: score shoppers' photos against shop photos as the two domains they are.
+
+Shoppers photograph products on shelves, in bins, in their hands; merchants upload clean shop photos. In a
+CNN's embedding space the two sit apart, and a few catalog items ("hubs": here a satsuma, a lime, a yoghurt pot)
+end up close to *every* shopper photo and win far more queries than they should. Two training-free corrections,
+both fitted on a small reference sample of recent query embeddings (no photos, no labels, no user ids):
+
+1. **Centring by domain.** Each side is centred on its own mean before the cosine: the query on the mean of the
+   reference queries, the item on the mean of the catalog. What every shopper photo shares (shelf clutter,
+   lighting) and what every shop photo shares (white background) stop counting as similarity.
+2. **Hubness correction** (the inverted softmax of Smith et al., ICLR 2017; CSLS of Conneau et al., ICLR 2018 is
+   its hard-neighbour cousin). An item's score is lowered by how similar it is to shoppers' photos *in general*:
+   ``(1/β)·log mean_r exp(β·s(r, item))`` over the reference queries r. A hub pays a lot, a specific item little.
+
+    calibrated(q, c) = cos(q − μ_q, c − μ_c) − (1/β) · log mean_r exp(β · cos(r − μ_q, c − μ_c))
+
+On the grocery data (``catalens eval grocery --levers``) this lifts photo→catalog top-1 by about 0.08 with the
+serving model, with a reference of 30 to 2,640 shopper photos. Item vectors are not changed (design invariant 5:
+the same photo gives the same vector in ingest and query); calibration re-scores a first-stage pool of candidates
+at query time. numpy only: this runs on the query path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_BETA = 5.0
+MAX_REFERENCE = 256
+MIN_REFERENCE = 30
+CALIBRATION_POOL = 50  # candidates re-scored (at least): the raw top-50 holds the calibrated top-k in practice
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True)
+class QueryDomain:
+    """Reference query embeddings (raw, as the embedder made them) and the calibration's temperature ``beta``.
+
+    Build with :meth:`from_samples`; ``reference`` is float32 ``[R, d]``, unit rows, ``MIN_REFERENCE <= R``.
+    """
+
+    reference: np.ndarray
+    beta: float = DEFAULT_BETA
+    query_mean: np.ndarray = field(init=False, repr=False)
+    _centred_reference: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        reference = np.asarray(self.reference, dtype=np.float32)
+        if reference.ndim != 2 or len(reference) < MIN_REFERENCE:
+            raise ValueError(f"a query domain needs at least {MIN_REFERENCE} reference vectors, got {reference.shape}")
+        if not np.isfinite(reference).all():
+            raise ValueError("reference vectors must be finite")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        reference = _unit(reference)
+        mean = reference.mean(axis=0)
+        object.__setattr__(self, "reference", reference)
+        object.__setattr__(self, "query_mean", mean)
+        object.__setattr__(self, "_centred_reference", _unit(reference - mean))
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: Sequence[np.ndarray] | np.ndarray,
+        *,
+        beta: float = DEFAULT_BETA,
+        max_reference: int = MAX_REFERENCE,
+        seed: int = 0,
+    ) -> QueryDomain | None:
+        """A domain from query samples (newest first), or None when there are fewer than ``MIN_REFERENCE``.
+
+        Rows that are not finite or have the wrong width are dropped; more than ``max_reference`` rows are
+        subsampled at random (seeded, so a rebuild from the same samples gives the same domain).
+        """
+        rows = [np.asarray(s, dtype=np.float32).reshape(-1) for s in samples]
+        if not rows:
+            return None
+        dim = rows[0].shape[0]
+        kept = [r for r in rows if r.shape[0] == dim and np.isfinite(r).all() and np.linalg.norm(r) > 0]
+        if len(kept) < MIN_REFERENCE:
+            return None
+        matrix = np.stack(kept)
+        if len(matrix) > max_reference:
+            pick = np.random.default_rng(seed).choice(len(matrix), max_reference, replace=False)
+            matrix = matrix[np.sort(pick)]
+        return cls(matrix, beta=beta)
+
+    @property
+    def dim(self) -> int:
+        return int(self.reference.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.reference.shape[0])
+
+    def calibrate(
+        self, query: np.ndarray, candidates: np.ndarray, catalog_mean: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated scores of ``candidates`` ``[P, d]`` for one ``query`` ``[d]``.
+
+        Returns ``(calibrated, centred, hubness)``, each ``[P]``: ``calibrated = centred − hubness``, where
+        ``centred`` is the domain-centred cosine and ``hubness`` the item's typical similarity to shoppers' photos.
+        """
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        candidates = np.asarray(candidates, dtype=np.float32).reshape(-1, query.shape[0])
+        if query.shape[0] != self.dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions, the query domain {self.dim}")
+        items = _unit(candidates - np.asarray(catalog_mean, dtype=np.float32))
+        centred = items @ _unit(query - self.query_mean)
+        hubness = self.hubness(items)
+        return centred - hubness, centred, hubness
+
+    def hubness(self, centred_items: np.ndarray) -> np.ndarray:
+        """``(1/β)·log mean_r exp(β·cos)`` per centred, unit item row (a stable log-sum-exp)."""
+        logits = self.beta * (self._centred_reference @ centred_items.T)  # [R, P]
+        top = logits.max(axis=0)
+        return (top + np.log(np.exp(logits - top).mean(axis=0))) / self.beta
+
+
+def catalog_mean(vectors: np.ndarray) -> np.ndarray:
+    """The mean of a catalog's unit item vectors (what centring subtracts from every item)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise ValueError("catalog_mean needs a non-empty [n, d] matrix")
+    return _unit(vectors).mean(axis=0)
