@@ -92,6 +92,7 @@ def test_an_uploaded_photo_becomes_searchable_and_a_deleted_one_disappears(stack
     item_id = f"e2e-rocket-{uuid.uuid4().hex[:8]}"
     created = stack.upload(f"{item_id}.jpg", photo, title="Test rocket", category="e2e", price="9.5", currency="EUR")
     assert created.status == 201, created.body
+    assert created.json()["item_id"] == item_id  # the id ingest will give it (catalens.service.ingest.item_id_for_key)
     stack.wait_for(lambda: is_indexed(stack, item_id), what=f"{item_id} to be searchable")
 
     item = stack.api("GET", f"/items/{item_id}").json()

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from catalens.local.catalog import CONTENT_TYPES, IMAGE_SUFFIXES, metadata_for, safe_name
 from catalens.local.gateway import HttpResponse, Request, json_response
+from catalens.service.ingest import item_id_for_key
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
@@ -94,7 +95,7 @@ class LocalRoutes:
                     {
                         "key": key,
                         "name": name,
-                        "item_id": name.rsplit(".", 1)[0],
+                        "item_id": item_id_for_key(key, self.r.catalog_prefix),
                         "size": entry["Size"],
                         "last_modified": entry["LastModified"].timestamp(),
                     }
@@ -132,7 +133,9 @@ class LocalRoutes:
             ContentType=CONTENT_TYPES.get(suffix, "application/octet-stream"),
             Metadata=metadata,
         )
-        return json_response(201, {"key": key, "item_id": name.rsplit(".", 1)[0], "etag": response.get("ETag")})
+        return json_response(
+            201, {"key": key, "item_id": item_id_for_key(key, self.r.catalog_prefix), "etag": response.get("ETag")}
+        )
 
     def delete_photo(self, request: Request, name: str) -> HttpResponse:
         key = self.r.catalog_prefix + safe_name(unquote(name))
