@@ -226,6 +226,22 @@ def test_duplicate_delivery_is_recognised(parts: dict[str, Any]) -> None:
     assert len(list(parts["blob"].list("index/deltas/"))) == 1
 
 
+def test_every_delivered_event_is_counted_so_a_duplicate_only_batch_still_publishes_a_metric(
+    parts: dict[str, Any],
+) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    catalog.put("a.jpg", JPEG)
+    record = {"eventName": "ObjectCreated:Put", "eventTime": "2026-01-01T00:00:00.000Z"}
+    record["s3"] = {"bucket": {"name": BUCKET}, "object": {"key": "a.jpg", "eTag": "x", "sequencer": "0A"}}
+    message = json.dumps({"Records": [record]})
+    assert [o.action for o in service.handle_message(message)] == ["indexed"]
+    assert [o.action for o in service.handle_message(message)] == ["unchanged"]  # SQS delivered it again
+    assert parts["metrics"].total("EventsReceived") == 2
+    assert parts["metrics"].total("ItemsIndexed") == 1
+    assert service.handle_message(json.dumps({"Event": "s3:TestEvent", "Bucket": BUCKET})) == []
+    assert parts["metrics"].total("EventsReceived") == 2
+
+
 # ------------------------------------------------------------------------------------------------ failures
 
 

@@ -274,6 +274,10 @@ class IngestService:
             raise IngestFailedError(str(exc), reason=exc.code) from exc
         if not events:
             log.info("s3:TestEvent received; the notification configuration works")
+            return []
+        # every delivery counts (duplicates included): the throughput signal, and a batch of duplicates
+        # still publishes a metric rather than an empty EMF blob
+        self.metrics.emit("EventsReceived", len(events))
         return [self.handle_event(event) for event in events]
 
     def handle_event(self, event: ObjectEvent) -> IngestOutcome:
