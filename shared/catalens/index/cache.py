@@ -12,6 +12,10 @@ the live deltas (which still hold everything the new version folded in: deltas a
 GC, after a grace period, once every retained version covers them). The swap is one reference
 assignment of a whole, verified state, so a reader sees a whole version or the previous one
 (invariant 2).
+
+The query-domain reference the manifest names is loaded the same way (by the loader thread, verified against its
+sha256) when the manifest's entry changes, and handed to every view. A missing or corrupt reference is logged and
+the views go without it: calibration is an optimisation, never a reason for a search to fail.
 """
 
 from __future__ import annotations
@@ -20,13 +24,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from catalens.index.store import Delta, DeltaKey, IndexStore, LoadedVersion, Manifest, SnapshotCoverage, make_view
+from catalens.index.store import (
+    Delta,
+    DeltaKey,
+    IndexStore,
+    LoadedVersion,
+    Manifest,
+    QueryDomainEntry,
+    SnapshotCoverage,
+    make_view,
+)
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
+    from catalens.domain import QueryDomain
     from catalens.index.search import IndexView
 
 log = logging.getLogger(__name__)
@@ -41,6 +55,8 @@ class _State:
     loaded: LoadedVersion | None
     deltas: dict[str, Delta]
     view: IndexView
+    domain_entry: QueryDomainEntry | None = None  # the manifest's entry this state followed (loaded or not)
+    query_domain: QueryDomain | None = None  # its reference, None when absent, another model's or unloadable
 
     @property
     def version(self) -> str | None:
@@ -56,6 +72,7 @@ class CacheStats:
     versions_loaded: int = 0
     deltas_fetched: int = 0
     refresh_errors: int = 0
+    query_domains_loaded: int = 0
 
 
 class IndexCache:
@@ -130,6 +147,11 @@ class IndexCache:
         """The version currently answering (None before the first compaction or the first view())."""
         return self._state.version if self._state else None
 
+    @property
+    def query_domain_entry(self) -> QueryDomainEntry | None:
+        """The manifest's query-domain entry the current views follow (health, tests)."""
+        return self._state.domain_entry if self._state else None
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for a background revalidation and version load to finish (tests, shutdown). True when idle."""
         for thread in (self._refresher, self._loader, self._loader):  # a refresh may start a load
@@ -159,11 +181,11 @@ class IndexCache:
             manifest, etag = None, state.manifest_etag
         if manifest is not None:
             new_version = manifest.current.version if manifest.current else None
-            if new_version != state.version:
+            if new_version != state.version or manifest.query_domain != state.domain_entry:
                 self._start_load(manifest, etag)
             elif manifest.generation > state.generation:
                 state = self._install(
-                    _State(manifest.generation, etag, state.loaded, state.deltas, state.view), only_if_newer=True
+                    replace(state, generation=manifest.generation, manifest_etag=etag), only_if_newer=True
                 )
         self._refresh_deltas(state)
 
@@ -174,10 +196,10 @@ class IndexCache:
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
         if deltas.keys() == state.deltas.keys():
             return
-        view = make_view(state.loaded, deltas.values())
+        view = make_view(state.loaded, deltas.values(), query_domain=state.query_domain)
         with self._swap_lock:
             if self._state is state:  # a newer version swapped in meanwhile brings its own deltas
-                self._state = _State(state.generation, state.manifest_etag, state.loaded, deltas, view)
+                self._state = replace(state, deltas=deltas, view=view)
 
     def _start_load(self, manifest: Manifest, etag: str | None) -> None:
         version = manifest.current.version if manifest.current else None
@@ -198,21 +220,32 @@ class IndexCache:
         self._loader.start()
 
     def _load(self, manifest: Manifest, etag: str | None) -> _State:
-        """A whole state for ``manifest``: verified version files, then the deltas its snapshot does not cover."""
-        loaded = self.store.load_version(manifest.current) if manifest.current else None
-        known = self._state.deltas if self._state else {}
+        """A whole state for ``manifest``: verified version files, its query domain, then the deltas its snapshot
+        does not cover. What the current state already holds for the same version or entry is reused."""
+        current = self._state
+        if current is not None and current.version == (manifest.current.version if manifest.current else None):
+            loaded = current.loaded
+        else:
+            loaded = self.store.load_version(manifest.current) if manifest.current else None
+            self.stats.versions_loaded += 1 if loaded else 0
+        if current is not None and current.domain_entry == manifest.query_domain:
+            domain = current.query_domain
+        else:
+            domain = self.store.query_domain_of(manifest)
+            self.stats.query_domains_loaded += 1 if domain is not None else 0
+        known = current.deltas if current else {}
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
         deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=known)
-        self.stats.versions_loaded += 1 if loaded else 0
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in known)
-        return _State(manifest.generation, etag, loaded, deltas, make_view(loaded, deltas.values()))
+        view = make_view(loaded, deltas.values(), query_domain=domain)
+        return _State(manifest.generation, etag, loaded, deltas, view, manifest.query_domain, domain)
 
     def _install(self, new: _State, *, only_if_newer: bool) -> _State:
         with self._swap_lock:
             current = self._state
             if only_if_newer and current is not None and new.generation < current.generation:
                 return current
-            if current is not None and current.loaded is not new.loaded:
+            if current is not None:
                 new = _carry_newer_deltas(current, new)
             self._state = new
             return new
@@ -231,4 +264,4 @@ def _carry_newer_deltas(current: _State, new: _State) -> _State:
     if not kept:
         return new
     deltas = {**new.deltas, **kept}
-    return _State(new.generation, new.manifest_etag, new.loaded, deltas, make_view(new.loaded, deltas.values()))
+    return replace(new, deltas=deltas, view=make_view(new.loaded, deltas.values(), query_domain=new.query_domain))

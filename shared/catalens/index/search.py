@@ -5,20 +5,27 @@
 graph, searches the delta vectors exactly, and merges both exactly: scores are comparable (both
 cosine in index space), no item appears twice, hits come best first. Filters are applied before
 the top ``k`` is cut, on both parts. Only numpy is imported (this runs in the search Lambda).
+
+A view also carries what query-domain calibration (:mod:`catalens.domain`) needs, both in index space: the
+query domain the cache loaded (``query_domain``) and the mean of the live item vectors (``catalog_mean``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
+from catalens.domain import QueryDomain
 from catalens.errors import ModelError
 from catalens.index.filters import Filter
 from catalens.index.records import Hit, IndexedItem, ItemRecord, is_newer, sequencer_key
@@ -26,6 +33,23 @@ from catalens.index.reduce import normalise
 from catalens.index.snapshot import Snapshot
 
 Strategy = Literal["auto", "exact", "graph"]
+
+log = logging.getLogger(__name__)
+
+# Per snapshot, the float64 sum of its vectors: views are rebuilt whenever the deltas change, and each one's
+# catalog mean is this sum corrected for the few rows its deltas hide or add (not a pass over every row).
+_snapshot_sums: weakref.WeakKeyDictionary[Snapshot, np.ndarray] = weakref.WeakKeyDictionary()
+_snapshot_sums_lock = threading.Lock()
+
+
+def _snapshot_sum(snapshot: Snapshot) -> np.ndarray:
+    with _snapshot_sums_lock:
+        total = _snapshot_sums.get(snapshot)
+    if total is None:
+        total = snapshot.vectors.sum(axis=0, dtype=np.float64)
+        with _snapshot_sums_lock:
+            _snapshot_sums[snapshot] = total
+    return total
 
 
 @dataclass(frozen=True)
@@ -97,9 +121,11 @@ class IndexView:
         deltas: Sequence[ItemRecord] = (),
         *,
         params: SearchParams | None = None,
+        query_domain: QueryDomain | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.params = params or SearchParams()
+        self._model_space_domain = query_domain
         latest: dict[str, ItemRecord] = {}
         for record in deltas:
             if is_newer(record, latest.get(record.item_id)):
@@ -239,6 +265,45 @@ class IndexView:
     def project(self, query: np.ndarray) -> np.ndarray:
         """A model-space vector in this view's index space (unit norm)."""
         return self._project(np.asarray(query, dtype=np.float32))
+
+    # ---- query-domain calibration --------------------------------------------------------
+    @cached_property
+    def query_domain(self) -> QueryDomain | None:
+        """The query domain to calibrate photo queries with, in index space (None: search uncalibrated).
+
+        The cache hands in the reference as stored (model space); with a projection its rows are projected like
+        any query. A reference of another width than the model's is left out (logged), never an error.
+        """
+        domain = self._model_space_domain
+        if domain is None or self._model_dim is None:
+            return None
+        if domain.dim != self._model_dim:
+            log.warning(
+                "query domain has %d dims, the index's model %d: searching uncalibrated", domain.dim, self._model_dim
+            )
+            return None
+        if self._snapshot_space and self.snapshot.projection is not None:
+            return QueryDomain(self.snapshot.project(domain.reference), beta=domain.beta)
+        return domain
+
+    @cached_property
+    def catalog_mean(self) -> np.ndarray | None:
+        """Mean of the live item vectors in index space (snapshot rows the deltas leave visible, plus the deltas).
+
+        What :meth:`catalens.domain.QueryDomain.calibrate` centres items on; None for an empty view.
+        """
+        if self._len == 0:
+            return None
+        total = np.zeros(self.dim, dtype=np.float64)
+        if self._snapshot_space and len(self.snapshot):
+            total += _snapshot_sum(self.snapshot)
+            if self._hidden_rows.size:
+                total -= self.snapshot.vectors[self._hidden_rows].sum(axis=0, dtype=np.float64)
+        if len(self._delta_vectors):
+            total += self._delta_vectors.sum(axis=0, dtype=np.float64)
+        mean = (total / self._len).astype(np.float32)
+        mean.setflags(write=False)
+        return mean
 
     # ---- search --------------------------------------------------------------------------
     def search(

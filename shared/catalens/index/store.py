@@ -6,6 +6,8 @@ Layout under ``prefix``::
     versions/<version>/snapshot/<file>              Snapshot.to_files(), immutable, written before the manifest
     versions/<version>/ledger.json                  per item: the (sequencer, deleted) the version holds (for GC)
     deltas/<item-id>/<sequencer>-<put|del>-<event-hash>.json   one per S3 event, written by ingest
+    queries/samples/<fingerprint[:16]>/<YYYY-MM-DD>/<unix-ms>-<uuid4hex>.npy   raw query embeddings (float16), search
+    queries/reference/<sha256[:24]>.npz             a query-domain reference (immutable), named by the manifest
 
 Why it is lossless under concurrency (DESIGN invariant 1):
 
@@ -28,26 +30,33 @@ them; readers verify every file's size and sha256 against the manifest entry and
 deletes only what no retained manifest entry references, after a grace period, so a reader holding an
 older manifest can still load it; it deletes a delta only once every retained version covers it, so
 a rollback loses no ingest.
+
+Query-domain calibration (:mod:`catalens.domain`) rides on the same protocol: search writes query samples under
+fresh keys, the builder folds the newest into an immutable, content-addressed reference object and swaps the
+manifest to name it (the same guarded swap). Compaction and rollback carry the manifest's entry over untouched.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import random
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
 
 import numpy as np
 
+from catalens.domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
 from catalens.errors import CatalensError
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import (
@@ -70,6 +79,11 @@ VERSIONS_DIR = "versions/"
 DELTAS_DIR = "deltas/"
 SNAPSHOT_DIR = "snapshot/"
 LEDGER_NAME = "ledger.json"
+QUERIES_DIR = "queries/"
+QUERY_SAMPLES_DIR = QUERIES_DIR + "samples/"
+QUERY_REFERENCE_DIR = QUERIES_DIR + "reference/"
+QUERY_SAMPLE_MAX_AGE_DAYS = 30
+QUERY_SAMPLE_READ_FACTOR = 4  # refresh reads up to this × max_reference newest samples
 _SEQ_WIDTH = 32  # S3 sequencers are ~16-20 hex digits; padding only makes keys sort nicely, order uses sequencer_key
 
 
@@ -362,13 +376,65 @@ class VersionEntry:
 
 
 @dataclass(frozen=True)
+class QueryDomainEntry:
+    """What the manifest says about the query-domain reference object: enough to verify it was read whole.
+
+    ``key`` is relative to the store prefix (``queries/reference/<sha256[:24]>.npz``); ``model_fingerprint`` is the
+    model that embedded the reference queries (a domain from another model is not applied).
+    """
+
+    key: str
+    sha256: str
+    size: int
+    count: int
+    beta: float
+    model_fingerprint: str
+    created_at: str
+
+    def same_reference(self, other: QueryDomainEntry | None) -> bool:
+        """Same object, temperature and model: swapping one for the other would change nothing."""
+        return other is not None and (self.sha256, self.beta, self.model_fingerprint) == (
+            other.sha256,
+            other.beta,
+            other.model_fingerprint,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "sha256": self.sha256,
+            "size": self.size,
+            "count": self.count,
+            "beta": self.beta,
+            "model_fingerprint": self.model_fingerprint,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QueryDomainEntry:
+        entry = cls(
+            key=str(d["key"]),
+            sha256=str(d["sha256"]),
+            size=int(d["size"]),
+            count=int(d["count"]),
+            beta=float(d["beta"]),
+            model_fingerprint=str(d["model_fingerprint"]),
+            created_at=str(d["created_at"]),
+        )
+        if not entry.key.startswith(QUERY_REFERENCE_DIR) or ".." in entry.key:
+            raise ValueError(f"query-domain key {entry.key!r} is not under {QUERY_REFERENCE_DIR}")
+        return entry
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """The current version and the previous ones kept for rollback (newest first)."""
+    """The current version and the previous ones kept for rollback (newest first), and the query domain."""
 
     generation: int = 0
     current: VersionEntry | None = None
     history: tuple[VersionEntry, ...] = ()
     updated_at: str = ""
+    query_domain: QueryDomainEntry | None = None  # absent from the JSON when None (older manifests have none)
 
     @property
     def retained(self) -> tuple[VersionEntry, ...]:
@@ -385,6 +451,8 @@ class Manifest:
             "current": self.current.to_dict() if self.current else None,
             "history": [e.to_dict() for e in self.history],
         }
+        if self.query_domain is not None:
+            body["query_domain"] = self.query_domain.to_dict()
         return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
 
     @classmethod
@@ -398,9 +466,21 @@ class Manifest:
                 current=VersionEntry.from_dict(body["current"]) if body["current"] else None,
                 history=tuple(VersionEntry.from_dict(e) for e in body["history"]),
                 updated_at=body.get("updated_at", ""),
+                query_domain=_decode_query_domain_entry(body.get("query_domain")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptIndexError(f"manifest cannot be decoded: {exc}") from exc
+
+
+def _decode_query_domain_entry(raw: Any) -> QueryDomainEntry | None:
+    """The manifest's query-domain entry; a malformed one is logged and ignored (searches work without it)."""
+    if raw is None:
+        return None
+    try:
+        return QueryDomainEntry.from_dict(raw)
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring the manifest's malformed query_domain entry %r", raw, exc_info=True)
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ retry policy
@@ -451,6 +531,8 @@ class GcResult:
     objects_deleted: int = 0
     deltas_deleted: int = 0
     deltas_kept: int = 0
+    query_samples_deleted: int = 0
+    query_references_deleted: int = 0
 
 
 class IndexStore:
@@ -618,7 +700,26 @@ class IndexStore:
         manifest, _ = self.read_manifest()
         loaded = self.load_version(manifest.current) if manifest.current else None
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
-        return make_view(loaded, self.fetch_deltas(self.list_deltas(), coverage).values())
+        deltas = self.fetch_deltas(self.list_deltas(), coverage).values()
+        return make_view(loaded, deltas, query_domain=self.query_domain_of(manifest))
+
+    def query_domain_of(self, manifest: Manifest) -> QueryDomain | None:
+        """The query domain ``manifest`` names for its current version, or None (none, another model's, or bad).
+
+        Never raises for a missing or corrupt reference: it is logged and searches go uncalibrated.
+        """
+        entry = manifest.query_domain
+        if entry is None or manifest.current is None:
+            return None
+        if entry.model_fingerprint != manifest.current.model_fingerprint:
+            current = manifest.current.model_fingerprint
+            log.info("query domain of model %s, the index's is %s: not applied", entry.model_fingerprint, current)
+            return None
+        try:
+            return self.load_query_domain(entry)
+        except Exception:  # a reference is an optimisation: searching uncalibrated beats failing
+            log.warning("query domain %s cannot be loaded; searching uncalibrated", entry.key, exc_info=True)
+            return None
 
     # ---- builder side
 
@@ -685,6 +786,7 @@ class IndexStore:
                 current=entry,
                 history=manifest.retained[: self.keep_versions - 1],
                 updated_at=_iso(now),
+                query_domain=manifest.query_domain,
             )
             if self._swap_manifest(published, etag):
                 return CompactionResult(
@@ -719,26 +821,174 @@ class IndexStore:
                 current=target,
                 history=history[: self.keep_versions - 1],
                 updated_at=_iso(self._wall_clock()),
+                query_domain=manifest.query_domain,
             )
             if self._swap_manifest(published, etag):
                 return published
             self.retry.pause(attempt, self._sleep)
         raise ManifestConflictError(f"rollback to {version!r} lost the manifest race {self.retry.attempts} times")
 
-    def gc(self, grace_seconds: float = 3600.0, *, dry_run: bool = False) -> GcResult:
+    # ---- query domain (search writes samples; the builder refreshes the reference)
+
+    def write_query_sample(self, vector: np.ndarray, *, model_fingerprint: str, now: float | None = None) -> str:
+        """Store one raw query embedding (float16, nothing else) for the next reference; returns the blob key.
+
+        A fresh key per sample (time + uuid), written with If-None-Match: samples never overwrite each other.
+        Raises :class:`InvalidRecordError` for a vector that is not 1-D, finite and non-zero.
+        """
+        sample = _query_sample(vector)
+        if not model_fingerprint:
+            raise InvalidRecordError("a query sample needs the fingerprint of the model that embedded it")
+        now = self._wall_clock() if now is None else now
+        day = datetime.fromtimestamp(now, UTC).date().isoformat()
+        key = (
+            f"{self.prefix}{QUERY_SAMPLES_DIR}{_fingerprint_dir(model_fingerprint)}/{day}/"
+            f"{int(now * 1000):013d}-{uuid.uuid4().hex}.npy"
+        )
+        buffer = io.BytesIO()
+        np.save(buffer, sample, allow_pickle=False)
+        self.blob.put(key, buffer.getvalue(), if_none_match=True)
+        return key
+
+    def recent_query_samples(
+        self,
+        *,
+        model_fingerprint: str,
+        limit: int,
+        max_age_days: int = QUERY_SAMPLE_MAX_AGE_DAYS,
+        now: float | None = None,
+    ) -> list[np.ndarray]:
+        """Up to ``limit`` samples of ``model_fingerprint``, at most ``max_age_days`` old, newest first (float32).
+
+        Lists one day's folder at a time from today backwards and stops once ``limit`` are found, so a busy
+        month costs the LISTs of the last day or two. Samples deleted meanwhile or undecodable are skipped.
+        """
+        if limit <= 0:
+            return []
+        now = self._wall_clock() if now is None else now
+        oldest_ms = int((now - max_age_days * 86400) * 1000)
+        base = f"{self.prefix}{QUERY_SAMPLES_DIR}{_fingerprint_dir(model_fingerprint)}/"
+        day = datetime.fromtimestamp(now, UTC).date() + timedelta(days=1)  # a writer's clock may run a bit ahead
+        last_day = datetime.fromtimestamp(oldest_ms / 1000, UTC).date()
+        chosen: list[tuple[int, str]] = []
+        while day >= last_day and len(chosen) < limit:
+            found = [(_sample_millis(info.key), info.key) for info in self.blob.list(f"{base}{day.isoformat()}/")]
+            chosen.extend(sorted(((ms, key) for ms, key in found if ms is not None and ms >= oldest_ms), reverse=True))
+            day -= timedelta(days=1)
+        keys = [key for _, key in chosen[:limit]]
+        fetched = self._fetch_all({key: key for key in keys})
+        samples: list[np.ndarray] = []
+        for key in keys:
+            data = fetched[key]
+            if data is None:
+                continue
+            try:
+                sample = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError):
+                log.warning("skipping undecodable query sample %s", key, exc_info=True)
+                continue
+            if sample.ndim != 1:
+                log.warning("skipping query sample %s of shape %s", key, sample.shape)
+                continue
+            samples.append(sample.astype(np.float32))
+        return samples
+
+    def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
+        """The reference the manifest names, verified against its size and sha256 (CorruptIndexError if not)."""
+        try:
+            data = self.blob.get(self.prefix + entry.key).data
+        except BlobNotFoundError as exc:
+            raise CorruptIndexError(f"query-domain reference {entry.key!r} named by the manifest is missing") from exc
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise CorruptIndexError(f"query-domain reference {entry.key!r} does not match the manifest's checksum")
+        try:
+            domain = QueryDomain(decode_query_reference(data), beta=entry.beta)
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise CorruptIndexError(f"query-domain reference {entry.key!r} cannot be decoded: {exc}") from exc
+        if len(domain) != entry.count:
+            raise CorruptIndexError(
+                f"query-domain reference {entry.key!r}: {len(domain)} rows, manifest says {entry.count}"
+            )
+        return domain
+
+    def refresh_query_domain(
+        self, *, max_reference: int = MAX_REFERENCE, beta: float = DEFAULT_BETA, now: float | None = None
+    ) -> QueryDomainEntry | None:
+        """Build the reference from the newest samples of the current model and make the manifest name it.
+
+        Returns None when there is no current version or fewer than ``MIN_REFERENCE`` usable samples (the manifest
+        is left as it is); otherwise the entry the manifest now names. An unchanged reference is not swapped
+        again. The object is written before the manifest names it; the swap is the manifest's usual If-Match
+        write, redone from a fresh read on a lost race (bounded, jittered).
+        """
+        now = self._wall_clock() if now is None else now
+        built: tuple[str, QueryDomain] | None = None  # (model fingerprint, domain) of the samples read
+        written: str | None = None  # sha256 of the reference object written by this call
+        for attempt in range(self.retry.attempts):
+            manifest, etag = self.read_manifest()
+            if manifest.current is None:
+                return None
+            fingerprint = manifest.current.model_fingerprint
+            if built is None or built[0] != fingerprint:
+                samples = self.recent_query_samples(
+                    model_fingerprint=fingerprint, limit=QUERY_SAMPLE_READ_FACTOR * max_reference, now=now
+                )
+                domain = QueryDomain.from_samples(samples, beta=beta, max_reference=max_reference)
+                if domain is None:
+                    log.info(
+                        "query domain not refreshed: %d samples of model %s are too few", len(samples), fingerprint
+                    )
+                    return None
+                built = (fingerprint, domain)
+            domain = built[1]
+            data = encode_query_reference(domain.reference)
+            digest = hashlib.sha256(data).hexdigest()
+            entry = QueryDomainEntry(
+                key=f"{QUERY_REFERENCE_DIR}{digest[:24]}.npz",
+                sha256=digest,
+                size=len(data),
+                count=len(domain),
+                beta=float(domain.beta),
+                model_fingerprint=fingerprint,
+                created_at=_iso(now),
+            )
+            if entry.same_reference(manifest.query_domain):
+                return manifest.query_domain
+            if written != digest:
+                # Content-addressed: rewriting identical bytes changes nothing but LastModified, which GC's
+                # grace period counts from, so an old unreferenced copy is not collected under the new manifest.
+                self.blob.put(self.prefix + entry.key, data)
+                written = digest
+            published = replace(manifest, generation=manifest.generation + 1, updated_at=_iso(now), query_domain=entry)
+            if self._swap_manifest(published, etag):
+                return entry
+            log.info("manifest changed while refreshing the query domain (attempt %d); retrying", attempt + 1)
+            self.retry.pause(attempt, self._sleep)
+        raise ManifestConflictError(f"query-domain refresh lost the manifest race {self.retry.attempts} times")
+
+    def gc(
+        self,
+        grace_seconds: float = 3600.0,
+        *,
+        dry_run: bool = False,
+        max_sample_age_days: int = QUERY_SAMPLE_MAX_AGE_DAYS,
+    ) -> GcResult:
         """Delete what no retained version needs, once older than ``grace_seconds`` (by LastModified).
 
         - the files of versions the manifest no longer retains (all of a version's files must be older
           than the grace: a compaction in progress writes young files, a slow reader may still load it);
         - deltas that every retained version covers (while one still needs a delta, a rollback to it
-          must find it).
+          must find it);
+        - query-domain references the manifest does not name, and query samples older than
+          ``max_sample_age_days`` (by the time in their key; refresh would not read them any more).
         Nothing is deleted before the first compaction.
         """
         manifest, _ = self.read_manifest()
         result = GcResult()
         if manifest.current is None:
             return result
-        cutoff = self._wall_clock() - grace_seconds
+        now = self._wall_clock()
+        cutoff = now - grace_seconds
         retained = {e.version for e in manifest.retained}
 
         by_version: dict[str, list[tuple[str, float]]] = {}
@@ -764,8 +1014,24 @@ class IndexStore:
         covered_deltas = [key for (key, _), done in zip(parsed_keys, covered, strict=True) if done]
         result.deltas_deleted = len(covered_deltas)
         result.deltas_kept = len(listing) - result.deltas_deleted
+
+        named = self.prefix + manifest.query_domain.key if manifest.query_domain else None
+        references = [
+            info.key
+            for info in self.blob.list(self.prefix + QUERY_REFERENCE_DIR)
+            if info.key != named and info.last_modified.timestamp() < cutoff
+        ]
+        sample_cutoff = now - max_sample_age_days * 86400
+        samples = []
+        for info in self.blob.list(self.prefix + QUERY_SAMPLES_DIR):
+            millis = _sample_millis(info.key)
+            stamped = millis / 1000 if millis is not None else info.last_modified.timestamp()
+            if stamped < sample_cutoff:
+                samples.append(info.key)
+        result.query_references_deleted = len(references)
+        result.query_samples_deleted = len(samples)
         if not dry_run:
-            delete_all(self.blob, doomed + covered_deltas)
+            delete_all(self.blob, doomed + covered_deltas + references + samples)
         return result
 
     # ---- internals
@@ -820,17 +1086,20 @@ class IndexStore:
             return dict(zip(names, pool.map(fetch, [keys[n] for n in names]), strict=True))
 
 
-def make_view(loaded: LoadedVersion | None, deltas: Iterable[Delta]) -> IndexView:
+def make_view(
+    loaded: LoadedVersion | None, deltas: Iterable[Delta], *, query_domain: QueryDomain | None = None
+) -> IndexView:
     """IndexView over a whole version plus deltas (IndexView resolves each item by sequencer).
 
     Deltas whose vectors come from another model than the snapshot's are left out (they would not
-    be comparable); the builder skips them the same way.
+    be comparable); the builder skips them the same way. ``query_domain`` (as loaded, model space) is
+    handed to the view for calibrated photo searches.
     """
     from catalens.index.search import IndexView
 
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
-    return IndexView(loaded.snapshot if loaded else None, records)
+    return IndexView(loaded.snapshot if loaded else None, records, query_domain=query_domain)
 
 
 def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
@@ -841,3 +1110,61 @@ def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+# ------------------------------------------------------------------------------------------------ query domain
+
+
+def _fingerprint_dir(model_fingerprint: str) -> str:
+    return quote(model_fingerprint[:16], safe="")
+
+
+def _sample_millis(key: str) -> int | None:
+    """The unix-ms a sample's key was stamped with (``.../<unix-ms>-<uuid>.npy``); None for anything else."""
+    name = key.rsplit("/", 1)[-1]
+    if not name.endswith(".npy"):
+        return None
+    stamp = name.split("-", 1)[0]
+    return int(stamp) if stamp.isdigit() else None
+
+
+def _query_sample(vector: np.ndarray) -> np.ndarray:
+    """``vector`` as the float16 row a sample stores; InvalidRecordError when it could not serve as a reference."""
+    try:
+        sample = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecordError(f"query sample is not a numeric vector: {exc}") from exc
+    if sample.ndim != 1 or sample.size == 0:
+        raise InvalidRecordError(f"query sample must be a non-empty 1-D vector, got shape {sample.shape}")
+    if not np.isfinite(sample).all():
+        raise InvalidRecordError("query sample has non-finite values")
+    half = sample.astype("<f2")
+    if not np.isfinite(half).all():
+        raise InvalidRecordError("query sample has values beyond float16's range (is it an unnormalised embedding?)")
+    if not np.any(half):
+        raise InvalidRecordError("query sample is the zero vector")
+    return half
+
+
+def encode_query_reference(reference: np.ndarray) -> bytes:
+    """A reference as an ``.npz`` holding one array ``reference`` (float16 [R, d]) that ``np.load`` reads.
+
+    Written like ``np.savez`` (stored, not compressed) but with a fixed zip timestamp, so the same reference always
+    gives the same bytes: the object is content-addressed, and an unchanged reference is not swapped in again.
+    """
+    array = np.ascontiguousarray(reference, dtype="<f2")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        info = zipfile.ZipInfo("reference.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        with archive.open(info, "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_query_reference(data: bytes) -> np.ndarray:
+    """The float32 ``[R, d]`` reference of an object written by :func:`encode_query_reference` (no pickle)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        reference = archive["reference"]
+    if reference.ndim != 2:
+        raise ValueError(f"reference has shape {reference.shape}, expected [R, d]")
+    return reference.astype(np.float32)
