@@ -172,6 +172,7 @@ def test_a_good_embedding_scores_perfectly(tiny_grocery):
     assert len(calls) == 1  # one call with every image, each once
     assert len(calls[0]) == len(set(calls[0])) == 5 * (1 + 4 + 3)
     catalog = result["photo_to_catalog"]
+    assert result["calibrated"] is None  # 20 train photos are fewer than a query domain needs (30)
     assert (catalog["queries"], catalog["catalog"]) == (15, 5)
     assert (catalog["top1"], catalog["top5"]) == (1.0, 1.0)
     assert catalog["packages"] == {"queries": 6, "top1": 1.0, "top5": 1.0}
@@ -252,6 +253,7 @@ def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir
     # Solid colour patches are easy: the real model must get most of them.
     assert report["photo_to_catalog"]["top1"] >= 0.6
     assert report["photo_to_photo"]["mAP"] >= 0.6
+    assert report["calibrated"] is None  # 20 train photos are fewer than a query domain needs
 
 
 def test_eval_grocery_command_names_a_missing_folder(tmp_path, model_dir, capsys):

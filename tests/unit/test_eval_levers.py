@@ -167,7 +167,8 @@ def tiny_grocery(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("grocery")
     rows = []
     for fine_id, name, group, colour in CLASSES:
-        for role, split, count in (("iconic", "catalog", 1), ("natural", "train", 3), ("natural", "val", 3)):
+        # 30 train photos: enough for a query domain (val queries calibrate), 9 val photos are not (train don't)
+        for role, split, count in (("iconic", "catalog", 1), ("natural", "train", 10), ("natural", "val", 3)):
             for i in range(count):
                 folder = "iconic-images-and-descriptions" if role == "iconic" else split
                 relative = f"{folder}/{group}/{name}/{name}_{i:03d}.jpg"
@@ -188,6 +189,7 @@ def test_lever_study_end_to_end_with_cache(tiny_grocery, tmp_path):
         LeverConfig("flip", "flip", views=(View(), View(flip=True))),
         LeverConfig("catalog views", "catalog multi-view", catalog_augment=2, catalog_mode="max"),
         LeverConfig("whitened + αQE", "whitening", whitening=4, rerank="aqe+dba", rerank_k=1),
+        LeverConfig("calibrated", "query-domain calibration", query_domain=256),
     ]
     store = FeatureStore(tmp_path / "cache", batch=16)
     report = run_levers(tiny_grocery, store, configs, timing_photos=3)
@@ -202,9 +204,17 @@ def test_lever_study_end_to_end_with_cache(tiny_grocery, tmp_path):
         assert row["search_ms"] > 0
     assert rows["catalog views"]["catalog_vectors_per_item"] == 3  # the image plus two shopper views
     assert rows["whitened + αQE"]["dim"] == 2  # whitening fitted on 3 catalog images keeps at most 2 axes
+    calibrated, baseline = rows["calibrated"], rows[BASELINE.name]
+    assert calibrated["calibration"]["reference"] == {"val": 30, "train": 0}  # 9 val photos: too few, as serving
+    assert calibrated["train"] == baseline["train"]
+    assert {key: calibrated["val"][key] for key in ("p2p_recall@1", "p2p_mAP")} == {
+        key: baseline["val"][key] for key in ("p2p_recall@1", "p2p_mAP")
+    }
+    assert calibrated["config"]["query_domain"] == 256
+    assert "calibration" not in baseline
     agreement = report["self_check_agreement"]
-    assert agreement["recall@1, all rows"]["rows"] == len(configs)
-    assert agreement["recall@5, rows without catalog views"]["rows"] == len(configs) - 1
+    assert agreement["recall@1, all rows"]["rows"] == len(configs) - 1  # the calibrated row is left out
+    assert agreement["recall@5, rows without catalog views"]["rows"] == len(configs) - 2
     json.dumps(report)  # JSON-ready
 
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())

@@ -4,11 +4,15 @@ Example::
 
     catalens eval grocery --data ../shared/data/grocery --variant int8
     catalens eval grocery --data ../shared/data/grocery --split train --threads 2
+    catalens eval grocery --data ../shared/data/grocery --reference 30   # calibrated from 30 photos
     catalens eval grocery --data ../shared/data/grocery --levers --plot infra/quality_vs_latency.png
 
 ``--levers`` runs the lever study of issue 8 instead (:mod:`catalens.evaluation.levers`): every configuration
 (pooling, crops, flips, catalog views, whitening, re-ranking, model size) on val and train-as-queries, with embed
 and search ms/query and the label-free self-check; JSON on stdout, forward passes cached in ~/.cache/catalens.
+
+Without ``--levers``, photo→catalog is reported plain and ``calibrated`` (query-domain calibration as search applies
+it once a query log exists; the other split's photos, labels unread, are the log).
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument(
         "--max-per-class", type=int, default=None, metavar="N", help="only the first N photos per class and split"
     )
+    parser.add_argument(
+        "--reference",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also report photo→catalog with query-domain calibration, N photos of the other split (unlabelled) as "
+        "the query log (default 256; 0: off)",
+    )
     parser.add_argument("--name", default=None, help="model name in the model folder (default: the default model)")
     levers = parser.add_argument_group("lever study (--levers)")
     levers.add_argument("--levers", action="store_true", help="evaluate every retrieval configuration in one table")
@@ -72,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return run_command(args)
     import numpy as np
 
+    from catalens.domain import MAX_REFERENCE
     from catalens.embedder import Embedder
     from catalens.evaluation.grocery import evaluate_grocery
     from catalens.settings import load_settings
@@ -89,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
             chunks.append(embedder.embed_images(batch))
         return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
 
-    result = evaluate_grocery(embed_files, args.data, split=args.split, max_photos_per_class=args.max_per_class)
+    reference = MAX_REFERENCE if args.reference is None else args.reference
+    result = evaluate_grocery(
+        embed_files, args.data, split=args.split, max_photos_per_class=args.max_per_class, reference=reference
+    )
     card = embedder.card
     report = {
         "protocol": "grocery",

@@ -7,6 +7,9 @@ Two tasks, both on the fine class (81 products and produce varieties):
 - **photo → photo**: catalog = the photos of the other split, queries = the chosen split's photos (the protocol's
   case is ``split="val"``: catalog = train, queries = val); relevant = same fine class; recall@1, recall@5, mAP.
 
+Photo → catalog is reported twice: plain cosine, and ``calibrated`` as search serves it once it has a query log
+(query-domain calibration, :mod:`catalens.domain`; the other split's photos, unlabelled, stand in for the log).
+
 :func:`evaluate_grocery` takes ``embed_fn(paths) -> float32[n, d]``, so a different pooling, crop, flip averaging or
 model is evaluated by passing a different function; the metrics live in :mod:`catalens.evaluation.metrics`.
 Nothing is cached or written anywhere.
@@ -23,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from catalens.domain import CALIBRATION_POOL, MAX_REFERENCE
 from catalens.errors import CatalensError
+from catalens.evaluation.calibration import calibrated_scores, reference_domain
 from catalens.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
 
 __all__ = [
@@ -136,10 +141,19 @@ def _accuracy(scores: np.ndarray, catalog_labels: np.ndarray, query_labels: np.n
 
 
 def photo_to_catalog(
-    query_vectors: np.ndarray, queries: list[GroceryImage], catalog_vectors: np.ndarray, catalog: list[GroceryImage]
+    query_vectors: np.ndarray | None,
+    queries: list[GroceryImage],
+    catalog_vectors: np.ndarray | None,
+    catalog: list[GroceryImage],
+    *,
+    scores: np.ndarray | None = None,
 ) -> dict:
-    """Top-1/top-5 accuracy of the fine class, overall, for packaged products, and per group."""
-    scores = cosine_scores(query_vectors, catalog_vectors)
+    """Top-1/top-5 accuracy of the fine class, overall, for packaged products, and per group.
+
+    ``scores`` ``[n_queries, n_catalog]`` replaces the plain cosine of the vectors (calibrated or re-ranked scores).
+    """
+    if scores is None:
+        scores = cosine_scores(query_vectors, catalog_vectors)
     catalog_labels = np.array([image.fine_id for image in catalog])
     query_labels = np.array([image.fine_id for image in queries])
     groups = np.array([image.group for image in queries])
@@ -169,12 +183,35 @@ def photo_to_photo(
     }
 
 
+def _calibrated(
+    query_vectors: np.ndarray,
+    queries: list[GroceryImage],
+    catalog_vectors: np.ndarray,
+    catalog: list[GroceryImage],
+    other_split_vectors: np.ndarray,
+    reference: int,
+) -> dict | None:
+    """Photo → catalog with query-domain calibration; the other split's photos (no labels) are the query log."""
+    domain = reference_domain(other_split_vectors, reference)
+    if domain is None:
+        return None
+    scores = calibrated_scores(domain, query_vectors, catalog_vectors)
+    return {
+        "reference": len(domain),
+        "reference_from": "the other split's photos, unlabelled",
+        "beta": domain.beta,
+        "pool": min(CALIBRATION_POOL, len(catalog)),
+        "photo_to_catalog": photo_to_catalog(None, queries, None, catalog, scores=scores),
+    }
+
+
 def evaluate_grocery(
     embed_fn: EmbedFn,
     data_dir: Path | str,
     *,
     split: str = "val",
     max_photos_per_class: int | None = None,
+    reference: int = MAX_REFERENCE,
 ) -> dict:
     """Run both tasks of the protocol with ``embed_fn`` and return the metrics as a JSON-ready dict.
 
@@ -190,6 +227,11 @@ def evaluate_grocery(
         The photo → photo catalog is the other split.
     max_photos_per_class
         Use only the first N photos per class of each split (a quick, deterministic subset); ``None``: all.
+    reference
+        Photo → catalog is also reported as search serves it once a query log exists (``"calibrated"``):
+        query-domain calibration fitted on at most ``reference`` photos of the other split, unlabelled, as the
+        query log (:mod:`catalens.evaluation.calibration`). ``0`` leaves it out; ``"calibrated"`` is ``None``
+        when the other split has fewer than ``MIN_REFERENCE`` photos (serving would not calibrate either).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -214,6 +256,9 @@ def evaluate_grocery(
         "split": split,
         "max_photos_per_class": max_photos_per_class,
         "photo_to_catalog": photo_to_catalog(query_vectors, queries, catalog_vectors, catalog),
+        "calibrated": _calibrated(query_vectors, queries, catalog_vectors, catalog, gallery_vectors, reference)
+        if reference
+        else None,
         "photo_to_photo": photo_to_photo(query_vectors, queries, gallery_vectors, gallery),
         "embedding": {
             "images": len(paths),

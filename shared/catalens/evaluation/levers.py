@@ -6,12 +6,15 @@ crop), then the best ones are combined. Quality is measured on the ``val`` queri
 
 - **embed ms/query** — decode + preprocess + network for one query photo (all its views), batch 1, one thread;
 - **search ms/query** — scoring one query against the photo→photo gallery (2,640 train photos), including any
-  projection and re-ranking; the 81-item catalog costs less;
+  projection and re-ranking, and with query-domain calibration the re-scoring of its first-stage pool; the
+  81-item catalog costs less;
 - **self-check R@1** — the label-free merchant check (:mod:`catalens.evaluation.selfcheck`) on the 81 catalog
   images with the same configuration, so its ranking of the configurations can be compared with the labelled one.
 
-Nothing is fitted on evaluation labels. The only fitted step, PCA-whitening, is learned on the *searched side*
-(the catalog for photo→catalog, the gallery photos for photo→photo), as an index build would learn it.
+Nothing is fitted on evaluation labels. PCA-whitening is learned on the *searched side* (the catalog for
+photo→catalog, the gallery photos for photo→photo), as an index build would learn it. Query-domain calibration
+(:mod:`catalens.domain`, the production code) is fitted on the *other* split's photos, unlabelled, standing in for
+the query log serving samples; it re-scores photo→catalog only (photo→photo is left as is).
 
 Forward passes are cached by :class:`~catalens.evaluation.features.FeatureStore` (``~/.cache/catalens/levers``);
 the first run embeds every photo once per (model, input size, view), reruns take seconds.
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, QueryDomain, catalog_mean
+from catalens.evaluation.calibration import calibrated_scores, reference_domain
 from catalens.evaluation.features import Backbone, FeatureStore, View
 from catalens.evaluation.grocery import GroceryImage, load_grocery, photo_to_catalog, photo_to_photo
 
@@ -79,6 +84,11 @@ class LeverConfig:
         ``fp32`` or ``int8``: embed through the model ``catalens model build --weights W --pooling P`` makes and
         :class:`~catalens.embedder.Embedder` (the production path, card preprocessing) instead of the study's
         numpy pooling; ``pooling`` is then the graph's pooling spec (``rmac``, ``rmac+flip``, ...).
+    query_domain
+        Query-domain calibration of photo→catalog as search applies it (:mod:`catalens.domain`): the reference
+        size R (``None``: off). The reference is R photos of the other split (seeded sample, labels never read),
+        embedded like the queries; each query's raw top ``CALIBRATION_POOL`` candidates are re-scored with
+        temperature ``query_domain_beta``. Fewer than ``MIN_REFERENCE`` photos: no calibration, as in serving.
     """
 
     name: str
@@ -94,6 +104,8 @@ class LeverConfig:
     rerank: str | None = None
     rerank_k: int = 2
     built: str | None = None
+    query_domain: int | None = None
+    query_domain_beta: float = DEFAULT_BETA
 
     @property
     def all_views(self) -> tuple[View, ...]:
@@ -107,6 +119,7 @@ CROP, FULL = View("crop"), View("full")
 CROP_FLIP, FULL_FLIP = View("crop", flip=True), View("full", flip=True)
 TIGHT = View("crop", crop_fraction=0.7)
 
+CALIBRATION = "query-domain calibration"
 BASELINE = LeverConfig("baseline: lite0, avg, centre crop", "baseline")
 # The serving default (catalens.model.build.SERVING_WEIGHTS / SERVING_POOLING), as the study computes it.
 DEFAULT = replace(BASELINE, name="DEFAULT: lite1 + R-MAC", lever="combination", backbone=LITE1, pooling="rmac")
@@ -145,8 +158,18 @@ CONFIGS: tuple[LeverConfig, ...] = (
     replace(DEFAULT, name="lite1 + R-MAC + catalog views (mean)", catalog_augment=16),
     replace(DEFAULT, name="lite1 + R-MAC + DBA + αQE (top 3)", rerank="aqe+dba", rerank_k=3),
     replace(DEFAULT, name="lite2 + R-MAC + flip", backbone=LITE2, views=(CROP, CROP_FLIP)),
+    replace(BASELINE, name="baseline + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
+    replace(DEFAULT, name="DEFAULT + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
+    replace(DEFAULT, name="DEFAULT + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
     replace(DEFAULT, name="DEFAULT as built, fp32 (Embedder)", lever="int8 vs fp32", built="fp32"),
     replace(DEFAULT, name="DEFAULT as built, int8 (Embedder)", lever="int8 vs fp32", built="int8"),
+    # what serving does once it has a query log: the built model, calibrated
+    replace(
+        DEFAULT, name="DEFAULT as built, fp32 + calibration (R=256)", lever=CALIBRATION, built="fp32", query_domain=256
+    ),
+    replace(
+        DEFAULT, name="DEFAULT as built, int8 + calibration (R=256)", lever=CALIBRATION, built="int8", query_domain=256
+    ),
 )
 
 
@@ -242,8 +265,8 @@ def _load(data_dir: Path) -> _Data:
 class LeverStudy:
     """Evaluates :class:`LeverConfig` objects on the grocery data, sharing cached forward passes."""
 
-    def __init__(self, data_dir: Path, store: FeatureStore) -> None:
-        self.data = _load(data_dir)
+    def __init__(self, data_dir: Path | None, store: FeatureStore, *, data: _Data | None = None) -> None:
+        self.data = data if data is not None else _load(data_dir)
         self.store = store
         self._products: list | None = None
         self._embedders: dict[tuple, object] = {}
@@ -374,15 +397,15 @@ class LeverStudy:
         if project is not None:
             catalog = project(catalog)
         result: dict = {}
+        reference_sizes: dict[str, int] = {}
         for split, other in (("val", "train"), ("train", "val")):
             queries = self.data.splits[split]
             gallery = self.data.splits[other]
             query_vectors = self.data.rows(queries_all, queries)
             gallery_vectors = self.data.rows(queries_all, gallery)
-            catalog_queries = project(query_vectors) if project is not None else query_vectors
-            if config.rerank and "aqe" in config.rerank:
-                catalog_queries = alpha_query_expansion(catalog_queries, catalog, config.rerank_k)
-            p2c = photo_to_catalog(catalog_queries, queries, catalog, catalog_labels)
+            p2c, reference_sizes[split] = self.photo_to_catalog(
+                config, split, queries_all, catalog, catalog_labels, project
+            )
             gallery_project = fit_whitening(gallery_vectors, config.whitening) if config.whitening else None
             if gallery_project is not None:
                 query_vectors, gallery_vectors = gallery_project(query_vectors), gallery_project(gallery_vectors)
@@ -398,11 +421,60 @@ class LeverStudy:
                 "p2p_recall@1": p2p["recall@1"],
                 "p2p_mAP": p2p["mAP"],
             }
+        if config.query_domain:
+            result["calibration"] = {
+                "reference": reference_sizes,  # 0: fewer than MIN_REFERENCE photos, not calibrated (as serving)
+                "reference_from": "the other split's photos, unlabelled, seeded sample",
+                "beta": config.query_domain_beta,
+                "pool": min(CALIBRATION_POOL, len(catalog)),
+            }
         result["self_check"] = self.self_check(config, project)
         result["search_ms"] = self.search_ms(config, queries_all)
         result["dim"] = int(catalog.shape[1])
         result["catalog_vectors_per_item"] = int(len(catalog_labels) // len(self.data.catalog))
         return result
+
+    def catalog_query_side(
+        self, config: LeverConfig, vectors: np.ndarray, catalog: np.ndarray, project: Callable | None
+    ) -> np.ndarray:
+        """Photo vectors as photo→catalog scores them under ``config`` (projected, query-expanded)."""
+        if project is not None:
+            vectors = project(vectors)
+        if config.rerank and "aqe" in config.rerank:
+            vectors = alpha_query_expansion(vectors, catalog, config.rerank_k)
+        return vectors
+
+    def query_domain(
+        self, config: LeverConfig, split: str, vectors: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+    ) -> QueryDomain | None:
+        """The calibration serving would have for ``split``'s queries: the *other* split's photos stand in for the
+        query log (only their vectors are read, never their labels), ``transform``-ed as the queries are."""
+        other = "train" if split == "val" else "val"
+        reference = transform(self.data.rows(vectors, self.data.splits[other]))
+        return reference_domain(reference, config.query_domain, beta=config.query_domain_beta)
+
+    def photo_to_catalog(
+        self,
+        config: LeverConfig,
+        split: str,
+        vectors: np.ndarray,
+        catalog: np.ndarray,
+        catalog_labels: list[GroceryImage],
+        project: Callable | None,
+    ) -> tuple[dict, int]:
+        """Photo→catalog metrics of ``split``'s queries, calibrated when ``config`` says so; and the reference size
+        (0 when not calibrated)."""
+
+        def query_side(rows: np.ndarray) -> np.ndarray:
+            return self.catalog_query_side(config, rows, catalog, project)
+
+        queries = self.data.splits[split]
+        query_vectors = query_side(self.data.rows(vectors, queries))
+        domain = self.query_domain(config, split, vectors, query_side) if config.query_domain else None
+        scores = calibrated_scores(domain, query_vectors, catalog) if domain is not None else None
+        return photo_to_catalog(query_vectors, queries, catalog, catalog_labels, scores=scores), (
+            len(domain) if domain is not None else 0
+        )
 
     def self_check(self, config: LeverConfig, project: Callable[[np.ndarray], np.ndarray] | None) -> dict:
         """The merchant self-check on the 81 catalog images, with this configuration's query and catalog sides."""
@@ -431,10 +503,16 @@ class LeverStudy:
         return {"recall@1": recall["recall@1"], "recall@5": recall["recall@5"], "queries": len(items)}
 
     def search_ms(self, config: LeverConfig, vectors: np.ndarray, repeats: int = 50) -> float:
-        """Median ms to score one query against the photo→photo gallery (projection and re-ranking included)."""
+        """Median ms to score one query against the photo→photo gallery (projection, re-ranking and calibration of
+        the first-stage pool included)."""
         gallery = self.data.rows(vectors, self.data.splits["train"]).astype(np.float32)
         queries = self.data.rows(vectors, self.data.splits["val"])[:repeats].astype(np.float32)
         project = fit_whitening(gallery, config.whitening) if config.whitening else None
+        calibration = None
+        if config.query_domain:  # what search holds ready: the domain and the index's catalog mean (both cached)
+            domain = self.query_domain(config, "val", vectors, lambda rows: project(rows) if project else rows)
+            if domain is not None:
+                calibration = (domain, catalog_mean(project(gallery) if project is not None else gallery))
         if project is not None:
             gallery = project(gallery).astype(np.float32)
         if config.rerank and "dba" in config.rerank:
@@ -442,18 +520,33 @@ class LeverStudy:
         medians = []
         with _one_blas_thread():  # a Lambda has about one vCPU; BLAS threads would only contend on a shared machine
             for _ in range(3):  # best of three medians: a busy moment of the shared machine does not count
-                medians.append(statistics.median(self._time_one_search(config, q, project, gallery) for q in queries))
+                medians.append(
+                    statistics.median(self._time_one_search(config, q, project, gallery, calibration) for q in queries)
+                )
         return round(1000 * min(medians), 3)
 
     @staticmethod
-    def _time_one_search(config: LeverConfig, query: np.ndarray, project, gallery: np.ndarray) -> float:
+    def _time_one_search(
+        config: LeverConfig,
+        query: np.ndarray,
+        project,
+        gallery: np.ndarray,
+        calibration: tuple[QueryDomain, np.ndarray] | None = None,
+    ) -> float:
         started = time.perf_counter()
         q = project(query[None]).astype(np.float32) if project is not None else query[None]
         if config.rerank and "aqe" in config.rerank:
             q = alpha_query_expansion(q, gallery, config.rerank_k, database_is_unit=True).astype(np.float32)
         scores = q @ gallery.T
         top = min(10, len(gallery) - 1)
-        np.argpartition(-scores[0], top)[:top]
+        if calibration is None:
+            np.argpartition(-scores[0], top)[:top]
+        else:  # as search does: first-stage pool, fetch its vectors, calibrate, re-sort
+            domain, mean = calibration
+            pool = min(CALIBRATION_POOL, len(gallery) - 1)
+            candidates = np.argpartition(-scores[0], pool)[:pool]
+            calibrated = domain.calibrate(q[0], gallery[candidates], mean)[0]
+            candidates[np.argsort(-calibrated)[:top]]
         return time.perf_counter() - started
 
 
@@ -538,18 +631,31 @@ def run_levers(
         "self_check_agreement": self_check_agreement(rows),
         "notes": {
             "embed_ms": "decode + preprocess + network for one photo, batch 1, 1 thread: best of 3 interleaved medians",
-            "search_ms": "one query against the 2,640 train photos (photo→photo gallery), 1 BLAS thread, median",
+            "search_ms": "one query against the 2,640 train photos (photo→photo gallery), 1 BLAS thread, median; "
+            "with calibration, re-scoring the first-stage pool included",
+            "calibration": CALIBRATION_NOTE,
         },
     }
+
+
+CALIBRATION_NOTE = (
+    "Query-domain calibration rows re-score photo→catalog only, from a reference of the other split's photos "
+    "(unlabelled): their p→p columns and self-check are those of the same configuration without calibration. "
+    f"Search ms includes calibrating each query's first-stage pool ({CALIBRATION_POOL} candidates)."
+)
 
 
 def self_check_agreement(rows: Sequence[dict]) -> dict:
     """Rank agreement of the self-check with the labelled photo→catalog top-1 (mean of val and train queries).
 
     Also over the rows without catalog shopper views: those are built from the same augmentations the self-check
-    queries are, so the self-check is biased in their favour. Re-ranking rows change photo→photo only.
+    queries are, so the self-check is biased in their favour. Re-ranking rows change photo→photo only. Rows with
+    query-domain calibration are left out: the self-check has no query log and scores them as their uncalibrated
+    twin, so they would only repeat a self-check value against a different grocery one.
     """
     from catalens.evaluation.selfcheck import kendall_tau, spearman_rho
+
+    rows = [row for row in rows if not row["config"].get("query_domain")]
 
     def agreement(subset: Sequence[dict], metric: str) -> dict:
         grocery = [(row["val"]["top1"] + row["train"]["top1"]) / 2 for row in subset]
@@ -564,7 +670,8 @@ def self_check_agreement(rows: Sequence[dict]) -> dict:
 
     without_views = [row for row in rows if not row["config"]["catalog_augment"]]
     return {
-        "compared": "self-check recall@k vs grocery photo→catalog top-1 (mean of val and train queries)",
+        "compared": "self-check recall@k vs grocery photo→catalog top-1 (mean of val and train queries); "
+        "rows with query-domain calibration left out (the self-check does not calibrate)",
         **{
             f"{metric}, {label}": agreement(subset, metric)
             for metric in ("recall@1", "recall@5")
@@ -587,6 +694,8 @@ def describe(config: LeverConfig) -> dict:
         "rerank": config.rerank,
         "rerank_k": config.rerank_k if config.rerank else None,
         "built": config.built,
+        "query_domain": config.query_domain,
+        "query_domain_beta": config.query_domain_beta if config.query_domain else None,
     }
 
 
@@ -605,6 +714,8 @@ def format_table(report: dict) -> str:
             f"| {train['packages_top1']:.3f} | {train['p2p_mAP']:.3f} | {row['self_check']['recall@1']:.3f} "
             f"| {row['self_check']['recall@5']:.3f} | {row['embed_ms']:.1f} | {row['search_ms']:.2f} |"
         )
+    if any(row["config"].get("query_domain") for row in report["rows"]):
+        lines += ["", CALIBRATION_NOTE]
     agreement = report.get("self_check_agreement", {})
     found = {
         key: value for key, value in agreement.items() if isinstance(value, dict) and value["spearman"] is not None

@@ -1,0 +1,49 @@
+"""Query-domain calibration under the evaluation protocol, through the production code (:mod:`catalens.domain`).
+
+Serving fits a :class:`~catalens.domain.QueryDomain` on a sample of recent query embeddings (unlabelled) and, for a
+photo query, re-scores the raw top ``CALIBRATION_POOL`` candidates with it. The evaluation does the same: the
+reference "query log" of a query split is the *other* split's photos, embedded the same way, their labels never
+read, sampled with a fixed seed down to the reference size. Only the choice of reference and the pool handling live
+here; the math is :meth:`QueryDomain.calibrate` and :func:`catalens.domain.catalog_mean`, as in search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, MAX_REFERENCE, QueryDomain, catalog_mean
+
+__all__ = ["REFERENCE_SEED", "calibrated_scores", "reference_domain"]
+
+REFERENCE_SEED = 0  # the fixed sample of the other split that stands in for the query log
+
+
+def reference_domain(
+    reference_vectors: np.ndarray, size: int = MAX_REFERENCE, *, beta: float = DEFAULT_BETA, seed: int = REFERENCE_SEED
+) -> QueryDomain | None:
+    """The domain serving would fit on these (unlabelled) query embeddings, at most ``size`` of them.
+
+    None when there are fewer than ``MIN_REFERENCE`` rows: serving then does not calibrate (cold start).
+    """
+    return QueryDomain.from_samples(np.asarray(reference_vectors), beta=beta, max_reference=size, seed=seed)
+
+
+def calibrated_scores(
+    domain: QueryDomain, queries: np.ndarray, catalog: np.ndarray, *, pool: int = CALIBRATION_POOL
+) -> np.ndarray:
+    """``[n_queries, n_catalog]`` scores as search returns them with calibration on.
+
+    Per query: the ``pool`` best catalog entries by plain cosine get their calibrated score, every other entry
+    ``-inf`` (search never returns it). The catalog mean is of the whole catalog, as ``IndexView.catalog_mean`` is.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    catalog = np.asarray(catalog, dtype=np.float32)
+    units = catalog / np.maximum(np.linalg.norm(catalog, axis=1, keepdims=True), 1e-12)
+    mean = catalog_mean(catalog)
+    pool = min(pool, len(catalog))
+    raw = queries @ units.T
+    scores = np.full(raw.shape, -np.inf)
+    for row, query in enumerate(queries):
+        candidates = np.argpartition(-raw[row], pool - 1)[:pool]
+        scores[row, candidates] = domain.calibrate(query, catalog[candidates], mean)[0]
+    return scores
