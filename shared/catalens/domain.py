@@ -107,10 +107,17 @@ class QueryDomain:
         ``centred`` is the domain-centred cosine and ``hubness`` the item's typical similarity to shoppers' photos.
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        candidates = np.asarray(candidates, dtype=np.float32).reshape(-1, query.shape[0])
         if query.shape[0] != self.dim:
             raise ValueError(f"query has {query.shape[0]} dimensions, the query domain {self.dim}")
-        items = _unit(candidates - np.asarray(catalog_mean, dtype=np.float32))
+        candidates = np.asarray(candidates, dtype=np.float32)
+        catalog_mean = np.asarray(catalog_mean, dtype=np.float32).reshape(-1)
+        # checked before reshaping: [P, d'] with P·d' divisible by d would otherwise reshape silently into nonsense
+        if candidates.shape[-1] != self.dim or catalog_mean.shape[0] != self.dim:
+            raise ValueError(
+                f"candidates have {candidates.shape[-1]} and the catalog mean {catalog_mean.shape[0]} dimensions, "
+                f"the query domain {self.dim}"
+            )
+        items = _unit(candidates.reshape(-1, self.dim) - catalog_mean)
         centred = items @ _unit(query - self.query_mean)
         hubness = self.hubness(items)
         return centred - hubness, centred, hubness
