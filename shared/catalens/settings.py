@@ -31,6 +31,31 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _fraction(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number between 0 and 1, got {raw!r}") from exc
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        raise ValueError(f"environment variable {name} must be a number between 0 and 1, got {raw!r}")
+    return value
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration. Defaults suit the local stack; template.yaml sets them on Lambda."""
@@ -48,6 +73,8 @@ class Settings:
     cooccurrence_table: str = ""  # item-to-item co-engagement counts (profiles issue); "" turns the signal off
     manifest_ttl_seconds: int = 2
     gc_grace_seconds: int = 3600  # index builder: files no retained version needs are deleted once this old
+    query_sample_rate: float = 0.25  # share of photo query embeddings kept for query-domain calibration (0: none)
+    query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -66,6 +93,8 @@ class Settings:
             cooccurrence_table=env.get("COOCCURRENCE_TABLE", ""),
             manifest_ttl_seconds=_int(env, "CATALENS_MANIFEST_TTL_SECONDS", 2),
             gc_grace_seconds=_int(env, "CATALENS_GC_GRACE_SECONDS", 3600),
+            query_sample_rate=_fraction(env, "QUERY_SAMPLE_RATE", 0.25),
+            query_calibration=_bool(env, "QUERY_CALIBRATION", True),
         )
 
 

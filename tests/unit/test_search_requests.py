@@ -214,3 +214,26 @@ def test_multipart_with_two_images_is_rejected() -> None:
 def test_k_boundaries_are_inclusive() -> None:
     for k in (1, MAX_K):
         assert parse(rest_event(json.dumps({"item_id": "a", "k": k}), "application/json")).options.k == k
+
+
+# ------------------------------------------------------------------------------------------------ calibrate
+
+
+def test_calibrate_is_on_unless_the_request_turns_it_off_in_any_transport() -> None:
+    assert parse(rest_event(PHOTO, "image/jpeg", b64=True)).options.calibrate is True
+    assert parse(rest_event(PHOTO, "image/jpeg", b64=True, calibrate="false")).options.calibrate is False
+    body = json.dumps({"image": base64.b64encode(PHOTO).decode(), "calibrate": False})
+    assert parse(rest_event(body, "application/json")).options.calibrate is False
+    form, content_type = multipart([("image", PHOTO, "p.jpg"), ("calibrate", b"off", None)])
+    assert parse(rest_event(form, content_type, b64=True)).options.calibrate is False
+    assert parse_query_options({"calibrate": ("0",)}).calibrate is False
+    assert parse_query_options({"calibrate": ("yes",)}).calibrate is True
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2"])
+def test_a_calibrate_value_that_is_not_a_boolean_is_a_400(value: str) -> None:
+    error = error_of(rest_event(PHOTO, "image/jpeg", b64=True, calibrate=value))
+    assert (error.code, http_status_for(error)) == ("invalid_parameter", 400)
+    assert "calibrate" in str(error)
+    body = json.dumps({"item_id": "sku-1", "calibrate": "sometimes"})
+    assert error_of(rest_event(body, "application/json")).code == "invalid_parameter"

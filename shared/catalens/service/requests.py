@@ -14,7 +14,7 @@ Accepted bodies of ``POST /search``:
 - ``multipart/form-data``: a file part named ``image`` (or ``file``/``photo``) plus text parts for options.
 
 Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), ``offset`` (0..),
-``user_id``, ``personalize``, ``explain``, filters ``category``, ``brand``, ``price_min``, ``price_max``,
+``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category``, ``brand``, ``price_min``, ``price_max``,
 and any indexed field as ``filter.<field>`` (JSON: ``"filters": {"<field>": value-or-list}``).
 
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
@@ -54,7 +54,9 @@ IMAGE_PART_NAMES = ("image", "file", "photo")
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 PRICE_FILTERS = ("price_min", "price_max")
 SHORTHAND_FILTERS = ("category", "brand")
-OPTION_NAMES = frozenset({"k", "offset", "user_id", "personalize", "explain", *SHORTHAND_FILTERS, *PRICE_FILTERS})
+OPTION_NAMES = frozenset(
+    {"k", "offset", "user_id", "personalize", "calibrate", "explain", *SHORTHAND_FILTERS, *PRICE_FILTERS}
+)
 FILTER_PREFIX = "filter."
 
 Scalar = str | int | float | bool
@@ -154,6 +156,7 @@ class SearchOptions:
     filters: Filters = field(default_factory=Filters)
     user_id: str | None = None
     personalize: bool = True
+    calibrate: bool = True  # False: plain cosine for a photo query even where the index has a query domain
     explain: bool = False
 
 
@@ -236,9 +239,18 @@ def parse_options(params: Mapping[str, Any]) -> SearchOptions:
     if user_id is not None:
         user_id = _parse_id(user_id, "user_id")
     personalize = _parse_bool(remaining.pop("personalize", True), "personalize")
+    calibrate = _parse_bool(remaining.pop("calibrate", True), "calibrate")
     explain = _parse_bool(remaining.pop("explain", False), "explain")
     filters = _parse_filters(remaining)
-    return SearchOptions(k=k, offset=offset, filters=filters, user_id=user_id, personalize=personalize, explain=explain)
+    return SearchOptions(
+        k=k,
+        offset=offset,
+        filters=filters,
+        user_id=user_id,
+        personalize=personalize,
+        calibrate=calibrate,
+        explain=explain,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

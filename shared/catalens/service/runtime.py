@@ -16,6 +16,7 @@ from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
 from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
+from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
 from catalens.service.telemetry import MetricsSink
 from catalens.settings import Settings
@@ -50,12 +51,18 @@ def build_search_service(
     metrics: MetricsSink | None = None,
     background_loads: bool = True,
 ) -> SearchService:
-    """The search service over the S3 index; ``profiles`` (a ProfileStore) turns personalisation on."""
+    """The search service over the S3 index; ``profiles`` (a ProfileStore) turns personalisation on.
+
+    Photo queries are calibrated with the index's query domain (``QUERY_CALIBRATION``), and a share of their
+    embeddings (``QUERY_SAMPLE_RATE``) is written back to the index store for the builder to fit that domain on.
+    """
     from catalens.ranking import rerank
 
-    cache = IndexCache(
-        index_store(settings, s3_client), ttl_seconds=settings.manifest_ttl_seconds, background=background_loads
-    )
+    store = index_store(settings, s3_client)
+    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
+    samples = None
+    if settings.query_sample_rate > 0:
+        samples = QuerySampler(store, rate=settings.query_sample_rate, metrics=metrics)
     return SearchService(
         embedder=embedder or load_embedder(settings),
         views=cache.view,
@@ -63,6 +70,8 @@ def build_search_service(
         profiles=profiles,
         rerank=rerank,
         metrics=metrics,
+        calibration=settings.query_calibration,
+        query_samples=samples,
     )
 
 

@@ -1,8 +1,15 @@
 """The search service: what ``POST /search``, ``GET /items/{id}[/similar]`` and ``GET /health`` answer.
 
-Per request the work is decode + embed (photo queries only) + search + rank. Everything heavier is
-done once: the embedder is created when the service is (one onnxruntime session per process), and the
-index view comes from a cache that revalidates the manifest now and then (:class:`~catalens.index.cache.IndexCache`).
+Per request the work is decode + embed (photo queries only) + search + calibrate (photo queries, when the
+index has a query domain) + rank. Everything heavier is done once: the embedder is created when the service is
+(one onnxruntime session per process), and the index view comes from a cache that revalidates the manifest now
+and then (:class:`~catalens.index.cache.IndexCache`).
+
+Query-domain calibration (:mod:`catalens.domain`) re-scores a photo query's first-stage candidates: shoppers'
+photos and shop photos are centred on their own domains and "hub" items pay for looking like every shopper photo.
+Candidates are re-ordered within consecutive blocks of ``CALIBRATION_POOL`` raw neighbours, so the order of a
+block never depends on how deep the client pages: every page is a slice of one ranking. "More like this" (item
+queries) compares two shop photos and stays plain cosine.
 
 Example
 -------
@@ -23,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from catalens.domain import CALIBRATION_POOL, QueryDomain
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
@@ -31,6 +39,7 @@ from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
+from catalens.service.sampling import QuerySampler
 from catalens.service.telemetry import MetricsSink, NullMetrics
 
 log = logging.getLogger(__name__)
@@ -45,7 +54,11 @@ class EmbedderLike(Protocol):
 
 
 class IndexViewLike(Protocol):
-    """What the service needs of :class:`catalens.index.IndexView`."""
+    """What the service needs of :class:`catalens.index.IndexView`.
+
+    Read when present: ``query_domain`` and ``catalog_mean`` (calibration), ``project`` (a model-space query in
+    index space), ``snapshot.projection``, ``model_fingerprint``.
+    """
 
     version: str
 
@@ -76,6 +89,7 @@ class Timings:
     decode: float = 0.0
     embed: float = 0.0
     search: float = 0.0
+    calibrate: float = 0.0
     rank: float = 0.0
     profile: float = 0.0
     total: float = 0.0
@@ -99,6 +113,7 @@ class SearchResponse:
     offset: int
     item_count: int
     personalized: bool = False
+    calibrated: bool = False
     explain: bool = False
     query: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +125,7 @@ class SearchResponse:
             "index_version": self.index_version,
             "item_count": self.item_count,
             "personalized": self.personalized,
+            "calibrated": self.calibrated,
             "query": self.query,
             "timings_ms": self.timings.to_dict(),
         }
@@ -155,6 +171,12 @@ class SearchService:
     metrics
         Per answered search, one group by ``kind`` (``photo`` or ``item``): ``Searches``, ``SearchHits`` (hits
         returned), ``SearchMs`` (service time).
+    calibration
+        Re-score photo queries with the view's query domain when it has one (``Settings.query_calibration``);
+        a request can still ask for plain cosine with ``calibrate=false``.
+    query_samples
+        Keeps a random share of photo query embeddings (in the background) for the builder to fit the query
+        domain on; None keeps none.
     """
 
     def __init__(
@@ -169,6 +191,8 @@ class SearchService:
         metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        calibration: bool = True,
+        query_samples: QuerySampler | None = None,
     ) -> None:
         self.embedder = embedder
         self._views = views
@@ -181,6 +205,10 @@ class SearchService:
         self._wall_clock_ms = wall_clock_ms
         self._checked_fingerprints: set[str] = set()
         self.metrics = metrics or NullMetrics()
+        self.calibration = calibration
+        self.query_samples = query_samples
+        self._model_fingerprint: str | None = None
+        self._projected_domain: tuple[QueryDomain, Any, QueryDomain] | None = None
 
     # ------------------------------------------------------------------------------------------------ queries
 
@@ -193,15 +221,19 @@ class SearchService:
         self._check_filters(options.filters, view)
         profile_read = self._start_profile_read(options)  # its network time overlaps decode + embed
         exclude: set[str] = set()
+        domain: QueryDomain | None = None
         if request.image is not None:
             vector = self._embed_query(request.image, timings)
+            self._offer_sample(vector)
             query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
+            if self.calibration and options.calibrate:
+                domain = self._query_domain(view)
         else:
             assert request.item_id is not None
             vector = self._vector_of(view, request.item_id)
             exclude.add(request.item_id)
             query = {"type": "item", "item_id": request.item_id}
-        response = self._answer(view, vector, options, exclude, timings, started, query, profile_read)
+        response = self._answer(view, vector, options, exclude, timings, started, query, profile_read, domain)
         outcome = {
             "Searches": (1, "Count"),
             "SearchHits": (len(response.hits), "Count"),
@@ -317,14 +349,25 @@ class SearchService:
         started: float,
         query: dict[str, Any],
         profile_read: Future[Any] | None = None,
+        domain: QueryDomain | None = None,
     ) -> SearchResponse:
         window = options.offset + options.k
         profile = self._profile(profile_read, timings)
         pool = first_stage_k(options.k, options.offset) if profile is not None else window
+        if domain is not None:
+            pool = calibration_pool(pool)
         t0 = self._clock()
         hits = view.search(vector, pool, filters=to_index_filter(options.filters), exclude=exclude)
         t1 = self._clock()
         timings.search = (t1 - t0) * 1000
+        calibrated = False
+        if domain is not None:
+            recalibrated = calibrate_hits(view, domain, vector, hits, explain=options.explain)
+            if recalibrated is not None:
+                hits, calibrated = recalibrated, True
+            t2 = self._clock()
+            timings.calibrate = (t2 - t1) * 1000
+            t1 = t2
         personalized = False
         if self._rerank is not None and (profile is not None or options.explain):
             now_ms, space = self._wall_clock_ms(), index_space(view)
@@ -340,9 +383,42 @@ class SearchService:
             offset=options.offset,
             item_count=len(view),
             personalized=personalized,
+            calibrated=calibrated,
             explain=options.explain,
             query=query,
         )
+
+    def _offer_sample(self, vector: np.ndarray) -> None:
+        """Maybe keep this photo query's embedding for the query domain (background; never fails the search)."""
+        if self.query_samples is None:
+            return
+        if self._model_fingerprint is None:
+            self._model_fingerprint = _fingerprint(self.embedder.card)
+        self.query_samples.offer(vector, model_fingerprint=self._model_fingerprint)
+
+    def _query_domain(self, view: IndexViewLike) -> QueryDomain | None:
+        """The view's query domain in the view's index space (None when the index has none).
+
+        Without a projection index space is model space and the domain is used as it is; with one, the reference
+        queries are projected like every query (computed once per domain and projection).
+        """
+        domain = getattr(view, "query_domain", None)
+        if domain is None:
+            return None
+        projection = getattr(getattr(view, "snapshot", None), "projection", None)
+        project = getattr(view, "project", None)
+        if projection is None or project is None:
+            return domain
+        cached = self._projected_domain
+        if cached is not None and cached[0] is domain and cached[1] is projection:
+            return cached[2]
+        try:
+            projected = QueryDomain(project(domain.reference), beta=domain.beta)
+        except Exception:  # a domain that does not fit this index: serve plain cosine, never fail the search
+            log.warning("query domain cannot be projected into the index space; searching uncalibrated", exc_info=True)
+            return None
+        self._projected_domain = (domain, projection, projected)
+        return projected
 
     def _start_profile_read(self, options: SearchOptions) -> Future[Any] | None:
         """Start reading the shopper's profile (None when this request is not personalised)."""
@@ -359,6 +435,65 @@ class SearchService:
             return profile_read.result()
         finally:
             timings.profile = (self._clock() - t0) * 1000
+
+
+def calibration_pool(pool: int) -> int:
+    """How many raw candidates a calibrated search re-scores: whole blocks of ``CALIBRATION_POOL`` covering ``pool``."""
+    return CALIBRATION_POOL * max(1, math.ceil(pool / CALIBRATION_POOL))
+
+
+def calibrate_hits(
+    view: IndexViewLike, domain: QueryDomain, query: np.ndarray, hits: list[Hit], *, explain: bool = False
+) -> list[Hit] | None:
+    """``hits`` (raw cosine order) re-scored with ``domain`` and re-ordered within blocks of ``CALIBRATION_POOL``.
+
+    Each hit's ``score`` becomes the calibrated score; with ``explain`` its ``explain`` gains ``raw`` (the plain
+    cosine), ``centred`` and ``hubness``. Returns None (serve plain cosine) when calibration cannot apply: no
+    catalog mean, a candidate without a vector, dimensions that do not match.
+    """
+    catalog_mean = getattr(view, "catalog_mean", None)
+    if catalog_mean is None or not hits:
+        return None
+    vectors = _candidate_vectors(view, hits)
+    if vectors is None:
+        return None
+    project = getattr(view, "project", None)
+    try:
+        in_index_space = project(query) if project is not None else np.asarray(query, dtype=np.float32)
+        calibrated, centred, hubness = domain.calibrate(in_index_space, vectors, catalog_mean)
+    except ValueError:
+        log.warning("query domain does not fit this index; searching uncalibrated", exc_info=True)
+        return None
+    if not np.isfinite(calibrated).all():
+        return None
+    positions = np.arange(len(hits))
+    order = np.lexsort((positions, -calibrated, positions // CALIBRATION_POOL)).tolist()
+    scores, centred_values, hubness_values = calibrated.tolist(), centred.tolist(), hubness.tolist()
+    ranked = []
+    for index in order:
+        hit = hits[index]
+        score = scores[index]
+        details = hit.explain
+        if explain:
+            parts = {"raw": hit.score, "centred": centred_values[index], "hubness": hubness_values[index]}
+            details = {**hit.explain, "visual": score, **parts}
+        ranked.append(type(hit)(hit.item_id, score, hit.fields, hit.image_key, hit.vector, details))
+    return ranked
+
+
+def _candidate_vectors(view: IndexViewLike, hits: Sequence[Hit]) -> np.ndarray | None:
+    """One index-space row per hit: the vector the hit carries, else the view's (None when one has neither)."""
+    rows = []
+    for hit in hits:
+        vector = hit.vector if hit.vector is not None else view.vector_of(hit.item_id)
+        if vector is None:
+            return None
+        rows.append(vector)
+    try:
+        matrix = np.asarray(rows, dtype=np.float32)
+    except ValueError:  # ragged rows
+        return None
+    return matrix if matrix.ndim == 2 else None
 
 
 def to_index_filter(filters: Filters) -> Filter | None:

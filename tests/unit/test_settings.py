@@ -1,0 +1,34 @@
+"""Settings from the environment: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from catalens.settings import Settings
+
+
+def test_query_sampling_and_calibration_defaults() -> None:
+    settings = Settings.from_env({})
+    assert (settings.query_sample_rate, settings.query_calibration) == (0.25, True)
+    assert Settings.from_env({"QUERY_SAMPLE_RATE": "", "QUERY_CALIBRATION": ""}) == settings
+
+
+@pytest.mark.parametrize(("raw", "rate"), [("0", 0.0), ("1", 1.0), ("0.05", 0.05), (" 0.5 ", 0.5)])
+def test_query_sample_rate_is_a_fraction(raw: str, rate: float) -> None:
+    assert Settings.from_env({"QUERY_SAMPLE_RATE": raw}).query_sample_rate == rate
+
+
+@pytest.mark.parametrize("raw", ["-0.1", "1.5", "nan", "inf", "a quarter"])
+def test_a_query_sample_rate_outside_zero_to_one_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match="QUERY_SAMPLE_RATE must be a number between 0 and 1"):
+        Settings.from_env({"QUERY_SAMPLE_RATE": raw})
+
+
+@pytest.mark.parametrize(("raw", "on"), [("true", True), ("False", False), ("0", False), ("on", True), ("no", False)])
+def test_query_calibration_is_a_boolean(raw: str, on: bool) -> None:
+    assert Settings.from_env({"QUERY_CALIBRATION": raw}).query_calibration is on
+
+
+def test_a_query_calibration_that_is_not_a_boolean_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="QUERY_CALIBRATION must be true or false"):
+        Settings.from_env({"QUERY_CALIBRATION": "sometimes"})
