@@ -1138,7 +1138,8 @@ def _query_sample(vector: np.ndarray) -> np.ndarray:
         raise InvalidRecordError(f"query sample must be a non-empty 1-D vector, got shape {sample.shape}")
     if not np.isfinite(sample).all():
         raise InvalidRecordError("query sample has non-finite values")
-    half = sample.astype("<f2")
+    with np.errstate(over="ignore"):
+        half = sample.astype("<f2")
     if not np.isfinite(half).all():
         raise InvalidRecordError("query sample has values beyond float16's range (is it an unnormalised embedding?)")
     if not np.any(half):
