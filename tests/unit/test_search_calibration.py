@@ -8,13 +8,12 @@ photo and wins plain cosine for queries that are really about another item.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from catalens.domain import CALIBRATION_POOL, QueryDomain, catalog_mean
+from catalens.domain import CALIBRATION_POOL, QueryDomain
 from catalens.index import IndexView, ItemRecord
 from catalens.index.build import build_snapshot
 from catalens.index.records import Hit
@@ -67,18 +66,12 @@ def reference(count: int = 40, seed: int = 0) -> QueryDomain:
     return domain
 
 
-class Calibrated:
-    """A real IndexView plus what the index's cache adds to it: ``query_domain`` and ``catalog_mean``."""
+class Recording:
+    """A real IndexView that records the pool sizes it is asked for; ``overrides`` replace its attributes."""
 
-    def __init__(self, view: IndexView, domain: QueryDomain | None, mean: np.ndarray | None = None) -> None:
+    def __init__(self, view: IndexView, **overrides: Any) -> None:
         self._view = view
-        self.query_domain = domain
-        if mean is None and len(view):
-            rows = [view.vector_of(r.item_id) for r in view._delta_records]
-            if view.snapshot is not None:
-                rows += list(view.snapshot.vectors)
-            mean = catalog_mean(np.stack(rows))
-        self.catalog_mean = mean
+        self.__dict__.update(overrides)
         self.searched_with: list[int] = []
 
     def search(self, query: np.ndarray, k: int, **kwargs: Any) -> list[Hit]:
@@ -100,8 +93,8 @@ def embedder() -> StubEmbedder:
 
 
 @pytest.fixture
-def view() -> Calibrated:
-    return Calibrated(IndexView(None, catalog_records()), reference())
+def view() -> Recording:
+    return Recording(IndexView(None, catalog_records(), query_domain=reference()))
 
 
 def ids(result: Any) -> list[str]:
@@ -115,7 +108,7 @@ def photo_search(service: SearchService, **options: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ calibration
 
 
-def test_a_hub_that_wins_plain_cosine_loses_after_calibration(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_a_hub_that_wins_plain_cosine_loses_after_calibration(view: Recording, embedder: StubEmbedder) -> None:
     service = SearchService(embedder=embedder, views=lambda: view)
     plain = photo_search(service, k=3, calibrate=False)
     assert ids(plain)[0] == "hub"  # the shelf it shares with every shopper photo beats the item itself
@@ -129,12 +122,12 @@ def test_a_hub_that_wins_plain_cosine_loses_after_calibration(view: Calibrated, 
     assert view.searched_with == [3, CALIBRATION_POOL]  # the calibrated search asked for a whole pool
 
 
-def test_the_setting_off_or_no_query_domain_gives_the_plain_order(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_the_setting_off_or_no_query_domain_gives_the_plain_order(view: Recording, embedder: StubEmbedder) -> None:
     plain = photo_search(SearchService(embedder=embedder, views=lambda: view), k=5, calibrate=False)
     switched_off = photo_search(SearchService(embedder=embedder, views=lambda: view, calibration=False), k=5)
-    no_domain = Calibrated(view._view, None)
+    no_domain = Recording(IndexView(None, catalog_records()))
     without = photo_search(SearchService(embedder=embedder, views=lambda: no_domain), k=5)
-    no_mean = replace_mean(view, None)
+    no_mean = Recording(view._view, catalog_mean=None)
     unusable = photo_search(SearchService(embedder=embedder, views=lambda: no_mean), k=5)
     for result in (switched_off, without, unusable):
         assert result.calibrated is False
@@ -142,22 +135,18 @@ def test_the_setting_off_or_no_query_domain_gives_the_plain_order(view: Calibrat
     assert no_domain.searched_with == [5]  # no domain: no wider pool either
 
 
-def replace_mean(view: Calibrated, mean: np.ndarray | None) -> Calibrated:
-    copy = Calibrated(view._view, view.query_domain, np.zeros(DIM))
-    copy.catalog_mean = mean
-    return copy
-
-
-def test_a_domain_that_does_not_fit_the_index_serves_plain_cosine(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_a_domain_that_does_not_fit_the_index_serves_plain_cosine(view: Recording, embedder: StubEmbedder) -> None:
     rng = np.random.default_rng(5)
     other_model = QueryDomain(rng.normal(size=(40, DIM + 4)).astype(np.float32))
-    mismatched = Calibrated(view._view, other_model)
-    result = photo_search(SearchService(embedder=embedder, views=lambda: mismatched), k=3)
-    assert result.calibrated is False
-    assert ids(result)[0] == "hub"
+    left_out = Recording(IndexView(None, catalog_records(), query_domain=other_model))  # the view drops it
+    handed_in = Recording(view._view, query_domain=other_model)  # a view that does not: the service copes
+    for mismatched in (left_out, handed_in):
+        result = photo_search(SearchService(embedder=embedder, views=lambda m=mismatched: m), k=3)
+        assert result.calibrated is False
+        assert ids(result)[0] == "hub"
 
 
-def test_item_queries_stay_plain_cosine(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_item_queries_stay_plain_cosine(view: Recording, embedder: StubEmbedder) -> None:
     service = SearchService(embedder=embedder, views=lambda: view)
     similar = service.similar("item-3", SearchOptions(k=4, explain=True))
     assert similar.calibrated is False
@@ -169,7 +158,7 @@ def test_item_queries_stay_plain_cosine(view: Calibrated, embedder: StubEmbedder
     assert embedder.calls == 0
 
 
-def test_explain_shows_raw_centred_and_hubness(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_explain_shows_raw_centred_and_hubness(view: Recording, embedder: StubEmbedder) -> None:
     service = SearchService(embedder=embedder, views=lambda: view)
     raw = {h.item_id: h.score for h in photo_search(service, k=11, calibrate=False).hits}
     result = photo_search(service, k=11, explain=True)
@@ -185,7 +174,7 @@ def test_explain_shows_raw_centred_and_hubness(view: Calibrated, embedder: StubE
     assert "explain" not in photo_search(service, k=3).to_dict()["hits"][0]
 
 
-def test_personal_reranking_runs_on_the_calibrated_scores(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_personal_reranking_runs_on_the_calibrated_scores(view: Recording, embedder: StubEmbedder) -> None:
     seen: list[list[tuple[str, float]]] = []
 
     def recording(hits: list[Hit], profile: Any, **kwargs: Any) -> list[Hit]:
@@ -207,7 +196,7 @@ def big_catalog(count: int = 130, seed: int = 7) -> list[ItemRecord]:
 
 
 def test_pages_slice_one_calibrated_ranking_beyond_the_first_pool(embedder: StubEmbedder) -> None:
-    view = Calibrated(IndexView(None, big_catalog()), reference())
+    view = IndexView(None, big_catalog(), query_domain=reference())
     service = SearchService(embedder=embedder, views=lambda: view)
     whole = photo_search(service, k=100)
     pages = [photo_search(service, k=20, offset=offset) for offset in range(0, 100, 20)]
@@ -228,8 +217,8 @@ def test_with_a_projection_the_domain_is_projected_like_the_queries(embedder: St
     rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
     projection = Projection("pca", np.zeros(DIM, np.float32), rotation.astype(np.float32), np.ones(DIM, np.float32))
     snapshot = build_snapshot(catalog_records(), model_fingerprint="stub-fp", projection=projection)
-    rotated = Calibrated(IndexView(snapshot, []), reference())
-    plain_space = Calibrated(IndexView(None, catalog_records()), reference())
+    rotated = IndexView(snapshot, [], query_domain=reference())
+    plain_space = IndexView(None, catalog_records(), query_domain=reference())
 
     in_rotation = photo_search(SearchService(embedder=embedder, views=lambda: rotated), k=6, explain=True)
     in_model_space = photo_search(SearchService(embedder=embedder, views=lambda: plain_space), k=6, explain=True)
@@ -257,11 +246,11 @@ class RecordingSink:
         return f"queries/samples/{len(self.samples)}.npy"
 
 
-def sampling_service(view: Calibrated, embedder: StubEmbedder, sampler: QuerySampler) -> SearchService:
+def sampling_service(view: Recording, embedder: StubEmbedder, sampler: QuerySampler) -> SearchService:
     return SearchService(embedder=embedder, views=lambda: view, query_samples=sampler)
 
 
-def test_rate_zero_never_writes(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_rate_zero_never_writes(view: Recording, embedder: StubEmbedder) -> None:
     sink = RecordingSink()
     sampler = QuerySampler(sink, rate=0.0)
     service = sampling_service(view, embedder, sampler)
@@ -273,7 +262,7 @@ def test_rate_zero_never_writes(view: Calibrated, embedder: StubEmbedder) -> Non
 
 
 def test_rate_one_keeps_every_photo_query_and_nothing_but_its_embedding(
-    view: Calibrated, embedder: StubEmbedder
+    view: Recording, embedder: StubEmbedder
 ) -> None:
     sink = RecordingSink()
     sampler = QuerySampler(sink, rate=1.0)
@@ -289,7 +278,7 @@ def test_rate_one_keeps_every_photo_query_and_nothing_but_its_embedding(
         np.testing.assert_array_equal(vector, embedder.next_vector)
 
 
-def test_the_rate_is_a_probability_drawn_per_query(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_the_rate_is_a_probability_drawn_per_query(view: Recording, embedder: StubEmbedder) -> None:
     draws = iter([0.1, 0.9, 0.29, 0.3])
     sink = RecordingSink()
     sampler = QuerySampler(sink, rate=0.3, draw=lambda: next(draws))
@@ -303,7 +292,7 @@ def test_the_rate_is_a_probability_drawn_per_query(view: Calibrated, embedder: S
     assert kept == [1, 1, 2, 2]
 
 
-def test_a_failing_sink_never_fails_the_search_and_is_counted(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_a_failing_sink_never_fails_the_search_and_is_counted(view: Recording, embedder: StubEmbedder) -> None:
     metrics = RecordingMetrics()
     sink = RecordingSink(error=OSError("s3 is down"))
     sampler = QuerySampler(sink, rate=1.0, metrics=metrics)
@@ -315,7 +304,7 @@ def test_a_failing_sink_never_fails_the_search_and_is_counted(view: Calibrated, 
     assert metrics.total("Searches", kind="photo") == 1
 
 
-def test_the_search_does_not_wait_for_the_sample_write(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_the_search_does_not_wait_for_the_sample_write(view: Recording, embedder: StubEmbedder) -> None:
     gate = threading.Event()
     sink = RecordingSink(gate=gate)
     sampler = QuerySampler(sink, rate=1.0)
@@ -345,8 +334,7 @@ def test_a_rate_outside_zero_to_one_is_refused() -> None:
         QuerySampler(RecordingSink(), rate=1.5)
 
 
-def test_hits_keep_their_vectors_for_the_reranker(view: Calibrated, embedder: StubEmbedder) -> None:
+def test_hits_keep_their_vectors_for_the_reranker(view: Recording, embedder: StubEmbedder) -> None:
     result = photo_search(SearchService(embedder=embedder, views=lambda: view), k=3)
     for hit in result.hits:
         np.testing.assert_array_equal(hit.vector, view.vector_of(hit.item_id))
-    assert replace(result.hits[0]).vector is not None

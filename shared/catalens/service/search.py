@@ -56,8 +56,8 @@ class EmbedderLike(Protocol):
 class IndexViewLike(Protocol):
     """What the service needs of :class:`catalens.index.IndexView`.
 
-    Read when present: ``query_domain`` and ``catalog_mean`` (calibration), ``project`` (a model-space query in
-    index space), ``snapshot.projection``, ``model_fingerprint``.
+    Read when present: ``query_domain`` and ``catalog_mean`` (calibration, both in index space), ``project`` (a
+    model-space query in index space), ``model_fingerprint``.
     """
 
     version: str
@@ -208,7 +208,6 @@ class SearchService:
         self.calibration = calibration
         self.query_samples = query_samples
         self._model_fingerprint: str | None = None
-        self._projected_domain: tuple[QueryDomain, Any, QueryDomain] | None = None
 
     # ------------------------------------------------------------------------------------------------ queries
 
@@ -396,29 +395,11 @@ class SearchService:
             self._model_fingerprint = _fingerprint(self.embedder.card)
         self.query_samples.offer(vector, model_fingerprint=self._model_fingerprint)
 
-    def _query_domain(self, view: IndexViewLike) -> QueryDomain | None:
-        """The view's query domain in the view's index space (None when the index has none).
-
-        Without a projection index space is model space and the domain is used as it is; with one, the reference
-        queries are projected like every query (computed once per domain and projection).
-        """
-        domain = getattr(view, "query_domain", None)
-        if domain is None:
-            return None
-        projection = getattr(getattr(view, "snapshot", None), "projection", None)
-        project = getattr(view, "project", None)
-        if projection is None or project is None:
-            return domain
-        cached = self._projected_domain
-        if cached is not None and cached[0] is domain and cached[1] is projection:
-            return cached[2]
-        try:
-            projected = QueryDomain(project(domain.reference), beta=domain.beta)
-        except Exception:  # a domain that does not fit this index: serve plain cosine, never fail the search
-            log.warning("query domain cannot be projected into the index space; searching uncalibrated", exc_info=True)
-            return None
-        self._projected_domain = (domain, projection, projected)
-        return projected
+    @staticmethod
+    def _query_domain(view: IndexViewLike) -> QueryDomain | None:
+        """The view's query domain, in the view's index space (:attr:`catalens.index.IndexView.query_domain`
+        projects the stored reference like any query); None when the index has none."""
+        return getattr(view, "query_domain", None)
 
     def _start_profile_read(self, options: SearchOptions) -> Future[Any] | None:
         """Start reading the shopper's profile (None when this request is not personalised)."""
