@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from catalens.adapters.memory import MemoryBlobStore
+from catalens.adapters.s3 import S3BlobStore
+from catalens.domain import MIN_REFERENCE
 from catalens.index.records import ItemRecord
 from catalens.index.store import IndexStore
 
@@ -69,3 +71,73 @@ def test_later_runs_compact_only_when_there_is_something_new_or_when_forced(buil
     assert (second["deltas_included"], second["items"]) == (1, 2)
     assert forced["noop"] is False
     assert forced["version"] != second["version"]
+
+
+def write_query_samples(store: IndexStore, n: int, *, fingerprint: str = "m", offset: int = 0) -> None:
+    for i in range(n):
+        vector = np.random.default_rng(500 + offset + i).normal(size=8).astype(np.float32)
+        store.write_query_sample(vector / np.linalg.norm(vector), model_fingerprint=fingerprint)
+
+
+def test_every_run_refreshes_the_query_domain_after_compaction_and_gc_keeps_it(builder: Any) -> None:
+    store = IndexStore(MemoryBlobStore(), "index/")
+    store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
+    write_query_samples(store, MIN_REFERENCE - 1)
+    first = builder.compact(store, trigger="schedule", gc_grace_seconds=0)
+    assert first["noop"] is False
+    assert first["query_domain"] == {"status": "too_few_samples", "entry": None}
+
+    write_query_samples(store, 1, offset=100)
+    second = builder.compact(store, trigger="schedule", gc_grace_seconds=-1)  # GC deletes anything unreferenced
+    assert second["noop"] is True, "no new deltas: the refresh runs anyway"
+    assert second["query_domain"]["status"] == "refreshed"
+    entry = store.read_manifest()[0].query_domain
+    assert entry is not None
+    assert second["query_domain"]["entry"] == entry.to_dict()
+    assert entry.count == MIN_REFERENCE
+    store.load_query_domain(entry)  # GC kept the object the manifest names
+
+    third = builder.compact(store, trigger="schedule", gc_grace_seconds=-1)
+    assert third["query_domain"] == {"status": "unchanged", "entry": entry.to_dict()}
+    store.write_item(record(1, updated_at=2.0), model_fingerprint="m")
+    fourth = builder.compact(store, trigger="threshold", gc_grace_seconds=-1)
+    assert fourth["deltas_included"] == 1
+    assert store.read_manifest()[0].query_domain == entry, "compaction kept the entry"
+
+
+def test_a_failed_refresh_is_reported_and_does_not_fail_the_compaction(
+    builder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = IndexStore(MemoryBlobStore(), "index/")
+    store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("S3 said no")
+
+    monkeypatch.setattr(store, "refresh_query_domain", broken)
+    outcome = builder.compact(store, trigger="schedule", gc_grace_seconds=0)
+    assert outcome["noop"] is False
+    assert outcome["items"] == 1
+    assert outcome["query_domain"] == {"status": "error", "error": "RuntimeError: S3 said no"}
+    assert store.load_view().get("sku-0") is not None
+
+
+def test_the_handler_on_s3_compacts_refreshes_and_reports(
+    load_function: Any, s3_client: Any, s3_bucket: str, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INDEX_BUCKET", s3_bucket)
+    builder = load_function("builder")  # its own S3 store, on moto's bucket
+    store = IndexStore(S3BlobStore(s3_client, s3_bucket), "index/")
+    assert builder.store.prefix == store.prefix
+    store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
+    write_query_samples(store, MIN_REFERENCE + 3)
+
+    outcome = builder.lambda_handler({"trigger": "schedule"}, lambda_context)
+
+    assert outcome["noop"] is False
+    assert outcome["query_domain"]["status"] == "refreshed"
+    manifest, _ = store.read_manifest()
+    assert manifest.query_domain is not None
+    assert outcome["query_domain"]["entry"]["key"] == manifest.query_domain.key
+    assert manifest.query_domain.count == MIN_REFERENCE + 3
+    assert store.load_view().query_domain is not None
