@@ -103,6 +103,7 @@ def expected_grants(resolver: Resolver) -> dict[str, set[tuple[str, str, str]]]:
         | list_index,
         "SearchFunction": base("SearchLogGroup")
         | allow({"s3:GetObject"}, index_objects)
+        | allow({"s3:PutObject"}, f"{index}/index/queries/samples/*")  # query embeddings for the query domain
         | list_index
         | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
         | allow({"dynamodb:Query", "dynamodb:BatchWriteItem"}, arn("EventsTable")),
@@ -267,3 +268,71 @@ def test_a_catalog_bucket_referenced_with_ref_in_the_queue_policy_would_be_circu
     resources = transform_template(template)["Resources"]
     with pytest.raises(TemplateError, match="circular dependency"):
         dependency_order(resources, resources)
+
+
+def test_search_writes_query_samples_only_where_the_store_keeps_them_and_they_expire_in_30_days(
+    transformed: dict, resolver: Resolver
+) -> None:
+    from catalens.index.store import QUERY_SAMPLE_MAX_AGE_DAYS, QUERY_SAMPLES_DIR
+
+    env = resolver.resolve(transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"])
+    samples = env["INDEX_PREFIX"] + QUERY_SAMPLES_DIR
+    index = f"arn:aws:s3:::{resolver.physical_name('IndexBucket')}"
+    writes = {arn for action, arn, _ in grants(transformed, resolver, "SearchRole") if action == "s3:PutObject"}
+    assert writes == {f"{index}/{samples}*"}
+
+    bucket = resolver.resolve(transformed["Resources"]["IndexBucket"]["Properties"])
+    rules = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == samples]
+    assert [(r["Status"], r["ExpirationInDays"]) for r in rules] == [("Enabled", QUERY_SAMPLE_MAX_AGE_DAYS)]
+    everything_else = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r not in rules]
+    assert all("ExpirationInDays" not in r for r in everything_else)  # nothing else in the index ever expires
+
+
+def test_search_reads_the_query_settings_from_the_template_parameters(transformed: dict, resolver: Resolver) -> None:
+    from catalens.settings import Settings
+
+    env = resolver.resolve(transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"])
+    settings = Settings.from_env(env)
+    parameters = transformed["Parameters"]
+    assert settings.query_sample_rate == float(parameters["QuerySampleRate"]["Default"]) == 0.25
+    assert settings.query_calibration is (parameters["QueryCalibration"]["Default"] == "true") is True
+    for logical_id in ("IngestFunction", "ProfilesFunction", "IndexBuilderFunction"):
+        other = transformed["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
+        assert "QUERY_SAMPLE_RATE" not in other  # only photo searches are sampled
+
+
+def test_the_search_errors_alarm_watches_the_server_errors_the_handler_emits(transformed: dict) -> None:
+    """The handler answers failures as JSON 5xx and never raises: Lambda's Errors stays 0 for them, so the alarm
+    must read the function's own ServerErrors, under the namespace and service name the template gives it."""
+    import logging
+
+    from catalens.service import http
+    from catalens.service.telemetry import RecordingMetrics
+
+    app, metrics = http.RestResolver(), RecordingMetrics()
+    http.register_error_handlers(app, logging.getLogger("test"), metrics=metrics)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    answer = app.resolve({"httpMethod": "GET", "path": "/boom", "requestContext": {}}, None)
+    assert answer["statusCode"] == 500  # answered, not raised
+    assert [(p.name, set(p.dimensions)) for p in metrics.points] == [("ServerErrors", {"code"})]
+
+    globals_env = load_template()["Globals"]["Function"]["Environment"]["Variables"]
+    search_env = transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"]
+
+    alarm = transformed["Resources"]["SearchErrorsAlarm"]["Properties"]
+    (query,) = alarm["Metrics"]
+    assert {"MetricName", "Namespace"}.isdisjoint(alarm)
+    namespace, service = globals_env["POWERTOOLS_METRICS_NAMESPACE"], search_env["POWERTOOLS_SERVICE_NAME"]
+    # Metrics Insights sums every error code (the code dimension varies); the service dimension picks search
+    assert query["Expression"] == f"SELECT SUM(ServerErrors) FROM {namespace} WHERE service = '{service}'"
+    assert (query["Period"], query["ReturnData"]) == (300, True)
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanOrEqualToThreshold", 1)
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+    crashes = transformed["Resources"]["SearchCrashesAlarm"]["Properties"]  # timeouts and init failures still raise
+    assert (crashes["Namespace"], crashes["MetricName"]) == ("AWS/Lambda", "Errors")
+    assert crashes["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "SearchFunction"}}]
