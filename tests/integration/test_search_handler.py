@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import http.client
+import io
 import json
 import re
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import boto3
+import numpy as np
 import pytest
 import yaml
 
@@ -116,6 +118,8 @@ def call(index_settings: Settings, load_function: Any, lambda_context: Any) -> A
 
     def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         response = module.lambda_handler(event, lambda_context)
+        if module.service.query_samples is not None:  # sample writes finish inside the test's moto
+            module.service.query_samples.flush(timeout=30)
         body = response["body"]
         if response.get("isBase64Encoded"):
             body = base64.b64decode(body).decode()
@@ -383,6 +387,74 @@ def test_a_bug_answers_500_and_counts_a_server_error(
     assert (status, body["code"]) == (500, "internal_error")
     (document,) = emf_documents(capsys.readouterr().out)
     assert (document["ServerErrors"], document["code"]) == ([1.0], "internal_error")
+
+
+# ------------------------------------------------------------------------------------------------ query domain
+
+
+def index_objects(settings: Settings, prefix: str) -> list[str]:
+    s3 = boto3.client("s3", region_name=REGION)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.index_bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_photo_queries_leave_a_sample_of_their_embedding_and_nothing_else(
+    catalog: dict[str, bytes], call: Any, index_settings: Settings, embedder: Embedder, photos_and_vectors: tuple
+) -> None:
+    sampler = call.module.service.query_samples
+    assert sampler is not None
+    assert sampler.rate == 0.25  # the template's QuerySampleRate default
+    sampler.rate = 1.0  # every photo query, for the test
+    samples_prefix = index_settings.index_prefix + "queries/samples/"
+
+    status, _, _ = call(rest_event("POST", "/search", body=catalog["sku-3"], content_type="image/jpeg",
+                                   base64_body=True, query={"user_id": "shopper-42"}))  # fmt: skip
+    assert status == 200
+    call(rest_event("GET", "/items/sku-3/similar"))  # an item query is no shopper's photo
+    call(rest_event("POST", "/search", body='{"item_id": "sku-3"}', content_type="application/json"))
+
+    (key,) = index_objects(index_settings, samples_prefix)
+    assert key.startswith(f"{samples_prefix}{embedder.fingerprint[:16]}/")
+    assert "shopper-42" not in key
+    body = boto3.client("s3", region_name=REGION).get_object(Bucket=index_settings.index_bucket, Key=key)["Body"]
+    sample = np.load(io.BytesIO(body.read()), allow_pickle=False)
+    assert (sample.dtype, sample.shape) == (np.float16, (embedder.dim,))  # the embedding alone
+    np.testing.assert_allclose(sample, photos_and_vectors[1][3], atol=2e-3)
+
+
+def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
+    catalog: dict[str, bytes], call: Any, index_settings: Settings, embedder: Embedder, photos_and_vectors: tuple
+) -> None:
+    """Samples in, the builder's refresh, then the handler's IndexCache/IndexView serve calibrated photo queries."""
+    store = index_store(index_settings, boto3.client("s3", region_name=REGION))
+    rng = np.random.default_rng(0)
+    vectors = photos_and_vectors[1]
+    for n in range(40):  # shoppers' photos near catalog items: the catalog vectors, disturbed
+        noisy = vectors[n % len(vectors)] + 0.05 * rng.normal(size=vectors.shape[1])
+        store.write_query_sample(noisy / np.linalg.norm(noisy), model_fingerprint=embedder.fingerprint)
+    entry = store.refresh_query_domain()
+    assert entry is not None
+    assert entry.count == 40
+
+    def search(**query: str) -> dict[str, Any]:
+        event = rest_event("POST", "/search", body=catalog["sku-5"], content_type="image/jpeg", base64_body=True,
+                           query={"k": "8", "explain": "true", **query})  # fmt: skip
+        status, body, _ = call(event)
+        assert status == 200, body
+        return body
+
+    calibrated, plain = search(), search(calibrate="false")
+    assert (calibrated["calibrated"], plain["calibrated"]) == (True, False)
+    raw = {hit["item_id"]: hit["score"] for hit in plain["hits"]}
+    assert {hit["item_id"] for hit in calibrated["hits"]} == set(raw)  # all 8 items, re-scored
+    for hit in calibrated["hits"]:
+        assert hit["explain"]["raw"] == pytest.approx(raw[hit["item_id"]], abs=1e-5)
+        assert hit["score"] == pytest.approx(hit["explain"]["centred"] - hit["explain"]["hubness"], abs=1e-5)
+    assert [h["score"] for h in calibrated["hits"]] == sorted((h["score"] for h in calibrated["hits"]), reverse=True)
+    assert calibrated["hits"][0]["item_id"] == "sku-5"  # its own photo still wins
+    _, similar, _ = call(rest_event("GET", "/items/sku-5/similar", query={"explain": "true"}))
+    assert similar["calibrated"] is False  # more like this stays plain cosine
+    assert all("hubness" not in hit["explain"] for hit in similar["hits"])
 
 
 # ------------------------------------------------------------------------------------------------ malformed requests
