@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from datetime import UTC, datetime
 
@@ -116,9 +117,13 @@ def test_samples_are_filtered_by_age_and_model(store: IndexStore) -> None:
     assert store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=0, now=START) == []
 
 
-def test_an_undecodable_or_vanished_sample_is_skipped(store: IndexStore) -> None:
-    _, bad = write_samples(store, 2)
-    store.blob.put(bad, b"not an npy file")
+def test_an_undecodable_or_malformed_sample_is_skipped(store: IndexStore) -> None:
+    _, garbage, matrix, text = write_samples(store, 4)
+    store.blob.put(garbage, b"not an npy file")
+    for key, array in [(matrix, np.ones((2, DIM), np.float16)), (text, np.array(["a", "b"]))]:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        store.blob.put(key, buffer.getvalue())
     found = store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START + 10)
     assert len(found) == 1
     np.testing.assert_allclose(found[0], query_vector(0), atol=1e-3)
@@ -183,7 +188,7 @@ def test_refresh_writes_a_verified_reference_and_the_manifest_names_it(store: In
     assert (entry.count, entry.beta, entry.model_fingerprint) == (MIN_REFERENCE + 10, 4.0, FINGERPRINT)
     data = store.blob.get(store.prefix + entry.key).data
     assert entry.key == f"{QUERY_REFERENCE_DIR}{hashlib.sha256(data).hexdigest()[:24]}.npz"
-    with np.load(__import__("io").BytesIO(data), allow_pickle=False) as archive:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         assert archive["reference"].dtype == np.float16
         assert archive["reference"].shape == (MIN_REFERENCE + 10, DIM)
     domain = store.load_query_domain(entry)

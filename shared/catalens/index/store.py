@@ -883,14 +883,14 @@ class IndexStore:
             if data is None:
                 continue
             try:
-                sample = np.load(io.BytesIO(data), allow_pickle=False)
-            except (ValueError, OSError, EOFError):
+                sample = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+            except (ValueError, TypeError, OSError, EOFError):
                 log.warning("skipping undecodable query sample %s", key, exc_info=True)
                 continue
             if sample.ndim != 1:
                 log.warning("skipping query sample %s of shape %s", key, sample.shape)
                 continue
-            samples.append(sample.astype(np.float32))
+            samples.append(sample)
         return samples
 
     def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
