@@ -140,11 +140,12 @@ async function runSearch() {
 
 function render(answer, query) {
   const hits = answer.hits || [];
-  const took = answer.timings_ms ? Object.values(answer.timings_ms).reduce((a, b) => a + b, 0) : null;
+  const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
   const what = query.kind === "item" ? `“${query.itemId}”` : "your photo";
   $("#summary").textContent =
     `${hits.length} products like ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
+    (answer.calibrated ? " · calibrated to shoppers' photos" : "") +
     ` · index ${answer.index_version || "—"} (${answer.item_count ?? "?"} items)` +
     (took !== null ? ` · ${took.toFixed(0)} ms` : "");
   const grid = $("#results");
