@@ -169,6 +169,26 @@ def test_calibrated_photo_to_catalog_follows_the_reference_vectors_and_beats_pla
     assert moved != calibrated
 
 
+def test_the_spread_over_reference_samples_brackets_the_fixed_sample():
+    study, vectors, _ = synthetic_study(train_per_item=6)  # 48 train photos, references of 30
+    catalog = study.data.rows(vectors, study.data.catalog)
+    labels = list(study.data.catalog)
+    config = replace_domain(BASELINE, 30)
+    spread = study.calibration_spread(config, "val", vectors, catalog, labels, None, samples=4)
+    fixed, _ = study.photo_to_catalog(config, "val", vectors, catalog, labels, None)
+    assert spread["samples"] == 4
+    for metric in ("top1", "top5"):
+        assert spread[metric]["min"] <= fixed[metric] <= spread[metric]["max"]
+        assert spread[metric]["min"] <= spread[metric]["mean"] <= spread[metric]["max"]
+    samples = {
+        study.photo_to_catalog(config, "val", vectors, catalog, labels, None, seed)[0]["top1"] for seed in range(4)
+    }
+    assert (min(samples), max(samples)) == (spread["top1"]["min"], spread["top1"]["max"])
+    # one sample is all there is when the reference takes every photo of the other split
+    assert study.calibration_spread(replace_domain(BASELINE, 256), "val", vectors, catalog, labels, None) is None
+    assert study.calibration_spread(BASELINE, "val", vectors, catalog, labels, None) is None
+
+
 def test_too_few_reference_photos_leave_the_row_uncalibrated():
     study, vectors, _ = synthetic_study(train_per_item=3)  # 24 train photos < MIN_REFERENCE
     catalog = study.data.rows(vectors, study.data.catalog)
@@ -198,6 +218,13 @@ def test_the_study_has_the_calibration_rows_and_the_table_says_what_they_change(
     }
     row["train"] = row["val"]
     assert "p→p columns" in format_table({"rows": [row]})
+    spread = {
+        "samples": 10,
+        "top1": {"min": 0.4, "mean": 0.45, "max": 0.5},
+        "top5": {"min": 0.8, "mean": 0.8, "max": 0.8},
+    }
+    row["calibration"] = {"spread": {"val": spread, "train": None}}
+    assert "- x: val top-1 0.400–0.500 (0.450), top-5 0.800–0.800 (0.800) — 10 samples" in format_table({"rows": [row]})
     assert "p→p columns" not in format_table({"rows": [{**row, "config": {"query_domain": None}}]})
 
 

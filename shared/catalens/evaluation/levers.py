@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, QueryDomain, catalog_mean
-from catalens.evaluation.calibration import calibrated_scores, reference_domain
+from catalens.evaluation.calibration import REFERENCE_SEED, calibrated_scores, reference_domain
 from catalens.evaluation.features import Backbone, FeatureStore, View
 from catalens.evaluation.grocery import GroceryImage, load_grocery, photo_to_catalog, photo_to_photo
 
@@ -48,6 +48,7 @@ __all__ = [
 SELF_CHECK_QUERIES_PER_ITEM = 8
 SELF_CHECK_SEED = 2024  # differs from the catalog multi-view seed: the self-check never sees the views it scores
 CATALOG_VIEW_SEED = 7
+REFERENCE_SAMPLES = 10  # calibration rows also report the spread over this many reference samples (seeds 0..9)
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,11 @@ class LeverStudy:
                 "reference_from": "the other split's photos, unlabelled, seeded sample",
                 "beta": config.query_domain_beta,
                 "pool": min(CALIBRATION_POOL, len(catalog)),
+                "seed": REFERENCE_SEED,
+                "spread": {
+                    split: self.calibration_spread(config, split, queries_all, catalog, catalog_labels, project)
+                    for split in ("val", "train")
+                },
             }
         result["self_check"] = self.self_check(config, project)
         result["search_ms"] = self.search_ms(config, queries_all)
@@ -445,13 +451,18 @@ class LeverStudy:
         return vectors
 
     def query_domain(
-        self, config: LeverConfig, split: str, vectors: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+        self,
+        config: LeverConfig,
+        split: str,
+        vectors: np.ndarray,
+        transform: Callable[[np.ndarray], np.ndarray],
+        seed: int = REFERENCE_SEED,
     ) -> QueryDomain | None:
         """The calibration serving would have for ``split``'s queries: the *other* split's photos stand in for the
         query log (only their vectors are read, never their labels), ``transform``-ed as the queries are."""
         other = "train" if split == "val" else "val"
         reference = transform(self.data.rows(vectors, self.data.splits[other]))
-        return reference_domain(reference, config.query_domain, beta=config.query_domain_beta)
+        return reference_domain(reference, config.query_domain, beta=config.query_domain_beta, seed=seed)
 
     def photo_to_catalog(
         self,
@@ -461,20 +472,50 @@ class LeverStudy:
         catalog: np.ndarray,
         catalog_labels: list[GroceryImage],
         project: Callable | None,
+        seed: int = REFERENCE_SEED,
     ) -> tuple[dict, int]:
         """Photo→catalog metrics of ``split``'s queries, calibrated when ``config`` says so; and the reference size
-        (0 when not calibrated)."""
+        (0 when not calibrated). ``seed`` picks the reference sample."""
 
         def query_side(rows: np.ndarray) -> np.ndarray:
             return self.catalog_query_side(config, rows, catalog, project)
 
         queries = self.data.splits[split]
         query_vectors = query_side(self.data.rows(vectors, queries))
-        domain = self.query_domain(config, split, vectors, query_side) if config.query_domain else None
+        domain = self.query_domain(config, split, vectors, query_side, seed) if config.query_domain else None
         scores = calibrated_scores(domain, query_vectors, catalog) if domain is not None else None
         return photo_to_catalog(query_vectors, queries, catalog, catalog_labels, scores=scores), (
             len(domain) if domain is not None else 0
         )
+
+    def calibration_spread(
+        self,
+        config: LeverConfig,
+        split: str,
+        vectors: np.ndarray,
+        catalog: np.ndarray,
+        catalog_labels: list[GroceryImage],
+        project: Callable | None,
+        samples: int = REFERENCE_SAMPLES,
+    ) -> dict | None:
+        """Calibrated top-1/top-5 (min, mean, max) over ``samples`` reference samples: how much the numbers depend
+        on which photos happen to be in the query log. None when one sample is all there is (the other split is not
+        larger than the reference, or too small to calibrate)."""
+        other = "train" if split == "val" else "val"
+        if not config.query_domain or len(self.data.splits[other]) <= config.query_domain:
+            return None
+        found = [
+            self.photo_to_catalog(config, split, vectors, catalog, catalog_labels, project, seed)
+            for seed in range(samples)
+        ]
+        if any(size == 0 for _, size in found):
+            return None
+
+        def summary(metric: str) -> dict:
+            values = [result[metric] for result, _ in found]
+            return {"min": min(values), "mean": float(np.mean(values)), "max": max(values)}
+
+        return {"samples": samples, "top1": summary("top1"), "top5": summary("top5")}
 
     def self_check(self, config: LeverConfig, project: Callable[[np.ndarray], np.ndarray] | None) -> dict:
         """The merchant self-check on the 81 catalog images, with this configuration's query and catalog sides."""
@@ -714,8 +755,22 @@ def format_table(report: dict) -> str:
             f"| {train['packages_top1']:.3f} | {train['p2p_mAP']:.3f} | {row['self_check']['recall@1']:.3f} "
             f"| {row['self_check']['recall@5']:.3f} | {row['embed_ms']:.1f} | {row['search_ms']:.2f} |"
         )
-    if any(row["config"].get("query_domain") for row in report["rows"]):
+    calibrated = [row for row in report["rows"] if row["config"].get("query_domain")]
+    if calibrated:
         lines += ["", CALIBRATION_NOTE]
+    spreads = [(row["name"], row.get("calibration", {}).get("spread") or {}) for row in calibrated]
+    if any(spread.get(split) for _, spread in spreads for split in ("val", "train")):
+        lines += ["", "Calibrated top-1 / top-5 over other reference samples (min–max, mean):", ""]
+        for name, spread in spreads:
+            parts = [
+                f"{split} top-1 {found['top1']['min']:.3f}–{found['top1']['max']:.3f} ({found['top1']['mean']:.3f}), "
+                f"top-5 {found['top5']['min']:.3f}–{found['top5']['max']:.3f} ({found['top5']['mean']:.3f})"
+                for split in ("val", "train")
+                if (found := spread.get(split))
+            ]
+            samples = max(found["samples"] for found in spread.values() if found) if parts else 0
+            if parts:
+                lines.append(f"- {name}: {'; '.join(parts)} — {samples} samples")
     agreement = report.get("self_check_agreement", {})
     found = {
         key: value for key, value in agreement.items() if isinstance(value, dict) and value["spearman"] is not None
