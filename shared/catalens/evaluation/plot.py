@@ -15,7 +15,20 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["Point", "scatter_png"]
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+# one colour per lever group (the study has eleven): tab10, then black
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (0, 0, 0),
+]
 
 
 @dataclass(frozen=True)
