@@ -59,6 +59,23 @@ def s3_bucket(s3_client: Any) -> str:
     return name
 
 
+@pytest.fixture
+def s3_store(s3_client: Any, s3_bucket: str) -> Any:
+    """An IndexStore on moto S3. GC grace is measured from S3's LastModified (whole seconds); a wall clock 10 s
+    ahead makes everything written so far "old" without sleeping."""
+    import time
+
+    from catalens.adapters.s3 import S3BlobStore
+    from catalens.index.store import IndexStore, RetryPolicy
+
+    return IndexStore(
+        S3BlobStore(s3_client, s3_bucket),
+        "index/",
+        retry=RetryPolicy(base_delay=0.0),
+        wall_clock=lambda: time.time() + 10,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ Lambda handlers
 
 

@@ -7,7 +7,6 @@ adapter the unit tests rely on is held to S3's real conditional-request semantic
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from catalens.adapters.memory import MemoryBlobStore
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
-from catalens.index.store import IndexStore, RetryPolicy
+from catalens.index.store import IndexStore
 from catalens.ports import (
     BatchDeleter,
     BlobNotFoundError,
@@ -190,18 +189,6 @@ def test_s3_adapter_translates_409_conflict_and_other_errors() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the store on S3
-
-
-@pytest.fixture
-def s3_store(s3_client: Any, s3_bucket: str) -> IndexStore:
-    # GC grace is measured from S3's LastModified (whole seconds); a wall clock 10 s ahead makes
-    # everything written so far "old" without sleeping.
-    return IndexStore(
-        S3BlobStore(s3_client, s3_bucket),
-        "index/",
-        retry=RetryPolicy(base_delay=0.0),
-        wall_clock=lambda: time.time() + 10,
-    )
 
 
 def test_duplicate_and_out_of_order_events_on_s3(s3_store: IndexStore) -> None:

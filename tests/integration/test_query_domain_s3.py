@@ -6,12 +6,10 @@ import time
 from typing import Any
 
 import numpy as np
-import pytest
 
-from catalens.adapters.s3 import S3BlobStore
 from catalens.domain import MIN_REFERENCE
 from catalens.index.cache import IndexCache
-from catalens.index.store import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, IndexStore, RetryPolicy
+from catalens.index.store import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, IndexStore
 from tests.unit.test_index_store import FINGERPRINT, put_event
 
 DIM = 8  # the vectors of tests.unit.test_index_store.put_event
@@ -21,18 +19,6 @@ DAY = 86400.0
 def query_vector(i: int) -> np.ndarray:
     v = np.random.default_rng(7000 + i).normal(size=DIM).astype(np.float32)
     return v / np.linalg.norm(v)
-
-
-@pytest.fixture
-def s3_store(s3_client: Any, s3_bucket: str) -> IndexStore:
-    # GC grace is measured from S3's LastModified (whole seconds); a wall clock 10 s ahead makes everything written
-    # so far "old" without sleeping.
-    return IndexStore(
-        S3BlobStore(s3_client, s3_bucket),
-        "index/",
-        retry=RetryPolicy(base_delay=0.0),
-        wall_clock=lambda: time.time() + 10,
-    )
 
 
 def keys(store: IndexStore, under: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from catalens.index.store import (
     QueryDomainEntry,
     RetryPolicy,
 )
+from tests.unit.test_index_store import FakeClock
 
 DIM = 16
 FINGERPRINT = "model-fingerprint-0123456789abcdef"
@@ -34,22 +34,9 @@ DAY = 86400.0
 START = 1_800_000_000.0
 
 
-class FakeClock:
-    """One settable time for the blob store's LastModified and the store's wall clock."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def utc(self) -> datetime:
-        return datetime.fromtimestamp(self.now, UTC)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
