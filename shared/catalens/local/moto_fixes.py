@@ -42,56 +42,47 @@ def next_sequencer() -> str:
     return f"{next(_counter):018X}"
 
 
-_s3_request_lock = threading.RLock()
-_s3_atomic = False
+_serialised: set[str] = set()
+
+
+def _serialise(owner: type, names: tuple[str, ...]) -> None:
+    """Wrap ``owner``'s methods ``names`` in one re-entrant lock (once per class; re-entrant because moto's
+    operations call each other)."""
+    with _lock:
+        if owner.__qualname__ in _serialised:
+            return
+        lock = threading.RLock()
+        for name in names:
+            original = getattr(owner, name)
+
+            def serialised(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                with lock:
+                    return _original(self, *args, **kwargs)
+
+            serialised.__name__ = name
+            setattr(owner, name, serialised)
+        _serialised.add(owner.__qualname__)
 
 
 def make_s3_requests_atomic() -> None:
     """Run each S3 request in moto under one lock, so check-then-write is atomic as on AWS (idempotent).
 
-    Wraps the three entry points moto's S3 URL map dispatches to (bucket, key, and the ambiguous
-    path-style one that calls either, hence a re-entrant lock); in-process and server mode both go through them.
+    Wraps the three entry points moto's S3 URL map dispatches to (bucket, key, and the ambiguous path-style one
+    that calls either); in-process and server mode both go through them.
     """
-    global _s3_atomic
-    with _lock:
-        if _s3_atomic:
-            return
-        from moto.s3.responses import S3Response
+    from moto.s3.responses import S3Response
 
-        for name in ("ambiguous_response", "bucket_response", "key_response"):
-            original = getattr(S3Response, name)
-
-            def serialised(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                with _s3_request_lock:
-                    return _original(self, *args, **kwargs)
-
-            serialised.__name__ = name
-            setattr(S3Response, name, serialised)
-        _s3_atomic = True
-
-
-_dynamodb_atomic = False
+    _serialise(S3Response, ("ambiguous_response", "bucket_response", "key_response"))
 
 
 def make_dynamodb_operations_atomic() -> None:
-    """Run each of moto's DynamoDB reads and writes under one re-entrant lock, as DynamoDB's are atomic (idempotent)."""
-    global _dynamodb_atomic
-    with _lock:
-        if _dynamodb_atomic:
-            return
-        from moto.dynamodb.models import DynamoDBBackend
+    """Run each of moto's DynamoDB reads and writes under one lock, as DynamoDB's are atomic (idempotent)."""
+    from moto.dynamodb.models import DynamoDBBackend
 
-        lock = threading.RLock()  # re-entrant: moto's transaction calls its own get/put/update
-        for name in ("transact_write_items", "put_item", "update_item", "delete_item", "get_item", "query", "scan"):
-            original = getattr(DynamoDBBackend, name)
-
-            def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                with lock:
-                    return _original(self, *args, **kwargs)
-
-            locked.__name__ = name
-            setattr(DynamoDBBackend, name, locked)
-        _dynamodb_atomic = True
+    _serialise(
+        DynamoDBBackend,
+        ("transact_write_items", "put_item", "update_item", "delete_item", "get_item", "query", "scan"),
+    )
 
 
 def apply() -> None:
