@@ -33,7 +33,8 @@ MIN_REFERENCE = 30
 CALIBRATION_POOL = 50  # candidates re-scored (at least): the raw top-50 holds the calibrated top-k in practice
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row (the last axis) scaled to unit length; an all-zero row stays zero."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 
@@ -58,11 +59,11 @@ class QueryDomain:
             raise ValueError("reference vectors must be finite")
         if not self.beta > 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
-        reference = _unit(reference)
+        reference = unit_rows(reference)
         mean = reference.mean(axis=0)
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "query_mean", mean)
-        object.__setattr__(self, "_centred_reference", _unit(reference - mean))
+        object.__setattr__(self, "_centred_reference", unit_rows(reference - mean))
 
     @classmethod
     def from_samples(
@@ -117,8 +118,8 @@ class QueryDomain:
                 f"candidates have {candidates.shape[-1]} and the catalog mean {catalog_mean.shape[0]} dimensions, "
                 f"the query domain {self.dim}"
             )
-        items = _unit(candidates.reshape(-1, self.dim) - catalog_mean)
-        centred = items @ _unit(query - self.query_mean)
+        items = unit_rows(candidates.reshape(-1, self.dim) - catalog_mean)
+        centred = items @ unit_rows(query - self.query_mean)
         hubness = self.hubness(items)
         return centred - hubness, centred, hubness
 
@@ -134,4 +135,4 @@ def catalog_mean(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError("catalog_mean needs a non-empty [n, d] matrix")
-    return _unit(vectors).mean(axis=0)
+    return unit_rows(vectors).mean(axis=0)

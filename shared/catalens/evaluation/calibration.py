@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, MAX_REFERENCE, QueryDomain, catalog_mean
+from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, MAX_REFERENCE, QueryDomain, catalog_mean, unit_rows
 
 __all__ = ["REFERENCE_SEED", "calibrated_scores", "reference_domain"]
 
@@ -38,10 +38,9 @@ def calibrated_scores(
     """
     queries = np.asarray(queries, dtype=np.float32)
     catalog = np.asarray(catalog, dtype=np.float32)
-    units = catalog / np.maximum(np.linalg.norm(catalog, axis=1, keepdims=True), 1e-12)
     mean = catalog_mean(catalog)
     pool = min(pool, len(catalog))
-    raw = queries @ units.T
+    raw = queries @ unit_rows(catalog).T
     scores = np.full(raw.shape, -np.inf)
     for row, query in enumerate(queries):
         candidates = np.argpartition(-raw[row], pool - 1)[:pool]
