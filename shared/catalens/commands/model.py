@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         help="variant to build; repeat for several (default: fp32 and int8)",
     )
     parser.add_argument(
-        "--weights", default=None, help="efficientnet-lite0, -lite1 or -lite2 (default: the serving model, lite1)"
+        "--weights",
+        default=None,
+        help="efficientnet-lite0, -lite1 or -lite2, or several joined with + for one ensemble graph "
+        "(default: the serving model, efficientnet-lite0+efficientnet-lite1+efficientnet-lite2)",
     )
     parser.add_argument(
         "--pooling", default=None, help="avg, max, gem, gem:<p> or rmac, optionally +flip (default: serving, rmac)"
@@ -42,7 +45,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from catalens.imaging import PreprocessConfig
-    from catalens.model.build import SERVING_POOLING, SERVING_WEIGHTS, WEIGHTS, build_models
+    from catalens.model.build import SERVING_POOLING, SERVING_WEIGHTS, build_models, weights_members
     from catalens.model.card import model_paths
     from catalens.settings import load_settings
 
@@ -51,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     args.pooling = args.pooling or SERVING_POOLING
     preprocess = None
     if args.size or args.resize_short or args.no_crop:
-        source = WEIGHTS.get(args.weights)
-        size = args.size or (source.image_size if source else 224)
+        size = args.size or max(source.image_size for source in weights_members(args.weights))
         preprocess = PreprocessConfig(
             size=size,
             resize_short=args.resize_short or round(size / 0.875),

@@ -61,9 +61,10 @@ class LeverConfig:
         Row label.
     lever
         The lever group it belongs to (``baseline``, ``pooling``, ``framing``, ``flip``, ``multi-crop``, ``model``,
-        ``catalog multi-view``, ``whitening``, ``re-ranking``, ``combination``).
+        ``catalog multi-view``, ``whitening``, ``re-ranking``, ``combination``, ``ensemble``, ...).
     backbone
-        Weights and input size.
+        Weights and input size; weights joined with ``+`` (``efficientnet-lite0+efficientnet-lite1``) are an
+        ensemble: each member at its native size, their unit vectors concatenated (:func:`members`).
     pooling
         ``avg``, ``max``, ``gem`` (p = 3), ``rmac`` or ``avg+mid`` (average-pooled head concatenated with the GeM
         of the stride-16 stage, each L2-normalised).
@@ -116,14 +117,18 @@ class LeverConfig:
 LITE0 = Backbone("efficientnet-lite0", 224)
 LITE1 = Backbone("efficientnet-lite1", 240)
 LITE2 = Backbone("efficientnet-lite2", 260)
+LITE012 = Backbone("efficientnet-lite0+efficientnet-lite1+efficientnet-lite2", 260)
 CROP, FULL = View("crop"), View("full")
 CROP_FLIP, FULL_FLIP = View("crop", flip=True), View("full", flip=True)
 TIGHT = View("crop", crop_fraction=0.7)
 
 CALIBRATION = "query-domain calibration"
 BASELINE = LeverConfig("baseline: lite0, avg, centre crop", "baseline")
+LITE1_RMAC = replace(
+    BASELINE, name="lite1 + R-MAC (default before the ensemble)", lever="combination", backbone=LITE1, pooling="rmac"
+)
 # The serving default (catalens.model.build.SERVING_WEIGHTS / SERVING_POOLING), as the study computes it.
-DEFAULT = replace(BASELINE, name="DEFAULT: lite1 + R-MAC", lever="combination", backbone=LITE1, pooling="rmac")
+DEFAULT = replace(LITE1_RMAC, name="DEFAULT: lite0 + lite1 + lite2 ensemble, R-MAC", lever="ensemble", backbone=LITE012)
 
 CONFIGS: tuple[LeverConfig, ...] = (
     BASELINE,
@@ -154,12 +159,22 @@ CONFIGS: tuple[LeverConfig, ...] = (
     replace(BASELINE, name="DBA on gallery (top 2)", lever="re-ranking", rerank="dba"),
     replace(BASELINE, name="EfficientNet-Lite1 (240 px)", lever="model", backbone=LITE1),
     replace(BASELINE, name="EfficientNet-Lite2 (260 px)", lever="model", backbone=LITE2),
+    LITE1_RMAC,
+    replace(LITE1_RMAC, name="lite1 + R-MAC + flip", views=(CROP, CROP_FLIP)),
+    replace(LITE1_RMAC, name="lite1 + R-MAC + catalog views (mean)", catalog_augment=16),
+    replace(LITE1_RMAC, name="lite1 + R-MAC + DBA + αQE (top 3)", rerank="aqe+dba", rerank_k=3),
+    replace(LITE1_RMAC, name="lite2 + R-MAC + flip", backbone=LITE2, views=(CROP, CROP_FLIP)),
+    replace(
+        DEFAULT, name="lite0 + lite1 ensemble, R-MAC", backbone=Backbone("efficientnet-lite0+efficientnet-lite1", 240)
+    ),
+    replace(
+        DEFAULT, name="lite1 + lite2 ensemble, R-MAC", backbone=Backbone("efficientnet-lite1+efficientnet-lite2", 260)
+    ),
     DEFAULT,
-    replace(DEFAULT, name="lite1 + R-MAC + flip", views=(CROP, CROP_FLIP)),
-    replace(DEFAULT, name="lite1 + R-MAC + catalog views (mean)", catalog_augment=16),
-    replace(DEFAULT, name="lite1 + R-MAC + DBA + αQE (top 3)", rerank="aqe+dba", rerank_k=3),
-    replace(DEFAULT, name="lite2 + R-MAC + flip", backbone=LITE2, views=(CROP, CROP_FLIP)),
+    replace(DEFAULT, name="DEFAULT + DBA + αQE (top 3)", lever="re-ranking", rerank="aqe+dba", rerank_k=3),
     replace(BASELINE, name="baseline + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
+    replace(LITE1_RMAC, name="lite1 + R-MAC + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
+    replace(LITE1_RMAC, name="lite1 + R-MAC + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
     replace(DEFAULT, name="DEFAULT + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
     replace(DEFAULT, name="DEFAULT + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
     replace(DEFAULT, name="DEFAULT as built, fp32 (Embedder)", lever="int8 vs fp32", built="fp32"),
@@ -263,6 +278,15 @@ def _load(data_dir: Path) -> _Data:
     )
 
 
+def members(backbone: Backbone) -> list[Backbone]:
+    """The networks of ``backbone``: itself, or each member of a ``+`` ensemble at its native input size."""
+    from catalens.model.build import weights_members
+
+    if "+" not in backbone.weights:
+        return [backbone]
+    return [Backbone(source.name, source.image_size) for source in weights_members(backbone.weights)]
+
+
 class LeverStudy:
     """Evaluates :class:`LeverConfig` objects on the grocery data, sharing cached forward passes."""
 
@@ -279,8 +303,11 @@ class LeverStudy:
         """Every grocery image (catalog and photos) embedded with ``views`` averaged."""
         if config.built:
             return self.built_vectors(config, self.data.paths, None, "files")
-        found = self.store.descriptors(config.backbone, list(views), self.data.paths)
-        return _unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views))
+        parts = []
+        for member in members(config.backbone):  # an ensemble: unit vectors side by side, as its graph does
+            found = self.store.descriptors(member, list(views), self.data.paths)
+            parts.append(_unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views)))
+        return _unit(np.hstack(parts))
 
     def built_embedder(self, config: LeverConfig):
         """The production model for ``config`` (built once into the cache folder, or a temporary one)."""
@@ -365,9 +392,11 @@ class LeverStudy:
         tag = f"aug1-s{seed}-n{count}"
         if config.built:
             return _unit(self.built_vectors(config, paths, image, tag)).reshape(count, n, -1)
-        found = self.store.descriptors(config.backbone, list(views), paths, images=image, tag=tag)
-        vectors = _unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views))
-        return vectors.reshape(count, n, -1)
+        parts = []
+        for member in members(config.backbone):
+            found = self.store.descriptors(member, list(views), paths, images=image, tag=tag)
+            parts.append(_unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views)))
+        return _unit(np.hstack(parts)).reshape(count, n, -1)
 
     # ---- one configuration
 
@@ -609,12 +638,13 @@ def _photo_timer(study: LeverStudy, config: LeverConfig) -> Callable[[Path], Non
         return lambda path: embedder.embed_images([Path(path).read_bytes()])
     from catalens.evaluation.features import load_photo, view_tensor
 
-    extractor = study.store.extractor(config.backbone)
-    short_side = max(view.preprocess_config(config.backbone.size).decode_short_side for view in config.views)
+    networks = [(study.store.extractor(member), member.size) for member in members(config.backbone)]
+    short_side = max(view.preprocess_config(size).decode_short_side for _, size in networks for view in config.views)
 
     def one(path: Path) -> None:
         image = load_photo(Path(path), short_side)
-        extractor.maps(np.stack([view_tensor(image, view, config.backbone.size) for view in config.views]))
+        for extractor, size in networks:
+            extractor.maps(np.stack([view_tensor(image, view, size) for view in config.views]))
 
     return one
 

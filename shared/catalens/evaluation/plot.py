@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["Point", "scatter_png"]
 
-# one colour per lever group (the study has eleven): tab10, then black
+# one colour per lever group (the study has twelve): tab10, then black and a dark gold
 PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
@@ -28,6 +28,7 @@ PALETTE = [
     (188, 189, 34),
     (23, 190, 207),
     (0, 0, 0),
+    (160, 120, 0),
 ]
 
 

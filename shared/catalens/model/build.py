@@ -18,14 +18,24 @@ from pathlib import Path
 from catalens.errors import ModelError
 from catalens.imaging import PreprocessConfig
 from catalens.model.card import ModelCard, model_paths, sha256_hex
-from catalens.model.efficientnet import EMBEDDING_OUTPUT, LOGITS_OUTPUT, OPSET, Pooling, build_onnx, infer_architecture
+from catalens.model.efficientnet import (
+    EMBEDDING_OUTPUT,
+    LOGITS_OUTPUT,
+    OPSET,
+    Pooling,
+    build_ensemble_onnx,
+    build_onnx,
+    infer_architecture,
+)
 from catalens.model.torch_pickle import load_legacy_state_dict
 
 DEFAULT_WEIGHTS = "efficientnet-lite0"  # what the build functions default to (tests build this: smallest, fastest)
 # What ingest and search run: `catalens model build` without options (make setup, the Lambda model layer) builds it
-# and Embedder.from_dir prefers it. Chosen by `catalens eval grocery --levers` (README "Evaluation"): Lite1 with
-# R-MAC pooling and the 0.875 centre crop beat the Lite0/average baseline on every grocery metric, val and train.
-SERVING_WEIGHTS = "efficientnet-lite1"
+# and Embedder.from_dir prefers it. Chosen by `catalens eval grocery --levers` (README "Evaluation"): Lite0, Lite1 and
+# Lite2 side by side in one graph, each with R-MAC pooling at its own native side of one 0.875 centre crop, their unit
+# vectors concatenated. It beat every single network on photo→catalog and photo→photo, val and train, plain and
+# query-domain calibrated, for about three times Lite1's network time.
+SERVING_WEIGHTS = "efficientnet-lite0+efficientnet-lite1+efficientnet-lite2"
 SERVING_POOLING = "rmac"
 
 
@@ -82,10 +92,23 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def weights_members(weights: str) -> list[WeightsSource]:
+    """``efficientnet-lite1`` → one source; ``efficientnet-lite0+efficientnet-lite1`` → an ensemble's members."""
+    names = weights.split("+")
+    if any(n not in WEIGHTS for n in names):
+        raise ModelError(f"unknown weights {weights!r}; known: {', '.join(WEIGHTS)} (join several with +)")
+    if len(set(names)) != len(names):
+        raise ModelError(f"repeated weights in {weights!r}: an ensemble's members must differ")
+    return [WEIGHTS[n] for n in names]
+
+
 def default_model_name(weights: str, pooling: str) -> str:
-    """``efficientnet-lite0`` for average pooling, ``efficientnet-lite0-gem3`` etc. otherwise."""
+    """``efficientnet-lite0`` for average pooling, ``efficientnet-lite0-gem3`` etc. otherwise; an ensemble
+    ``efficientnet-lite0+efficientnet-lite1`` is ``efficientnet-lite0-lite1``."""
+    first, *others = weights.split("+")
+    stem = "-".join([first, *(o.removeprefix("efficientnet-") for o in others)])
     pool = str(Pooling.parse(pooling))
-    return weights if pool == "avg" else f"{weights}-{pool.replace(':', '').replace('.', 'p').replace('+', '-')}"
+    return stem if pool == "avg" else f"{stem}-{pool.replace(':', '').replace('.', 'p').replace('+', '-')}"
 
 
 def build_fp32(
@@ -97,30 +120,40 @@ def build_fp32(
     with_classifier: bool = True,
 ) -> tuple[bytes, ModelCard]:
     """Build the fp32 model in memory; returns (onnx bytes, card)."""
-    try:
-        source = WEIGHTS[weights]
-    except KeyError:
-        raise ModelError(f"unknown weights {weights!r}; known: {', '.join(WEIGHTS)}") from None
-    path = source.path()
-    raw = path.read_bytes()
-    state_dict = load_legacy_state_dict(path)
-    config = preprocess or source.default_preprocess()
+    sources = weights_members(weights)
+    paths = [source.path() for source in sources]
+    state_dicts = [load_legacy_state_dict(path) for path in paths]
+    largest = max(sources, key=lambda source: source.image_size)
+    config = preprocess or largest.default_preprocess()
     model_name = name or default_model_name(weights, pooling)
-    model = build_onnx(
-        state_dict, with_classifier=with_classifier, pooling=pooling, image_size=config.size, name=model_name
-    )
+    if len(sources) == 1:
+        model = build_onnx(
+            state_dicts[0], with_classifier=with_classifier, pooling=pooling, image_size=config.size, name=model_name
+        )
+    else:  # one shared crop at the largest side, resized in the graph to each member's native side
+        model = build_ensemble_onnx(
+            [(sd, source.image_size) for sd, source in zip(state_dicts, sources, strict=True)],
+            with_classifier=with_classifier,
+            pooling=pooling,
+            image_size=config.size,
+            name=model_name,
+        )
     data = model.SerializeToString(deterministic=True)
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
     card = ModelCard(
         name=model_name,
         variant="fp32",
         sha256=sha256_hex(data),
-        dim=infer_architecture(state_dict).head_channels,
+        dim=sum(infer_architecture(sd).head_channels for sd in state_dicts),
         pooling=str(Pooling.parse(pooling)),
         preprocess=config,
-        weights_sha256=hashlib.sha256(raw).hexdigest(),
+        # one source: its file's digest (as before); an ensemble: the digest of the members' digests, in order
+        weights_sha256=digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest(),
         opset=OPSET,
         outputs=(EMBEDDING_OUTPUT, LOGITS_OUTPUT) if with_classifier else (EMBEDDING_OUTPUT,),
-        weights_source=f"{source.distribution}: models/{path.name}",
+        weights_source=" + ".join(
+            f"{source.distribution}: models/{path.name}" for source, path in zip(sources, paths, strict=True)
+        ),
     )
     return data, card
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, compose, helper, numpy_helper
 
 from catalens.errors import ModelError
 
@@ -369,5 +369,100 @@ def build_onnx(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="catalens")
     model.ir_version = 8  # opset 17 needs IR ≥ 8; pinned so an onnx upgrade does not change the bytes
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_ensemble_onnx(
+    members: list[tuple[dict[str, np.ndarray], int]],
+    *,
+    with_classifier: bool = True,
+    pooling: str = "rmac",
+    image_size: int | None = None,
+    opset: int = OPSET,
+    name: str = "efficientnet-lite-ensemble",
+) -> onnx.ModelProto:
+    """Several EfficientNet-Lites side by side in one graph: their unit embeddings, concatenated and renormalised.
+
+    Why: the three Lite models see a product differently enough that the cosine of the concatenation (the mean of
+    the members' cosines) ranks shop photos better than any one of them (README "Evaluation"). One graph keeps one
+    model file, one preprocessing and one vector per photo (design invariant 5).
+
+    Parameters
+    ----------
+    members
+        ``(state dict, native input side)`` per network, in output order.
+    image_size
+        The graph's input side (default: the largest native side). Each member gets the same centre crop resized to
+        its own native side inside the graph (cubic, half-pixel), so each runs at the resolution it was trained at.
+    with_classifier
+        Keep the last member's ``logits`` (the weights sanity check).
+    """
+    if len(members) < 2:
+        raise ModelError("an ensemble needs at least two members")
+    side = image_size or max(size for _, size in members)
+    parts = [
+        compose.add_prefix(
+            build_onnx(
+                state_dict,
+                with_classifier=with_classifier and i == len(members) - 1,
+                pooling=pooling,
+                image_size=size,
+                opset=opset,
+                name=f"member{i}",
+            ),
+            f"m{i}.",
+        )
+        for i, (state_dict, size) in enumerate(members)
+    ]
+    g = _GraphBuilder({}, BN_EPS)
+    batch_dims = g.node("Shape", [INPUT_NAME], "ensemble.input_shape", start=0, end=2)
+    embeddings, dims = [], 0
+    for i, ((_, size), part) in enumerate(zip(members, parts, strict=True)):
+        member_input = f"m{i}.{INPUT_NAME}"
+        if size == side:
+            g.node("Identity", [INPUT_NAME], member_input)
+        else:
+            sizes = g.node(
+                "Concat",
+                [batch_dims, g.const(f"m{i}.input.side", np.array([size, size], np.int64))],
+                f"m{i}.input.sizes",
+                axis=0,
+            )
+            g.nodes.append(
+                helper.make_node(
+                    "Resize",
+                    [INPUT_NAME, "", "", sizes],
+                    [member_input],
+                    name=member_input,
+                    mode="cubic",
+                    cubic_coeff_a=-0.5,
+                    coordinate_transformation_mode="half_pixel",
+                )
+            )
+        g.nodes.extend(part.graph.node)
+        g.initializers.extend(part.graph.initializer)
+        embeddings.append(f"m{i}.{EMBEDDING_OUTPUT}")
+        dims += part.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    joined = g.node("Concat", embeddings, "ensemble.concat", axis=1)
+    norm = g.node("ReduceL2", [joined], "embedding.norm", axes=[1], keepdims=1)
+    norm = g.node("Max", [norm, _l2_eps(g)], "embedding.norm_clamped")
+    g.node("Div", [joined, norm], EMBEDDING_OUTPUT)
+
+    batch = "batch"
+    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dims])]
+    if with_classifier:
+        g.node("Identity", [f"m{len(members) - 1}.{LOGITS_OUTPUT}"], LOGITS_OUTPUT)
+        classes = parts[-1].graph.output[1].type.tensor_type.shape.dim[1].dim_value
+        outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, [batch, classes]))
+    graph = helper.make_graph(
+        g.nodes,
+        name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, side, side])],
+        outputs,
+        initializer=g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="catalens")
+    model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
