@@ -20,7 +20,7 @@ from typing import Any
 from catalens.cli import group
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
