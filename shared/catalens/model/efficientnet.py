@@ -373,6 +373,19 @@ def build_onnx(
     return model
 
 
+def _resize_scales(side: int, size: int) -> np.ndarray:
+    """Constant Resize scales taking ``side`` to exactly ``size`` (floor(side·scale) in float32).
+
+    Constant scales, not a ``sizes`` input computed from the batch's shape: the member's input shape is then known
+    when the graph is loaded, and onnxruntime optimises the member as it would alone (with a computed shape the
+    ensemble ran at half the speed of its members run one after another).
+    """
+    scale = np.float32(size / side)
+    while np.floor(np.float32(side) * scale) < size:  # float32 rounding must not lose the last row
+        scale = np.nextafter(scale, np.float32(2))
+    return np.array([1.0, 1.0, scale, scale], np.float32)
+
+
 def build_ensemble_onnx(
     members: list[tuple[dict[str, np.ndarray], int]],
     *,
@@ -394,7 +407,7 @@ def build_ensemble_onnx(
         ``(state dict, native input side)`` per network, in output order.
     image_size
         The graph's input side (default: the largest native side). Each member gets the same centre crop resized to
-        its own native side inside the graph (cubic, half-pixel), so each runs at the resolution it was trained at.
+        its own native side inside the graph (bilinear, half-pixel), so each runs at the resolution it was trained at.
     with_classifier
         Keep the last member's ``logits`` (the weights sanity check).
     """
@@ -416,27 +429,19 @@ def build_ensemble_onnx(
         for i, (state_dict, size) in enumerate(members)
     ]
     g = _GraphBuilder({}, BN_EPS)
-    batch_dims = g.node("Shape", [INPUT_NAME], "ensemble.input_shape", start=0, end=2)
     embeddings, dims = [], 0
     for i, ((_, size), part) in enumerate(zip(members, parts, strict=True)):
         member_input = f"m{i}.{INPUT_NAME}"
         if size == side:
             g.node("Identity", [INPUT_NAME], member_input)
         else:
-            sizes = g.node(
-                "Concat",
-                [batch_dims, g.const(f"m{i}.input.side", np.array([size, size], np.int64))],
-                f"m{i}.input.sizes",
-                axis=0,
-            )
             g.nodes.append(
                 helper.make_node(
                     "Resize",
-                    [INPUT_NAME, "", "", sizes],
+                    [INPUT_NAME, "", g.const(f"m{i}.input.scales", _resize_scales(side, size))],
                     [member_input],
                     name=member_input,
-                    mode="cubic",
-                    cubic_coeff_a=-0.5,
+                    mode="linear",  # onnxruntime's cubic Resize costs ~23 ms here, linear 0.4 ms
                     coordinate_transformation_mode="half_pixel",
                 )
             )
