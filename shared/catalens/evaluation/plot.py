@@ -74,6 +74,7 @@ def scatter_png(
     """Draw ``points`` and save a PNG at ``path``; returns the path."""
     font = ImageFont.load_default(size=15)
     small = ImageFont.load_default(size=13)
+    height = max(height, 70 + 28 + 20 * len(points) + 20)  # tall enough for every legend line
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = 80, 70, 860, height - 70
