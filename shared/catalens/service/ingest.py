@@ -44,10 +44,10 @@ PERMANENT_ERRORS = (ImageError, FieldError, EventError)
 
 # Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again).
 # Measured with `catalens eval near-duplicates --photos 300` (serving ensemble, fp32, 4 copies each): copies of a photo
-# (re-encoded q60, halved, 8% cropped, 10% brighter) score 0.85-0.998 against their original, p1 0.917; the nearest
-# *other* photo scores p99 0.924 (same product; one pair of near-identical shelf shots at 0.951) and at most 0.879
-# (other products). At 0.93, 96% of copies are caught and 0.3% of distinct photos (that one pair) are flagged; 0.92
-# would flag 1.7%, 0.95 would miss a quarter of the copies (the resized ones). (Lite1 alone: 0.92, same trade-off.)
+# (re-encoded q60, halved, 8% cropped, 10% brighter) score 0.86-0.998 against their original, p1 0.924; the nearest
+# *other* photo scores p99 0.926 (same product; one pair of near-identical shelf shots at 0.951) and at most 0.879
+# (other products). At 0.93, 98% of copies are caught and 0.3% of distinct photos (that one pair) are flagged; 0.92
+# would flag 1.7%, 0.95 would miss a fifth of the copies (the resized ones). (Lite1 alone: 0.92, same trade-off.)
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.93
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
