@@ -335,9 +335,7 @@ def build_onnx(
         halves_shape = g.const("flip.halves", np.array([2, -1, arch.head_channels], np.int64))
         halves = g.node("Reshape", [_l2_normalise(g, pooled, "pooled.unit"), halves_shape], "flip.halves_of")
         pooled = g.node("ReduceSum", [halves, g.const("flip.axis", np.array([0], np.int64))], "flip.sum", keepdims=0)
-    norm = g.node("ReduceL2", [pooled], "embedding.norm", axes=[1], keepdims=1)
-    norm = g.node("Max", [norm, _l2_eps(g)], "embedding.norm_clamped")
-    g.node("Div", [pooled, norm], EMBEDDING_OUTPUT)
+    _l2_normalise(g, pooled, EMBEDDING_OUTPUT)
 
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, arch.head_channels])]
@@ -359,11 +357,17 @@ def build_onnx(
         fc_b = g.const("fc.b", state_dict["_fc.bias"].astype(np.float32))
         g.node("Gemm", [avg, fc_w, fc_b], LOGITS_OUTPUT, transB=1)
         outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, [batch, arch.num_classes]))
+    return _checked_model(g, name, image_size, outputs, opset)
 
+
+def _checked_model(
+    g: _GraphBuilder, name: str, side: int, outputs: list[onnx.ValueInfoProto], opset: int
+) -> onnx.ModelProto:
+    """The graph as a checked model with input ``image`` [batch, 3, side, side]."""
     graph = helper.make_graph(
         g.nodes,
         name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, image_size, image_size])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, side, side])],
         outputs,
         initializer=g.initializers,
     )
@@ -449,10 +453,7 @@ def build_ensemble_onnx(
         g.initializers.extend(part.graph.initializer)
         embeddings.append(f"m{i}.{EMBEDDING_OUTPUT}")
         dims += part.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    joined = g.node("Concat", embeddings, "ensemble.concat", axis=1)
-    norm = g.node("ReduceL2", [joined], "embedding.norm", axes=[1], keepdims=1)
-    norm = g.node("Max", [norm, _l2_eps(g)], "embedding.norm_clamped")
-    g.node("Div", [joined, norm], EMBEDDING_OUTPUT)
+    _l2_normalise(g, g.node("Concat", embeddings, "ensemble.concat", axis=1), EMBEDDING_OUTPUT)
 
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dims])]
@@ -460,14 +461,4 @@ def build_ensemble_onnx(
         g.node("Identity", [f"m{len(members) - 1}.{LOGITS_OUTPUT}"], LOGITS_OUTPUT)
         classes = parts[-1].graph.output[1].type.tensor_type.shape.dim[1].dim_value
         outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, [batch, classes]))
-    graph = helper.make_graph(
-        g.nodes,
-        name,
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, side, side])],
-        outputs,
-        initializer=g.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="catalens")
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _checked_model(g, name, side, outputs, opset)
