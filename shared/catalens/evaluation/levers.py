@@ -303,9 +303,16 @@ class LeverStudy:
         """Every grocery image (catalog and photos) embedded with ``views`` averaged."""
         if config.built:
             return self.built_vectors(config, self.data.paths, None, "files")
+        return self._pooled_vectors(config, views, self.data.paths)
+
+    def _pooled_vectors(
+        self, config: LeverConfig, views: Sequence[View], paths: Sequence[Path], **source: object
+    ) -> np.ndarray:
+        """The study's vectors of ``paths`` (``source``: the descriptors' ``images``/``tag``): ``views`` averaged
+        per network, and an ensemble's networks' unit vectors side by side, as its graph does."""
         parts = []
-        for member in members(config.backbone):  # an ensemble: unit vectors side by side, as its graph does
-            found = self.store.descriptors(member, list(views), self.data.paths)
+        for member in members(config.backbone):
+            found = self.store.descriptors(member, list(views), paths, **source)
             parts.append(_unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views)))
         return _unit(np.hstack(parts))
 
@@ -392,11 +399,7 @@ class LeverStudy:
         tag = f"aug1-s{seed}-n{count}"
         if config.built:
             return _unit(self.built_vectors(config, paths, image, tag)).reshape(count, n, -1)
-        parts = []
-        for member in members(config.backbone):
-            found = self.store.descriptors(member, list(views), paths, images=image, tag=tag)
-            parts.append(_unit(sum(_unit(pooled(found[view.key()], config.pooling)) for view in views)))
-        return _unit(np.hstack(parts)).reshape(count, n, -1)
+        return self._pooled_vectors(config, views, paths, images=image, tag=tag).reshape(count, n, -1)
 
     # ---- one configuration
 

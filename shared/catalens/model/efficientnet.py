@@ -380,9 +380,9 @@ def _checked_model(
 def _resize_scales(side: int, size: int) -> np.ndarray:
     """Constant Resize scales taking ``side`` to exactly ``size`` (floor(side·scale) in float32).
 
-    Constant scales, not a ``sizes`` input computed from the batch's shape: the member's input shape is then known
-    when the graph is loaded, and onnxruntime optimises the member as it would alone (with a computed shape the
-    ensemble ran at half the speed of its members run one after another).
+    Constant scales, not a ``sizes`` input computed from the batch's shape, keep every member's input shape known
+    when the graph is loaded (the batch stays dynamic); the output size is ``floor(side·scale)``, so the scale is
+    nudged up until float32 rounding cannot drop the last row.
     """
     scale = np.float32(size / side)
     while np.floor(np.float32(side) * scale) < size:  # float32 rounding must not lose the last row
