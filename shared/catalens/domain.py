@@ -14,6 +14,12 @@ both fitted on a small reference sample of recent query embeddings (no photos, n
 
     calibrated(q, c) = cos(q − μ_q, c − μ_c) − (1/β) · log mean_r exp(β · cos(r − μ_q, c − μ_c))
 
+Calibration is for shoppers' photos. A query that is a copy of a shop photo (a screenshot of a product page, a
+merchant checking their own photo) lives in the catalog's domain: centring it on the shoppers' mean would push it
+away from its own item. Such a query (plain cosine to its best candidate at least ``COPY_COSINE``, the cosine at
+which ingest flags near-duplicates) is served plain cosine and is not kept as a query sample. On the grocery data no
+shopper photo comes near it (the best raw cosine of any of the 2,936 photos to any catalog image is 0.76).
+
 On the grocery data (``catalens eval grocery --levers``) this lifts photo→catalog top-1 by about 0.08 with the
 serving model, with a reference of 30 to 2,640 shopper photos. Item vectors are not changed (design invariant 5:
 the same photo gives the same vector in ingest and query); calibration re-scores a first-stage pool of candidates
@@ -31,6 +37,13 @@ DEFAULT_BETA = 5.0
 MAX_REFERENCE = 256
 MIN_REFERENCE = 30
 CALIBRATION_POOL = 50  # candidates re-scored (at least): the raw top-50 holds the calibrated top-k in practice
+# A photo this close (plain cosine) to a catalog photo is a copy of it: ingest flags it as a near-duplicate, search
+# serves it plain cosine. Measured with `catalens eval near-duplicates --photos 300` (serving ensemble, fp32, 4 copies
+# each): copies of a photo (re-encoded q60, halved, 8% cropped, 10% brighter) score 0.86-0.998 against their original,
+# p1 0.924; the nearest *other* photo scores p99 0.926 (same product; one pair of near-identical shelf shots at 0.951)
+# and at most 0.879 (other products). At 0.93, 98% of copies are caught and 0.3% of distinct photos (that one pair)
+# are flagged; 0.92 would flag 1.7%, 0.95 would miss a fifth of the copies (the resized ones). (Lite1 alone: 0.92.)
+COPY_COSINE = 0.93
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -128,6 +141,12 @@ class QueryDomain:
         logits = self.beta * (self._centred_reference @ centred_items.T)  # [R, P]
         top = logits.max(axis=0)
         return (top + np.log(np.exp(logits - top).mean(axis=0))) / self.beta
+
+
+def is_catalog_copy(best_raw_cosine: float, threshold: float = COPY_COSINE) -> bool:
+    """Whether a photo query whose best plain cosine to the catalog is ``best_raw_cosine`` is a copy of a shop photo
+    (then it is searched plain and not sampled: it is not a shopper's photo)."""
+    return bool(best_raw_cosine >= threshold)
 
 
 def catalog_mean(vectors: np.ndarray) -> np.ndarray:

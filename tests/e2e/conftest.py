@@ -203,3 +203,20 @@ def photo_bytes(seed: int, *, size: int = 320, base: str | None = None) -> bytes
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def shopper_photo(seed: int) -> bytes:
+    """A shopper-like photo of a demo product (rotated, relit, blurred, re-encoded as the self-check's queries are):
+    near its product (cosine ~0.6-0.9) but never a copy of a catalog photo, so searches with it are calibrated."""
+    import numpy as np
+    from PIL import Image
+
+    from catalens.evaluation.augment import augment
+    from catalens.local.demo import PRODUCTS, skimage_data_dir
+
+    source = PRODUCTS[seed % len(PRODUCTS)].source
+    with Image.open(skimage_data_dir() / source) as opened:
+        image = augment(opened.convert("RGB"), np.random.default_rng(seed))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()

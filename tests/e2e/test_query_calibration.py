@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from catalens.domain import MIN_REFERENCE
-from tests.e2e.conftest import StackClient, photo_bytes
+from tests.e2e.conftest import StackClient, shopper_photo
 
 MAX_SEARCHES = 800  # the default rate samples a quarter of them: ~200 expected, MIN_REFERENCE (30) needed
 
@@ -38,13 +38,14 @@ def manifest(stack: StackClient) -> dict[str, Any]:
 
 
 def test_photo_searches_build_the_query_domain_and_later_searches_are_calibrated(stack: StackClient) -> None:
-    photos = [photo_bytes(1000 + n) for n in range(8)]
+    photos = [shopper_photo(1000 + n) for n in range(8)]  # shoppers' photos of demo products, not copies
     searches = 0
     while len(sample_keys(stack)) < MIN_REFERENCE:
         assert searches < MAX_SEARCHES, f"{searches} photo searches left only {len(sample_keys(stack))} samples"
         for photo in photos:  # a burst, then count (sampling is random and written in the background)
             answer = stack.search_photo(photo, "k=5")
             assert answer.status == 200, answer.body
+            assert "catalog_copy" not in answer.json()["query"]  # a copy of a shop photo would not be sampled
         searches += len(photos)
     keys = sample_keys(stack)
     assert all(key.endswith(".npy") for key in keys)
@@ -72,10 +73,14 @@ def test_photo_searches_build_the_query_domain_and_later_searches_are_calibrated
     for hit in answer["hits"]:
         assert abs(plain_scores[hit["item_id"]] - hit["explain"]["raw"]) < 1e-4
 
-    # an exact catalog photo still finds its own item first once calibration is on
+    # a copy of a catalog photo (a screenshot of the shop page) is in the catalog's domain: it is searched plain
+    # cosine and finds its own item first, ahead of the item's other editions (mirrored, warm, ...)
     listing = stack.request("GET", "/local/catalog").json()["items"]
-    first = listing[-1]
-    photo = stack.aws("s3").get_object(Bucket=stack.info["catalog_bucket"], Key=first["key"])["Body"].read()
-    exact = stack.search_photo(photo, "k=3").json()
-    assert exact["calibrated"] is True
-    assert exact["hits"][0]["item_id"] == first["item_id"]
+    classics = [entry for entry in listing if entry["item_id"].endswith("-classic")]
+    assert len(classics) >= 5
+    for entry in classics:
+        photo = stack.aws("s3").get_object(Bucket=stack.info["catalog_bucket"], Key=entry["key"])["Body"].read()
+        exact = stack.search_photo(photo, "k=3").json()
+        assert exact["hits"][0]["item_id"] == entry["item_id"], exact["hits"]
+        assert exact["calibrated"] is False
+        assert exact["query"]["catalog_copy"] == entry["item_id"]

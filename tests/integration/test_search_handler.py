@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from catalens.domain import COPY_COSINE
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
 from catalens.service.ingest import item_id_for_key
@@ -37,6 +38,17 @@ CATEGORIES = ["shoes", "bags", "shoes", "hats", "bags", "shoes", "hats", "shoes"
 
 def jpeg(seed: int) -> bytes:
     return encode(photo(320, 240, seed=seed))
+
+
+def closer_shot(photo_bytes: bytes) -> bytes:
+    """A shopper-like photo of the same product: cropped to 80% around it (cosine ~0.90 to the original)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(photo_bytes)).convert("RGB")
+    width, height = image.size
+    buffer = io.BytesIO()
+    image.crop((width // 10, height // 15, width * 9 // 10, height * 9 // 10)).save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
 
 
 def rest_event(
@@ -407,11 +419,15 @@ def test_photo_queries_leave_a_sample_of_their_embedding_and_nothing_else(
     sampler.rate = 1.0  # every photo query, for the test
     samples_prefix = index_settings.index_prefix + "queries/samples/"
 
-    status, _, _ = call(rest_event("POST", "/search", body=catalog["sku-3"], content_type="image/jpeg",
+    shopper_photo = closer_shot(catalog["sku-3"])
+    status, _, _ = call(rest_event("POST", "/search", body=shopper_photo, content_type="image/jpeg",
                                    base64_body=True, query={"user_id": "shopper-42"}))  # fmt: skip
     assert status == 200
     call(rest_event("GET", "/items/sku-3/similar"))  # an item query is no shopper's photo
     call(rest_event("POST", "/search", body='{"item_id": "sku-3"}', content_type="application/json"))
+    _, copy, _ = call(rest_event("POST", "/search", body=catalog["sku-3"], content_type="image/jpeg",
+                                 base64_body=True))  # fmt: skip
+    assert copy["query"]["catalog_copy"] == "sku-3"  # the shop's own photo: not a shopper's either
 
     (key,) = index_objects(index_settings, samples_prefix)
     assert key.startswith(f"{samples_prefix}{embedder.fingerprint[:16]}/")
@@ -419,7 +435,7 @@ def test_photo_queries_leave_a_sample_of_their_embedding_and_nothing_else(
     body = boto3.client("s3", region_name=REGION).get_object(Bucket=index_settings.index_bucket, Key=key)["Body"]
     sample = np.load(io.BytesIO(body.read()), allow_pickle=False)
     assert (sample.dtype, sample.shape) == (np.float16, (embedder.dim,))  # the embedding alone
-    np.testing.assert_allclose(sample, photos_and_vectors[1][3], atol=2e-3)
+    np.testing.assert_allclose(sample, embedder.embed_images([shopper_photo])[0], atol=2e-3)
 
 
 def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
@@ -436,14 +452,15 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
     assert entry is not None
     assert entry.count == 40
 
-    def search(**query: str) -> dict[str, Any]:
-        event = rest_event("POST", "/search", body=catalog["sku-5"], content_type="image/jpeg", base64_body=True,
+    def search(photo: bytes = closer_shot(catalog["sku-5"]), **query: str) -> dict[str, Any]:
+        event = rest_event("POST", "/search", body=photo, content_type="image/jpeg", base64_body=True,
                            query={"k": "8", "explain": "true", **query})  # fmt: skip
         status, body, _ = call(event)
         assert status == 200, body
         return body
 
     calibrated, plain = search(), search(calibrate="false")
+    assert plain["hits"][0]["score"] < COPY_COSINE  # a shopper's photo, not a copy of the shop's
     assert (calibrated["calibrated"], plain["calibrated"]) == (True, False)
     raw = {hit["item_id"]: hit["score"] for hit in plain["hits"]}
     assert {hit["item_id"] for hit in calibrated["hits"]} == set(raw)  # all 8 items, re-scored
@@ -451,7 +468,9 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
         assert hit["explain"]["raw"] == pytest.approx(raw[hit["item_id"]], abs=1e-5)
         assert hit["score"] == pytest.approx(hit["explain"]["centred"] - hit["explain"]["hubness"], abs=1e-5)
     assert [h["score"] for h in calibrated["hits"]] == sorted((h["score"] for h in calibrated["hits"]), reverse=True)
-    assert calibrated["hits"][0]["item_id"] == "sku-5"  # its own photo still wins
+    assert calibrated["hits"][0]["item_id"] == "sku-5"  # its product still wins
+    copy = search(catalog["sku-5"])  # the shop's own photo: in the catalog's domain, searched plain cosine
+    assert (copy["calibrated"], copy["query"]["catalog_copy"], copy["hits"][0]["item_id"]) == (False, "sku-5", "sku-5")
     _, similar, _ = call(rest_event("GET", "/items/sku-5/similar", query={"explain": "true"}))
     assert similar["calibrated"] is False  # more like this stays plain cosine
     assert all("hubness" not in hit["explain"] for hit in similar["hits"])

@@ -71,6 +71,21 @@ def test_only_the_plain_top_pool_is_rescored_with_the_production_calibration():
     assert np.isfinite(calibrated_scores(domain, queries, world.catalog, pool=500)).all()
 
 
+def test_a_copy_of_a_catalog_photo_is_scored_plain_cosine_as_search_serves_it():
+    world = World(2)
+    units = world.catalog / np.linalg.norm(world.catalog, axis=1, keepdims=True)
+    shopper, _ = world.photos(1)
+    queries = np.vstack([units[3], shopper[3] / np.linalg.norm(shopper[3])]).astype(np.float32)
+    domain = reference_domain(world.photos(5)[0])
+    scores = calibrated_scores(domain, queries, world.catalog)
+    np.testing.assert_allclose(scores[0], units @ queries[0], rtol=1e-6)  # the copy: plain cosine, its item first
+    assert scores[0].argmax() == 3
+    pool = np.isfinite(scores[1])  # the shopper's photo: calibrated
+    np.testing.assert_allclose(
+        scores[1, pool], domain.calibrate(queries[1], world.catalog[pool], catalog_mean(world.catalog))[0], rtol=1e-6
+    )
+
+
 def test_a_reference_smaller_than_the_minimum_means_no_calibration_as_in_serving():
     log, _ = World().photos(1)
     assert len(log) < MIN_REFERENCE

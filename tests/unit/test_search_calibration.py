@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from catalens.domain import CALIBRATION_POOL, QueryDomain
+from catalens.domain import CALIBRATION_POOL, COPY_COSINE, QueryDomain
 from catalens.index import IndexView, ItemRecord
 from catalens.index.build import build_snapshot
 from catalens.index.records import Hit
@@ -146,6 +146,40 @@ def test_a_domain_that_does_not_fit_the_index_serves_plain_cosine(view: Recordin
         assert ids(result)[0] == "hub"
 
 
+def twin_catalog() -> Recording:
+    """The catalog plus another edition of item-3 (cosine 0.97 to it) that looks less like shoppers' photos."""
+    twin = unit(shop_photo(3) - 0.25 * axis(SHELF))
+    records = [*catalog_records(), record("item-3-twin", twin, 12)]
+    return Recording(IndexView(None, records, query_domain=reference()))
+
+
+def test_a_copy_of_a_shop_photo_finds_its_own_item_first_uncalibrated(embedder: StubEmbedder) -> None:
+    view = twin_catalog()
+    item = view.vector_of("item-3")
+    vectors = np.stack([view.vector_of(h.item_id) for h in view.search(item, 12)])
+    calibrated = view.query_domain.calibrate(item, vectors, view.catalog_mean)[0]
+    assert [h.item_id for h in view.search(item, 12)][int(np.argmax(calibrated))] == "item-3-twin"  # the trap
+
+    service = SearchService(embedder=embedder, views=lambda: view)
+    for copy in (item, unit(item + 0.2 * axis(7))):  # the photo itself, and a copy with a little change
+        embedder.next_vector = copy
+        result = photo_search(service, k=3, explain=True)
+        assert ids(result)[:2] == ["item-3", "item-3-twin"]
+        assert result.calibrated is False
+        assert result.to_dict()["query"]["catalog_copy"] == "item-3"
+        assert "hubness" not in result.hits[0].explain
+
+
+def test_a_photo_just_below_the_copy_cosine_is_calibrated(embedder: StubEmbedder) -> None:
+    view = twin_catalog()
+    item = view.vector_of("item-3")
+    embedder.next_vector = near = unit(item + 0.45 * axis(7))
+    assert 0.85 < float(near @ item) < COPY_COSINE
+    result = photo_search(SearchService(embedder=embedder, views=lambda: view), k=3)
+    assert result.calibrated is True
+    assert "catalog_copy" not in result.query
+
+
 def test_item_queries_stay_plain_cosine(view: Recording, embedder: StubEmbedder) -> None:
     service = SearchService(embedder=embedder, views=lambda: view)
     similar = service.similar("item-3", SearchOptions(k=4, explain=True))
@@ -276,6 +310,21 @@ def test_rate_one_keeps_every_photo_query_and_nothing_but_its_embedding(
     for vector, kwargs in sink.samples:
         assert kwargs == {"model_fingerprint": "stub-fp"}  # no user id, no photo, no request data
         np.testing.assert_array_equal(vector, embedder.next_vector)
+
+
+def test_a_copy_of_a_shop_photo_is_not_sampled(view: Recording, embedder: StubEmbedder) -> None:
+    sink = RecordingSink()
+    sampler = QuerySampler(sink, rate=1.0)
+    service = sampling_service(view, embedder, sampler)
+    shopper = embedder.next_vector
+    embedder.next_vector = view.vector_of("item-5")  # a screenshot of the shop's own photo
+    assert photo_search(service, k=2).query["catalog_copy"] == "item-5"
+    embedder.next_vector = shopper
+    photo_search(service, k=2, calibrate=False)  # a shopper's photo is kept, calibrated or not
+    sampler.flush()
+    sampler.close()
+    assert len(sink.samples) == 1
+    np.testing.assert_array_equal(sink.samples[0][0], shopper)
 
 
 def test_the_rate_is_a_probability_drawn_per_query(view: Recording, embedder: StubEmbedder) -> None:

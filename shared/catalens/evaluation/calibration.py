@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, MAX_REFERENCE, QueryDomain, catalog_mean, unit_rows
+from catalens.domain import (
+    CALIBRATION_POOL,
+    DEFAULT_BETA,
+    MAX_REFERENCE,
+    QueryDomain,
+    catalog_mean,
+    is_catalog_copy,
+    unit_rows,
+)
 
 __all__ = ["REFERENCE_SEED", "calibrated_scores", "reference_domain"]
 
@@ -33,16 +41,20 @@ def calibrated_scores(
 ) -> np.ndarray:
     """``[n_queries, n_catalog]`` scores as search returns them with calibration on.
 
-    Per query: the ``pool`` best catalog entries by plain cosine get their calibrated score, every other entry
-    ``-inf`` (search never returns it). The catalog mean is of the whole catalog, as ``IndexView.catalog_mean`` is.
+    Per query: the ``pool`` best catalog entries by plain cosine get their calibrated score (their plain cosine when
+    the query is a copy of a catalog photo), every other entry ``-inf`` (search never returns it). The catalog mean
+    is of the whole catalog, as ``IndexView.catalog_mean`` is.
     """
     queries = np.asarray(queries, dtype=np.float32)
     catalog = np.asarray(catalog, dtype=np.float32)
     mean = catalog_mean(catalog)
     pool = min(pool, len(catalog))
-    raw = queries @ unit_rows(catalog).T
+    raw = unit_rows(queries) @ unit_rows(catalog).T  # cosines (the copy check compares one with COPY_COSINE)
     scores = np.full(raw.shape, -np.inf)
     for row, query in enumerate(queries):
         candidates = np.argpartition(-raw[row], pool - 1)[:pool]
-        scores[row, candidates] = domain.calibrate(query, catalog[candidates], mean)[0]
+        if is_catalog_copy(raw[row, candidates].max()):  # search serves a copy of a shop photo plain cosine
+            scores[row, candidates] = raw[row, candidates]
+        else:
+            scores[row, candidates] = domain.calibrate(query, catalog[candidates], mean)[0]
     return scores

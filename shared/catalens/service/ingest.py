@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from catalens.domain import COPY_COSINE
 from catalens.errors import CatalensError, ImageError
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
@@ -42,13 +43,9 @@ log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".json"
 PERMANENT_ERRORS = (ImageError, FieldError, EventError)
 
-# Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again).
-# Measured with `catalens eval near-duplicates --photos 300` (serving ensemble, fp32, 4 copies each): copies of a photo
-# (re-encoded q60, halved, 8% cropped, 10% brighter) score 0.86-0.998 against their original, p1 0.924; the nearest
-# *other* photo scores p99 0.926 (same product; one pair of near-identical shelf shots at 0.951) and at most 0.879
-# (other products). At 0.93, 98% of copies are caught and 0.3% of distinct photos (that one pair) are flagged; 0.92
-# would flag 1.7%, 0.95 would miss a fifth of the copies (the resized ones). (Lite1 alone: 0.92, same trade-off.)
-DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.93
+# Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again): the
+# copy cosine of catalens.domain, where its measurement is written down (search serves such queries plain cosine).
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = COPY_COSINE
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
 

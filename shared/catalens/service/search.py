@@ -9,7 +9,9 @@ Query-domain calibration (:mod:`catalens.domain`) re-scores a photo query's firs
 photos and shop photos are centred on their own domains and "hub" items pay for looking like every shopper photo.
 Candidates are re-ordered within consecutive blocks of ``CALIBRATION_POOL`` raw neighbours, so the order of a
 block never depends on how deep the client pages: every page is a slice of one ranking. "More like this" (item
-queries) compares two shop photos and stays plain cosine.
+queries) compares two shop photos and stays plain cosine; so does a photo query that is a copy of a catalog photo
+(plain cosine ≥ ``COPY_COSINE`` to its best candidate: the answer's ``query.catalog_copy`` names that item), and such
+a query is not sampled for the domain.
 
 Example
 -------
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, QueryDomain
+from catalens.domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
@@ -223,7 +225,6 @@ class SearchService:
         domain: QueryDomain | None = None
         if request.image is not None:
             vector = self._embed_query(request.image, timings)
-            self._offer_sample(vector)
             query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
             if self.calibration and options.calibrate:
                 domain = self._query_domain(view)
@@ -233,6 +234,8 @@ class SearchService:
             exclude.add(request.item_id)
             query = {"type": "item", "item_id": request.item_id}
         response = self._answer(view, vector, options, exclude, timings, started, query, profile_read, domain)
+        if request.image is not None and "catalog_copy" not in response.query:
+            self._offer_sample(vector)  # a copy of a shop photo is not a shopper's photo: it would skew the domain
         outcome = {
             "Searches": (1, "Count"),
             "SearchHits": (len(response.hits), "Count"),
@@ -360,6 +363,9 @@ class SearchService:
         t1 = self._clock()
         timings.search = (t1 - t0) * 1000
         calibrated = False
+        if query.get("type") == "image" and hits and is_catalog_copy(hits[0].score):
+            query = {**query, "catalog_copy": hits[0].item_id}
+            domain = None  # the photo is in the catalog's domain already: plain cosine ranks its own item first
         if domain is not None:
             recalibrated = calibrate_hits(view, domain, vector, hits, explain=options.explain)
             if recalibrated is not None:
