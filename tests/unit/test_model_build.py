@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import skimage.data
+from PIL import Image
 
 from catalens.cli import main as cli_main
 from catalens.embedder import Embedder
@@ -42,6 +43,11 @@ def golden() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def fp32(model_dir: Path) -> Embedder:
     return Embedder.from_dir(model_dir, "fp32")
+
+
+def bundled_image(name: str) -> Image.Image:
+    """scikit-image's bundled photo, decoded to RGB."""
+    return Image.open(SKIMAGE_DATA / name).convert("RGB")
 
 
 def bundled_photo(name: str) -> bytes:
@@ -317,6 +323,103 @@ def test_ensemble_weights_are_named_and_checked(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# colour histogram (+colour)
+
+
+def colour_histogram_reference(batch: np.ndarray) -> np.ndarray:
+    """The colour histogram written out in numpy from its definition (the graph must compute the same)."""
+    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_POOL, COLOUR_RANGE, colour_bin_centres
+
+    rgb = (batch.astype(np.float64) * 128 + 127) / 255
+    n, _, side, _ = rgb.shape
+    cells = side // COLOUR_POOL
+    rgb = rgb[:, :, : cells * COLOUR_POOL, : cells * COLOUR_POOL]
+    rgb = rgb.reshape(n, 3, cells, COLOUR_POOL, cells, COLOUR_POOL).mean(axis=(3, 5)).reshape(n, 3, -1)
+    o1, o2 = (rgb[:, 0] - rgb[:, 1]) / np.sqrt(2), (rgb[:, 0] + rgb[:, 1] - 2 * rgb[:, 2]) / np.sqrt(6)
+    sigma = 2 * COLOUR_RANGE / (COLOUR_BINS - 1)
+    weight = np.hypot(o1, o2)
+    counts = np.stack(
+        [
+            (weight * np.exp(-((o1 - a) ** 2 + (o2 - b) ** 2) / (2 * sigma**2))).mean(axis=1)
+            for a, b in colour_bin_centres()
+        ],
+        axis=1,
+    )
+    return np.sqrt(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12))
+
+
+def recoloured(batch: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
+    """The same photo with its RGB channels scaled (a red pepper made green), still a valid model input."""
+    rgb = batch * 128 + 127
+    return ((np.clip(rgb * np.array(gains, np.float32)[None, :, None, None], 0, 255) - 127) / 128).astype(np.float32)
+
+
+def test_colour_pooling_appends_the_weighted_colour_histogram(state_dict) -> None:
+    from PIL import Image
+
+    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT
+
+    photos = [Image.open(SKIMAGE_DATA / name).convert("RGB") for name in ("coffee.png", "chelsea.png", "camera.png")]
+    batch = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110)) for photo in photos])
+    plain = _run(build_onnx(state_dict, pooling="rmac", image_size=96), batch)
+    joined = _run(build_onnx(state_dict, pooling="rmac+colour", image_size=96), batch)
+    assert joined.shape == (3, 1280 + COLOUR_BINS**2)
+    assert np.linalg.norm(joined, axis=1) == pytest.approx(1.0, abs=1e-5)
+    scale = np.sqrt(1 + COLOUR_WEIGHT**2)
+    colourful, grey = slice(0, 2), 2  # camera.png is a greyscale photo
+    assert np.abs(joined[colourful, :1280] * scale - plain[colourful]).max() < 1e-5  # the network's part is untouched
+    colour = joined[colourful, 1280:] * scale / COLOUR_WEIGHT
+    assert np.abs(colour - colour_histogram_reference(batch[colourful])).max() < 1e-4
+    assert np.linalg.norm(colour, axis=1) == pytest.approx(1.0, abs=1e-4)
+    # a photo without colour has no histogram: its embedding is the network's alone
+    assert not joined[grey, 1280:].any()
+    assert np.abs(joined[grey, :1280] - plain[grey]).max() < 1e-6
+
+
+def test_colour_tells_apart_what_the_network_sees_as_the_same(state_dict) -> None:
+    from PIL import Image
+
+    photo = Image.open(SKIMAGE_DATA / "coffee.png").convert("RGB")
+    batch = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110))])
+    variants = np.concatenate([batch, recoloured(batch, (0.6, 1.0, 1.3)), recoloured(batch, (1.0, 1.0, 1.0))])
+    plain = _run(build_onnx(state_dict, pooling="rmac", image_size=96), variants)
+    joined = _run(build_onnx(state_dict, pooling="rmac+colour", image_size=96), variants)
+    network_cosine, joint_cosine = float(plain[0] @ plain[1]), float(joined[0] @ joined[1])
+    assert joint_cosine < network_cosine - 0.02  # the recoloured cup moves away once colour counts
+    assert float(joined[0] @ joined[2]) == pytest.approx(1.0, abs=1e-5)  # the same colours: the same vector
+
+
+def test_an_ensemble_with_colour_adds_one_histogram_after_its_members(state_dict) -> None:
+    from PIL import Image
+
+    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT, build_ensemble_onnx
+
+    photo = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
+    at96 = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110))])
+    members = [(state_dict, 96), (state_dict, 64)]
+    plain = _run(build_ensemble_onnx(members, pooling="rmac", image_size=96), at96)
+    joined = _run(build_ensemble_onnx(members, pooling="rmac+colour", image_size=96), at96)
+    assert joined.shape == (1, 2 * 1280 + COLOUR_BINS**2)
+    scale = np.sqrt(1 + COLOUR_WEIGHT**2)
+    assert np.abs(joined[:, : 2 * 1280] * scale - plain).max() < 1e-5
+    assert np.abs(joined[:, 2 * 1280 :] * scale / COLOUR_WEIGHT - colour_histogram_reference(at96)).max() < 1e-4
+
+
+def test_colour_is_named_and_recorded_in_the_card() -> None:
+    from catalens.model.build import default_model_name
+
+    assert str(Pooling.parse("rmac+colour")) == "rmac+colour"
+    assert Pooling.parse("RMAC+colour+flip") == Pooling("rmac", flip=True, colour=True)
+    assert Pooling.parse("rmac+colour").network_only() == Pooling("rmac")
+    assert default_model_name("efficientnet-lite0", "rmac+colour") == "efficientnet-lite0-rmac-colour"
+    for bad in ("rmac+colour+colour", "rmac+color", "avg+"):
+        with pytest.raises(ModelError, match="modifiers"):
+            Pooling.parse(bad)
+    _, card = build_fp32("efficientnet-lite0", pooling="rmac+colour")
+    assert (card.pooling, card.dim) == ("rmac+colour", 1280 + 144)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # int8
 
 
@@ -350,3 +453,23 @@ def test_int8_build_is_deterministic(model_dir: Path) -> None:
     assert first == second
     assert card.sha256 == sha256_hex(first)
     assert card.quantization["calibration_images"] == 8
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_colour_histogram_in_fp32() -> None:
+    from catalens.model.efficientnet import COLOUR_BINS
+
+    fp32_bytes, fp32_card = build_fp32("efficientnet-lite0", pooling="rmac+colour")
+    int8_bytes, _ = build_int8(fp32_bytes, fp32_card, calibration_images=8)
+    quantised = onnx.load_from_string(int8_bytes)
+    colour_nodes = [node for node in quantised.graph.node if node.name.startswith("colour.")]
+    assert {node.op_type for node in colour_nodes} >= {"Conv", "Exp", "AveragePool"}
+    weights = {init.name: init for init in quantised.graph.initializer}
+    for node in colour_nodes:
+        if node.op_type == "Conv":  # its weights stay float initializers, not a dequantised int8 tensor
+            assert weights[node.input[1]].data_type == onnx.TensorProto.FLOAT, node.name
+    batch = np.stack([preprocess(bundled_image("coffee.png"), fp32_card.preprocess)])
+    colour = slice(-(COLOUR_BINS**2), None)
+    fp32_colour = _run(onnx.load_from_string(fp32_bytes), batch)[:, colour]
+    int8_colour = _run(quantised, batch)[:, colour]
+    assert np.abs(int8_colour - fp32_colour).max() < 0.01  # only the renormalisation by the network part differs

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         "(default: the serving model, efficientnet-lite0+efficientnet-lite1+efficientnet-lite2)",
     )
     parser.add_argument(
-        "--pooling", default=None, help="avg, max, gem, gem:<p> or rmac, optionally +flip (default: serving, rmac)"
+        "--pooling",
+        default=None,
+        help="avg, max, gem, gem:<p> or rmac, optionally +flip and/or +colour (default: serving, rmac+colour)",
     )
     parser.add_argument("--name", default=None, help="file stem (default: weights name, plus pooling if not avg)")
     parser.add_argument("--size", type=int, default=None, help="model input side (default: the weights' native size)")

@@ -25,6 +25,7 @@ from catalens.model.efficientnet import (
     Pooling,
     build_ensemble_onnx,
     build_onnx,
+    colour_dims,
     infer_architecture,
 )
 from catalens.model.torch_pickle import load_legacy_state_dict
@@ -144,7 +145,7 @@ def build_fp32(
         name=model_name,
         variant="fp32",
         sha256=sha256_hex(data),
-        dim=sum(infer_architecture(sd).head_channels for sd in state_dicts),
+        dim=sum(infer_architecture(sd).head_channels for sd in state_dicts) + colour_dims(pooling),
         pooling=str(Pooling.parse(pooling)),
         preprocess=config,
         # one source: its file's digest (as before); an ensemble: the digest of the members' digests, in order

@@ -11,6 +11,8 @@ Graph, for input ``image`` float32 [n, 3, S, S] normalised (x − 127) / 128:
 * padding is TensorFlow "SAME", computed for S: stride-2 convs pad more at the bottom/right than at the top/left;
 * ``embedding`` [n, C]: pooled head features (``avg`` by default; ``max``, ``gem``, ``rmac``), L2-normalised inside
   the graph; with ``+flip`` the mirrored image goes through in the same batch and the two unit vectors are summed;
+* ``+colour``: the photo's colour histogram (:func:`_colour_histogram`) is appended, weighted ``COLOUR_WEIGHT``,
+  and the whole vector normalised again;
 * ``logits`` [n, 1000]: the ImageNet classifier on average-pooled features (proves the weights are wired right).
 """
 
@@ -35,6 +37,14 @@ INPUT_NAME = "image"
 EMBEDDING_OUTPUT = "embedding"
 LOGITS_OUTPUT = "logits"
 L2_EPS = 1e-12
+INPUT_STD = 128.0  # the graph's input is (x - 127) / 128 of 0..255 RGB
+# The colour histogram (``+colour``): COLOUR_BINS × COLOUR_BINS soft bins over the opponent-colour chroma plane,
+# on the input averaged over COLOUR_POOL × COLOUR_POOL pixel cells; appended with weight COLOUR_WEIGHT, so it makes
+# w²/(1 + w²) = 14% of a cosine. Chosen on the grocery train split with calibration (README "Evaluation").
+COLOUR_BINS = 12
+COLOUR_RANGE = 0.45  # bin centres from -0.45 to 0.45 on both chroma axes (RGB in 0..1)
+COLOUR_POOL = 4
+COLOUR_WEIGHT = 0.4
 
 
 @dataclass(frozen=True)
@@ -70,22 +80,25 @@ class Architecture:
 @dataclass(frozen=True)
 class Pooling:
     """How the head's feature map becomes one vector: ``avg``, ``max``, ``gem`` (generalised mean, power p) or
-    ``rmac`` (regional max, 3 levels); ``flip`` also embeds the mirrored image and sums the two unit vectors."""
+    ``rmac`` (regional max, 3 levels); ``flip`` also embeds the mirrored image and sums the two unit vectors;
+    ``colour`` appends the photo's colour histogram (:func:`_colour_histogram`) to the network's unit vector."""
 
     kind: str
     p: float = 3.0
     flip: bool = False
+    colour: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Pooling:
-        """``"avg"``, ``"max"``, ``"gem"`` (p = 3), ``"gem:2.5"`` or ``"rmac"``, each optionally ``+flip``."""
-        base, plus, suffix = spec.strip().lower().partition("+")
-        if plus and suffix != "flip":
-            raise ModelError(f"pooling {spec!r}: the only modifier is '+flip'")
-        flip = bool(plus)
+        """``"avg"``, ``"max"``, ``"gem"`` (p = 3), ``"gem:2.5"`` or ``"rmac"``, each optionally ``+flip`` and/or
+        ``+colour``."""
+        base, *modifiers = spec.strip().lower().split("+")
+        if any(m not in ("flip", "colour") for m in modifiers) or len(set(modifiers)) != len(modifiers):
+            raise ModelError(f"pooling {spec!r}: the modifiers are '+flip' and '+colour', each at most once")
+        flip, colour = "flip" in modifiers, "colour" in modifiers
         kind, _, arg = base.partition(":")
         if kind in ("avg", "max", "rmac") and not arg:
-            return cls(kind, flip=flip)
+            return cls(kind, flip=flip, colour=colour)
         if kind == "gem":
             try:
                 p = float(arg) if arg else 3.0
@@ -93,12 +106,18 @@ class Pooling:
                 raise ModelError(f"pooling {spec!r}: GeM power must be a number") from None
             if not (0.0 < p <= 16.0):
                 raise ModelError(f"pooling {spec!r}: GeM power must be in (0, 16]")
-            return cls("gem", p, flip)
-        raise ModelError(f"unknown pooling {spec!r} (use avg, max, gem, gem:<p> or rmac, optionally +flip)")
+            return cls("gem", p, flip, colour)
+        raise ModelError(
+            f"unknown pooling {spec!r} (use avg, max, gem, gem:<p> or rmac, optionally +flip and/or +colour)"
+        )
 
     def __str__(self) -> str:
         base = f"gem:{self.p:g}" if self.kind == "gem" else self.kind
-        return base + ("+flip" if self.flip else "")
+        return base + ("+flip" if self.flip else "") + ("+colour" if self.colour else "")
+
+    def network_only(self) -> Pooling:
+        """The same pooling without the colour histogram (what each member of an ensemble uses)."""
+        return Pooling(self.kind, self.p, self.flip)
 
 
 def _shape(state_dict: dict[str, np.ndarray], key: str) -> tuple[int, ...]:
@@ -247,6 +266,55 @@ def _rmac(g: _GraphBuilder, x: str, side: int) -> str:
     return g.node("Sum", parts, "pool.rmac")
 
 
+def colour_bin_centres() -> np.ndarray:
+    """``[COLOUR_BINS², 2]`` chroma-plane bin centres (o1 slowest)."""
+    axis = np.linspace(-COLOUR_RANGE, COLOUR_RANGE, COLOUR_BINS)
+    return np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def colour_dims(pooling: str) -> int:
+    """How many dimensions ``pooling``'s colour histogram adds to the embedding (0 without ``+colour``)."""
+    return COLOUR_BINS**2 if Pooling.parse(pooling).colour else 0
+
+
+def _colour_histogram(g: _GraphBuilder, x: str) -> str:
+    """``[n, COLOUR_BINS²]``: the unit Hellinger colour histogram of the input image ``x`` (``[n, 3, S, S]``).
+
+    Why: ImageNet CNNs are trained to be largely colour-invariant, but product variants often differ only in colour
+    (a green, red or yellow pepper; Granny Smith vs Golden Delicious; a dress in two colours). Each pixel cell's
+    opponent chroma ``o1 = (R − G)/√2``, ``o2 = (R + G − 2B)/√6`` votes into Gaussian soft bins (σ = bin spacing),
+    weighted by its chroma length, so white backgrounds and grey shelves hardly count; the histogram is L1-normalised
+    and square-rooted (Hellinger), i.e. unit length. An image without colour gives all zeros.
+    """
+    cells = g.node("AveragePool", [x], "colour.cells", kernel_shape=[COLOUR_POOL] * 2, strides=[COLOUR_POOL] * 2)
+    to_chroma = np.array([[1, -1, 0], [1, 1, -2]], np.float32) / np.array([[math.sqrt(2)], [math.sqrt(6)]])
+    to_chroma = (to_chroma * INPUT_STD / 255.0).astype(np.float32)  # the (x - 127) offset cancels: rows sum to 0
+    chroma = g.node("Conv", [cells, g.const("colour.to_chroma", to_chroma[:, :, None, None])], "colour.chroma")
+    length2 = g.node("ReduceSumSquare", [chroma], "colour.length2", axes=[1], keepdims=1)
+    # |c - centre|² = |c|² - 2 c·centre + |centre|², the last two terms as one 1×1 conv with a bias
+    centres = colour_bin_centres().astype(np.float32)
+    to_bins = g.const("colour.centres", (-2.0 * centres)[:, :, None, None])
+    cross = g.node("Conv", [chroma, to_bins, g.const("colour.centres2", (centres**2).sum(1))], "colour.cross")
+    distance2 = g.node("Add", [cross, length2], "colour.distance2")
+    spread = 2.0 * COLOUR_RANGE / (COLOUR_BINS - 1)
+    gamma = g.const("colour.gamma", np.array(-0.5 / spread**2, np.float32))
+    votes = g.node("Exp", [g.node("Mul", [distance2, gamma], "colour.scaled")], "colour.votes")
+    weighted = g.node("Mul", [votes, g.node("Sqrt", [length2], "colour.length")], "colour.weighted")
+    counts = g.node("GlobalAveragePool", [weighted], "colour.mean")
+    counts = g.node("Reshape", [counts, g.const("colour.flat", np.array([0, -1], np.int64))], "colour.counts")
+    total = g.node("ReduceSum", [counts, g.const("colour.axis", np.array([1], np.int64))], "colour.total", keepdims=1)
+    total = g.node("Max", [total, _l2_eps(g)], "colour.total_clamped")
+    return g.node("Sqrt", [g.node("Div", [counts, total], "colour.share")], "colour.hellinger")
+
+
+def _with_colour(g: _GraphBuilder, network: str, image: str) -> str:
+    """``network`` (unit rows) with the weighted colour histogram of ``image`` appended, renormalised: the
+    embedding's cosine is ``(cos_network + w² cos_colour) / (1 + w²)`` (w = ``COLOUR_WEIGHT``)."""
+    weight = g.const("colour.weight", np.array(COLOUR_WEIGHT, np.float32))
+    colour = g.node("Mul", [_colour_histogram(g, image), weight], "colour.weighted_histogram")
+    return _l2_normalise(g, g.node("Concat", [network, colour], "colour.concat", axis=1), EMBEDDING_OUTPUT)
+
+
 def _pool(g: _GraphBuilder, x: str, pooling: Pooling, side: int) -> str:
     if pooling.kind == "avg":
         return g.node("GlobalAveragePool", [x], "pool.avg")
@@ -335,10 +403,14 @@ def build_onnx(
         halves_shape = g.const("flip.halves", np.array([2, -1, arch.head_channels], np.int64))
         halves = g.node("Reshape", [_l2_normalise(g, pooled, "pooled.unit"), halves_shape], "flip.halves_of")
         pooled = g.node("ReduceSum", [halves, g.const("flip.axis", np.array([0], np.int64))], "flip.sum", keepdims=0)
-    _l2_normalise(g, pooled, EMBEDDING_OUTPUT)
+    if pool.colour:
+        _with_colour(g, _l2_normalise(g, pooled, "network.unit"), INPUT_NAME)
+    else:
+        _l2_normalise(g, pooled, EMBEDDING_OUTPUT)
 
     batch = "batch"
-    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, arch.head_channels])]
+    dim = arch.head_channels + (COLOUR_BINS**2 if pool.colour else 0)
+    outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dim])]
     if with_classifier:
         avg = pooled  # the classifier was trained on average-pooled features, whatever the embedding uses
         if pool.kind != "avg" or pool.flip:
@@ -418,12 +490,13 @@ def build_ensemble_onnx(
     if len(members) < 2:
         raise ModelError("an ensemble needs at least two members")
     side = image_size or max(size for _, size in members)
+    pool = Pooling.parse(pooling)
     parts = [
         compose.add_prefix(
             build_onnx(
                 state_dict,
                 with_classifier=with_classifier and i == len(members) - 1,
-                pooling=pooling,
+                pooling=str(pool.network_only()),
                 image_size=size,
                 opset=opset,
                 name=f"member{i}",
@@ -453,7 +526,12 @@ def build_ensemble_onnx(
         g.initializers.extend(part.graph.initializer)
         embeddings.append(f"m{i}.{EMBEDDING_OUTPUT}")
         dims += part.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    _l2_normalise(g, g.node("Concat", embeddings, "ensemble.concat", axis=1), EMBEDDING_OUTPUT)
+    concat = g.node("Concat", embeddings, "ensemble.concat", axis=1)
+    if pool.colour:
+        _with_colour(g, _l2_normalise(g, concat, "ensemble.unit"), INPUT_NAME)
+        dims += COLOUR_BINS**2
+    else:
+        _l2_normalise(g, concat, EMBEDDING_OUTPUT)
 
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dims])]

@@ -91,10 +91,14 @@ def quantize_int8(
     per_channel
         Per-output-channel weight scales (needed: per-tensor collapses the depthwise convs).
     quantize_classifier
-        Also quantise the ``logits`` Gemm; off by default, since only the embedding is served.
+        Also quantise the ``logits`` Gemm; off by default, since only the embedding is served. The colour
+        histogram's nodes (``colour.*``) are never quantised.
     """
     model = onnx.load_from_string(fp32_model)
     exclude = [] if quantize_classifier else [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    # the colour histogram (+colour pooling) stays fp32: a few tiny ops, no speed to win, and 8-bit steps would blur
+    # its narrow chroma bins
+    exclude += [n.name for n in model.graph.node if n.name.startswith("colour.")]
     with tempfile.TemporaryDirectory(prefix="catalens-quant-") as tmp, _quiet_quantiser():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32_model)
