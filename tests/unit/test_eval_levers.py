@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,18 @@ def test_lever_study_end_to_end_with_cache(tiny_grocery, tmp_path):
     png = plot_report(report, tmp_path / "plot.png")
     with Image.open(png) as image:
         assert image.size[0] > 800
+
+
+def test_the_feature_cache_is_keyed_by_photo_contents_not_mtimes(tmp_path):
+    from catalens.evaluation.features import _paths_digest
+
+    photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for n, photo in enumerate(photos):
+        photo.write_bytes(bytes([n]) * 100)
+    first = _paths_digest(photos)
+    os.utime(photos[0], (1_000_000_000, 1_000_000_000))  # the data folder re-synced: new mtimes, same bytes
+    assert _paths_digest(photos) == first
+    photos[1].write_bytes(b"\x07" * 100)  # same size, other bytes
+    os.utime(photos[1], (1_000_000_100, 1_000_000_100))
+    assert _paths_digest(photos) != first
+    assert _paths_digest(photos[::-1]) != _paths_digest(photos)  # the order is part of the key

@@ -12,6 +12,7 @@ flip). Poolings: ``avg``, ``max``, ``gem`` (p = 3), ``rmac`` (regional max, Toli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -168,11 +169,19 @@ def view_tensor(image: object, view: View, size: int) -> np.ndarray:
     return np.ascontiguousarray(tensor[:, :, ::-1]) if view.flip else tensor
 
 
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes (memoised while its size and mtime stay: one read per file per process)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _paths_digest(paths: Sequence[Path]) -> str:
+    """Names and *contents* of the photos, not their mtimes: a data folder that is copied or re-synced (new mtimes,
+    same bytes) keeps its cached forward passes; a changed photo does not."""
     digest = hashlib.sha256()
     for path in paths:
         stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+        digest.update(f"{path}|{_file_digest(Path(path), stat.st_size, stat.st_mtime_ns)}\n".encode())
     return digest.hexdigest()[:16]
 
 
