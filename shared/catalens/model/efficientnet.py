@@ -409,7 +409,7 @@ def build_onnx(
         _l2_normalise(g, pooled, EMBEDDING_OUTPUT)
 
     batch = "batch"
-    dim = arch.head_channels + (COLOUR_BINS**2 if pool.colour else 0)
+    dim = arch.head_channels + colour_dims(str(pool))
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dim])]
     if with_classifier:
         avg = pooled  # the classifier was trained on average-pooled features, whatever the embedding uses
@@ -529,7 +529,7 @@ def build_ensemble_onnx(
     concat = g.node("Concat", embeddings, "ensemble.concat", axis=1)
     if pool.colour:
         _with_colour(g, _l2_normalise(g, concat, "ensemble.unit"), INPUT_NAME)
-        dims += COLOUR_BINS**2
+        dims += colour_dims(str(pool))
     else:
         _l2_normalise(g, concat, EMBEDDING_OUTPUT)
 
