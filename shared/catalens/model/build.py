@@ -25,7 +25,6 @@ from catalens.model.efficientnet import (
     Pooling,
     build_ensemble_onnx,
     build_onnx,
-    colour_dims,
     infer_architecture,
 )
 from catalens.model.torch_pickle import load_legacy_state_dict
@@ -129,6 +128,7 @@ def build_fp32(
     largest = max(sources, key=lambda source: source.image_size)
     config = preprocess or largest.default_preprocess()
     model_name = name or default_model_name(weights, pooling)
+    pool = Pooling.parse(pooling)
     if len(sources) == 1:
         model = build_onnx(
             state_dicts[0], with_classifier=with_classifier, pooling=pooling, image_size=config.size, name=model_name
@@ -147,8 +147,8 @@ def build_fp32(
         name=model_name,
         variant="fp32",
         sha256=sha256_hex(data),
-        dim=sum(infer_architecture(sd).head_channels for sd in state_dicts) + colour_dims(pooling),
-        pooling=str(Pooling.parse(pooling)),
+        dim=sum(infer_architecture(sd).head_channels for sd in state_dicts) + pool.colour_dims,
+        pooling=str(pool),
         preprocess=config,
         # one source: its file's digest (as before); an ensemble: the digest of the members' digests, in order
         weights_sha256=digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest(),

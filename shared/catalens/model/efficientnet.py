@@ -115,6 +115,11 @@ class Pooling:
         base = f"gem:{self.p:g}" if self.kind == "gem" else self.kind
         return base + ("+flip" if self.flip else "") + ("+colour" if self.colour else "")
 
+    @property
+    def colour_dims(self) -> int:
+        """How many dimensions the colour histogram adds to the embedding (0 without ``+colour``)."""
+        return COLOUR_BINS**2 if self.colour else 0
+
     def network_only(self) -> Pooling:
         """The same pooling without the colour histogram (what each member of an ensemble uses)."""
         return Pooling(self.kind, self.p, self.flip)
@@ -272,11 +277,6 @@ def colour_bin_centres() -> np.ndarray:
     return np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
-def colour_dims(pooling: str) -> int:
-    """How many dimensions ``pooling``'s colour histogram adds to the embedding (0 without ``+colour``)."""
-    return COLOUR_BINS**2 if Pooling.parse(pooling).colour else 0
-
-
 def _colour_histogram(g: _GraphBuilder, x: str) -> str:
     """``[n, COLOUR_BINS²]``: the unit Hellinger colour histogram of the input image ``x`` (``[n, 3, S, S]``).
 
@@ -313,6 +313,14 @@ def _with_colour(g: _GraphBuilder, network: str, image: str) -> str:
     weight = g.const("colour.weight", np.array(COLOUR_WEIGHT, np.float32))
     colour = g.node("Mul", [_colour_histogram(g, image), weight], "colour.weighted_histogram")
     return _l2_normalise(g, g.node("Concat", [network, colour], "colour.concat", axis=1), EMBEDDING_OUTPUT)
+
+
+def _embedding(g: _GraphBuilder, x: str, pooling: Pooling, unit_name: str) -> str:
+    """The ``embedding`` output: ``x`` L2-normalised, or with ``+colour`` its unit vector (``unit_name``) with the
+    colour histogram appended (:func:`_with_colour`). One tail for the single-network and the ensemble graph."""
+    if pooling.colour:
+        return _with_colour(g, _l2_normalise(g, x, unit_name), INPUT_NAME)
+    return _l2_normalise(g, x, EMBEDDING_OUTPUT)
 
 
 def _pool(g: _GraphBuilder, x: str, pooling: Pooling, side: int) -> str:
@@ -403,13 +411,10 @@ def build_onnx(
         halves_shape = g.const("flip.halves", np.array([2, -1, arch.head_channels], np.int64))
         halves = g.node("Reshape", [_l2_normalise(g, pooled, "pooled.unit"), halves_shape], "flip.halves_of")
         pooled = g.node("ReduceSum", [halves, g.const("flip.axis", np.array([0], np.int64))], "flip.sum", keepdims=0)
-    if pool.colour:
-        _with_colour(g, _l2_normalise(g, pooled, "network.unit"), INPUT_NAME)
-    else:
-        _l2_normalise(g, pooled, EMBEDDING_OUTPUT)
+    _embedding(g, pooled, pool, "network.unit")
 
     batch = "batch"
-    dim = arch.head_channels + colour_dims(str(pool))
+    dim = arch.head_channels + pool.colour_dims
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dim])]
     if with_classifier:
         avg = pooled  # the classifier was trained on average-pooled features, whatever the embedding uses
@@ -526,12 +531,8 @@ def build_ensemble_onnx(
         g.initializers.extend(part.graph.initializer)
         embeddings.append(f"m{i}.{EMBEDDING_OUTPUT}")
         dims += part.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    concat = g.node("Concat", embeddings, "ensemble.concat", axis=1)
-    if pool.colour:
-        _with_colour(g, _l2_normalise(g, concat, "ensemble.unit"), INPUT_NAME)
-        dims += colour_dims(str(pool))
-    else:
-        _l2_normalise(g, concat, EMBEDDING_OUTPUT)
+    _embedding(g, g.node("Concat", embeddings, "ensemble.concat", axis=1), pool, "ensemble.unit")
+    dims += pool.colour_dims
 
     batch = "batch"
     outputs = [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, [batch, dims])]
