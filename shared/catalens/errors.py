@@ -5,6 +5,9 @@ Every error a caller can act on derives from :class:`CatalensError` and carries 
 the problem.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class CatalensError(Exception):
     """Base of all catalens errors; ``code`` is stable and machine-readable."""
@@ -25,6 +28,27 @@ class ImageError(CatalensError):
     """The bytes are not an image we can safely decode (empty, truncated, not an image, too large)."""
 
     code = "invalid_image"
+
+
+class ImageTooComplexError(ImageError):
+    """Decoding or embedding the photo ran out of memory: the photo's fault, so permanent (never retried)."""
+
+    code = "image_too_complex"
+
+
+@contextmanager
+def memory_error_as_image_error(nbytes: int) -> Iterator[None]:
+    """Turn a ``MemoryError`` while a photo is decoded and embedded into :class:`ImageTooComplexError`.
+
+    A bare ``MemoryError`` would be retried by ingest as if S3 had failed and answered 500 by search; the photo
+    that caused it is what must be refused, by name.
+    """
+    try:
+        yield
+    except MemoryError as exc:
+        raise ImageTooComplexError(
+            f"decoding and embedding this {nbytes}-byte photo needs more memory than this function has"
+        ) from exc
 
 
 class ModelError(CatalensError):

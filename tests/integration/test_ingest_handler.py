@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,45 @@ def test_recorded_moto_event_parses_like_the_live_one() -> None:
     assert aws_event.sequencer == "0055AED6DCD90281E5"
     assert int(moto_event.sequencer, 16) > 0  # derived from eventTime
     assert (moto_event.kind, aws_event.kind) == ("created", "created")
+
+
+def test_a_removal_naming_another_bucket_keeps_the_live_item(stack: Stack, ingest: Any) -> None:
+    assert ingest(upload(stack, "photos/live.jpg", jpeg(16))) == {"batchItemFailures": []}
+    stack.s3.create_bucket(Bucket="attacker-bucket")  # empty: a HEAD of the key there says 404, "photo gone"
+
+    other = upload(stack, "photos/other.jpg", jpeg(18))
+
+    result = ingest([aws_removed("attacker-bucket", "photos/live.jpg", "00FFFFFFFFFFFFFFFF"), *other])
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": "msg-0"}]}
+    assert view(stack).get("photos/live") is not None
+    assert view(stack).get("photos/other") is not None
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_every_failed_record_leaves_one_structured_line_with_its_reason(
+    stack: Stack, ingest: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the handler's logger is process-wide and keeps the stdout of the first test that loaded it
+    ingest.module.logger.registered_handler.setStream(sys.stdout)
+    good = upload(stack, "fine.jpg", jpeg(17))
+    text = upload(stack, "text.jpg", b"plain text, not a photo")
+    foreign = aws_removed("attacker-bucket", "fine.jpg", "00FF")
+    capsys.readouterr()
+
+    result = ingest(["not json", *good, *text, foreign])
+
+    assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {"msg-0", "msg-2", "msg-3"}
+    lines = json_lines(capsys.readouterr().out)
+    failures = {line["message_id"]: line for line in lines if line.get("level") == "WARNING" and "exception" in line}
+    assert set(failures) == {"msg-0", "msg-2", "msg-3"}
+    assert "not JSON" in failures["msg-0"]["exception"]
+    assert "not_an_image" in failures["msg-2"]["exception"] or "not an image" in failures["msg-2"]["exception"]
+    assert "attacker-bucket" in failures["msg-3"]["exception"]
+    # the core's own lines are structured too: key, code and reason as JSON fields, not a bare message
+    rejected = [line for line in lines if line.get("message") == "photo rejected"]
+    assert [(line["key"], line["code"]) for line in rejected] == [("text.jpg", "not_an_image")]
+    assert rejected[0]["reason"]

@@ -337,3 +337,60 @@ def test_keys_whose_id_the_api_cannot_serve_are_recorded_not_indexed(parts: dict
     assert (marker["key"], marker["code"]) == (key, "invalid_item_id")
     assert "rename the photo" in marker["message"]
     assert len(parts["cache"].view()) == 0
+
+
+def test_an_event_naming_another_bucket_never_touches_the_catalogs_item(parts: dict[str, Any]) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    service.config = IngestConfig(catalog_bucket=BUCKET)
+    catalog.put("live.jpg", JPEG)
+    assert service.handle_event(created("live.jpg", "1")).action == "indexed"
+    forged = ObjectEvent("removed", "ObjectRemoved:Delete", "someone-elses-bucket", "live.jpg", "2")
+
+    with pytest.raises(IngestFailedError) as caught:
+        service.handle_event(forged)
+
+    assert caught.value.reason == "foreign_bucket"
+    assert parts["metrics"].total("IngestFailures", reason="foreign_bucket") == 1
+    assert parts["cache"].view().get("live") is not None
+    assert parts["errors"].list() == []  # no marker under a bucket name an attacker chose
+
+
+class ExhaustedEmbedder(ColourEmbedder):
+    """Runs out of memory on one photo (as a huge decode or inference would), fine on the others."""
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if batch.mean() < -0.5:  # the dark photo
+            raise MemoryError
+        return super().embed(batch)
+
+
+def test_running_out_of_memory_on_a_photo_is_its_typed_permanent_failure(parts: dict[str, Any]) -> None:
+    service, catalog = parts["service"], parts["catalog"]
+    service.embedder = ExhaustedEmbedder()
+    catalog.put("dark.png", encode(photo(96, 72, seed=1).point(lambda v: v // 8), "PNG"))
+    catalog.put("fine.jpg", JPEG)
+
+    with pytest.raises(IngestFailedError) as caught:
+        service.handle_event(created("dark.png", "1"))
+
+    assert caught.value.reason == "image_too_complex"
+    assert parts["metrics"].total("IngestFailures", reason="image_too_complex") == 1
+    assert [m["code"] for m in parts["errors"].list()] == ["image_too_complex"]
+    assert service.handle_event(created("fine.jpg", "2")).action == "indexed"
+
+
+def test_an_unexpected_failure_is_logged_with_its_reason(
+    parts: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenCatalog:
+        def read(self, bucket: str, key: str, *, max_bytes: int) -> None:
+            raise ConnectionError("S3 is unreachable")
+
+    parts["service"].catalog = BrokenCatalog()
+    with caplog.at_level("WARNING", logger="catalens"), pytest.raises(ConnectionError):
+        parts["service"].handle_event(created("a.jpg", "1"))
+
+    (line,) = [r for r in caplog.records if r.name == "catalens.service.ingest"]
+    assert (line.key, line.code) == ("a.jpg", "transient")
+    assert line.reason == "ConnectionError: S3 is unreachable"
+    assert parts["metrics"].total("IngestFailures", reason="transient") == 1

@@ -79,6 +79,7 @@ HTTP_STATUS: dict[str, int] = {
     "unsupported_image": 400,
     "decompression_bomb": 400,
     "image_too_large": 413,
+    "image_too_complex": 413,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "item_not_found": 404,

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from catalens.domain import COPY_COSINE
-from catalens.errors import CatalensError, ImageError
+from catalens.errors import CatalensError, ImageError, memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import BlobNotFoundError, BlobStore
@@ -48,6 +48,13 @@ PERMANENT_ERRORS = (ImageError, FieldError, EventError)
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = COPY_COSINE
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
+
+
+class ForeignBucketError(EventError):
+    """An event names a bucket other than the catalog bucket: never acted on (a forged or misrouted record
+    could otherwise delete a live item whose key it copies)."""
+
+    code = "foreign_bucket"
 
 
 class IngestFailedError(CatalensError):
@@ -106,6 +113,9 @@ class IngestConfig:
 
     Parameters
     ----------
+    catalog_bucket
+        The one bucket whose events are indexed; an event naming another is refused (``foreign_bucket``).
+        ``""`` accepts any bucket (tools that index a bucket of their choosing).
     catalog_prefix
         Stripped from keys before the item id is derived (``photos/`` → ``photos/sku-1.jpg`` is ``sku-1``).
     limits
@@ -118,6 +128,7 @@ class IngestConfig:
         Where error markers go in the error store.
     """
 
+    catalog_bucket: str = ""
     catalog_prefix: str = ""
     limits: ImageLimits = field(default_factory=ImageLimits)
     near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -279,6 +290,15 @@ class IngestService:
         return [self.handle_event(event) for event in events]
 
     def handle_event(self, event: ObjectEvent) -> IngestOutcome:
+        expected = self.config.catalog_bucket
+        if expected and event.bucket != expected:
+            error = ForeignBucketError(f"the event names bucket {event.bucket!r}; this ingest indexes {expected!r}")
+            self._count_failure(error.code)
+            log.error(
+                "event for another bucket refused",
+                extra={"bucket": event.bucket, "key": event.key, "event_name": event.event_name, "code": error.code},
+            )
+            raise IngestFailedError(f"{event.key}: {error}", reason=error.code) from error
         if event.kind == "created":
             return self.handle_object_created(event)
         if event.kind == "removed":
@@ -294,8 +314,12 @@ class IngestService:
             return self._index_photo(event, photo_key, item_id)
         except PERMANENT_ERRORS as exc:
             raise self._record_failure(event, photo_key, item_id, exc) from exc
-        except Exception:
+        except Exception as exc:
             self._count_failure("transient")  # S3/network trouble: retried by SQS, no marker
+            log.warning(
+                "photo not indexed; the message will be retried",
+                extra={"item_id": item_id, "key": event.key, "code": "transient", "reason": _describe(exc)},
+            )
             raise
 
     def handle_object_removed(self, event: ObjectEvent) -> IngestOutcome:
@@ -338,8 +362,9 @@ class IngestService:
             self._clear_error(event.bucket, photo_key)
             return IngestOutcome("unchanged", item_id, photo_key, reason="same photo and fields already indexed")
         started = self._clock()
-        tensor = load_and_preprocess(photo.data, self.embedder.card.preprocess, limits)
-        vector = np.asarray(self.embedder.embed(tensor[np.newaxis])[0], dtype=np.float32)
+        with memory_error_as_image_error(len(photo.data)):
+            tensor = load_and_preprocess(photo.data, self.embedder.card.preprocess, limits)
+            vector = np.asarray(self.embedder.embed(tensor[np.newaxis])[0], dtype=np.float32)
         embed_ms = (self._clock() - started) * 1000
         self.metrics.emit("EmbedMs", embed_ms, unit="Milliseconds")
         near = self._near_duplicates(item_id, vector)
@@ -440,6 +465,12 @@ class IngestService:
                 self.errors.clear(bucket, key)
             except Exception:
                 log.warning("could not clear the error marker", extra={"key": key}, exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an unexpected error, short enough for one log line."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _fingerprint(card: Any) -> str:

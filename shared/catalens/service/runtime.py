@@ -93,7 +93,7 @@ def build_ingest_service(
         views=cache.view,
         errors=error_log(settings, s3_client),
         metrics=metrics,
-        config=config or IngestConfig(limits=image_limits(settings)),
+        config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
     )
 
 
