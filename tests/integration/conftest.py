@@ -144,3 +144,13 @@ def function_env(template_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         return env
 
     return apply
+
+
+def log_to_captured_stdout(module: Any) -> None:
+    """Point a loaded handler's Powertools logger at this test's captured stdout.
+
+    The logger is process-wide (one per service name) and keeps the stream of the first test that created it.
+    """
+    import sys
+
+    module.logger.registered_handler.stream = sys.stdout

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from catalens.index.cache import IndexCache
 from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from catalens.service.runtime import error_log, index_store
 from catalens.settings import Settings
+from tests.integration.conftest import log_to_captured_stdout
 from tests.unit.imagefactory import encode, photo, png_bomb
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -338,8 +338,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 def test_every_failed_record_leaves_one_structured_line_with_its_reason(
     stack: Stack, ingest: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # the handler's logger is process-wide and keeps the stdout of the first test that loaded it
-    ingest.module.logger.registered_handler.setStream(sys.stdout)
+    log_to_captured_stdout(ingest.module)
     good = upload(stack, "fine.jpg", jpeg(17))
     text = upload(stack, "text.jpg", b"plain text, not a photo")
     foreign = aws_removed("attacker-bucket", "fine.jpg", "00FF")

@@ -1,0 +1,126 @@
+"""The index builder's run: fold the index deltas into a new snapshot, refresh the query domain, collect garbage.
+
+The builder Lambda (a container image: pynndescent) is started by the schedule (``{"trigger": "schedule"}``), by
+the threshold alarm through EventBridge (``{"trigger": "threshold"}``) or by hand (``{"trigger": "manual",
+"force": true}`` rebuilds even without deltas). :func:`parse_build_request` reads that payload strictly, since a
+hand-typed ``{"force": "false"}`` must not force a rebuild; :func:`run_build` does the work with
+:meth:`~catalens.index.store.IndexStore.compact`. A run with no pending deltas ends after one manifest GET and one
+LIST, then refreshes the query-domain reference before GC, so GC sees the new reference as the one to keep. A
+failed refresh is reported in the result; it never fails the compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from catalens.errors import CatalensError
+from catalens.index.store import IndexStore, SnapshotCoverage
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("schedule", "threshold", "manual")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+class BuildRequestError(CatalensError):
+    """The builder was invoked with a payload it does not understand; nothing was built."""
+
+    code = "invalid_build_request"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What one builder invocation asks for."""
+
+    trigger: str = "manual"
+    force: bool = False
+
+
+def parse_build_request(payload: Any) -> BuildRequest:
+    """Read an invocation payload: a JSON object with optional ``trigger`` and ``force``, nothing else.
+
+    >>> parse_build_request({"trigger": "manual", "force": "false"})
+    BuildRequest(trigger='manual', force=False)
+    """
+    if not isinstance(payload, Mapping):
+        raise BuildRequestError(
+            f'the payload must be a JSON object like {{"trigger": "manual", "force": true}}, got {_kind(payload)}'
+        )
+    unknown = sorted(str(name) for name in payload if name not in ("trigger", "force"))
+    if unknown:
+        raise BuildRequestError(f"unknown field(s) {', '.join(repr(u[:40]) for u in unknown)}; use trigger, force")
+    trigger = payload.get("trigger", "manual")
+    if trigger not in TRIGGERS:
+        raise BuildRequestError(f"trigger must be one of {', '.join(TRIGGERS)}, got {str(trigger)[:40]!r}")
+    return BuildRequest(trigger=trigger, force=_flag(payload.get("force", False)))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BuildRequestError(f"force must be true or false, got {_kind(value)} {str(value)[:40]!r}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def newest_delta_fingerprint(index: IndexStore) -> str | None:
+    """The model fingerprint of the newest pending delta: what the first compaction builds with (no snapshot yet)."""
+    deltas = index.fetch_deltas(index.list_deltas(), SnapshotCoverage(None))
+    if not deltas:
+        return None
+    newest = max(deltas.values(), key=lambda d: (d.record.updated_at, d.record.sequencer))
+    return newest.model_fingerprint or None
+
+
+def run_build(index: IndexStore, request: BuildRequest, *, gc_grace_seconds: float = 3600.0) -> dict[str, Any]:
+    """One builder run: compact (if there are deltas, or ``force``), refresh the query domain, then delete what no
+    retained version (nor the manifest's query domain) needs."""
+    trigger = request.trigger
+    manifest, _ = index.read_manifest()
+    fingerprint = None
+    if manifest.current is None:
+        fingerprint = newest_delta_fingerprint(index)
+        if fingerprint is None:
+            return {"trigger": trigger, "noop": True, "reason": "no index yet and no deltas to build one from"}
+    result = index.compact(model_fingerprint=fingerprint, force=request.force)
+    query_domain = refresh_query_domain(index)
+    garbage = index.gc(gc_grace_seconds)
+    return {"trigger": trigger, **asdict(result), "query_domain": query_domain, "gc": asdict(garbage)}
+
+
+def refresh_query_domain(index: IndexStore) -> dict[str, Any]:
+    """Refresh the query-domain reference; what happened, for the run's result and logs (never raises)."""
+    try:
+        before, _ = index.read_manifest()
+        entry = index.refresh_query_domain()
+    except Exception as exc:  # calibration is an optimisation: the compaction above stands
+        log.warning("query-domain refresh failed", exc_info=True)
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    if entry is None:
+        return {"status": "too_few_samples", "entry": None}
+    changed = before.query_domain is None or not entry.same_reference(before.query_domain)
+    return {"status": "refreshed" if changed else "unchanged", "entry": entry.to_dict()}
+
+
+def run_metrics(outcome: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    """The run's CloudWatch points (name -> value, unit)."""
+    points: dict[str, tuple[float, str]] = {
+        "CompactedDeltas": (outcome.get("deltas_included", 0), "Count"),
+        "BuildSeconds": (outcome.get("build_seconds", 0.0), "Seconds"),
+    }
+    if "items" in outcome:
+        points["IndexItems"] = (outcome["items"], "Count")
+    query_domain = outcome.get("query_domain") or {}
+    if query_domain.get("entry"):
+        points["QueryReferenceSize"] = (query_domain["entry"]["count"], "Count")
+    if query_domain.get("status") == "error":
+        points["QueryDomainRefreshErrors"] = (1, "Count")
+    return points
