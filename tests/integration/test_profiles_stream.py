@@ -28,6 +28,7 @@ from catalens.adapters.dynamodb import (
     create_tables,
 )
 from catalens.profiles import ProfileUpdater, ShopperEvent, replay
+from tests.integration.conftest import log_to_captured_stdout
 
 REGION = "us-east-1"
 EVENTS, PROFILES, COOC = "catalens-events", "catalens-profiles", "catalens-cooccurrence"
@@ -408,3 +409,45 @@ def test_table_definitions_match_the_template():
         "AttributeName": "ttl",
         "Enabled": True,
     }
+
+
+def test_every_failed_record_is_counted_and_logged_with_its_reason(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    log_to_captured_stdout(stack.app)
+    stack.write(HISTORY[0])
+    stack.write(ev(5, "view", dwell_ms=900), ev(8, user="carol"))
+    records = stack.read_stream()
+    # DynamoDB refuses such a number, but a hand-made or garbled event can carry one
+    (garbled,) = [r for r in records if r["dynamodb"]["Keys"]["event_key"]["S"].endswith("#ev0005")]
+    garbled["dynamodb"]["NewImage"]["dwell_ms"] = {"N": "not-a-number"}
+    sequence = {r["dynamodb"]["Keys"]["event_key"]["S"].split("#")[1]: r["dynamodb"]["SequenceNumber"] for r in records}
+    # the record of carol fails on the table side (not an event problem): DynamoDB throttles
+    original = stack.app.updater.handle
+
+    def throttled(event: ShopperEvent) -> str:
+        if event.user_id == "carol":
+            raise stack.client.exceptions.ProvisionedThroughputExceededException(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "UpdateItem"
+            )
+        return original(event)
+
+    monkeypatch.setattr(stack.app.updater, "handle", throttled)
+    capsys.readouterr()
+
+    response = stack.invoke(records)
+
+    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+    assert failed == {sequence["ev0005"], sequence["ev0008"]}
+    assert stack.profiles.load("alice").counts == replay(HISTORY[:1], lookup).counts
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = {line["sequence_number"]: line for line in lines if "exception" in line}
+    assert set(logged) == failed
+    assert "'dwell_ms' is not a number" in logged[sequence["ev0005"]]["exception"]
+    assert "slow down" in logged[sequence["ev0008"]]["exception"]
+
+    def emitted(name: str) -> float:  # EMF documents carry a value or a list of values per metric
+        values = [line[name] for line in lines if "_aws" in line and name in line]
+        return sum(sum(v) if isinstance(v, list) else v for v in values)
+
+    assert (emitted("InvalidEvents"), emitted("FailedEvents")) == (1, 1)

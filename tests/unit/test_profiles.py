@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 from decimal import Decimal
 
@@ -19,6 +20,7 @@ from catalens.profiles import (
     ShopperEvent,
     apply_event,
     event_from_item,
+    event_from_stream_image,
     event_key,
     replay,
 )
@@ -429,3 +431,28 @@ def test_a_new_index_space_starts_the_preference_vector_afresh():
     assert moved.preference() @ unit(1) == pytest.approx(1.0)  # the old basis is not mixed in
     assert moved.category["fruit"] > profile.category["fruit"]  # affinities are not tied to the index space
     assert Profile.from_item(moved.to_item()).space == "model-b/pca-9"
+
+
+def test_a_stream_image_becomes_the_event_its_item_would() -> None:
+    image = {"user_id": {"S": "alice"}, "event_key": {"S": "1700000000000#e1"}, "type": {"S": "view"},
+             "item_id": {"S": "sku-1"}, "dwell_ms": {"N": "1200"}, "ttl": {"N": "1800000000"}}  # fmt: skip
+    event = event_from_stream_image(image)
+    assert (event.user_id, event.item_id, event.dwell_ms, event.ts_ms) == ("alice", "sku-1", 1200, 1700000000000)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"dwell_ms": {"N": "not-a-number"}}, "'dwell_ms' is not a number"),
+        ({"item_id": {"B": "AAAA"}}, "'item_id' has type 'B'"),
+        ({"user_id": "alice"}, "'user_id' is not a DynamoDB typed value"),
+        ({"type": {"S": "like"}}, "is not one of"),
+    ],
+)
+def test_a_broken_stream_image_is_an_event_error_naming_the_attribute(change: dict, named: str) -> None:
+    image = {"user_id": {"S": "alice"}, "event_key": {"S": "1700000000000#e1"}, "type": {"S": "view"},
+             "item_id": {"S": "sku-1"}} | change  # fmt: skip
+    with pytest.raises(EventError, match=re.escape(named)):
+        event_from_stream_image(image)
+    with pytest.raises(EventError, match="no NewImage"):
+        event_from_stream_image(None)

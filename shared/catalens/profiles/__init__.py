@@ -6,7 +6,14 @@
 - :mod:`catalens.profiles.memory` — the in-memory store; the DynamoDB one is in ``catalens.adapters.dynamodb``.
 """
 
-from catalens.profiles.events import EVENT_TYPES, EventError, ShopperEvent, event_from_item, event_key
+from catalens.profiles.events import (
+    EVENT_TYPES,
+    EventError,
+    ShopperEvent,
+    event_from_item,
+    event_from_stream_image,
+    event_key,
+)
 from catalens.profiles.profile import (
     DEFAULT_PARAMS,
     RANKING_ATTRIBUTES,
@@ -40,6 +47,7 @@ __all__ = [
     "ShopperEvent",
     "apply_event",
     "event_from_item",
+    "event_from_stream_image",
     "event_key",
     "index_lookup",
     "index_space",

@@ -131,3 +131,37 @@ def event_from_item(item: Mapping[str, Any]) -> ShopperEvent:
         dwell_ms=_whole_number(item, "dwell_ms"),
         query_id=_text(item, "query_id", required=False),
     )
+
+
+_EVENT_ATTRIBUTES = ("user_id", "event_key", "type", "item_id", "dwell_ms", "query_id")
+
+
+def event_from_stream_image(image: Mapping[str, Any] | None) -> ShopperEvent:
+    """Validate a stream record's ``NewImage`` (DynamoDB JSON, ``{"name": {"S": "..."}}``) into a :class:`ShopperEvent`.
+
+    Only the attributes an event has are read, each typed value checked here, so a hostile or broken one
+    (``{"N": "not-a-number"}``) is an :class:`EventError` naming it rather than a decoder's exception.
+    """
+    if not isinstance(image, Mapping):
+        raise EventError("the stream record has no NewImage (the stream must be NEW_IMAGE)")
+    item: dict[str, Any] = {}
+    for name in _EVENT_ATTRIBUTES:
+        if name in image:
+            item[name] = _attribute_value(name, image[name])
+    return event_from_item(item)
+
+
+def _attribute_value(name: str, typed: Any) -> Any:
+    if not isinstance(typed, Mapping) or len(typed) != 1:
+        raise EventError(f"event attribute {name!r} is not a DynamoDB typed value")
+    ((kind, raw),) = typed.items()
+    if kind == "S" and isinstance(raw, str):
+        return raw
+    if kind == "N" and isinstance(raw, str):
+        try:
+            return Decimal(raw)
+        except ArithmeticError as exc:
+            raise EventError(f"event attribute {name!r} is not a number: {raw[:40]!r}") from exc
+    if kind == "NULL":
+        return None
+    raise EventError(f"event attribute {name!r} has type {str(kind)[:8]!r}; expected a string or a number")
