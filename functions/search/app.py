@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 @app.post("/search")
 def search() -> Response:
-    request = parse_search_request(http.http_request(app), max_image_bytes=settings.max_image_bytes)
+    request = parse_search_request(http.http_request(app), max_image_bytes=service.limits.max_bytes)
     return http.search_response(service.search(request))
 
 
@@ -50,7 +50,7 @@ def health() -> Response:
 
 @app.get("/openapi.json")
 def openapi() -> Response:
-    return http.openapi_response()
+    return http.openapi_response(app.current_event.raw_event)
 
 
 @app.delete("/users/<id>/profile")

@@ -63,7 +63,8 @@ class Settings:
     model_dir: Path = field(default_factory=default_model_dir)
     model_variant: str = "fp32"  # "fp32" or "int8"
     onnx_threads: int = 1
-    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = 10 * 1024 * 1024  # catalog photos, read from S3 by ingest
+    max_query_image_bytes: int = 4 * 1024 * 1024  # photos sent to the search API (bounded by Lambda's payload)
     max_image_pixels: int = 50_000_000
     catalog_bucket: str = ""
     index_bucket: str = ""
@@ -84,6 +85,7 @@ class Settings:
             model_variant=env.get("CATALENS_MODEL_VARIANT", "fp32"),
             onnx_threads=_int(env, "CATALENS_ONNX_THREADS", 1),
             max_image_bytes=_int(env, "CATALENS_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+            max_query_image_bytes=_int(env, "CATALENS_MAX_QUERY_IMAGE_BYTES", 4 * 1024 * 1024),
             max_image_pixels=_int(env, "CATALENS_MAX_IMAGE_PIXELS", 50_000_000),
             catalog_bucket=env.get("CATALOG_BUCKET", ""),
             index_bucket=env.get("INDEX_BUCKET", ""),

@@ -21,11 +21,13 @@ import boto3
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from catalens.domain import COPY_COSINE
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
 from catalens.service.ingest import item_id_for_key
+from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES, MAX_QUERY_IMAGE_BYTES
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from tests.unit.imagefactory import encode, photo
@@ -351,6 +353,16 @@ def test_openapi_document_is_served(index_settings: Settings, call: Any) -> None
     assert status == 200
     assert body["openapi"].startswith("3.")
     assert "/search" in body["paths"]
+    assert body["servers"] == [{"url": "/prod"}], "the stage the request came in through"
+
+
+def test_openapi_servers_follow_the_path_the_api_is_served_under(index_settings: Settings, call: Any) -> None:
+    local = rest_event("GET", "/openapi.json")
+    local["requestContext"]["path"] = "/api/openapi.json"  # the local gateway serves the API under /api
+    assert call(local)[1]["servers"] == [{"url": "/api"}]
+    custom_domain = rest_event("GET", "/openapi.json")
+    custom_domain["requestContext"]["path"] = "/openapi.json"
+    assert call(custom_domain)[1]["servers"] == [{"url": "/"}]
 
 
 def emf_documents(out: str) -> list[dict[str, Any]]:
@@ -540,6 +552,64 @@ def test_oversized_image_is_413(catalog: dict[str, bytes], call: Any, monkeypatc
     assert (status, body["code"]) == (413, "payload_too_large")
 
 
+def test_the_photo_limit_is_one_number_that_fits_a_lambda_invoke(catalog: dict[str, bytes], call: Any) -> None:
+    limit = call.module.service.limits.max_bytes
+    assert limit == MAX_QUERY_IMAGE_BYTES
+    over = b"\xff\xd8\xff" + bytes(limit - 2)  # one byte over, sent raw, as JSON and as a form
+    raw = rest_event("POST", "/search", body=over, content_type="image/jpeg", base64_body=True)
+    as_json = rest_event(
+        "POST", "/search", body=json.dumps({"image": base64.b64encode(over).decode()}), content_type="application/json"
+    )
+    for event in (raw, as_json):
+        # the largest request API Gateway could hand over still fits Lambda's 6 MB invoke payload
+        assert len(json.dumps(event)) < LAMBDA_INVOKE_PAYLOAD_BYTES
+        status, body, _ = call(event)
+        assert (status, body["code"]) == (413, "image_too_large")
+        assert f"the limit is {limit}" in body["message"]
+
+
+@pytest.mark.parametrize("content_type", ["image/gif", "image/jpg", "image/pjpeg", "application/octet-stream"])
+def test_every_accepted_photo_type_is_a_binary_media_type_and_is_searched(
+    catalog: dict[str, bytes], call: Any, content_type: str
+) -> None:
+    photo_bytes = catalog["sku-3"]
+    if content_type == "image/gif":
+        photo_bytes = encode(Image.open(io.BytesIO(photo_bytes)).convert("RGB"), "GIF")
+    event = rest_event("POST", "/search", body=photo_bytes, content_type=content_type, base64_body=True)
+    status, body, _ = call(event)
+    assert status == 200, body
+    assert body["hits"][0]["item_id"] == "sku-3"
+    assert content_type.replace("/", "~1") in template_binary_media_types()
+
+
+def test_a_photo_that_exhausts_memory_is_a_413_not_a_500(
+    catalog: dict[str, bytes], call: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(batch: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(call.module.service.embedder, "embed", exhausted)
+    event = rest_event("POST", "/search", body=catalog["sku-1"], content_type="image/jpeg", base64_body=True)
+    status, body, _ = call(event)
+    assert (status, body["code"]) == (413, "image_too_complex")
+
+
+HTTP_API_EVENT = {
+    "version": "2.0", "routeKey": "POST /search", "rawPath": "/search", "rawQueryString": "",
+    "headers": {"content-type": "application/json"}, "body": '{"item_id": "sku-1"}', "isBase64Encoded": False,
+    "requestContext": {"http": {"method": "POST", "path": "/search"}, "requestId": "r-1", "stage": "$default"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("event", [HTTP_API_EVENT, {}, [], "x", None, {"httpMethod": "GET"}])
+def test_an_event_of_another_shape_gets_a_json_error_not_a_crash(
+    index_settings: Settings, call: Any, event: Any
+) -> None:
+    status, body, _ = call(event)
+    assert (status, body["code"]) == (400, "unsupported_event")
+    assert "REST" in body["message"]
+
+
 # ------------------------------------------------------------------------------------------------ contract
 
 
@@ -556,12 +626,20 @@ def openapi_routes() -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in document["paths"].items() for method in item}
 
 
-def template_routes() -> set[tuple[str, str]]:
+def load_template() -> dict[str, Any]:
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    template = yaml.load((REPO / "template.yaml").read_text(), Loader=Loader)
+    return yaml.load((REPO / "template.yaml").read_text(), Loader=Loader)
+
+
+def template_binary_media_types() -> list[str]:
+    return load_template()["Resources"]["SearchApi"]["Properties"]["BinaryMediaTypes"]
+
+
+def template_routes() -> set[tuple[str, str]]:
+    template = load_template()
     events = template["Resources"]["SearchFunction"]["Properties"]["Events"]
     return {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events.values() if e["Type"] == "Api"}
 
@@ -617,3 +695,14 @@ def test_personalised_search_and_profile_erasure(
     for n in range(15):
         updater.handle(ShopperEvent("alice", f"new{n}", later + n, "purchase", ["sku-3", "sku-6"][n % 2]))
     assert search(user_id="alice")["personalized"] is True
+
+
+def test_gateway_errors_share_the_apis_json_shape_and_its_photo_limit() -> None:
+    responses = load_template()["Resources"]["SearchApi"]["Properties"]["GatewayResponses"]
+    for kind in ("INVALID_API_KEY", "MISSING_AUTHENTICATION_TOKEN", "REQUEST_TOO_LARGE", "THROTTLED", "QUOTA_EXCEEDED"):
+        template = responses[kind]["ResponseTemplates"]["application/json"]
+        shape = json.loads(template.replace("$context.error.messageString", '"from API Gateway"'))
+        assert set(shape) == {"code", "message"}, kind
+    statuses = {kind: responses[kind]["StatusCode"] for kind in ("INVALID_API_KEY", "REQUEST_TOO_LARGE", "THROTTLED")}
+    assert statuses == {"INVALID_API_KEY": "403", "REQUEST_TOO_LARGE": "413", "THROTTLED": "429"}
+    assert str(MAX_QUERY_IMAGE_BYTES) in responses["REQUEST_TOO_LARGE"]["ResponseTemplates"]["application/json"]

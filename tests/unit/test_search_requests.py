@@ -11,8 +11,12 @@ import pytest
 from catalens.service.errors import RequestError, http_status_for
 from catalens.service.requests import (
     DEFAULT_K,
+    LAMBDA_INVOKE_PAYLOAD_BYTES,
     MAX_K,
+    MAX_QUERY_IMAGE_BYTES,
     HttpRequest,
+    body_limit_for,
+    check_query_image_limit,
     decode_base64_image,
     parse_query_options,
     parse_search_request,
@@ -202,8 +206,26 @@ def test_image_over_the_limit_is_413() -> None:
 
 
 def test_body_over_the_limit_is_413() -> None:
-    error = error_of(rest_event('{"item_id": "a"}', "application/json"), max_body_bytes=4)
+    limit = body_limit_for(100)
+    padding = " " * (limit - len('{"item_id": "a"}') + 1)  # a body the photo limit cannot explain
+    error = error_of(rest_event('{"item_id": "a"}' + padding, "application/json"), max_image_bytes=100)
     assert (error.code, http_status_for(error)) == ("payload_too_large", 413)
+    assert parse(rest_event('{"item_id": "a"}' + padding[1:], "application/json"), max_image_bytes=100).item_id == "a"
+
+
+def test_a_photo_at_the_limit_fits_as_json_and_one_byte_more_does_not() -> None:
+    photo = b"\xff\xd8\xff" + bytes(97)
+    body = json.dumps({"image": base64.b64encode(photo).decode(), "k": 5})
+    assert parse(rest_event(body, "application/json"), max_image_bytes=100).image == photo
+    body = json.dumps({"image": base64.b64encode(photo + b"x").decode()})
+    assert error_of(rest_event(body, "application/json"), max_image_bytes=100).code == "image_too_large"
+
+
+def test_the_query_photo_limit_must_fit_a_lambda_invoke() -> None:
+    assert check_query_image_limit(MAX_QUERY_IMAGE_BYTES) == MAX_QUERY_IMAGE_BYTES
+    assert body_limit_for(MAX_QUERY_IMAGE_BYTES) < LAMBDA_INVOKE_PAYLOAD_BYTES
+    with pytest.raises(ValueError, match="to fit a Lambda invoke"):
+        check_query_image_limit(5 * 1024 * 1024)
 
 
 def test_multipart_with_two_images_is_rejected() -> None:

@@ -52,6 +52,22 @@ class RestResolver(APIGatewayRestResolver):
     {'id': 'shoes/red shoe'}
     """
 
+    unsupported_event: Any = None  # set by register_error_handlers: answers an event this resolver cannot read
+
+    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+        """Answer a REST (payload 1.0) proxy event; any other shape (an HTTP API 2.0 event, a test invoke with a
+        hand-made payload) gets a 400 JSON error naming it, not a ``KeyError`` from inside the resolver."""
+        problem = unsupported_event_problem(event)
+        if problem is None:
+            return super().resolve(event, context)
+        response = self.unsupported_event(problem) if self.unsupported_event else error_response(*problem, 400)
+        return {
+            "statusCode": response.status_code,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": response.body,
+            "isBase64Encoded": False,
+        }
+
     @staticmethod
     def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
         # Powertools' REST form (optional trailing slashes), each <name> one segment of the encoded path.
@@ -63,6 +79,23 @@ class RestResolver(APIGatewayRestResolver):
         return {
             name: decoded.get(name, unquote(raw, errors="surrogateescape")) for name, raw in match.groupdict().items()
         }
+
+
+def unsupported_event_problem(event: Any) -> tuple[str, str] | None:
+    """``(code, message)`` when ``event`` is not an API Gateway REST proxy event (payload 1.0), else None."""
+    if not isinstance(event, dict):
+        return (
+            "unsupported_event",
+            f"expected an API Gateway REST proxy event (a JSON object), got {type(event).__name__}",
+        )
+    if event.get("version") == "2.0" or "rawPath" in event:
+        message = (
+            "this function serves API Gateway REST API events (payload 1.0); an HTTP API (payload 2.0) event arrived"
+        )
+        return "unsupported_event", message
+    if not isinstance(event.get("httpMethod"), str) or not isinstance(event.get("path"), str):
+        return "unsupported_event", "the event has no httpMethod and path: not an API Gateway REST proxy event"
+    return None
 
 
 def http_request(app: Any) -> HttpRequest:
@@ -120,6 +153,12 @@ def register_error_handlers(app: Any, logger: logging.Logger | Any, metrics: Met
             return response
         return answer("not_found", f"no route for {event.http_method} {event.path}", 404)
 
+    def _unsupported(problem: tuple[str, str]) -> Response:
+        logger.warning("event of an unsupported shape refused", extra={"code": problem[0], "reason": problem[1]})
+        return answer(*problem, 400)
+
+    app.unsupported_event = _unsupported
+
     @app.exception_handler(Exception)
     def _bug(exc: Exception) -> Response:
         logger.exception("unhandled error while answering a request")
@@ -139,8 +178,24 @@ def openapi_document() -> dict[str, Any]:
     return json.loads(text)
 
 
-def openapi_response() -> Response:
-    return json_response(openapi_document(), headers={"Cache-Control": "public, max-age=300"})
+def openapi_response(event: dict[str, Any] | None = None) -> Response:
+    """The document, its ``servers`` pointing where this request came in (``/prod`` on AWS, ``/api`` locally)."""
+    document = dict(openapi_document())
+    document["servers"] = [{"url": api_base_path(event or {}) or "/"}]
+    return json_response(document, headers={"Cache-Control": "public, max-age=300"})
+
+
+def api_base_path(event: dict[str, Any]) -> str:
+    """The part of the client's path before the route: the stage (and any base-path mapping), or ``""``.
+
+    API Gateway gives the route path in ``path`` and the full one in ``requestContext.path``
+    (``/prod/openapi.json``); a custom domain without a stage in the URL gives the same for both.
+    """
+    route = str(event.get("path") or "")
+    full = str((event.get("requestContext") or {}).get("path") or "")
+    if route and full.endswith(route):
+        return full[: len(full) - len(route)].rstrip("/")
+    return ""
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,8 +8,8 @@ can answer 4xx and never guess.
 
 Accepted bodies of ``POST /search``:
 
-- raw ``image/jpeg``, ``image/png``, ``image/webp`` (or ``application/octet-stream``);
-  options in the query string;
+- raw ``image/jpeg``, ``image/png``, ``image/webp``, ``image/gif``, ``image/bmp``, ``image/tiff``, ``image/avif``
+  (or ``application/octet-stream``); options in the query string;
 - ``application/json``: ``{"image": "<base64 or data: URL>"}`` or ``{"item_id": "..."}`` plus options;
 - ``multipart/form-data``: a file part named ``image`` (or ``file``/``photo``) plus text parts for options.
 
@@ -46,9 +46,43 @@ MAX_FILTER_VALUES = 50
 MAX_ID_LENGTH = 512  # user ids
 MAX_ITEM_ID_LENGTH = 1024  # S3's key limit: every key's item id fits
 MAX_TEXT_LENGTH = 1024
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
+# A request reaches the function as a Lambda invoke of at most 6 MB, and API Gateway base64-encodes a binary body
+# (a JSON body carries its photo as base64 already): 4/3 of the photo must fit with the event's headers and fields.
+LAMBDA_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024
+MAX_QUERY_IMAGE_BYTES = 4 * 1024 * 1024  # the API's photo limit: the one number clients, docs and gateway share
+REQUEST_OVERHEAD_BYTES = 64 * 1024  # form fields, JSON options and multipart framing around the photo
 
-RAW_IMAGE_TYPES = frozenset({"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp"})
+
+def base64_length(size: int) -> int:
+    """Characters of the padded base64 of ``size`` bytes."""
+    return 4 * ((size + 2) // 3)
+
+
+def body_limit_for(max_image_bytes: int) -> int:
+    """The largest body a request with a photo of ``max_image_bytes`` may have (as JSON: base64 plus options)."""
+    return base64_length(max_image_bytes) + REQUEST_OVERHEAD_BYTES
+
+
+def check_query_image_limit(max_image_bytes: int) -> int:
+    """``max_image_bytes`` if a request with such a photo still fits one Lambda invoke; else a ValueError at init,
+    since a larger setting would only move the refusal from the function's JSON 413 to the gateway's."""
+    room = LAMBDA_INVOKE_PAYLOAD_BYTES - REQUEST_OVERHEAD_BYTES  # the event's own fields take the overhead once more
+    if not max_image_bytes > 0 or body_limit_for(max_image_bytes) > room:
+        largest = (room - REQUEST_OVERHEAD_BYTES) // 4 * 3
+        raise ValueError(
+            f"the query photo limit must be 1 to {largest} bytes to fit a Lambda invoke, got {max_image_bytes}"
+        )
+    return max_image_bytes
+
+
+DEFAULT_MAX_BODY_BYTES = body_limit_for(MAX_QUERY_IMAGE_BYTES)
+
+# Every format the decoder opens (catalens.imaging.ALLOWED_FORMATS), under the names clients send; the API's binary
+# media types in template.yaml list the same, so none of them arrives as mangled text.
+RAW_IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+     "image/avif"}
+)  # fmt: skip
 RAW_BINARY_TYPES = RAW_IMAGE_TYPES | {"application/octet-stream"}
 IMAGE_PART_NAMES = ("image", "file", "photo")
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
@@ -173,12 +207,14 @@ class SearchRequest:
 # Entry points
 
 
-def parse_search_request(
-    request: HttpRequest, *, max_image_bytes: int = DEFAULT_MAX_BODY_BYTES, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-) -> SearchRequest:
+def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUERY_IMAGE_BYTES) -> SearchRequest:
     """Validate a ``POST /search`` request; raises :class:`RequestError` naming the first problem."""
+    max_body_bytes = body_limit_for(max_image_bytes)
     if len(request.body) > max_body_bytes:
-        raise PayloadTooLargeError(f"the request body is {len(request.body)} bytes; the limit is {max_body_bytes}")
+        raise PayloadTooLargeError(
+            f"the request body is {len(request.body)} bytes; the limit is {max_body_bytes} "
+            f"(a photo of at most {max_image_bytes} bytes, {_mib(max_image_bytes)})"
+        )
     media_type = request.content_type
     params: dict[str, Any] = dict(_query_params(request.query))
     image: bytes | None = None
@@ -196,8 +232,8 @@ def parse_search_request(
         params.update(form_params)
     else:
         raise UnsupportedMediaTypeError(
-            f"content type {media_type!r} is not accepted; send image/jpeg, image/png, image/webp, "
-            "application/json or multipart/form-data"
+            f"content type {_short(media_type, 80)!r} is not accepted; send the photo as image/jpeg, image/png, "
+            "image/webp, image/gif, image/bmp, image/tiff or image/avif, or as application/json or multipart/form-data"
         )
     item_id = params.pop("item_id", None)
     if item_id is not None:
@@ -208,7 +244,8 @@ def parse_search_request(
         raise RequestError("the request names no query: send an image or an item_id", code="missing_image")
     if image is not None and len(image) > max_image_bytes:
         raise PayloadTooLargeError(
-            f"the image is {len(image)} bytes; the limit is {max_image_bytes}", code="image_too_large"
+            f"the image is {len(image)} bytes; the limit is {max_image_bytes} ({_mib(max_image_bytes)})",
+            code="image_too_large",
         )
     return SearchRequest(image=image, item_id=item_id, options=parse_options(params))
 
@@ -477,6 +514,10 @@ def _parse_id(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> str:
     except UnicodeEncodeError as exc:
         raise RequestError(f"{name} is not valid Unicode text", code="invalid_parameter") from exc
     return value
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB"
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -16,6 +16,7 @@ from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
 from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
+from catalens.service.requests import check_query_image_limit
 from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
 from catalens.service.telemetry import MetricsSink
@@ -30,7 +31,14 @@ def load_embedder(settings: Settings) -> Embedder:
 
 
 def image_limits(settings: Settings) -> ImageLimits:
+    """Limits of catalog photos (ingest)."""
     return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+def query_image_limits(settings: Settings) -> ImageLimits:
+    """Limits of photos sent to the search API: the byte limit must let the request fit one Lambda invoke."""
+    max_bytes = check_query_image_limit(settings.max_query_image_bytes)
+    return ImageLimits(max_bytes=max_bytes, max_pixels=settings.max_image_pixels)
 
 
 def index_store(settings: Settings, s3_client: Any) -> IndexStore:
@@ -66,7 +74,7 @@ def build_search_service(
     return SearchService(
         embedder=embedder or load_embedder(settings),
         views=cache.view,
-        limits=image_limits(settings),
+        limits=query_image_limits(settings),
         profiles=profiles,
         rerank=rerank,
         metrics=metrics,

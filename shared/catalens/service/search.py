@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from catalens.domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
+from catalens.errors import memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
@@ -301,9 +302,10 @@ class SearchService:
 
     def _embed_query(self, image: bytes, timings: Timings) -> np.ndarray:
         t0 = self._clock()
-        tensor = load_and_preprocess(image, self.embedder.card.preprocess, self.limits)
-        t1 = self._clock()
-        vector = self.embedder.embed(tensor[np.newaxis])[0]
+        with memory_error_as_image_error(len(image)):
+            tensor = load_and_preprocess(image, self.embedder.card.preprocess, self.limits)
+            t1 = self._clock()
+            vector = self.embedder.embed(tensor[np.newaxis])[0]
         timings.decode = (t1 - t0) * 1000
         timings.embed = (self._clock() - t1) * 1000
         return vector
