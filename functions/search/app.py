@@ -6,6 +6,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from catalens.service import http
 from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
@@ -22,6 +23,7 @@ emf = PowertoolsMetrics(metrics)
 service = build_search_service(settings, s3_client=boto3.client("s3"), profiles=profiles, metrics=emf)
 app = http.RestResolver()
 http.register_error_handlers(app, logger, metrics=emf)
+copy_config_to_registered_loggers(source_logger=logger, include={"catalens"})
 # Searches and errors are counted; health checks, item reads and the OpenAPI document have nothing to count.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
