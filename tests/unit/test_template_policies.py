@@ -350,7 +350,8 @@ def test_shopper_tokens_are_verified_with_one_free_secure_parameter(transformed:
     assert keys["ParameterName"] == f"/{STACK}/shopper-token-keys"
     assert keys["ServiceToken"] == resolver.get_att("ShopperTokenKeysFunction", "Arn")
     code = resources["ShopperTokenKeysFunction"]["Properties"]["Code"]["ZipFile"]
-    assert 'Type="SecureString"' in code and 'Tier="Standard"' in code and "secrets.token_urlsafe(32)" in code
+    for fragment in ('Type="SecureString"', 'Tier="Standard"', "secrets.token_urlsafe(32)"):
+        assert fragment in code
     env = resolver.resolve(resources["SearchFunction"]["Properties"]["Environment"]["Variables"])
     assert env["SHOPPER_TOKEN_PARAMETER"] == keys["ParameterName"]
     assert env["TRUST_UNSIGNED_USER_IDS"] == "false"
