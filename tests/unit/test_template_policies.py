@@ -109,7 +109,7 @@ def expected_grants(resolver: Resolver) -> dict[str, set[tuple[str, str, str]]]:
         | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
         | allow({"dynamodb:Query", "dynamodb:BatchWriteItem"}, arn("EventsTable"))
         | allow({"ssm:GetParameter"}, shopper_token_keys),  # verify shopper tokens: that one parameter, read only
-        "ShopperTokenKeysFunction": allow(LOGS, arn("ShopperTokenKeysLogGroup"))  # the custom resource
+        "ShopperTokenKeysFunction": base("ShopperTokenKeysLogGroup")  # the custom resource
         | allow({"ssm:PutParameter", "ssm:DeleteParameter"}, shopper_token_keys),
         "ProfilesFunction": base("ProfilesLogGroup")
         | allow(STREAM_ACTIONS, f"{arn('EventsTable')}/stream/*")

@@ -16,7 +16,8 @@ clock skew between the signer and the verifier. They travel in the ``X-Shopper-T
 (access logs, browser history and ``Referer`` headers keep URLs).
 
 Key rotation: the secret's value holds one or more keys separated by whitespace or commas; the first signs, all
-verify. Rotate by prepending a new key, then dropping the old one once the tokens it signed have expired.
+verify. Rotate without refusing a token: append the new key (``OLD NEW``) so every verifier learns it, move it first
+(``NEW OLD``) once they have, and drop the old key once the tokens it signed have expired.
 
 Nothing here knows AWS: the secret comes from an adapter (:mod:`catalens.adapters.ssm`) as text.
 
