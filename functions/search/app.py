@@ -10,7 +10,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 
 from catalens.service import http
 from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
-from catalens.service.runtime import build_search_service, load_profile_store
+from catalens.service.runtime import build_search_service, load_profile_store, load_shopper_auth
 from catalens.service.telemetry import PowertoolsMetrics
 from catalens.settings import load_settings
 
@@ -21,6 +21,7 @@ settings = load_settings()
 profiles = load_profile_store(settings, boto3.client("dynamodb"))
 emf = PowertoolsMetrics(metrics)
 service = build_search_service(settings, s3_client=boto3.client("s3"), profiles=profiles, metrics=emf)
+shoppers = load_shopper_auth(settings, boto3.client("ssm"))  # who a request may personalise for or erase
 app = http.RestResolver()
 http.register_error_handlers(app, logger, metrics=emf)
 copy_config_to_registered_loggers(source_logger=logger, include={"catalens"})
@@ -30,8 +31,9 @@ warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 @app.post("/search")
 def search() -> Response:
-    request = parse_search_request(http.http_request(app), max_image_bytes=service.limits.max_bytes)
-    return http.search_response(service.search(request))
+    raw = http.http_request(app)
+    request = parse_search_request(raw, max_image_bytes=service.limits.max_bytes)
+    return http.search_response(service.search(shoppers.search(request, raw.headers)))
 
 
 @app.get("/items/<id>")
@@ -41,7 +43,8 @@ def get_item(id: str) -> Response:
 
 @app.get("/items/<id>/similar")
 def similar_items(id: str) -> Response:
-    options = parse_query_options(http.http_request(app).query)
+    raw = http.http_request(app)
+    options = shoppers.options(parse_query_options(raw.query), raw.headers)
     return http.search_response(service.similar(parse_item_id(id), options))
 
 
@@ -57,7 +60,8 @@ def openapi() -> Response:
 
 @app.delete("/users/<id>/profile")
 def erase_profile(id: str) -> Response:
-    return http.json_response(service.forget_user(parse_user_id(id)))
+    user_id = shoppers.erasable(parse_user_id(id), http.http_request(app).headers)
+    return http.json_response(service.forget_user(user_id))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

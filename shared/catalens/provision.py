@@ -7,7 +7,9 @@ intrinsic functions the way CloudFormation would for a given stack name (``!Ref`
 
 - S3 buckets (name, versioning, encryption, public access block, bucket policy, notifications to SQS),
 - SQS queues (attributes, redrive policy to the dead-letter queue, queue policies),
-- DynamoDB tables (key schema, GSIs/LSIs, billing mode, stream, TTL, point-in-time recovery).
+- DynamoDB tables (key schema, GSIs/LSIs, billing mode, stream, TTL, point-in-time recovery),
+- the ``Custom::RandomSecureParameter`` custom resource: what its Lambda does on AWS (an SSM SecureString holding a
+  random key, named by its ``ParameterName`` property), done directly, or with a value the caller supplies.
 
 Functions, roles and the API are not created (moto cannot run them without Docker): :func:`function_specs` and
 :func:`api_spec` describe them, resolved, so a local dispatcher can run the handlers with the same environment,
@@ -45,7 +47,14 @@ DEFAULT_TEMPLATE = REPO_ROOT / "template.yaml"
 DEFAULT_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_REGION = "us-east-1"
 
-PROVISIONED_TYPES = ("AWS::SQS::Queue", "AWS::SQS::QueuePolicy", "AWS::DynamoDB::Table", "AWS::S3::Bucket")
+RANDOM_SECURE_PARAMETER = "Custom::RandomSecureParameter"
+PROVISIONED_TYPES = (
+    "AWS::SQS::Queue",
+    "AWS::SQS::QueuePolicy",
+    "AWS::DynamoDB::Table",
+    "AWS::S3::Bucket",
+    RANDOM_SECURE_PARAMETER,
+)
 
 
 class TemplateError(CatalensError):
@@ -297,6 +306,8 @@ class Resolver:
             return self.pseudo[name]
         if name in self.parameters:
             return self.parameters[name]
+        if (name, "Ref") in self._attributes:  # a custom resource's physical id, recorded when it was created
+            return self._attributes[(name, "Ref")]
         resource = self._resource(name)
         if resource["Type"] == "AWS::SQS::Queue":
             return self.get_att(name, "QueueUrl")
@@ -329,6 +340,9 @@ class Resolver:
             ("AWS::Events::Rule", "Arn"): lambda: f"arn:aws:events:{region}:{account}:rule/{name}",
             ("AWS::IAM::Role", "Arn"): lambda: f"arn:aws:iam::{account}:role/{name}",
         }
+        if kind.startswith("Custom::") and attribute in (self._resource(logical_id).get("Properties") or {}):
+            # the template's custom resources return their inputs as Data (ShopperTokenKeys: ParameterName)
+            return self.resolve(self._resource(logical_id)["Properties"][attribute])
         if (kind, attribute) not in known:
             raise TemplateError(f"cannot resolve !GetAtt {logical_id}.{attribute} ({kind}) before it is created")
         return known[(kind, attribute)]()
@@ -485,6 +499,7 @@ def provision(
     account_id: str = DEFAULT_ACCOUNT_ID,
     bucket_policies: bool = False,
     versioning: bool = True,
+    secure_values: Mapping[str, str] | None = None,
 ) -> ProvisionedStack:
     """Create the template's buckets, queues and tables through ``session`` (boto3-like), in dependency order.
 
@@ -502,6 +517,9 @@ def provision(
         Also apply ``AWS::S3::BucketPolicy`` resources. Off by default: the template's bucket policies deny requests
         without TLS, and moto (which evaluates bucket policies but not ``aws:SecureTransport``) then refuses every
         request, as it must for a local moto server spoken to over plain HTTP. The policy tests check them statically.
+    secure_values :
+        Values of ``Custom::RandomSecureParameter`` resources by logical id (the local stack keeps its shopper-token
+        key between runs); the others get a random value, as the custom resource's Lambda gives them on AWS.
     """
     region = getattr(session, "region_name", None) or DEFAULT_REGION
     resolver = Resolver(template, stack_name=stack_name, region=region, account_id=account_id, parameters=parameters)
@@ -515,12 +533,14 @@ def provision(
         return clients[service]
 
     stack.options["versioning"] = versioning
+    stack.options["secure_values"] = dict(secure_values or {})
     creators: dict[str, Callable[[ProvisionedStack, str, dict[str, Any], Callable[[str], Any]], None]] = {
         "AWS::SQS::Queue": _create_queue,
         "AWS::SQS::QueuePolicy": _apply_queue_policy,
         "AWS::DynamoDB::Table": _create_table,
         "AWS::S3::Bucket": _create_bucket,
         "AWS::S3::BucketPolicy": _apply_bucket_policy,
+        RANDOM_SECURE_PARAMETER: _put_random_secure_parameter,
     }
     wanted = [
         logical_id
@@ -650,6 +670,21 @@ def _index_definition(index: dict[str, Any]) -> dict[str, Any]:
 
 def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
+
+
+# ---- SSM (custom resource)
+def _put_random_secure_parameter(
+    stack: ProvisionedStack, logical_id: str, resource: dict[str, Any], client: Any
+) -> None:
+    """What the template's ShopperTokenKeysFunction does on Create: a SecureString with a random url-safe key."""
+    import secrets
+
+    name = str(stack.resolve(resource["Properties"]["ParameterName"]))
+    value = stack.options.get("secure_values", {}).get(logical_id) or secrets.token_urlsafe(32)
+    client("ssm").put_parameter(Name=name, Value=value, Type="SecureString", Tier="Standard", Overwrite=True)
+    stack.names[logical_id] = name
+    stack.resolver.set_attribute(logical_id, "Ref", name)
+    stack.resolver.set_attribute(logical_id, "ParameterName", name)
 
 
 # ---- S3

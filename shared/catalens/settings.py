@@ -76,6 +76,8 @@ class Settings:
     gc_grace_seconds: int = 3600  # index builder: files no retained version needs are deleted once this old
     query_sample_rate: float = 0.25  # share of photo query embeddings kept for query-domain calibration (0: none)
     query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
+    shopper_token_parameter: str = ""  # SSM SecureString holding the shopper-token keys; "" verifies no token
+    trust_unsigned_user_ids: bool = False  # template TrustUnsignedUserIds: accept a bare user_id (server to server)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -97,6 +99,8 @@ class Settings:
             gc_grace_seconds=_int(env, "CATALENS_GC_GRACE_SECONDS", 3600),
             query_sample_rate=_fraction(env, "QUERY_SAMPLE_RATE", 0.25),
             query_calibration=_bool(env, "QUERY_CALIBRATION", True),
+            shopper_token_parameter=env.get("SHOPPER_TOKEN_PARAMETER", ""),
+            trust_unsigned_user_ids=_bool(env, "TRUST_UNSIGNED_USER_IDS", False),
         )
 
 

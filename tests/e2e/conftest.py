@@ -72,8 +72,17 @@ class StackClient:
     def api(self, method: str, path: str, **kwargs: Any) -> Response:
         return self.request(method, "/api" + path, **kwargs)
 
-    def search_photo(self, photo: bytes, query: str = "k=12", content_type: str = "image/jpeg") -> Response:
-        return self.api("POST", f"/search?{query}", body=photo, content_type=content_type)
+    def search_photo(
+        self, photo: bytes, query: str = "k=12", content_type: str = "image/jpeg", headers: dict[str, str] | None = None
+    ) -> Response:
+        return self.api("POST", f"/search?{query}", body=photo, content_type=content_type, headers=headers)
+
+    def shopper(self, user: str, ttl: int = 600) -> dict[str, str]:
+        """The X-Shopper-Token header for ``user``, from the stack's stand-in for the shop's backend."""
+        from urllib.parse import quote
+
+        signed = self.request("GET", f"/local/shopper-token?user={quote(user)}&ttl={ttl}").json()
+        return {signed["header"]: signed["token"]}
 
     def upload(self, name: str, photo: bytes, **fields: Any) -> Response:
         from urllib.parse import quote, urlencode

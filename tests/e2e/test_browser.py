@@ -74,6 +74,16 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     artifacts.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(artifacts / "search-by-photo.png"))
 
+    # a shopper: the page gets a token from the shop's stand-in backend and sends it, never a bare user_id
+    with page.expect_request(lambda r: r.method == "POST" and "/api/search" in r.url) as searched:
+        page.select_option("#shopper", "alice")
+    assert searched.value.headers.get("x-shopper-token", "").startswith("v1.")
+    assert "user_id=" not in searched.value.url
+    with page.expect_response(lambda r: r.request.method == "DELETE" and "/users/alice/profile" in r.url) as erased:
+        page.click("#forget")
+    assert erased.value.status == 200
+    assert erased.value.request.headers.get("x-shopper-token", "").startswith("v1.")
+
     page.check("#explain")
     page.wait_for_selector(".card .explain:not([hidden])")
     cards.nth(3).locator(".more").click()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 
 import pytest
@@ -139,8 +140,9 @@ def test_a_bad_upload_lands_in_the_dlq_and_nothing_else_is_lost(stack: StackClie
 # -------------------------------------------------------------------------------------------------------- shopper
 def test_shopper_events_update_the_profile_and_rerank_results(stack: StackClient) -> None:
     user = f"e2e-shopper-{uuid.uuid4().hex[:6]}"
+    token = stack.shopper(user)  # signed by the shop's backend (locally: /local/shopper-token)
     query = photo_bytes(30, base="coffee.png")
-    plain = stack.search_photo(query, f"k=20&user_id={user}&explain=true").json()
+    plain = stack.search_photo(query, "k=20&explain=true", headers=token).json()
     assert plain["personalized"] is False  # a cold user gets the visual order
     visual_order = hit_ids(plain)
     posters = [hit["item_id"] for hit in plain["hits"] if hit["fields"]["category"] == "posters"]
@@ -158,7 +160,7 @@ def test_shopper_events_update_the_profile_and_rerank_results(stack: StackClient
     summary = stack.wait_for(profile, what=f"{user}'s profile to hold 8 events")["summary"]
     assert "posters" in summary["categories"]
 
-    personal = stack.search_photo(query, f"k=20&user_id={user}&explain=true").json()
+    personal = stack.search_photo(query, "k=20&explain=true", headers=token).json()
     assert personal["personalized"] is True
     order = hit_ids(personal)
     assert order[0] == visual_order[0]  # visual similarity stays dominant at the top
@@ -167,13 +169,54 @@ def test_shopper_events_update_the_profile_and_rerank_results(stack: StackClient
     assert mean_rank(shared_posters, order) < mean_rank(shared_posters, visual_order)
     assert any(set(hit["explain"]) - {"visual", "final"} for hit in personal["hits"])
 
-    off = stack.search_photo(query, f"k=20&user_id={user}&personalize=false").json()
+    off = stack.search_photo(query, "k=20&personalize=false", headers=token).json()
     assert hit_ids(off) == visual_order
 
-    assert stack.api("DELETE", f"/users/{user}/profile").status == 200
-    forgotten = stack.search_photo(query, f"k=20&user_id={user}").json()
+    assert stack.api("DELETE", f"/users/{user}/profile", headers=token).status == 200
+    forgotten = stack.search_photo(query, "k=20", headers=token).json()
     assert forgotten["personalized"] is False
     assert hit_ids(forgotten) == visual_order
+
+
+def test_only_a_valid_shopper_token_personalises_or_erases(stack: StackClient) -> None:
+    """The API key is in the page; the user comes from the token the shop's backend signed, and nothing else."""
+    from catalens.service.shopper_tokens import mint
+
+    user, other = f"e2e-token-{uuid.uuid4().hex[:6]}", f"e2e-other-{uuid.uuid4().hex[:6]}"
+    query = photo_bytes(31, base="coffee.png")
+    key = (stack.data_dir / "shopper-token-key").read_text().strip()  # the local stack's SecureString value
+    expired = {"X-Shopper-Token": mint(user, key, ttl_seconds=60, now=time.time() - 3600)}
+    forged = {"X-Shopper-Token": mint(user, "not-this-stacks-key-" * 2)}
+    cases = {
+        "valid": (stack.shopper(user), "", 200, None),
+        "valid, user_id matches": (stack.shopper(user), f"&user_id={user}", 200, None),
+        "expired": (expired, "", 401, "token_expired"),
+        "wrong signature": (forged, "", 401, "invalid_token"),
+        "another user's token": (stack.shopper(other), f"&user_id={user}", 403, "token_user_mismatch"),
+        "unsigned user_id": ({}, f"&user_id={user}", 401, "shopper_token_required"),
+    }
+    for case, (headers, extra, status, code) in cases.items():
+        response = stack.search_photo(query, "k=3" + extra, headers=headers)
+        assert response.status == status, (case, response.body)
+        assert response.json().get("code") == code, case
+        erase = stack.api("DELETE", f"/users/{user}/profile", headers=headers)
+        assert (erase.status, erase.json().get("code")) == (status, code), (case, erase.body)
+    preflight = stack.api("OPTIONS", "/search", key=False)
+    assert "X-Shopper-Token" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+def test_catalens_token_signs_with_the_local_stacks_key(stack: StackClient) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "catalens.cli", "token", "--user", "alice", "--ttl", "120",
+         "--data-dir", str(stack.data_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    token = {"X-Shopper-Token": result.stdout.strip()}
+    answer = stack.search_photo(photo_bytes(32, base="coffee.png"), "k=3&user_id=alice", headers=token)
+    assert answer.status == 200, answer.body
 
 
 def test_invalid_shopper_events_are_refused_before_the_table(stack: StackClient) -> None:

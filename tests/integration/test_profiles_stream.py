@@ -376,6 +376,36 @@ def test_erasure_forgets_the_profile_and_ignores_late_records(stack: Stack):
     assert set(profile.category) == {"fruit"}
 
 
+def raw_profile(stack: Stack, user: str) -> dict[str, Any]:
+    return stack.client.get_item(TableName=PROFILES, Key={"user_id": {"S": user}}, ConsistentRead=True)["Item"]
+
+
+def test_an_erasure_tombstone_expires_once_no_late_event_can_arrive_and_suppresses_them_until_then(stack: Stack):
+    """A shopper who never existed leaves a tombstone too, but not forever: its ttl is the erasure plus twice the
+    stream's 24 h reach. Until then a late stream record of an older event is still ignored."""
+    from catalens.adapters.dynamodb import TOMBSTONE_TTL_SECONDS
+
+    assert TOMBSTONE_TTL_SECONDS >= 86_400  # template: MaximumRecordAgeInSeconds of the profiles event source
+    assert stack.client.describe_time_to_live(TableName=PROFILES)["TimeToLiveDescription"] == {
+        "TimeToLiveStatus": "ENABLED",
+        "AttributeName": "ttl",
+    }
+    erased_at = T0 + 3_600_000
+    erasing = DynamoProfileStore(stack.client, PROFILES, events_table=EVENTS, clock_ms=lambda: erased_at)
+    assert erasing.delete("never-existed") is False
+    assert raw_profile(stack, "never-existed")["ttl"] == {"N": str(erased_at // 1000 + TOMBSTONE_TTL_SECONDS)}
+
+    stack.write(ev(1, "purchase", "item-4", user="never-existed", ts=erased_at - 60_000))  # older than the erasure
+    assert stack.invoke(stack.read_stream()) == {"batchItemFailures": []}
+    assert stack.profiles.load("never-existed").is_empty  # suppressed: the tombstone is still there
+
+    stack.write(ev(2, "purchase", "item-4", user="never-existed", ts=erased_at + 60_000))  # after the erasure
+    stack.invoke(stack.read_stream())
+    rebuilt = raw_profile(stack, "never-existed")
+    assert "ttl" not in rebuilt  # a regular profile never expires, even one built over a tombstone
+    assert stack.profiles.load("never-existed").counts == {"purchase": 1}
+
+
 @pytest.mark.parametrize("path", sorted(EVENTS_DIR.glob("dynamodb_stream_*.json")), ids=lambda p: p.name)
 def test_recorded_stream_event(stack: Stack, path: Path):
     """A recorded Lambda event: the valid records land, the malformed one alone is reported."""
@@ -405,10 +435,8 @@ def test_table_definitions_match_the_template():
         assert deployed["BillingMode"] == definition["BillingMode"]
         stream = definition.get("StreamSpecification")
         assert deployed.get("StreamSpecification", {}).get("StreamViewType") == (stream or {}).get("StreamViewType")
-    assert resources["EventsTable"]["Properties"]["TimeToLiveSpecification"] == {
-        "AttributeName": "ttl",
-        "Enabled": True,
-    }
+    for table in ("EventsTable", "ProfilesTable"):  # events expire; so do the profiles' erasure tombstones
+        assert resources[table]["Properties"]["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
 
 
 def test_every_failed_record_is_counted_and_logged_with_its_reason(

@@ -61,6 +61,7 @@ def rest_event(
     content_type: str | None = None,
     query: dict[str, str | list[str]] | None = None,
     base64_body: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A REST proxy event built from the recorded one (headers, request context), for ``method path``."""
     event = copy.deepcopy(json.loads((EVENTS / "apigw_search_image.json").read_text()))
@@ -74,6 +75,9 @@ def rest_event(
     if content_type:
         event["headers"]["Content-Type"] = content_type
         event["multiValueHeaders"]["Content-Type"] = [content_type]
+    for name, value in (headers or {}).items():
+        event["headers"][name] = value
+        event["multiValueHeaders"][name] = [value]
     query = query or {}
     event["queryStringParameters"] = {k: (v[-1] if isinstance(v, list) else v) for k, v in query.items()} or None
     event["multiValueQueryStringParameters"] = {
@@ -86,6 +90,17 @@ def rest_event(
     event["body"] = body
     event["isBase64Encoded"] = base64_body
     return event
+
+
+def shopper(user_id: str, *, ttl_seconds: int = 600, now: float | None = None, key: str | None = None) -> dict:
+    """The X-Shopper-Token header the shop's backend would sign for ``user_id``, with the stack's key (in moto)."""
+    from catalens.service.shopper_tokens import HEADER, mint
+
+    if key is None:
+        parameter = Settings.from_env().shopper_token_parameter  # set by function_env("SearchFunction")
+        ssm = boto3.client("ssm", region_name=REGION)
+        key = ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
+    return {HEADER: mint(user_id, key, ttl_seconds=ttl_seconds, now=now)}
 
 
 @pytest.fixture(scope="module")
@@ -343,9 +358,10 @@ def test_empty_index_answers_200_with_no_hits(index_settings: Settings, call: An
 
 
 def test_profile_erasure_is_idempotent(index_settings: Settings, call: Any) -> None:
-    status, body, _ = call(rest_event("DELETE", "/users/alice/profile"))
-    assert status == 200
-    assert body["user_id"] == "alice"
+    for _ in range(2):
+        status, body, _ = call(rest_event("DELETE", "/users/alice/profile", headers=shopper("alice")))
+        assert status == 200
+        assert body["user_id"] == "alice"
 
 
 def test_openapi_document_is_served(index_settings: Settings, call: Any) -> None:
@@ -433,7 +449,7 @@ def test_photo_queries_leave_a_sample_of_their_embedding_and_nothing_else(
 
     shopper_photo = closer_shot(catalog["sku-3"])
     status, _, _ = call(rest_event("POST", "/search", body=shopper_photo, content_type="image/jpeg",
-                                   base64_body=True, query={"user_id": "shopper-42"}))  # fmt: skip
+                                   base64_body=True, headers=shopper("shopper-42")))  # fmt: skip
     assert status == 200
     call(rest_event("GET", "/items/sku-3/similar"))  # an item query is no shopper's photo
     call(rest_event("POST", "/search", body='{"item_id": "sku-3"}', content_type="application/json"))
@@ -672,29 +688,132 @@ def test_personalised_search_and_profile_erasure(
         updater.handle(ShopperEvent("alice", f"e{n}", now - 1000 * n, "purchase", item_id))
     module = load_function("search")
 
-    def search(**query: str) -> dict[str, Any]:
-        event = rest_event("GET", "/items/sku-0/similar", query={"k": "7", "explain": "true", **query})
+    def search(user: str | None = None, **query: str) -> dict[str, Any]:
+        event = rest_event("GET", "/items/sku-0/similar", query={"k": "7", "explain": "true", **query},
+                           headers=shopper(user) if user else None)  # fmt: skip
         response = module.lambda_handler(event, lambda_context)
         assert response["statusCode"] == 200, response["body"]
         return json.loads(response["body"])
 
-    personal = search(user_id="alice")
+    personal = search("alice")
     assert personal["personalized"] is True
     assert all("boost" in hit["explain"] for hit in personal["hits"])
     plain = [(hit["item_id"], hit["score"]) for hit in search()["hits"]]
-    for opted_out_or_cold in (search(user_id="alice", personalize="false"), search(user_id="nobody")):
+    for opted_out_or_cold in (search("alice", personalize="false"), search("nobody")):
         assert opted_out_or_cold["personalized"] is False
         assert [(hit["item_id"], hit["score"]) for hit in opted_out_or_cold["hits"]] == plain  # exactly plain
 
-    erased = module.lambda_handler(rest_event("DELETE", "/users/alice/profile"), lambda_context)
+    erased = module.lambda_handler(
+        rest_event("DELETE", "/users/alice/profile", headers=shopper("alice")), lambda_context
+    )
     assert (erased["statusCode"], json.loads(erased["body"])["deleted"]) == (200, True)
-    after = search(user_id="alice")
+    after = search("alice")
     assert after["personalized"] is False
     assert [(hit["item_id"], hit["score"]) for hit in after["hits"]] == plain
     later = int(time.time() * 1000) + 1000  # new events, after the erasure, start a new profile
     for n in range(15):
         updater.handle(ShopperEvent("alice", f"new{n}", later + n, "purchase", ["sku-3", "sku-6"][n % 2]))
-    assert search(user_id="alice")["personalized"] is True
+    assert search("alice")["personalized"] is True
+
+
+# ------------------------------------------------------------------------------------------------ shopper tokens
+
+
+@pytest.fixture
+def alice_likes_hats(catalog: dict[str, bytes], index_settings: Settings) -> None:
+    """alice has a profile (hats) in the template's profiles table, built by the real updater."""
+    import time
+
+    from catalens.adapters.dynamodb import DynamoProfileStore
+    from catalens.index.cache import IndexCache
+    from catalens.profiles import ProfileUpdater, index_lookup
+    from catalens.profiles.events import ShopperEvent
+
+    view = IndexCache(index_store(index_settings, boto3.client("s3", region_name=REGION)), background=False).view
+    store = DynamoProfileStore(boto3.client("dynamodb", region_name=REGION), index_settings.profiles_table)
+    updater = ProfileUpdater(store=store, lookup=index_lookup(view))
+    now = int(time.time() * 1000)
+    for n, item_id in enumerate(["sku-3", "sku-6"] * 8):
+        updater.handle(ShopperEvent("alice", f"e{n}", now - 1000 * n, "purchase", item_id))
+
+
+def alice_has_a_profile(index_settings: Settings) -> bool:
+    from catalens.adapters.dynamodb import DynamoProfileStore
+
+    store = DynamoProfileStore(boto3.client("dynamodb", region_name=REGION), index_settings.profiles_table)
+    profile = store.load("alice")
+    return profile is not None and not profile.is_empty
+
+
+def tampered(header: dict[str, str], user_id: str) -> dict[str, str]:
+    """alice's token with its payload rewritten to name ``user_id`` (the signature left as it was)."""
+    ((name, token),) = header.items()
+    version, _, signature = token.split(".")
+    claims = json.dumps({"exp": int(__import__("time").time()) + 600, "sub": user_id}, separators=(",", ":"))
+    return {name: f"{version}.{base64.urlsafe_b64encode(claims.encode()).rstrip(b'=').decode()}.{signature}"}
+
+
+def test_a_valid_shopper_token_personalises_photo_and_item_searches(alice_likes_hats: None, call: Any) -> None:
+    photo = rest_event("POST", "/search", body='{"item_id": "sku-0", "k": 5}', content_type="application/json",
+                       headers=shopper("alice"))  # fmt: skip
+    status, body, _ = call(photo)
+    assert (status, body["personalized"]) == (200, True)
+    named = rest_event("GET", "/items/sku-0/similar", query={"user_id": "alice"}, headers=shopper("alice"))
+    assert call(named)[1]["personalized"] is True  # a user_id that matches the token's is fine
+    assert call(rest_event("GET", "/items/sku-0/similar"))[1]["personalized"] is False  # anonymous: visual order
+
+
+BAD_TOKENS = {  # case -> (headers for a request about alice, status, code)
+    "expired": (lambda: shopper("alice", ttl_seconds=60, now=__import__("time").time() - 3600), 401, "token_expired"),
+    "wrong signature": (lambda: shopper("alice", key="another-deployment-" * 3), 401, "invalid_token"),
+    "tampered payload": (lambda: tampered(shopper("mallory"), "alice"), 401, "invalid_token"),
+    "another user's token": (lambda: shopper("bob"), 403, "token_user_mismatch"),
+    "unsigned user_id": (lambda: {}, 401, "shopper_token_required"),
+    "garbage": (lambda: {"X-Shopper-Token": "alice"}, 401, "invalid_token"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+def test_bad_shopper_tokens_neither_personalise_nor_erase(
+    alice_likes_hats: None, call: Any, index_settings: Settings, case: str
+) -> None:
+    make_headers, status, code = BAD_TOKENS[case]
+    requests = [
+        rest_event("POST", "/search", body='{"item_id": "sku-0", "user_id": "alice"}',
+                   content_type="application/json", headers=make_headers()),
+        rest_event("GET", "/items/sku-0/similar", query={"user_id": "alice"}, headers=make_headers()),
+        rest_event("DELETE", "/users/alice/profile", headers=make_headers()),
+    ]  # fmt: skip
+    for event in requests:
+        got_status, body, _ = call(event)
+        assert (got_status, body["code"]) == (status, code), (event["httpMethod"], event["path"], body)
+        assert body["message"]
+    assert alice_has_a_profile(index_settings)  # nothing was erased
+
+
+def test_unsigned_user_ids_are_accepted_only_when_the_deployment_trusts_its_callers(
+    alice_likes_hats: None,
+    index_settings: Settings,
+    function_env: Any,
+    load_function: Any,
+    lambda_context: Any,
+    model_dir: Path,
+) -> None:
+    # what the template parameter TrustUnsignedUserIds=true sets
+    function_env("SearchFunction", TRUST_UNSIGNED_USER_IDS="true", CATALENS_MODEL_DIR=str(model_dir))
+    module = load_function("search")
+
+    def call_trusted(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        response = module.lambda_handler(event, lambda_context)
+        return response["statusCode"], json.loads(response["body"])
+
+    status, body = call_trusted(rest_event("GET", "/items/sku-0/similar", query={"user_id": "alice"}))
+    assert (status, body["personalized"]) == (200, True)
+    mismatch = rest_event("DELETE", "/users/alice/profile", headers=shopper("bob"))
+    assert call_trusted(mismatch)[1]["code"] == "token_user_mismatch"  # a token still has to be for that user
+    assert alice_has_a_profile(index_settings)
+    assert call_trusted(rest_event("DELETE", "/users/alice/profile")) == (200, {"user_id": "alice", "deleted": True})
+    assert not alice_has_a_profile(index_settings)
 
 
 def test_gateway_errors_share_the_apis_json_shape_and_its_photo_limit() -> None:

@@ -3,8 +3,10 @@ and tables, and a fake deployment standing in for the Lambdas and the API.
 
 The fake runs "the system" whenever the smoke test sleeps between polls: it indexes what the catalog bucket holds
 and applies new shopper events with the real profile updater and DynamoDB store. It answers the API as the search
-function would (exact-bytes match stands in for visual similarity). What is tested is the smoke test's own logic:
-outputs, the order of steps, polling and timeouts, and that cleanup leaves nothing behind, even after a failure.
+function would (exact-bytes match stands in for visual similarity), personalising and erasing only for the user of a
+valid shopper token (the real check, with the key of the template's parameter in moto). What is tested is the smoke
+test's own logic: outputs, the order of steps, polling and timeouts, and that cleanup leaves nothing behind, even
+after a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from catalens.adapters.dynamodb import DynamoProfileStore
 from catalens.commands.smoke import HttpResponse, SmokeError, SmokeTest, StackOutputs, smoke_photo
 from catalens.profiles import ProfileUpdater, event_from_item
+from catalens.service.shopper_tokens import ShopperAuth, ShopperTokenError, SigningKeys
 
 REGION = "us-east-1"
 API_URL = "https://abc123.execute-api.us-east-1.amazonaws.com/prod"
@@ -43,6 +46,10 @@ class FakeDeployment:
         self.applied: set[str] = set()
         self.now = 0.0
         self.requests: list[tuple[str, str]] = []
+        ssm = boto3.client("ssm", region_name=REGION)
+        key = ssm.get_parameter(Name=self.names["ShopperTokenKeys"], WithDecryption=True)["Parameter"]["Value"]
+        keys = SigningKeys.parse(key)
+        self.shoppers = ShopperAuth(lambda: keys)
 
     def lookup(self, item_id: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         return (np.ones(4, dtype=np.float32) / 2, {"category": "smoke-test"}) if item_id in self.index else None
@@ -76,11 +83,16 @@ class FakeDeployment:
             return HttpResponse(403, b'{"message": "Forbidden"}')
         if (method, path) == ("GET", "/health"):
             return self.json({"items": len(self.index)})
+        lower = {k.lower(): v for k, v in headers.items()}
         if (method, path) == ("POST", "/search"):
             assert headers["Content-Type"] == "image/jpeg"
             query = parse_qs(parts.query)
+            try:
+                user = self.shoppers.user_for(lower.get("x-shopper-token"), query.get("user_id", [None])[0])
+            except ShopperTokenError as exc:
+                return HttpResponse(401, json.dumps({"code": exc.code, "message": str(exc)}).encode())
             hits = [{"item_id": item, "score": 1.0} for item, data in self.index.items() if data == body]
-            personalized = "user_id" in query and self.profiles.load(query["user_id"][0]) is not None
+            personalized = user is not None and self.profiles.load(user) is not None
             return self.json({"hits": hits, "personalized": personalized})
         if method == "GET" and path.startswith("/items/"):
             item = unquote(path[len("/items/") :])
@@ -89,6 +101,10 @@ class FakeDeployment:
             )
         if method == "DELETE" and path.startswith("/users/") and path.endswith("/profile"):
             user = unquote(path[len("/users/") : -len("/profile")])
+            try:
+                self.shoppers.erasable(user, lower)
+            except ShopperTokenError as exc:
+                return HttpResponse(401, json.dumps({"code": exc.code, "message": str(exc)}).encode())
             return self.json({"user_id": user, "deleted": self.profiles.delete(user)})
         return HttpResponse(403, b'{"message": "Missing Authentication Token"}')
 
@@ -115,6 +131,7 @@ def deployed(template_stack: Any) -> dict[str, Any]:
         "IndexBucketName": names["IndexBucket"],
         "EventsTableName": names["EventsTable"],
         "ProfilesTableName": names["ProfilesTable"],
+        "ShopperTokenParameterName": names["ShopperTokenKeys"],
     }
     body = {
         "Resources": {"Marker": {"Type": "AWS::SQS::Queue"}},
@@ -132,11 +149,13 @@ def smoke_for(
         session.client("cloudformation").describe_stacks(StackName="catalens"), "catalens"
     )
     api_key = session.client("apigateway").get_api_key(apiKey=outputs.api_key_id, includeValue=True)["value"]
+    ssm = session.client("ssm")
+    token_key = ssm.get_parameter(Name=outputs.shopper_token_parameter, WithDecryption=True)["Parameter"]["Value"]
     fake = FakeDeployment(deployed["stack"], api_key, ingest=ingest)
     run_id = "00000000-0000-4000-8000-000000000001"
     test = SmokeTest(
         outputs=outputs, api_key=api_key, s3=session.client("s3"), dynamodb=session.client("dynamodb"),
-        http=fake.http, photo=smoke_photo(run_id), run_id=run_id, timeout=timeout, poll=2.0,
+        http=fake.http, photo=smoke_photo(run_id), token_key=token_key, run_id=run_id, timeout=timeout, poll=2.0,
         clock=fake.clock, sleep=fake.sleep,
     )  # fmt: skip
     return test, fake
@@ -176,6 +195,7 @@ def test_a_working_stack_passes_every_step_and_is_left_clean(deployed: dict[str,
     assert steps["searchable"]["seconds"] > 0  # it had to wait for "ingest"
     assert steps["profile"]["events"] == {"click": 1}
     assert steps["personalized_search"]["personalized"] is True
+    assert steps["personalized_search"]["unsigned_user_id_status"] == 401  # a bare user_id is refused
     assert steps["cleanup"]["profile_erased"]["deleted"] is True
     assert ("DELETE", f"/users/{test.user_id}/profile") in fake.requests
     assert leftovers(test, deployed) == {"photo_versions": 0, "events": 0, "profile_active": False}
@@ -215,3 +235,13 @@ def test_a_wrong_api_key_fails_at_the_first_request(deployed: dict[str, Any]) ->
 def test_stack_outputs_name_what_is_wrong(stacks: list, message: str) -> None:
     with pytest.raises(SmokeError, match=message):
         StackOutputs.from_describe_stacks({"Stacks": stacks}, "shop")
+
+
+def test_without_the_token_key_the_personalised_search_fails_and_erasure_is_refused(deployed: dict[str, Any]) -> None:
+    test, _ = smoke_for(deployed)
+    test.token_key = ""
+    report = test.run()
+    failed = {s["step"]: s for s in report["steps"] if not s["ok"]}
+    assert set(failed) == {"personalized_search", "cleanup"}
+    assert "no shopper-token key" in failed["personalized_search"]["error"]
+    assert "401" in failed["cleanup"]["error"]  # DELETE /users/{id}/profile without a token

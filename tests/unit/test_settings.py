@@ -32,3 +32,14 @@ def test_query_calibration_is_a_boolean(raw: str, on: bool) -> None:
 def test_a_query_calibration_that_is_not_a_boolean_names_the_variable() -> None:
     with pytest.raises(ValueError, match="QUERY_CALIBRATION must be true or false"):
         Settings.from_env({"QUERY_CALIBRATION": "sometimes"})
+
+
+def test_shopper_token_settings_default_to_refusing_unsigned_user_ids() -> None:
+    assert (Settings.from_env({}).shopper_token_parameter, Settings.from_env({}).trust_unsigned_user_ids) == ("", False)
+    env = {"SHOPPER_TOKEN_PARAMETER": "/shop/shopper-token-keys", "TRUST_UNSIGNED_USER_IDS": "true"}
+    assert (Settings.from_env(env).shopper_token_parameter, Settings.from_env(env).trust_unsigned_user_ids) == (
+        "/shop/shopper-token-keys",
+        True,
+    )
+    with pytest.raises(ValueError, match="TRUST_UNSIGNED_USER_IDS"):
+        Settings.from_env({"TRUST_UNSIGNED_USER_IDS": "maybe"})

@@ -93,6 +93,7 @@ def expected_grants(resolver: Resolver) -> dict[str, set[tuple[str, str, str]]]:
         return allow(LOGS, arn(log_group)) | allow(TRACING, "*")
 
     list_index = allow({"s3:ListBucket"}, index, index_prefix)
+    shopper_token_keys = f"arn:aws:ssm:{resolver.region}:{resolver.account_id}:parameter/{STACK}/shopper-token-keys"
     return {
         "IngestFunction": base("IngestLogGroup")
         | allow(INGEST_QUEUE_ACTIONS, arn("CatalogEventsQueue"))
@@ -106,7 +107,10 @@ def expected_grants(resolver: Resolver) -> dict[str, set[tuple[str, str, str]]]:
         | allow({"s3:PutObject"}, f"{index}/index/queries/samples/*")  # query embeddings for the query domain
         | list_index
         | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
-        | allow({"dynamodb:Query", "dynamodb:BatchWriteItem"}, arn("EventsTable")),
+        | allow({"dynamodb:Query", "dynamodb:BatchWriteItem"}, arn("EventsTable"))
+        | allow({"ssm:GetParameter"}, shopper_token_keys),  # verify shopper tokens: that one parameter, read only
+        "ShopperTokenKeysFunction": base("ShopperTokenKeysLogGroup")  # the custom resource
+        | allow({"ssm:PutParameter", "ssm:DeleteParameter"}, shopper_token_keys),
         "ProfilesFunction": base("ProfilesLogGroup")
         | allow(STREAM_ACTIONS, f"{arn('EventsTable')}/stream/*")
         | allow({"dynamodb:GetItem", "dynamodb:PutItem"}, arn("ProfilesTable"))
@@ -162,7 +166,7 @@ def test_object_permissions_on_the_index_stay_inside_the_prefix_the_functions_us
 ) -> None:
     index = f"arn:aws:s3:::{resolver.physical_name('IndexBucket')}"
     for function in lambda_functions(transformed):
-        env = resolver.resolve(transformed["Resources"][function]["Properties"]["Environment"]["Variables"])
+        env = resolver.resolve(transformed["Resources"][function]["Properties"].get("Environment", {}).get("Variables"))
         for action, arn, _ in grants(transformed, resolver, role_of(transformed, function)):
             if arn.startswith(f"{index}/"):
                 assert arn.startswith(f"{index}/{env['INDEX_PREFIX']}"), f"{function}: {action} on {arn}"
@@ -336,3 +340,23 @@ def test_the_search_errors_alarm_watches_the_server_errors_the_handler_emits(tra
     crashes = transformed["Resources"]["SearchCrashesAlarm"]["Properties"]  # timeouts and init failures still raise
     assert (crashes["Namespace"], crashes["MetricName"]) == ("AWS/Lambda", "Errors")
     assert crashes["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "SearchFunction"}}]
+
+
+def test_shopper_tokens_are_verified_with_one_free_secure_parameter(transformed: dict, resolver: Resolver) -> None:
+    """The key lives in an SSM SecureString (standard tier) the template creates; search reads it, trusting no bare
+    user id unless the deployer says so; browsers may send the token header."""
+    resources = transformed["Resources"]
+    keys = resolver.resolve(resources["ShopperTokenKeys"]["Properties"])
+    assert keys["ParameterName"] == f"/{STACK}/shopper-token-keys"
+    assert keys["ServiceToken"] == resolver.get_att("ShopperTokenKeysFunction", "Arn")
+    code = resources["ShopperTokenKeysFunction"]["Properties"]["Code"]["ZipFile"]
+    for fragment in ('Type="SecureString"', 'Tier="Standard"', "secrets.token_urlsafe(32)"):
+        assert fragment in code
+    env = resolver.resolve(resources["SearchFunction"]["Properties"]["Environment"]["Variables"])
+    assert env["SHOPPER_TOKEN_PARAMETER"] == keys["ParameterName"]
+    assert env["TRUST_UNSIGNED_USER_IDS"] == "false"
+    assert transformed["Parameters"]["TrustUnsignedUserIds"]["Default"] == "false"
+    assert resolver.resolve(transformed["Outputs"]["ShopperTokenParameterName"]["Value"]) == keys["ParameterName"]
+    preflight = resources["SearchApi"]["Properties"]["Body"]["paths"]["/search"]["options"]
+    headers = preflight["x-amazon-apigateway-integration"]["responses"]["default"]["responseParameters"]
+    assert "X-Shopper-Token" in headers["method.response.header.Access-Control-Allow-Headers"]

@@ -11,7 +11,8 @@ table                     keys                                        attributes
 events (stream NEW_IMAGE) ``user_id`` S (HASH), ``event_key`` S       see :mod:`catalens.profiles.events`;
                           (RANGE, "<13-digit epoch ms>#<event id>")   TTL attribute ``ttl``
 profiles                  ``user_id`` S (HASH)                        see ``Profile.to_item``; ``version`` N is
-                                                                      the optimistic-concurrency token
+                                                                      the optimistic-concurrency token; TTL
+                                                                      attribute ``ttl`` (erasure tombstones only)
 co-occurrence             ``item_id`` S (HASH), ``other_id`` S        ``n`` N: co-engagement count (ADD)
                           (RANGE)
 ========================  ==========================================  =========================================
@@ -42,6 +43,11 @@ _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
 _MAX_TRANSACTION_ITEMS = 100
 _RETRYABLE_CANCELLATIONS = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+# How long an erasure tombstone outlives the erasure. Only events written before the erasure can be older than it
+# (the erasure deletes the stored ones); their stream records reach the profile function within the stream's 24 h
+# retention (template: MaximumRecordAgeInSeconds 86400, retries inside it), so after 2 x 24 h no late event can
+# arrive, and DynamoDB may drop the tombstone (its TTL deletes within days of expiry; a read until then still sees it).
+TOMBSTONE_TTL_SECONDS = 2 * 86_400
 
 
 class ProfileStoreError(CatalensError):
@@ -79,6 +85,8 @@ class DynamoProfileStore:
         Events table name; when set, :meth:`delete` also deletes the user's raw events.
     clock_ms
         Wall clock of erasures (epoch ms), injected by tests.
+    tombstone_ttl_seconds
+        An erasure tombstone's ``ttl`` is its erasure time plus this (see :data:`TOMBSTONE_TTL_SECONDS`).
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class DynamoProfileStore:
         events_table: str | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         max_delete_attempts: int = 10,
+        tombstone_ttl_seconds: int = TOMBSTONE_TTL_SECONDS,
     ) -> None:
         self._client = client
         self.table = table
@@ -97,6 +106,7 @@ class DynamoProfileStore:
         self.events = DynamoEventStore(client, events_table) if events_table else None
         self._clock_ms = clock_ms
         self._max_delete_attempts = max_delete_attempts
+        self.tombstone_ttl_seconds = tombstone_ttl_seconds
         self._reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="profile-read")  # threads start on use
         self._projection = ", ".join(f"#a{i}" for i in range(len(RANKING_ATTRIBUTES)))
         self._projection_names = {f"#a{i}": name for i, name in enumerate(RANKING_ATTRIBUTES)}
@@ -131,13 +141,24 @@ class DynamoProfileStore:
 
     # ---- writes
 
-    def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None:
+    def save(
+        self,
+        profile: Profile,
+        *,
+        expected_version: int,
+        pairs: Sequence[tuple[str, str]] = (),
+        expires_at_s: int | None = None,
+    ) -> None:
         """Write ``profile`` as version ``expected_version + 1`` if the stored one is still ``expected_version``.
 
-        Raises :class:`ProfileConflictError` when another writer got there first (re-read and retry).
+        ``expires_at_s`` sets the table's ``ttl`` (erasure tombstones); without it the item has none, so a profile
+        rebuilt over a tombstone never expires. Raises :class:`ProfileConflictError` when another writer got there
+        first (re-read and retry).
         """
         item = profile.to_item()
         item["version"] = expected_version + 1
+        if expires_at_s is not None:
+            item["ttl"] = int(expires_at_s)
         put: dict[str, Any] = {"TableName": self.table, "Item": to_attribute_values(item)}
         if expected_version == 0:
             put["ConditionExpression"] = "attribute_not_exists(user_id)"
@@ -191,7 +212,8 @@ class DynamoProfileStore:
 
         Leaves a tombstone (``erased_at``, a fresh ``version``) so that stream records of events
         older than the erasure cannot rebuild the profile; events after it start a new one. The
-        user's raw events are deleted too when the store knows the events table. Co-occurrence
+        tombstone expires (``ttl``) once no such record can arrive: see :data:`TOMBSTONE_TTL_SECONDS`.
+        The user's raw events are deleted too when the store knows the events table. Co-occurrence
         counts hold no user identity and stay (see :mod:`catalens.cooccurrence`).
         """
         for _ in range(self._max_delete_attempts):
@@ -201,7 +223,8 @@ class DynamoProfileStore:
                 erased_at = max(erased_at, current.last_ms, current.erased_at_ms)
             tombstone = Profile.erased(user_id, erased_at_ms=erased_at)
             try:
-                self.save(tombstone, expected_version=0 if current is None else current.version)
+                expires = erased_at // 1000 + self.tombstone_ttl_seconds
+                self.save(tombstone, expected_version=0 if current is None else current.version, expires_at_s=expires)
             except ProfileConflictError:
                 continue
             if self.events is not None:
@@ -327,8 +350,8 @@ class DynamoEventStore:
 def table_definitions(events: str, profiles: str, cooccurrence: str) -> dict[str, dict[str, Any]]:
     """``create_table`` arguments of the three tables (local stack and tests; template.yaml mirrors them).
 
-    On-demand billing; the events table streams ``NEW_IMAGE`` and expires items by its ``ttl`` attribute
-    (``update_time_to_live`` after creation: see :func:`create_tables`).
+    On-demand billing; the events table streams ``NEW_IMAGE``; the events and profiles tables expire items by their
+    ``ttl`` attribute (``update_time_to_live`` after creation: see :func:`create_tables`).
     """
 
     def table(name: str, keys: list[tuple[str, str]], **extra: Any) -> dict[str, Any]:
@@ -360,9 +383,11 @@ def create_tables(client: Any, *, events: str, profiles: str, cooccurrence: str)
             if _code(exc) != "ResourceInUseException":
                 raise
         client.get_waiter("table_exists").wait(TableName=name)
-    try:
-        client.update_time_to_live(TableName=events, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
-    except ClientError as exc:
-        if _code(exc) != "ValidationException":  # already enabled
-            raise
+    for name in (events, profiles):  # events expire after their retention; profiles' erasure tombstones too
+        try:
+            ttl = {"Enabled": True, "AttributeName": "ttl"}
+            client.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        except ClientError as exc:
+            if _code(exc) != "ValidationException":  # already enabled
+                raise
     return client.describe_table(TableName=events)["Table"]["LatestStreamArn"]

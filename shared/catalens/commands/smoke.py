@@ -3,8 +3,9 @@
 Reads the stack's outputs (CloudFormation ``DescribeStacks``), fetches the API key's value, and walks the loop a
 shop goes through: upload a photo to the catalog bucket → wait until a photo search finds it → write a click
 event to the events table → wait until the profile function has built the shopper's profile → search as that
-shopper → delete the photo → wait until the item is gone → erase the shopper (``DELETE /users/{id}/profile``)
-and delete every version of the photo. Prints one JSON document with each step's outcome and seconds; exits 1
+shopper, with a shopper token signed by the key in the stack's SecureString parameter (as the shop's backend signs
+one) → delete the photo → wait until the item is gone → erase the shopper (``DELETE /users/{id}/profile``, with
+the token) and delete every version of the photo. Prints one JSON document with each step's outcome and seconds; exits 1
 if a step failed. Cleanup runs even after a failure (``--keep`` skips it, to look at what is left).
 
 It talks to real AWS with the caller's credentials (``--profile``/``--region`` or the usual AWS variables); the
@@ -29,7 +30,14 @@ from typing import Any, NamedTuple
 
 from catalens.errors import CatalensError
 
-REQUIRED_OUTPUTS = ("ApiUrl", "ApiKeyId", "CatalogBucketName", "EventsTableName", "ProfilesTableName")
+REQUIRED_OUTPUTS = (
+    "ApiUrl",
+    "ApiKeyId",
+    "CatalogBucketName",
+    "EventsTableName",
+    "ProfilesTableName",
+    "ShopperTokenParameterName",
+)
 
 
 class SmokeError(CatalensError):
@@ -75,6 +83,7 @@ class StackOutputs:
     catalog_bucket: str
     events_table: str
     profiles_table: str
+    shopper_token_parameter: str
 
     @classmethod
     def from_describe_stacks(cls, response: Mapping[str, Any], stack: str) -> StackOutputs:
@@ -94,6 +103,7 @@ class StackOutputs:
             catalog_bucket=outputs["CatalogBucketName"],
             events_table=outputs["EventsTableName"],
             profiles_table=outputs["ProfilesTableName"],
+            shopper_token_parameter=outputs["ShopperTokenParameterName"],
         )
 
 
@@ -118,6 +128,8 @@ class SmokeTest:
     ----------
     outputs, api_key:
         Where the stack is and the API key's value.
+    token_key:
+        The value of the stack's shopper-token parameter: the smoke test signs its shopper's tokens with it.
     s3, dynamodb:
         boto3 clients (``dynamodb`` is the low-level client).
     http:
@@ -133,6 +145,7 @@ class SmokeTest:
     dynamodb: Any
     http: Http
     photo: bytes
+    token_key: str = ""
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     timeout: float = 300.0
     poll: float = 2.0
@@ -206,15 +219,23 @@ class SmokeTest:
 
     # ---------------------------------------------------------------------------------------------------- API
     def api(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-            **query: str) -> HttpResponse:  # fmt: skip
+            headers: Mapping[str, str] | None = None, **query: str) -> HttpResponse:  # fmt: skip
         url = self.outputs.api_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        headers = {"x-api-key": self.api_key, "Accept": "application/json"}
+        sent = {"x-api-key": self.api_key, "Accept": "application/json", **(headers or {})}
         if content_type:
-            headers["Content-Type"] = content_type
-        return self.http(method, url, headers, body)
+            sent["Content-Type"] = content_type
+        return self.http(method, url, sent, body)
 
-    def search(self, **query: str) -> dict[str, Any]:
-        response = self.api("POST", "/search", self.photo, "image/jpeg", k="12", **query)
+    def shopper_headers(self) -> dict[str, str]:
+        """The smoke shopper's token, as the shop's backend would sign it (five minutes are plenty)."""
+        from catalens.service.shopper_tokens import HEADER, mint
+
+        if not self.token_key:
+            raise SmokeError("no shopper-token key: the personalised steps need the stack's parameter value")
+        return {HEADER: mint(self.user_id, self.token_key, ttl_seconds=300)}
+
+    def search(self, headers: Mapping[str, str] | None = None, **query: str) -> dict[str, Any]:
+        response = self.api("POST", "/search", self.photo, "image/jpeg", headers=headers, k="12", **query)
         if response.status != 200:
             raise SmokeError(f"POST /search answered {response.status}: {response.body[:300]!r}")
         return response.json()
@@ -267,11 +288,13 @@ class SmokeTest:
         return {"events": dict(profile.counts), "version": profile.version}
 
     def search_as_shopper(self) -> dict[str, Any]:
-        result = self.search(user_id=self.user_id, explain="true")
+        result = self.search(self.shopper_headers(), explain="true")
         found = self.hit(result)
         if found is None:
             raise SmokeError(f"{self.item_id} is missing from the shopper's results")
-        return {"rank": found[0], "personalized": result.get("personalized")}
+        # informational: 401 unless the stack was deployed with TrustUnsignedUserIds=true
+        unsigned = self.api("POST", "/search", self.photo, "image/jpeg", k="1", user_id=self.user_id).status
+        return {"rank": found[0], "personalized": result.get("personalized"), "unsigned_user_id_status": unsigned}
 
     def delete_photo(self) -> dict[str, Any]:
         self.s3.delete_object(Bucket=self.outputs.catalog_bucket, Key=self.photo_key)
@@ -291,7 +314,8 @@ class SmokeTest:
 
     def clean_up(self) -> dict[str, Any]:
         """Erase the shopper through the API (profile and events), then every version of the photo."""
-        erase = self.api("DELETE", f"/users/{urllib.parse.quote(self.user_id, safe='')}/profile")
+        path = f"/users/{urllib.parse.quote(self.user_id, safe='')}/profile"
+        erase = self.api("DELETE", path, headers=self.shopper_headers() if self.token_key else None)
         from catalens.adapters.dynamodb import DynamoEventStore
 
         events_left = DynamoEventStore(self.dynamodb, self.outputs.events_table).delete_user(self.user_id)
@@ -328,18 +352,21 @@ def run(args: argparse.Namespace) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from catalens.adapters.ssm import read_secure_parameter
+
     try:
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
         described = session.client("cloudformation").describe_stacks(StackName=args.stack)
         outputs = StackOutputs.from_describe_stacks(described, args.stack)
         api_key = session.client("apigateway").get_api_key(apiKey=outputs.api_key_id, includeValue=True)["value"]
+        token_key = read_secure_parameter(session.client("ssm"), outputs.shopper_token_parameter)
     except (BotoCoreError, ClientError) as exc:
         raise SmokeError(f"cannot read stack {args.stack!r}: {exc}") from exc
     run_id = str(uuid.uuid4())
     photo = args.photo.read_bytes() if args.photo else smoke_photo(run_id)
     test = SmokeTest(
         outputs=outputs, api_key=api_key, s3=session.client("s3"), dynamodb=session.client("dynamodb"),
-        http=urllib_http, photo=photo, run_id=run_id, timeout=args.timeout, keep=args.keep,
+        http=urllib_http, photo=photo, token_key=token_key, run_id=run_id, timeout=args.timeout, keep=args.keep,
     )  # fmt: skip
     report = test.run()
     print(json.dumps({"stack": args.stack, **report}, indent=2, default=str))

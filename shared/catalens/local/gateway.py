@@ -419,7 +419,7 @@ class Gateway:
             [
                 ("Access-Control-Allow-Origin", self.config.cors_allow_origin or "*"),
                 ("Access-Control-Allow-Methods", "GET,POST,DELETE,OPTIONS"),
-                ("Access-Control-Allow-Headers", "Content-Type,X-Api-Key"),
+                ("Access-Control-Allow-Headers", "Content-Type,X-Api-Key,X-Shopper-Token"),  # the template's Cors
             ],
             b"",
         )

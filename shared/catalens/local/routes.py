@@ -39,6 +39,7 @@ class LocalResources:
     compact: Callable[[], None]
     users: tuple[str, ...] = ("alice", "bob", "carol", "dave")
     facets: Callable[[], dict[str, list[str]]] | None = None
+    shopper_token_key: str = ""  # the key of the stack's shopper-token parameter (the shop's backend holds it)
 
 
 class LocalRoutes:
@@ -57,6 +58,7 @@ class LocalRoutes:
             ("GET", "/local/photos/(?P<key>.+)", self.photo, False),
             ("POST", "/local/events", self.put_event, True),
             ("GET", "/local/profile/(?P<user>[^/]+)", self.profile, True),
+            ("GET", "/local/shopper-token", self.shopper_token, True),
             ("POST", "/local/compact", self.compact, True),
         ]
 
@@ -182,6 +184,26 @@ class LocalRoutes:
             return error(400, getattr(exc, "code", "invalid_event"), str(exc))
         DynamoEventStore(self.r.ddb, self.r.events_table).put(event)
         return json_response(201, {"user_id": event.user_id, "event_key": event.key, "type": event.type})
+
+    def shopper_token(self, request: Request) -> HttpResponse:
+        """A shopper token for ``?user=`` (and ``&ttl=`` seconds), signed as the shop's backend would sign it.
+
+        On a real shop the backend signs only for the shopper its own session authenticated; this demo backend
+        signs for whichever demo shopper the page selects, behind the API key, on 127.0.0.1 only.
+        """
+        from catalens.service.shopper_tokens import DEFAULT_TTL_SECONDS, HEADER, MAX_TTL_SECONDS, mint
+
+        user = request.params.get("user", "")
+        if not self.r.shopper_token_key:
+            return error(501, "not_configured", "this stack has no shopper-token key")
+        try:
+            ttl = int(request.params.get("ttl") or DEFAULT_TTL_SECONDS)
+            now = int(time.time())
+            token = mint(user, self.r.shopper_token_key, ttl_seconds=ttl, now=now)
+        except ValueError as exc:
+            message = f"{exc} (user: 1 to 512 characters; ttl: 1 to {MAX_TTL_SECONDS} seconds)"
+            return error(400, "invalid_parameter", message)
+        return json_response(200, {"user_id": user, "token": token, "header": HEADER, "expires_at": now + ttl})
 
     def profile(self, request: Request, user: str) -> HttpResponse:
         """A readable summary of a shopper's profile (the page shows how events change it)."""

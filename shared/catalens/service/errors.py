@@ -78,6 +78,10 @@ HTTP_STATUS: dict[str, int] = {
     "truncated_image": 400,
     "unsupported_image": 400,
     "decompression_bomb": 400,
+    "invalid_token": 401,  # shopper tokens (catalens.service.shopper_tokens)
+    "token_expired": 401,
+    "shopper_token_required": 401,
+    "token_user_mismatch": 403,
     "image_too_large": 413,
     "image_too_complex": 413,
     "payload_too_large": 413,
@@ -89,6 +93,7 @@ HTTP_STATUS: dict[str, int] = {
     "not_configured": 501,
     "model_mismatch": 503,
     "index_unavailable": 503,
+    "shopper_keys_unavailable": 503,
 }
 
 

@@ -7,6 +7,7 @@ moto-backed ones — so nothing here decides where AWS is.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from catalens.adapters.s3 import S3BlobStore
@@ -19,6 +20,7 @@ from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
 from catalens.service.requests import check_query_image_limit
 from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
+from catalens.service.shopper_tokens import ShopperAuth, ShopperKeysUnavailableError
 from catalens.service.telemetry import MetricsSink
 from catalens.settings import Settings
 
@@ -115,3 +117,21 @@ def load_profile_store(settings: Settings, dynamodb_client: Any) -> Any:
     from catalens.adapters.dynamodb import DynamoProfileStore
 
     return DynamoProfileStore(dynamodb_client, settings.profiles_table, events_table=settings.events_table or None)
+
+
+def load_shopper_auth(settings: Settings, ssm_client: Any) -> ShopperAuth:
+    """Who a search or an erasure may act for: shopper tokens verified with the stack's SecureString keys.
+
+    The keys are read now, so a cold start pays for the read instead of the first personalised request; a failed
+    read is not fatal here (plain searches need no keys) and is retried when a token arrives.
+    """
+    keys = None
+    if settings.shopper_token_parameter:
+        from catalens.adapters.ssm import SsmShopperKeys
+
+        keys = SsmShopperKeys(ssm_client, settings.shopper_token_parameter)
+        try:
+            keys()
+        except ShopperKeysUnavailableError:
+            logging.getLogger(__name__).warning("shopper-token keys unreadable at init", exc_info=True)
+    return ShopperAuth(keys, trust_unsigned=settings.trust_unsigned_user_ids)

@@ -14,6 +14,7 @@ const state = {
   brands: new Set(),
   uploads: new Map(), // item_id -> {li, started}
   items: [],
+  tokens: new Map(), // shopper -> {token, header, expiresAt}: signed by the local stand-in for the shop's backend
 };
 
 // ------------------------------------------------------------------------------------------------------- plumbing
@@ -32,6 +33,20 @@ async function call(path, { method = "GET", body, headers = {}, api = true } = {
     throw error;
   }
   return payload;
+}
+
+// The API key is public (it is in this page), so personalising and erasing need a shopper token: the shop's backend
+// signs one for the shopper its session knows. Locally /local/shopper-token plays that backend.
+async function shopperHeaders() {
+  const user = $("#shopper").value;
+  if (!user) return {};
+  let entry = state.tokens.get(user);
+  if (!entry || entry.expiresAt - Date.now() / 1000 < 60) {
+    const signed = await call(`/local/shopper-token?user=${encodeURIComponent(user)}`, { api: false });
+    entry = { token: signed.token, header: signed.header, expiresAt: signed.expires_at };
+    state.tokens.set(user, entry);
+  }
+  return { [entry.header]: entry.token };
 }
 
 function newId() {
@@ -81,8 +96,7 @@ async function shrink(blob, side = 1024) {
 function options() {
   const params = new URLSearchParams();
   params.set("k", $("#f-k").value || "12");
-  const user = $("#shopper").value;
-  if (user) params.set("user_id", user);
+  // the shopper travels in the X-Shopper-Token header (shopperHeaders), never as a bare user_id
   if (!$("#personalize").checked) params.set("personalize", "false");
   if ($("#explain").checked) params.set("explain", "true");
   if ($("#f-category").value.trim()) params.set("category", $("#f-category").value.trim());
@@ -122,14 +136,15 @@ async function runSearch() {
   $("#summary").textContent = "Searching…";
   try {
     let answer;
+    const shopper = await shopperHeaders();
     if (query.kind === "photo") {
       answer = await call(`/search?${params}`, {
         method: "POST",
         body: query.blob,
-        headers: { "Content-Type": query.blob.type || "image/jpeg" },
+        headers: { "Content-Type": query.blob.type || "image/jpeg", ...shopper },
       });
     } else {
-      answer = await call(`/items/${encodeURIComponent(query.itemId)}/similar?${params}`);
+      answer = await call(`/items/${encodeURIComponent(query.itemId)}/similar?${params}`, { headers: shopper });
     }
     render(answer, query);
   } catch (error) {
@@ -258,7 +273,7 @@ async function forgetShopper() {
   const user = $("#shopper").value;
   if (!user) return;
   try {
-    await call(`/users/${encodeURIComponent(user)}/profile`, { method: "DELETE" });
+    await call(`/users/${encodeURIComponent(user)}/profile`, { method: "DELETE", headers: await shopperHeaders() });
     toast(`${user}'s profile erased`);
     await showProfile();
     await runSearch();
