@@ -806,7 +806,7 @@ def describe(config: LeverConfig) -> dict:
 
 
 def format_table(report: dict) -> str:
-    """The report as a Markdown table (what the README shows)."""
+    """The report as a Markdown table (what docs/evaluation.md shows)."""
     header = (
         "| configuration | val top-1 | val top-5 | val pkg top-1 | val p→p R@1 | val p→p mAP | train top-1 "
         "| train top-5 | train pkg top-1 | train p→p mAP | self-check R@1 | R@5 | embed ms | search ms |"

@@ -31,7 +31,7 @@ from catalens.model.torch_pickle import load_legacy_state_dict
 
 DEFAULT_WEIGHTS = "efficientnet-lite0"  # what the build functions default to (tests build this: smallest, fastest)
 # What ingest and search run: `catalens model build` without options (make setup, the Lambda model layer) builds it
-# and Embedder.from_dir prefers it. Chosen by `catalens eval grocery --levers` (README "Evaluation"): Lite0, Lite1 and
+# and Embedder.from_dir prefers it. Chosen by `catalens eval grocery --levers` (docs/evaluation.md): Lite0, Lite1 and
 # Lite2 side by side in one graph, each with R-MAC pooling at its own native side of one 0.875 centre crop, their unit
 # vectors concatenated. It beat every single network on photo→catalog and photo→photo, val and train, plain and
 # query-domain calibrated, for about three times Lite1's network time. The photo's colour histogram is appended

@@ -40,7 +40,7 @@ L2_EPS = 1e-12
 INPUT_STD = 128.0  # the graph's input is (x - 127) / 128 of 0..255 RGB
 # The colour histogram (``+colour``): COLOUR_BINS × COLOUR_BINS soft bins over the opponent-colour chroma plane,
 # on the input averaged over COLOUR_POOL × COLOUR_POOL pixel cells; appended with weight COLOUR_WEIGHT, so it makes
-# w²/(1 + w²) = 14% of a cosine. Chosen on the grocery train split with calibration (README "Evaluation").
+# w²/(1 + w²) = 14% of a cosine. Chosen on the grocery train split with calibration (docs/evaluation.md).
 COLOUR_BINS = 12
 COLOUR_RANGE = 0.45  # bin centres from -0.45 to 0.45 on both chroma axes (RGB in 0..1)
 COLOUR_POOL = 4
@@ -479,7 +479,7 @@ def build_ensemble_onnx(
     """Several EfficientNet-Lites side by side in one graph: their unit embeddings, concatenated and renormalised.
 
     Why: the three Lite models see a product differently enough that the cosine of the concatenation (the mean of
-    the members' cosines) ranks shop photos better than any one of them (README "Evaluation"). One graph keeps one
+    the members' cosines) ranks shop photos better than any one of them (docs/evaluation.md). One graph keeps one
     model file, one preprocessing and one vector per photo (design invariant 5).
 
     Parameters
