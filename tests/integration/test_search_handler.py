@@ -825,3 +825,11 @@ def test_gateway_errors_share_the_apis_json_shape_and_its_photo_limit() -> None:
     statuses = {kind: responses[kind]["StatusCode"] for kind in ("INVALID_API_KEY", "REQUEST_TOO_LARGE", "THROTTLED")}
     assert statuses == {"INVALID_API_KEY": "403", "REQUEST_TOO_LARGE": "413", "THROTTLED": "429"}
     assert str(MAX_QUERY_IMAGE_BYTES) in responses["REQUEST_TOO_LARGE"]["ResponseTemplates"]["application/json"]
+
+
+def test_the_document_asks_for_the_key_wherever_the_template_does() -> None:
+    document = json.loads((REPO / "shared" / "catalens" / "data" / "openapi.json").read_text())
+    assert document["security"] == [{"ApiKey": []}]
+    assert load_template()["Resources"]["SearchApi"]["Properties"]["Auth"]["ApiKeyRequired"] is True
+    exempt = [f"{m.upper()} {p}" for p, item in document["paths"].items() for m, op in item.items() if "security" in op]
+    assert exempt == [], "every method of the API needs the key (ApiKeyRequired applies to all of them)"
