@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import re
 import struct
 import zlib
@@ -372,6 +373,46 @@ def decode_image(
 _REDUCING_GAP = 3.0
 
 
+# Half-width of each filter's kernel in output pixels (Pillow's values): times the scale when shrinking, it is how
+# far from an output pixel's centre the source pixels it reads can lie.
+_FILTER_SUPPORT = {
+    Image.Resampling.NEAREST: 0.5,
+    Image.Resampling.BOX: 0.5,
+    Image.Resampling.BILINEAR: 1.0,
+    Image.Resampling.BICUBIC: 2.0,
+    Image.Resampling.LANCZOS: 3.0,
+}
+
+# Resizing the whole image, then cropping, is what every vector in an index was made with; it stays the path for any
+# image whose resized copy has at most this many pixels (aspect ratios up to ~45:1 at the serving 297 px short side),
+# so those vectors stay bit-identical: Pillow 13 chooses which of its two resampling passes runs first from the
+# image's shape, and a resize of a region cannot always reproduce that choice. Past this size the resized copy is
+# never made, so memory depends on the crop, not on the aspect ratio.
+_MAX_RESIZED_PIXELS = 4_000_000
+
+
+def _resize_region(
+    image: Image.Image, full_size: tuple[int, int], crop: tuple[int, int, int, int], resample: Image.Resampling
+) -> Image.Image:
+    """What ``image.resize(full_size).crop(crop)`` shows, computed from only the source pixels under the crop.
+
+    A thin strip makes the resized copy arbitrarily large (20000×1 with a 297 px short side is 5.9 million × 297
+    pixels); here the source is first cut to the crop's footprint plus the filter's reach, so the work is bounded by
+    the crop whatever the aspect ratio. Sample positions are those of the whole resize; the pixels can differ from it
+    by the rounding of Pillow's intermediate pass (a few levels at sharp edges).
+    """
+    width, height = image.size
+    scale_x, scale_y = width / full_size[0], height / full_size[1]
+    box = (crop[0] * scale_x, crop[1] * scale_y, crop[2] * scale_x, crop[3] * scale_y)
+    support = _FILTER_SUPPORT[resample]
+    reach_x, reach_y = support * max(scale_x, 1.0) + 2, support * max(scale_y, 1.0) + 2
+    left, top = max(0, math.floor(box[0] - reach_x)), max(0, math.floor(box[1] - reach_y))
+    right, bottom = min(width, math.ceil(box[2] + reach_x)), min(height, math.ceil(box[3] + reach_y))
+    part = image.crop((left, top, right, bottom))
+    shifted = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
+    return part.resize((crop[2] - crop[0], crop[3] - crop[1]), resample, box=shifted, reducing_gap=_REDUCING_GAP)
+
+
 def _resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     resample = _RESAMPLING[config.resample]
     width, height = image.size
@@ -379,11 +420,14 @@ def _resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Imag
         return image.resize((config.size, config.size), resample, reducing_gap=_REDUCING_GAP)
     scale = config.resize_short / min(width, height)
     new_size = (max(config.resize_short, round(width * scale)), max(config.resize_short, round(height * scale)))
-    if new_size != image.size:
-        image = image.resize(new_size, resample, reducing_gap=_REDUCING_GAP)
     left = round((new_size[0] - config.size) / 2)
     top = round((new_size[1] - config.size) / 2)
-    return image.crop((left, top, left + config.size, top + config.size))
+    crop = (left, top, left + config.size, top + config.size)
+    if new_size[0] * new_size[1] > _MAX_RESIZED_PIXELS:
+        return _resize_region(image, new_size, crop, resample)
+    if new_size != image.size:
+        image = image.resize(new_size, resample, reducing_gap=_REDUCING_GAP)
+    return image.crop(crop)
 
 
 def preprocess(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
