@@ -7,6 +7,9 @@ Decoding is defensive because merchants and shoppers send arbitrary bytes:
 
 - the byte size is checked before Pillow sees the data, the pixel count right after :func:`PIL.Image.open`
   (which reads only the header), so a decompression bomb is never decoded;
+- so is the short side (:attr:`ImageLimits.min_side`): a 1×20000 strip or a 1×1 pixel shows no product, and a
+  fully transparent image shows nothing at all; both are refused with their own codes;
+- resizing never makes a copy bigger than a few megapixels, whatever the aspect ratio (see :func:`_resize_region`);
 - only common photo formats are opened (an allow-list), so hostile or exotic decoders (EPS via Ghostscript,
   PSD, ...) are never reached;
 - JPEGs are decoded at reduced size (``Image.draft``: libjpeg's DCT scaling) when the target size is known, which
@@ -40,10 +43,12 @@ from catalens.errors import ImageError
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "BlankImageError",
     "DecompressionBombImageError",
     "EmptyImageError",
     "ImageLimits",
     "ImageTooLargeError",
+    "ImageTooSmallError",
     "NotAnImageError",
     "PreprocessConfig",
     "TruncatedImageError",
@@ -119,6 +124,18 @@ class UnsupportedImageError(ImageError):
     code = "unsupported_image"
 
 
+class ImageTooSmallError(ImageError):
+    """A side shorter than :attr:`ImageLimits.min_side`: too few pixels to describe a product."""
+
+    code = "image_too_small"
+
+
+class BlankImageError(ImageError):
+    """Every pixel is fully transparent: there is nothing in the picture to describe."""
+
+    code = "blank_image"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Configuration
 
@@ -180,10 +197,18 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits checked before decoding. Pillow's own bomb limit (``MAX_IMAGE_PIXELS``×2) still applies on top."""
+    """Limits checked before decoding. Pillow's own bomb limit (``MAX_IMAGE_PIXELS``×2) still applies on top.
+
+    ``max_pixels`` also bounds the decoded image's memory whatever its shape: with ``min_side`` no side can exceed
+    ``max_pixels / min_side`` (a 1×50,000,000 header is refused as too small, not decoded). Extreme aspect ratios
+    above ``min_side`` are accepted: their centre square is embedded, at a cost bounded by the crop.
+    """
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 50_000_000
+    # EfficientNet's coarsest feature map has stride 32: a side shorter than that is less than one of its cells at
+    # the photo's own resolution, so everything the model saw along it would be interpolation, not the photo.
+    min_side: int = 32
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -272,6 +297,10 @@ def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
         raise DecompressionBombImageError(
             f"image is {width}×{height} = {_megapixels(pixels)}, limit is {_megapixels(limits.max_pixels)}"
         )
+    if min(width, height) < limits.min_side:
+        raise ImageTooSmallError(
+            f"image is {width}×{height}; both sides must be at least {limits.min_side} px to show a product"
+        )
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:
@@ -303,7 +332,13 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode → 8-bit RGB; transparency is composited on white (product shots live on white)."""
+    """Any Pillow mode → 8-bit RGB; transparency is composited on white (product shots live on white).
+
+    Raises
+    ------
+    BlankImageError
+        Every pixel is fully transparent (white on white would be embedded as if it were a product).
+    """
     mode = image.mode
     if mode == "RGB":
         return image
@@ -312,6 +347,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return grey.convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")  # also applies palette/colour-key transparency ("transparency" in info)
+        if rgba.getchannel("A").getextrema()[1] == 0:
+            raise BlankImageError(f"image is fully transparent ({image.width}×{image.height}): nothing to describe")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     # CMYK (Adobe-inverted JPEGs are un-inverted by the decoder), L, 1, P, YCbCr, LAB, HSV: Pillow converts right.
@@ -337,7 +374,7 @@ def decode_image(
     ------
     ImageError
         A subclass whose ``code`` is one of ``empty_image``, ``image_too_large``, ``not_an_image``,
-        ``unsupported_image``, ``decompression_bomb``, ``truncated_image``.
+        ``unsupported_image``, ``decompression_bomb``, ``image_too_small``, ``truncated_image``, ``blank_image``.
     """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:

@@ -28,6 +28,7 @@ from tests.unit.imagefactory import (
     jpeg_with_orientation,
     photo,
     png_bomb,
+    png_bytes,
     rgb16_png,
     stored_pixels,
 )
@@ -139,6 +140,56 @@ def test_pillows_bomb_warning_turned_error_is_still_a_typed_error():
         warnings.simplefilter("error")
         error = decode_error(png_bomb(10_000, 10_000), limits=ImageLimits(max_pixels=10**9))
     assert error.code == "decompression_bomb"
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (1, 20000), (20000, 1), (60000, 1), (31, 400), (400, 31)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
+def test_images_too_small_to_show_a_product_are_refused(size):
+    data = encode(Image.new("RGB", size, (200, 40, 40)), "PNG")
+    error = decode_error(data)
+    assert error.code == "image_too_small"
+    assert f"{size[0]}×{size[1]}" in str(error)
+    assert "32 px" in str(error)
+    with pytest.raises(ImageError, match="at least 32 px"):
+        load_and_preprocess(data, CONFIG)
+
+
+def test_the_smallest_accepted_image_has_sides_of_the_network_stride():
+    assert ImageLimits().min_side == 32
+    assert load_and_preprocess(encode(photo(32, 32), "PNG"), CONFIG).shape == (3, 224, 224)
+    assert load_and_preprocess(encode(photo(32, 3000), "PNG"), CONFIG).shape == (3, 224, 224)
+    assert decode_error(encode(photo(64, 48), "PNG"), limits=ImageLimits(min_side=50)).code == "image_too_small"
+
+
+def test_a_one_pixel_strip_header_of_50_megapixels_is_refused_before_decoding():
+    # 1×50,000,000 passes a 50 MP check; decoding it would allocate 200 MB for a row nothing can see.
+    data = png_bytes(50_000_000, 1, bit_depth=8, colour_type=2, rows=None)
+    assert decode_error(data).code == "image_too_small"
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"), ("LA", "PNG"), ("LA", "TIFF"), ("P", "PNG"), ("P", "GIF")],
+)
+def test_fully_transparent_images_are_blank(mode, fmt):
+    if mode == "P":  # palette transparency: every pixel is the transparent index
+        image, extra = Image.new("P", (120, 90), 0), {"transparency": 0}
+    else:  # colour hidden under alpha 0
+        image, extra = Image.new(mode, (120, 90), (30, 60, 90, 0)[-len(mode) :]), {}
+    if fmt == "WEBP":
+        extra["lossless"] = True
+    error = decode_error(encode(image, fmt, **extra))
+    assert error.code == "blank_image"
+    assert "transparent" in str(error)
+
+
+def test_one_visible_pixel_is_not_blank_and_plain_opaque_images_are_kept():
+    image = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
+    image.putpixel((60, 45), (200, 30, 30, 255))
+    assert decode_image(encode(image, "PNG")).size == (120, 90)
+    # A single-colour opaque picture is a legitimate (if plain) product shot, e.g. a swatch: kept.
+    assert decode_image(encode(Image.new("RGB", (120, 90), (255, 255, 255)), "PNG")).size == (120, 90)
 
 
 def test_pillow_globals_are_left_alone():
@@ -290,7 +341,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped_to_white():
 
 
 def test_16_bit_rgb_png_keeps_its_colours():
-    colours = np.zeros((20, 30, 3), dtype=np.uint16)
+    colours = np.zeros((40, 60, 3), dtype=np.uint16)  # above the 32 px minimum side
     colours[..., 0] = 50000  # ≈ 195
     colours[..., 1] = 10000  # ≈ 39
     colours[..., 2] = 65535  # 255

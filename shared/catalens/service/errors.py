@@ -78,6 +78,8 @@ HTTP_STATUS: dict[str, int] = {
     "truncated_image": 400,
     "unsupported_image": 400,
     "decompression_bomb": 400,
+    "image_too_small": 400,
+    "blank_image": 400,
     "image_too_large": 413,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
