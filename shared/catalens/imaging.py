@@ -7,6 +7,9 @@ Decoding is defensive because merchants and shoppers send arbitrary bytes:
 
 - the byte size is checked before Pillow sees the data, the pixel count right after :func:`PIL.Image.open`
   (which reads only the header), so a decompression bomb is never decoded;
+- so is the short side (:attr:`ImageLimits.min_side`): a 1×20000 strip or a 1×1 pixel shows no product, and a
+  fully transparent image shows nothing at all; both are refused with their own codes;
+- resizing never makes a copy bigger than a few megapixels, whatever the aspect ratio (see :func:`_resize_region`);
 - only common photo formats are opened (an allow-list), so hostile or exotic decoders (EPS via Ghostscript,
   PSD, ...) are never reached;
 - JPEGs are decoded at reduced size (``Image.draft``: libjpeg's DCT scaling) when the target size is known, which
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import re
 import struct
 import zlib
@@ -39,10 +43,12 @@ from catalens.errors import ImageError
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "BlankImageError",
     "DecompressionBombImageError",
     "EmptyImageError",
     "ImageLimits",
     "ImageTooLargeError",
+    "ImageTooSmallError",
     "NotAnImageError",
     "PreprocessConfig",
     "TruncatedImageError",
@@ -118,6 +124,18 @@ class UnsupportedImageError(ImageError):
     code = "unsupported_image"
 
 
+class ImageTooSmallError(ImageError):
+    """A side shorter than :attr:`ImageLimits.min_side`: too few pixels to describe a product."""
+
+    code = "image_too_small"
+
+
+class BlankImageError(ImageError):
+    """Every pixel is fully transparent: there is nothing in the picture to describe."""
+
+    code = "blank_image"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Configuration
 
@@ -179,10 +197,18 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Limits checked before decoding. Pillow's own bomb limit (``MAX_IMAGE_PIXELS``×2) still applies on top."""
+    """Limits checked before decoding. Pillow's own bomb limit (``MAX_IMAGE_PIXELS``×2) still applies on top.
+
+    ``max_pixels`` also bounds the decoded image's memory whatever its shape: with ``min_side`` no side can exceed
+    ``max_pixels / min_side`` (a 1×50,000,000 header is refused as too small, not decoded). Extreme aspect ratios
+    above ``min_side`` are accepted: their centre square is embedded, at a cost bounded by the crop.
+    """
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 50_000_000
+    # EfficientNet's coarsest feature map has stride 32: a side shorter than that is less than one of its cells at
+    # the photo's own resolution, so everything the model saw along it would be interpolation, not the photo.
+    min_side: int = 32
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -271,6 +297,10 @@ def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
         raise DecompressionBombImageError(
             f"image is {width}×{height} = {_megapixels(pixels)}, limit is {_megapixels(limits.max_pixels)}"
         )
+    if min(width, height) < limits.min_side:
+        raise ImageTooSmallError(
+            f"image is {width}×{height}; both sides must be at least {limits.min_side} px to show a product"
+        )
 
 
 def _apply_exif_orientation(image: Image.Image) -> None:
@@ -302,7 +332,13 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode → 8-bit RGB; transparency is composited on white (product shots live on white)."""
+    """Any Pillow mode → 8-bit RGB; transparency is composited on white (product shots live on white).
+
+    Raises
+    ------
+    BlankImageError
+        Every pixel is fully transparent (white on white would be embedded as if it were a product).
+    """
     mode = image.mode
     if mode == "RGB":
         return image
@@ -311,6 +347,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return grey.convert("RGB")
     if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")  # also applies palette/colour-key transparency ("transparency" in info)
+        if rgba.getchannel("A").getextrema()[1] == 0:
+            raise BlankImageError(f"image is fully transparent ({image.width}×{image.height}): nothing to describe")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     # CMYK (Adobe-inverted JPEGs are un-inverted by the decoder), L, 1, P, YCbCr, LAB, HSV: Pillow converts right.
@@ -336,7 +374,7 @@ def decode_image(
     ------
     ImageError
         A subclass whose ``code`` is one of ``empty_image``, ``image_too_large``, ``not_an_image``,
-        ``unsupported_image``, ``decompression_bomb``, ``truncated_image``.
+        ``unsupported_image``, ``decompression_bomb``, ``image_too_small``, ``truncated_image``, ``blank_image``.
     """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
@@ -372,6 +410,46 @@ def decode_image(
 _REDUCING_GAP = 3.0
 
 
+# Half-width of each filter's kernel in output pixels (Pillow's values): times the scale when shrinking, it is how
+# far from an output pixel's centre the source pixels it reads can lie.
+_FILTER_SUPPORT = {
+    Image.Resampling.NEAREST: 0.5,
+    Image.Resampling.BOX: 0.5,
+    Image.Resampling.BILINEAR: 1.0,
+    Image.Resampling.BICUBIC: 2.0,
+    Image.Resampling.LANCZOS: 3.0,
+}
+
+# Resizing the whole image, then cropping, is what every vector in an index was made with; it stays the path for any
+# image whose resized copy has at most this many pixels (aspect ratios up to ~45:1 at the serving 297 px short side),
+# so those vectors stay bit-identical: Pillow 13 chooses which of its two resampling passes runs first from the
+# image's shape, and a resize of a region cannot always reproduce that choice. Past this size the resized copy is
+# never made, so memory depends on the crop, not on the aspect ratio.
+_MAX_RESIZED_PIXELS = 4_000_000
+
+
+def _resize_region(
+    image: Image.Image, full_size: tuple[int, int], crop: tuple[int, int, int, int], resample: Image.Resampling
+) -> Image.Image:
+    """What ``image.resize(full_size).crop(crop)`` shows, computed from only the source pixels under the crop.
+
+    A thin strip makes the resized copy arbitrarily large (20000×1 with a 297 px short side is 5.9 million × 297
+    pixels); here the source is first cut to the crop's footprint plus the filter's reach, so the work is bounded by
+    the crop whatever the aspect ratio. Sample positions are those of the whole resize; the pixels can differ from it
+    by the rounding of Pillow's intermediate pass (a few levels at sharp edges).
+    """
+    width, height = image.size
+    scale_x, scale_y = width / full_size[0], height / full_size[1]
+    box = (crop[0] * scale_x, crop[1] * scale_y, crop[2] * scale_x, crop[3] * scale_y)
+    support = _FILTER_SUPPORT[resample]
+    reach_x, reach_y = support * max(scale_x, 1.0) + 2, support * max(scale_y, 1.0) + 2
+    left, top = max(0, math.floor(box[0] - reach_x)), max(0, math.floor(box[1] - reach_y))
+    right, bottom = min(width, math.ceil(box[2] + reach_x)), min(height, math.ceil(box[3] + reach_y))
+    part = image.crop((left, top, right, bottom))
+    shifted = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
+    return part.resize((crop[2] - crop[0], crop[3] - crop[1]), resample, box=shifted, reducing_gap=_REDUCING_GAP)
+
+
 def _resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     resample = _RESAMPLING[config.resample]
     width, height = image.size
@@ -379,11 +457,14 @@ def _resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Imag
         return image.resize((config.size, config.size), resample, reducing_gap=_REDUCING_GAP)
     scale = config.resize_short / min(width, height)
     new_size = (max(config.resize_short, round(width * scale)), max(config.resize_short, round(height * scale)))
-    if new_size != image.size:
-        image = image.resize(new_size, resample, reducing_gap=_REDUCING_GAP)
     left = round((new_size[0] - config.size) / 2)
     top = round((new_size[1] - config.size) / 2)
-    return image.crop((left, top, left + config.size, top + config.size))
+    crop = (left, top, left + config.size, top + config.size)
+    if new_size[0] * new_size[1] > _MAX_RESIZED_PIXELS:
+        return _resize_region(image, new_size, crop, resample)
+    if new_size != image.size:
+        image = image.resize(new_size, resample, reducing_gap=_REDUCING_GAP)
+    return image.crop(crop)
 
 
 def preprocess(image: Image.Image, config: PreprocessConfig) -> np.ndarray:

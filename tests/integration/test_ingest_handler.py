@@ -8,6 +8,7 @@ read back through the same protocol the search function uses.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,16 @@ import boto3
 import numpy as np
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from hypothesis import HealthCheck, given, settings
 
+from catalens.errors import ImageError
+from catalens.imaging import load_and_preprocess
 from catalens.index.cache import IndexCache
 from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from catalens.service.runtime import error_log, index_store
 from catalens.settings import Settings
 from tests.integration.conftest import log_to_captured_stdout
+from tests.unit.hostile_images import Hostile, hostile_photos
 from tests.unit.imagefactory import encode, photo, png_bomb
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -357,3 +362,41 @@ def test_every_failed_record_leaves_one_structured_line_with_its_reason(
     rejected = [line for line in lines if line.get("message") == "photo rejected"]
     assert [(line["key"], line["code"]) for line in rejected] == [("text.jpg", "not_an_image")]
     assert rejected[0]["reason"]
+
+
+# ------------------------------------------------------------------------------------------------ hostile photos
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the pixel check refuses them next
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(photo=hostile_photos())
+def test_any_hostile_photo_is_indexed_or_recorded_and_never_poisons_its_batch(
+    stack: Stack, ingest: Any, photo: Hostile
+) -> None:
+    limits = ingest.module.service.config.limits  # the oracle: the one preprocessing function, same limits
+    try:
+        load_and_preprocess(photo.data, ingest.module.service.embedder.card.preprocess, limits)
+        expected = None
+    except ImageError as exc:
+        expected = exc.code
+    key = f"hostile/{hashlib.sha256(photo.data).hexdigest()[:16]}.{photo.fmt.lower()}"
+    bodies = upload(stack, "hostile/good.jpg", jpeg(21)) + upload(stack, key, photo.data)
+
+    result = ingest(bodies)  # any exception here (a crash, a MemoryError) fails the property
+
+    failed = [f["itemIdentifier"] for f in result["batchItemFailures"]]
+    markers = {m["key"]: m["code"] for m in error_log(stack.settings, stack.s3).list()}
+    assert "hostile/good.jpg" not in markers  # the good photo beside it always lands
+    if expected is None:
+        assert failed == [], photo
+        assert key not in markers
+    else:
+        assert failed == ["msg-1"], photo  # only the hostile record fails (SQS retries it, then the DLQ)
+        assert markers[key] == expected, photo

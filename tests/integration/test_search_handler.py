@@ -21,15 +21,20 @@ import boto3
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
 from catalens.domain import COPY_COSINE
 from catalens.embedder import Embedder
+from catalens.errors import ImageError
+from catalens.imaging import load_and_preprocess
 from catalens.index.records import ItemRecord
+from catalens.service.errors import HTTP_STATUS
 from catalens.service.ingest import item_id_for_key
 from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES, MAX_QUERY_IMAGE_BYTES
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
+from tests.unit.hostile_images import Hostile, hostile_photos
 from tests.unit.imagefactory import encode, photo
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -833,3 +838,39 @@ def test_the_document_asks_for_the_key_wherever_the_template_does() -> None:
     assert load_template()["Resources"]["SearchApi"]["Properties"]["Auth"]["ApiKeyRequired"] is True
     exempt = [f"{m.upper()} {p}" for p, item in document["paths"].items() for m, op in item.items() if "security" in op]
     assert exempt == [], "every method of the API needs the key (ApiKeyRequired applies to all of them)"
+
+
+# ------------------------------------------------------------------------------------------------ hostile photos
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the pixel check refuses them next
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(photo=hostile_photos())
+def test_any_hostile_photo_query_is_answered_200_or_a_typed_4xx(
+    catalog: dict[str, bytes], call: Any, photo: Hostile
+) -> None:
+    service = call.module.service
+    try:
+        load_and_preprocess(photo.data, service.embedder.card.preprocess, service.limits)
+        expected = None
+    except ImageError as exc:
+        expected = exc.code
+    event = rest_event("POST", "/search", body=photo.data, content_type="application/octet-stream", base64_body=True)
+
+    status, body, _ = call(event)  # any exception in the handler fails the property
+
+    if expected is None:
+        assert status == 200, (photo, body)
+        assert body["hits"]
+        assert body["item_count"] == 8
+    else:
+        assert (status, body["code"]) == (HTTP_STATUS[expected], expected), photo
+        assert 400 <= status < 500
+        assert body["message"]

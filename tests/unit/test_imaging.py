@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from tests.unit.imagefactory import (
     jpeg_with_orientation,
     photo,
     png_bomb,
+    png_bytes,
     rgb16_png,
     stored_pixels,
 )
@@ -138,6 +140,56 @@ def test_pillows_bomb_warning_turned_error_is_still_a_typed_error():
         warnings.simplefilter("error")
         error = decode_error(png_bomb(10_000, 10_000), limits=ImageLimits(max_pixels=10**9))
     assert error.code == "decompression_bomb"
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (1, 20000), (20000, 1), (60000, 1), (31, 400), (400, 31)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
+def test_images_too_small_to_show_a_product_are_refused(size):
+    data = encode(Image.new("RGB", size, (200, 40, 40)), "PNG")
+    error = decode_error(data)
+    assert error.code == "image_too_small"
+    assert f"{size[0]}×{size[1]}" in str(error)
+    assert "32 px" in str(error)
+    with pytest.raises(ImageError, match="at least 32 px"):
+        load_and_preprocess(data, CONFIG)
+
+
+def test_the_smallest_accepted_image_has_sides_of_the_network_stride():
+    assert ImageLimits().min_side == 32
+    assert load_and_preprocess(encode(photo(32, 32), "PNG"), CONFIG).shape == (3, 224, 224)
+    assert load_and_preprocess(encode(photo(32, 3000), "PNG"), CONFIG).shape == (3, 224, 224)
+    assert decode_error(encode(photo(64, 48), "PNG"), limits=ImageLimits(min_side=50)).code == "image_too_small"
+
+
+def test_a_one_pixel_strip_header_of_50_megapixels_is_refused_before_decoding():
+    # 1×50,000,000 passes a 50 MP check; decoding it would allocate 200 MB for a row nothing can see.
+    data = png_bytes(50_000_000, 1, bit_depth=8, colour_type=2, rows=None)
+    assert decode_error(data).code == "image_too_small"
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"), ("LA", "PNG"), ("LA", "TIFF"), ("P", "PNG"), ("P", "GIF")],
+)
+def test_fully_transparent_images_are_blank(mode, fmt):
+    if mode == "P":  # palette transparency: every pixel is the transparent index
+        image, extra = Image.new("P", (120, 90), 0), {"transparency": 0}
+    else:  # colour hidden under alpha 0
+        image, extra = Image.new(mode, (120, 90), (30, 60, 90, 0)[-len(mode) :]), {}
+    if fmt == "WEBP":
+        extra["lossless"] = True
+    error = decode_error(encode(image, fmt, **extra))
+    assert error.code == "blank_image"
+    assert "transparent" in str(error)
+
+
+def test_one_visible_pixel_is_not_blank_and_plain_opaque_images_are_kept():
+    image = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
+    image.putpixel((60, 45), (200, 30, 30, 255))
+    assert decode_image(encode(image, "PNG")).size == (120, 90)
+    # A single-colour opaque picture is a legitimate (if plain) product shot, e.g. a swatch: kept.
+    assert decode_image(encode(Image.new("RGB", (120, 90), (255, 255, 255)), "PNG")).size == (120, 90)
 
 
 def test_pillow_globals_are_left_alone():
@@ -289,7 +341,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped_to_white():
 
 
 def test_16_bit_rgb_png_keeps_its_colours():
-    colours = np.zeros((20, 30, 3), dtype=np.uint16)
+    colours = np.zeros((40, 60, 3), dtype=np.uint16)  # above the 32 px minimum side
     colours[..., 0] = 50000  # ≈ 195
     colours[..., 1] = 10000  # ≈ 39
     colours[..., 2] = 65535  # 255
@@ -425,3 +477,111 @@ def test_exif_rotated_photo_embeds_like_the_upright_one(embedder, picture, scale
         # Ignoring the EXIF tag would embed a sideways photo: measurably different (cosine ≈ 0.7–0.9 here).
         sideways = embedder.embed_images([encode(stored_pixels(upright, orientation), "JPEG")])[0]
         assert float(sideways @ reference) < 0.95, orientation
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded work: the resized copy of a thin strip is never made, ordinary photos keep their exact pixels
+
+SERVING = PreprocessConfig(size=260, resize_short=297)  # the serving model card's preprocessing
+
+
+def resize_then_crop(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """The reference: resize the whole image so its short side is ``resize_short``, then cut the centre square."""
+    resample = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[config.resample]
+    rgb = to_rgb(image)
+    scale = config.resize_short / min(rgb.size)
+    size = (max(config.resize_short, round(rgb.width * scale)), max(config.resize_short, round(rgb.height * scale)))
+    if size != rgb.size:
+        rgb = rgb.resize(size, resample, reducing_gap=3.0)
+    left, top = round((size[0] - config.size) / 2), round((size[1] - config.size) / 2)
+    pixels = np.asarray(rgb.crop((left, top, left + config.size, top + config.size)), dtype=np.float32)
+    return ((pixels - config.mean) / config.std).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "config", [SERVING, CONFIG, PreprocessConfig(resample="lanczos")], ids=["serving", "224", "lanczos"]
+)
+@pytest.mark.parametrize(
+    ("size", "mode"),
+    [((640, 480), "RGB"), ((480, 640), "L"), ((1200, 300), "RGBA"), ((300, 1200), "P"), ((4000, 3000), "RGB"),
+     ((200, 150), "RGB"), ((2048, 512), "CMYK"), ((257, 1028), "RGB"), ((297, 400), "RGB"), ((33, 100), "L")],
+)  # fmt: skip
+def test_ordinary_photos_give_exactly_the_pixels_of_resize_then_crop(config, size, mode):
+    image = photo(*size, seed=sum(size)).convert(mode)
+    np.testing.assert_array_equal(preprocess(image, config), resize_then_crop(image, config))
+
+
+@pytest.mark.parametrize("size", [(3000, 60), (60, 3000), (9000, 180)])
+def test_a_strip_past_the_whole_resize_shows_the_same_picture_as_resize_then_crop(size):
+    # 50:1 is past the whole-image path (its resized copy would be > 4 MP) yet still cheap to compute the old way.
+    image = photo(*size, seed=7)
+    difference = np.abs(preprocess(image, SERVING) - resize_then_crop(image, SERVING)) * SERVING.std
+    assert difference.mean() < 0.5  # levels of 0..255: the same picture, rounding apart
+    assert np.quantile(difference, 0.99) <= 2
+
+
+# Peak growth of the resident set during one load_and_preprocess, in a fresh interpreter after a warm-up run: the
+# kernel's high-water mark is reset just before the call (/proc/self/clear_refs), so imports and the warm-up do not
+# count. tracemalloc would miss Pillow's pixel buffers, which are not allocated through Python.
+_PEAK_PROBE = """
+import sys
+from catalens.imaging import PreprocessConfig, load_and_preprocess
+from tests.unit.imagefactory import encode, photo
+
+def status_kib():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+config = PreprocessConfig(size=260, resize_short=297)
+load_and_preprocess(encode(photo(400, 300), "PNG"), config)
+data = open(sys.argv[1], "rb").read()
+with open("/proc/self/clear_refs", "w") as reset:
+    reset.write("5")
+before, _ = status_kib()
+try:
+    load_and_preprocess(data, config)
+    status = "ok"
+except Exception as exc:
+    status = getattr(exc, "code", type(exc).__name__)
+print(status, (status_kib()[1] - before) / 1024)
+"""
+
+# Stated bound: decoding and preprocessing a photo of up to 2 MP grows the process by at most this much, whatever
+# its aspect ratio (the strips here need ~8 MiB, their decoded pixels; resizing a 32×60000 strip whole took ~730 MiB).
+PEAK_MIB_UP_TO_2_MP = 32
+
+
+def peak_mib(data: bytes, tmp_path) -> tuple[str, float]:
+    import subprocess
+    import sys
+
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],  # the repository root, so the probe imports tests.unit.imagefactory
+    )
+    status, mib = done.stdout.split()
+    return status, float(mib)
+
+
+def strip_png(width: int, height: int) -> bytes:
+    """A cheap-to-encode photo-like strip: a colour ramp along the long side with a few bands across it."""
+    along = np.linspace(0, 1, max(width, height), dtype=np.float32)
+    ramp = np.stack([along * 255, (1 - along) * 200, np.full_like(along, 90)], axis=-1)
+    pixels = ramp[None, :, :] if width >= height else ramp[:, None, :]
+    pixels = np.broadcast_to(pixels, (height, width, 3)).copy()
+    pixels[:: max(1, min(width, height) // 4)] //= 2
+    return encode(Image.fromarray(pixels.astype(np.uint8)), "PNG")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("size", [(60000, 32), (32, 60000), (20000, 100), (100, 20000), (1600, 1200)])
+def test_peak_memory_is_bounded_whatever_the_aspect_ratio(size, tmp_path):
+    status, mib = peak_mib(strip_png(*size) if size != (1600, 1200) else encode(photo(*size), "JPEG"), tmp_path)
+    assert status == "ok"
+    assert mib < PEAK_MIB_UP_TO_2_MP, f"{size}: peak grew by {mib:.0f} MiB"

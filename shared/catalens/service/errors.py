@@ -82,6 +82,8 @@ HTTP_STATUS: dict[str, int] = {
     "token_expired": 401,
     "shopper_token_required": 401,
     "token_user_mismatch": 403,
+    "image_too_small": 400,
+    "blank_image": 400,
     "image_too_large": 413,
     "image_too_complex": 413,
     "payload_too_large": 413,
