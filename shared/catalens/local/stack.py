@@ -549,6 +549,7 @@ class LocalStack:
             stage=self.api.stage,
             api_key=self.api_key,
             cors_allow_origin=self.api.cors_allow_origin,
+            gateway_responses=self.api.gateway_responses,
         )
         resources = LocalResources(
             s3=self.s3,
@@ -654,7 +655,7 @@ class LocalStack:
         return out
 
     def _internal_event(self, path: str) -> dict:
-        from catalens.local.gateway import rest_event
+        from catalens.local.gateway import API_PREFIX, rest_event
 
         route = Route("GET", path)
         return rest_event(
@@ -666,6 +667,7 @@ class LocalStack:
             route=route,
             path_params={},
             config=ApiConfig(routes=[route], stage=self.api.stage, api_key=self.api_key),
+            base_path=API_PREFIX,
         )
 
     def compact_now(self) -> None:
