@@ -97,6 +97,23 @@ def test_a_photo_whose_event_exceeds_lambdas_payload_limit_is_413_in_the_error_s
     assert too_large.json()["code"] == "payload_too_large"
 
 
+def test_a_client_that_hangs_up_leaves_no_traceback_in_the_terminal(stack: StackClient) -> None:
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    address = urlsplit(stack.base)
+    for raw in (
+        b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/search HTTP/1.1\r\nContent-Length: 9999\r\n\r\n",
+    ):
+        with socket.create_connection((address.hostname, address.port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            client.sendall(raw)
+    assert stack.request("GET", "/local/status", key=False).status == 200  # still serving
+    assert "Traceback" not in stack.log_path.read_text(errors="replace")
+
+
 # ------------------------------------------------------------------------------------------------------- merchant
 def test_an_uploaded_photo_becomes_searchable_and_a_deleted_one_disappears(stack: StackClient) -> None:
     photo = photo_bytes(10, base="rocket.jpg")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from catalens.local.gateway import (
     Gateway,
     Request,
     Route,
+    _RequestHandler,
     event_size,
     gateway_response,
     is_binary_media_type,
@@ -303,3 +306,45 @@ def test_events_say_where_the_api_is_like_api_gateways_request_context() -> None
     assert context["resourcePath"] == "/openapi.json"
     assert context["domainName"] == "127.0.0.1:8080"
     assert context["path"].removesuffix(event["path"]) == "/api"
+
+
+# ------------------------------------------------------------------------------------- clients that hang up (issue 9)
+class _Owner:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.config = config()
+
+    def handle(self, request: Request):
+        self.calls += 1
+        return gateway_response("INVALID_API_KEY", self.config)
+
+
+def _serve_one(raw: bytes) -> _Owner:
+    """One request through the real request handler, over a socket pair whose client end has already closed."""
+    owner = _Owner()
+
+    class Handler(_RequestHandler):
+        pass
+
+    Handler.owner = owner  # type: ignore[assignment]
+    server_end, client_end = socket.socketpair()
+    client_end.sendall(raw)
+    client_end.close()
+    try:
+        Handler(server_end, ("127.0.0.1", 5555), None)
+    finally:
+        server_end.close()
+    return owner
+
+
+def test_a_client_that_hangs_up_is_a_debug_line_not_a_traceback(caplog, capsys) -> None:
+    caplog.set_level(logging.DEBUG, logger="catalens.local")
+    owner = _serve_one(b"GET /api/items/x HTTP/1.1\r\nHost: x\r\n\r\n")  # BrokenPipeError
+    assert owner.calls == 1
+    assert capsys.readouterr().err == ""
+    assert any("went away" in record.getMessage() for record in caplog.records)
+
+
+def test_a_body_cut_short_by_the_client_is_not_handled() -> None:
+    owner = _serve_one(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    assert owner.calls == 0

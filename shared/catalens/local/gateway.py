@@ -32,6 +32,7 @@ import logging
 import mimetypes
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from catalens.local.runtime import LOCAL_ACCOUNT
+from catalens.local.runtime import LOCAL_ACCOUNT, describe
 from catalens.local.server import ensure_port_free
 
 log = logging.getLogger("catalens.local")
@@ -68,6 +69,7 @@ _ERROR_TYPES = {
     429: "TooManyRequestsException",
     502: "InternalServerErrorException",
 }
+_CLIENT_GONE = (ConnectionError, TimeoutError)  # a client that hung up or reset; nobody is left to answer
 
 
 # ---------------------------------------------------------------------------------------------------------- routes
@@ -429,7 +431,7 @@ class Gateway:
         class _Handler(_RequestHandler):
             owner = gateway
 
-        self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
+        self._server = _Server((self.host, self.port), _Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True)
@@ -545,6 +547,17 @@ class Gateway:
         return HttpResponse(200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body)
 
 
+class _Server(ThreadingHTTPServer):
+    """socketserver prints a traceback to stderr for whatever escapes a handler; this logs it instead."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            log.debug("gateway: client %s went away: %s", client_address[0], describe(exc))
+        else:
+            log.error("gateway: request from %s failed: %s", client_address[0], describe(exc), exc_info=True)
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     owner: Gateway
     protocol_version = "HTTP/1.1"
@@ -552,6 +565,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("gateway: " + format, *args)
+
+    def handle(self) -> None:
+        """Serve the connection; a client that hangs up mid-request (a closed tab, curl's Ctrl-C) is no error here."""
+        try:
+            super().handle()
+        except _CLIENT_GONE as exc:
+            self.close_connection = True
+            log.debug("gateway: client %s went away: %s", self.client_address[0], describe(exc))
 
     def _serve(self) -> None:
         url = urlsplit(self.path)
@@ -561,6 +582,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(gateway_response("REQUEST_TOO_LARGE", self.owner.config, detail=detail), close=True)
             return
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client closed before sending its whole body: nobody waits for an answer
+            self.close_connection = True
+            log.debug("gateway: %s %s: client sent %d of %d body bytes", self.command, url.path, len(body), length)
+            return
         request = Request(
             method=self.command,
             path=percent_encoded(url.path),
