@@ -1,19 +1,21 @@
 """A real browser on the local stack's page: Debian's Chromium driven by Playwright for Python.
 
-The browser is the system's (`apt-get install chromium`; `.ci/run` installs it): Playwright's own browser downloads
-cannot work here. A screenshot of each run is kept under ``artifacts/e2e/``.
+The browser is the system's (`apt-get install chromium`; `make test` installs it when run as root, and
+``CATALENS_CHROMIUM`` names another): Playwright's own browser downloads are not used. A screenshot of each run is kept
+under ``artifacts/e2e/``.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import StackClient, photo_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CATALENS_CHROMIUM") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -40,7 +42,7 @@ DROP_FILE = """
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.fail("the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)")
+        pytest.fail(f"the browser test needs Chromium at {CHROMIUM}: apt-get install -y chromium (make test does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
