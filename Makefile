@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR ?= build/models
 MODEL_STAMP := $(MODEL_DIR)/.built
 
-.PHONY: setup run test lint unit integration e2e model bench clean deploy-checks sam-build deploy smoke
+.PHONY: setup run test lint unit integration e2e model bench clean deploy-checks sam-build deploy smoke chromium
 
 setup: $(STAMP) $(MODEL_STAMP)
 
@@ -29,7 +29,22 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint deploy-checks
+# The e2e browser test drives Debian's Chromium (Playwright's own browser download is not used): installed here when
+# missing and we may (root with apt-get), otherwise make test stops before any setup, naming the command.
+CHROMIUM ?= /usr/bin/chromium
+export CATALENS_CHROMIUM := $(CHROMIUM)
+
+chromium:
+	@test -x "$(CHROMIUM)" || { \
+	  if [ "$(CHROMIUM)" = /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Chromium for the browser test (apt-get install chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  fi; \
+	  test -x "$(CHROMIUM)" || { \
+	    echo "make test needs Chromium at $(CHROMIUM): sudo apt-get install -y chromium (or CHROMIUM=/path/to/it)" >&2; \
+	    exit 1; }; }
+
+test: chromium setup lint deploy-checks
 	$(VENV)/bin/pytest tests/unit --disable-socket --allow-unix-socket -q
 	$(VENV)/bin/pytest tests/integration tests/e2e -q
 
@@ -39,7 +54,7 @@ unit: setup
 integration: setup
 	$(VENV)/bin/pytest tests/integration -q
 
-e2e: setup
+e2e: chromium setup
 	$(VENV)/bin/pytest tests/e2e -q
 
 clean:

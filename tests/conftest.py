@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROCERY_DIR = REPO_ROOT.parent / "shared" / "data" / "grocery"
+
+
+def _cache_numba_in_the_virtualenv() -> None:
+    """pynndescent's numba code compiles for minutes per test process; its ``cache=True`` functions are kept in the
+    virtualenv (numba checks each entry against its source file and its own version), so later runs load them.
+
+    Set before anything imports numba, and inherited by the local stack's processes (the builder's compaction).
+    """
+    if "NUMBA_CACHE_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["NUMBA_CACHE_DIR"] = str(Path(sys.prefix) / "numba-cache")
+
+
+_cache_numba_in_the_virtualenv()
 
 
 @pytest.fixture(scope="session")

@@ -799,13 +799,15 @@ class ApiRoute:
 
 @dataclass(frozen=True)
 class ApiSpec:
-    """The REST API as the template declares it: routes, binary media types (``image/jpeg``), stage, CORS origin."""
+    """The REST API as the template declares it: routes, binary media types (``image/jpeg``), stage, CORS origin,
+    and the ``GatewayResponses`` that shape API Gateway's own answers (bad key, too large, throttled)."""
 
     logical_id: str
     stage: str
     binary_media_types: list[str]
     routes: list[ApiRoute]
     cors_allow_origin: str | None
+    gateway_responses: dict[str, Any] = field(default_factory=dict)
 
 
 def api_spec(stack: ProvisionedStack, api_logical_id: str = "SearchApi") -> ApiSpec:
@@ -837,4 +839,5 @@ def api_spec(stack: ProvisionedStack, api_logical_id: str = "SearchApi") -> ApiS
         binary_media_types=[t.replace("~1", "/") for t in api.get("BinaryMediaTypes", [])],
         routes=sorted(routes, key=lambda r: (r.path, r.method)),
         cors_allow_origin=origin.strip("'") if isinstance(origin, str) else None,
+        gateway_responses=dict(api.get("GatewayResponses") or {}),
     )

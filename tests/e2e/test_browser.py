@@ -1,19 +1,21 @@
 """A real browser on the local stack's page: Debian's Chromium driven by Playwright for Python.
 
-The browser is the system's (`apt-get install chromium`; `.ci/run` installs it): Playwright's own browser downloads
-cannot work here. A screenshot of each run is kept under ``artifacts/e2e/``.
+The browser is the system's (`apt-get install chromium`; `make test` installs it when run as root, and
+``CATALENS_CHROMIUM`` names another): Playwright's own browser downloads are not used. A screenshot of each run is kept
+under ``artifacts/e2e/``.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import StackClient, photo_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CATALENS_CHROMIUM") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -40,7 +42,7 @@ DROP_FILE = """
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.fail("the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)")
+        pytest.fail(f"the browser test needs Chromium at {CHROMIUM}: apt-get install -y chromium (make test does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -58,6 +60,8 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(stack.info["web_url"])
     page.wait_for_selector("#shopper option[value='alice']", state="attached")
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('products in the catalog')")
+    assert "below" not in page.locator("#summary").inner_text()  # nothing is shown below yet
 
     photo = photo_bytes(40, base="coffee.png")
     page.evaluate(DROP_FILE, ["#drop", base64.b64encode(photo).decode(), "espresso.jpg"])
@@ -66,6 +70,7 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     assert cards.count() == 12
     assert "Espresso cup" in cards.first.locator(".title").inner_text()
     assert "products like your photo" in page.locator("#summary").inner_text()
+    assert "pick a product below" in page.locator("#summary").inner_text()
     assert page.locator("#query-preview").is_visible()
     first_image = cards.first.locator("img")
     page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=first_image.element_handle())
@@ -102,4 +107,18 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     assert stack.api("GET", "/items/browser-upload-lamp").json()["fields"]["category"] == "lighting"
     page.screenshot(path=str(artifacts / "merchant-panel.png"))
     assert errors == []
+    page.close()
+
+
+def test_an_empty_catalog_says_how_to_add_photos(stack: StackClient, browser) -> None:
+    """The page's words for a stack with no products (its status answered as an empty stack answers it)."""
+    page = browser.new_page()
+    status = stack.status() | {"index_version": "empty", "item_count": 0}
+    page.route("**/local/status", lambda route: route.fulfill(json=status))
+    page.goto(stack.info["web_url"])
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('No products yet')")
+    summary = page.locator("#summary").inner_text()
+    assert "Merchant" in summary
+    assert "CATALOG=" in summary
+    assert "below" not in summary
     page.close()

@@ -76,15 +76,43 @@ def test_filters_and_more_like_this(stack: StackClient) -> None:
 
 
 def test_the_api_needs_the_key_and_answers_malformed_requests_with_4xx(stack: StackClient) -> None:
-    assert stack.api("GET", "/health", key=False).status == 403
-    assert stack.api("GET", "/health", headers={"x-api-key": "wrong"}, key=False).status == 403
+    for denied in (
+        stack.api("GET", "/health", key=False),
+        stack.api("GET", "/health", headers={"x-api-key": "wrong"}, key=False),
+    ):
+        assert denied.status == 403
+        assert denied.json()["code"] == "invalid_api_key"
     assert stack.api("GET", "/health").json()["item_count"] >= DEMO_ITEMS
     not_an_image = stack.search_photo(b"definitely not a photo")
     assert 400 <= not_an_image.status < 500
     assert set(not_an_image.json()) >= {"code", "message"}
     assert stack.api("GET", "/items/no-such-item").status == 404
-    assert stack.api("GET", "/nowhere").json() == {"message": "Missing Authentication Token"}
+    nowhere = stack.api("GET", "/nowhere")
+    assert (nowhere.status, nowhere.json()["code"]) == (403, "forbidden")
     assert stack.api("GET", "/openapi.json").json()["openapi"].startswith("3.")
+
+
+def test_a_photo_whose_event_exceeds_lambdas_payload_limit_is_413_in_the_error_shape(stack: StackClient) -> None:
+    too_large = stack.search_photo(b"\xff\xd8\xff" + bytes(4_900_000))  # 6.5 MB once base64-encoded in the event
+    assert too_large.status == 413
+    assert too_large.json()["code"] == "payload_too_large"
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback_in_the_terminal(stack: StackClient) -> None:
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    address = urlsplit(stack.base)
+    for raw in (
+        b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/search HTTP/1.1\r\nContent-Length: 9999\r\n\r\n",
+    ):
+        with socket.create_connection((address.hostname, address.port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            client.sendall(raw)
+    assert stack.request("GET", "/local/status", key=False).status == 200  # still serving
+    assert "Traceback" not in stack.log_path.read_text(errors="replace")
 
 
 # ------------------------------------------------------------------------------------------------------- merchant

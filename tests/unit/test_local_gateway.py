@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import socket
+from pathlib import Path
 
 import pytest
 
 from catalens.local.gateway import (
+    GATEWAY_RESPONSES,
+    MAX_LAMBDA_EVENT_BYTES,
     ApiConfig,
     Gateway,
     Request,
     Route,
+    _RequestHandler,
+    event_size,
+    gateway_response,
     is_binary_media_type,
     match_route,
     proxy_response,
@@ -23,8 +31,10 @@ ROUTES = [
     Route("GET", "/items/{id}"),
     Route("GET", "/items/{id}/similar"),
     Route("GET", "/health", api_key_required=False),
+    Route("GET", "/openapi.json", api_key_required=False),
     Route("DELETE", "/users/{id}/profile"),
 ]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def config() -> ApiConfig:
@@ -164,8 +174,11 @@ def test_gateway_unknown_route_is_missing_authentication_token_and_a_raise_is_50
     gateway = Gateway(config(), invoke)
     missing = gateway.handle(request("GET", "/api/nope", headers=[("X-Api-Key", "k3y")]))
     assert missing.status == 403
-    assert json.loads(missing.body) == {"message": "Missing Authentication Token"}
-    assert gateway.handle(request("GET", "/api/health")).status == 502
+    assert json.loads(missing.body)["code"] == "forbidden"
+    assert "Missing Authentication Token" in json.loads(missing.body)["message"]
+    failed = gateway.handle(request("GET", "/api/health"))
+    assert failed.status == 502
+    assert json.loads(failed.body) == {"message": "Internal server error"}
 
 
 def test_static_files_get_the_api_key_and_cannot_escape_the_web_root(tmp_path) -> None:
@@ -188,3 +201,150 @@ def test_gateway_errors_carry_the_cors_origin_like_gateway_responses() -> None:
     preflight = gateway.handle(request("OPTIONS", "/api/search"))
     assert preflight.status == 204
     assert ("Access-Control-Allow-Origin", "https://shop.example") in preflight.headers
+
+
+# ------------------------------------------------------------------------------- API Gateway's own answers (issue 6)
+def test_a_missing_or_wrong_key_is_403_in_the_products_error_shape() -> None:
+    gateway = Gateway(config(), lambda event: pytest.fail("the handler must not run without a key"))
+    for headers in ([], [("X-Api-Key", "wrong")]):
+        denied = gateway.handle(request("GET", "/api/items/x", headers=headers))
+        assert denied.status == 403
+        body = json.loads(denied.body)
+        assert body["code"] == "invalid_api_key"
+        assert "x-api-key" in body["message"]
+        assert ("x-amzn-ErrorType", "ForbiddenException") in denied.headers
+
+
+def _photo_search(gateway: Gateway, size: int) -> tuple[int, dict]:
+    headers = [("Content-Type", "image/jpeg"), ("X-Api-Key", "k3y"), ("Host", "127.0.0.1:8080")]
+    response = gateway.handle(request("POST", "/api/search?k=5", body=b"\xff" * size, headers=headers))
+    return response.status, json.loads(response.body)
+
+
+def test_a_body_whose_lambda_event_would_pass_6_mb_is_413_and_never_reaches_the_handler() -> None:
+    sizes: list[int] = []
+
+    def invoke(event: dict) -> dict:
+        assert event_size(event) <= MAX_LAMBDA_EVENT_BYTES
+        sizes.append(len(base64.b64decode(event["body"])))
+        return {"statusCode": 200, "body": "{}"}
+
+    gateway = Gateway(config(), invoke)
+    assert _photo_search(gateway, 4_400_000)[0] == 200  # a 4.4 MB photo is 5.9 MB in base64: it fits
+    status, body = _photo_search(gateway, 4_800_000)  # 6.4 MB in base64: Lambda would refuse the invoke
+    assert status == 413
+    assert body["code"] == "payload_too_large"
+    largest = int(body["message"].rsplit("at most ", 1)[1].split()[0])
+    assert 4_700_000 < largest < 6 * 1024 * 1024 * 3 // 4
+    assert _photo_search(gateway, largest)[0] == 200  # the number the message gives is exact
+    assert _photo_search(gateway, largest + 3)[0] == 413
+    assert sizes == [4_400_000, largest]
+
+
+def test_a_text_body_counts_as_sent_and_api_gateways_own_10_mb_limit_is_413_too() -> None:
+    gateway = Gateway(config(), lambda event: {"statusCode": 200, "body": "{}"})
+    headers = [("Content-Type", "application/json"), ("X-Api-Key", "k3y")]
+    for size in (6_300_000, 11 * 1024 * 1024):
+        response = gateway.handle(request("POST", "/api/search", body=b"x" * size, headers=headers))
+        assert response.status == 413
+        assert json.loads(response.body)["code"] == "payload_too_large"
+
+
+def test_gateway_responses_follow_the_templates_and_fall_back_to_default_4xx() -> None:
+    declared = {
+        "INVALID_API_KEY": {
+            "StatusCode": 403,
+            "ResponseParameters": {"Headers": {"X-Why": "'key'", "X-Dynamic": "method.request.header.Host"}},
+            "ResponseTemplates": {
+                "application/json": '{"code": "invalid_api_key", "message": $context.error.messageString}'
+            },
+        },
+        "DEFAULT_4XX": {
+            "ResponseParameters": {"Headers": {"Access-Control-Allow-Origin": "'https://shop.example'"}},
+            "ResponseTemplates": {"application/json": '{"code": "bad_request", "type": "$context.error.responseType"}'},
+        },
+    }
+    gateway = Gateway(ApiConfig(routes=ROUTES, api_key="k3y", gateway_responses=declared), lambda e: {})
+    denied = gateway.handle(request("GET", "/api/items/x"))
+    assert (denied.status, json.loads(denied.body)) == (403, {"code": "invalid_api_key", "message": "Forbidden"})
+    assert ("X-Why", "key") in denied.headers
+    assert ("Access-Control-Allow-Origin", "https://shop.example") in denied.headers
+    assert not any(name == "X-Dynamic" for name, _ in denied.headers)
+    missing = gateway.handle(request("GET", "/api/nope"))
+    assert json.loads(missing.body) == {"code": "bad_request", "type": "MISSING_AUTHENTICATION_TOKEN"}
+
+
+def test_the_templates_gateway_responses_give_the_codes_the_local_gateway_gives() -> None:
+    """Once the template restyles API Gateway's answers, local and deployed answers must carry the same codes."""
+    from catalens.provision import load_template
+
+    api = load_template(REPO_ROOT / "template.yaml")["Resources"]["SearchApi"]["Properties"]
+    declared = api.get("GatewayResponses") or {}
+    for kind, (status, code, _) in GATEWAY_RESPONSES.items():
+        templates = (declared.get(kind) or {}).get("ResponseTemplates") or {}
+        template = templates.get("application/json")
+        if not code or template is None:
+            continue
+        if isinstance(template, dict):  # !Sub "..." whose variables do not touch the code
+            template = template.get("Fn::Sub")
+        own = declared[kind] | {"ResponseTemplates": {"application/json": template}}
+        response = gateway_response(kind, ApiConfig(routes=[], gateway_responses={kind: own}))
+        assert response.status == status, kind
+        assert json.loads(response.body)["code"] == code, kind
+
+
+def test_events_say_where_the_api_is_like_api_gateways_request_context() -> None:
+    events: list[dict] = []
+    gateway = Gateway(config(), lambda event: events.append(event) or {"statusCode": 200, "body": "{}"})
+    response = gateway.handle(request("GET", "/api/openapi.json", headers=[("Host", "127.0.0.1:8080")]))
+    assert response.status == 200
+    (event,) = events
+    assert (event["resource"], event["path"]) == ("/openapi.json", "/openapi.json")
+    context = event["requestContext"]
+    assert context["path"] == "/api/openapi.json"  # what the client asked for: the API is at /api
+    assert context["stage"] == "Prod"
+    assert context["resourcePath"] == "/openapi.json"
+    assert context["domainName"] == "127.0.0.1:8080"
+    assert context["path"].removesuffix(event["path"]) == "/api"
+
+
+# ------------------------------------------------------------------------------------- clients that hang up (issue 9)
+class _Owner:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.config = config()
+
+    def handle(self, request: Request):
+        self.calls += 1
+        return gateway_response("INVALID_API_KEY", self.config)
+
+
+def _serve_one(raw: bytes) -> _Owner:
+    """One request through the real request handler, over a socket pair whose client end has already closed."""
+    owner = _Owner()
+
+    class Handler(_RequestHandler):
+        pass
+
+    Handler.owner = owner  # type: ignore[assignment]
+    server_end, client_end = socket.socketpair()
+    client_end.sendall(raw)
+    client_end.close()
+    try:
+        Handler(server_end, ("127.0.0.1", 5555), None)
+    finally:
+        server_end.close()
+    return owner
+
+
+def test_a_client_that_hangs_up_is_a_debug_line_not_a_traceback(caplog, capsys) -> None:
+    caplog.set_level(logging.DEBUG, logger="catalens.local")
+    owner = _serve_one(b"GET /api/items/x HTTP/1.1\r\nHost: x\r\n\r\n")  # BrokenPipeError
+    assert owner.calls == 1
+    assert capsys.readouterr().err == ""
+    assert any("went away" in record.getMessage() for record in caplog.records)
+
+
+def test_a_body_cut_short_by_the_client_is_not_handled() -> None:
+    owner = _serve_one(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+    assert owner.calls == 0

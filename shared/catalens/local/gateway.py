@@ -2,17 +2,25 @@
 
 It does what API Gateway (REST, Lambda proxy integration) does for the deployed API, and nothing clever:
 
-- matches the request against the template's resources (``/items/{id}``), else 403 "Missing Authentication Token";
-- checks ``x-api-key`` (403 "Forbidden" when missing or wrong, as a usage-plan key does);
+- matches the request against the template's resources (``/items/{id}``), else 403 MISSING_AUTHENTICATION_TOKEN;
+- checks ``x-api-key`` (403 INVALID_API_KEY when missing or wrong, as a usage-plan key does);
 - builds the proxy event: ``resource``, ``path``, ``httpMethod``, ``headers``/``multiValueHeaders``,
   ``queryStringParameters``/``multiValueQueryStringParameters``, ``pathParameters``, ``requestContext``, and the body
   base64-encoded with ``isBase64Encoded: true`` when its Content-Type is one of the API's binary media types;
+- refuses with 413 REQUEST_TOO_LARGE a body over API Gateway's 10 MB, or one whose event (as JSON, base64 body
+  included) would exceed Lambda's 6 MB synchronous invoke payload, which on AWS never reaches the handler;
 - returns the handler's ``statusCode``/``headers``/``multiValueHeaders``/``body`` (base64 bodies decoded), and 502
   "Internal server error" when the handler raises or returns something that is not a proxy response.
 
+Its own answers (403, 413, 502) are API Gateway's gateway responses: the template's ``GatewayResponses`` (status code,
+static headers, body template) when it has them, else the product's ``{"code": ..., "message": ...}`` error shape.
+It does no throttling (the usage plan's 429 THROTTLED / QUOTA_EXCEEDED would be rendered the same way).
+
 The API lives under ``/api`` (so a client's base URL is ``http://127.0.0.1:PORT/api``, as it is
-``https://ID.execute-api.REGION.amazonaws.com/Prod`` when deployed). Beside it, the local-only ``/local/*`` routes of
-:class:`LocalRoutes` back the web page (catalog uploads and deletes, shopper events, photo bytes, status).
+``https://ID.execute-api.REGION.amazonaws.com/Prod`` when deployed), and events say so: ``requestContext.path`` is
+the path the client asked for (``/api/openapi.json``), as API Gateway's is (``/Prod/openapi.json``). Beside it, the
+local-only ``/local/*`` routes of :class:`LocalRoutes` back the web page (catalog uploads and deletes, shopper
+events, photo bytes, status).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import mimetypes
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -35,15 +44,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from catalens.local.runtime import LOCAL_ACCOUNT
+from catalens.local.runtime import LOCAL_ACCOUNT, describe
 from catalens.local.server import ensure_port_free
 
 log = logging.getLogger("catalens.local")
 
 API_PREFIX = "/api"
 MAX_API_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
-MAX_LAMBDA_EVENT_BYTES = 6 * 1024 * 1024  # synchronous invoke payload limit
+MAX_LAMBDA_EVENT_BYTES = 6 * 1024 * 1024  # synchronous invoke payload limit ("smaller than 6291456 bytes")
 API_KEY_HEADER = "x-api-key"
+
+# API Gateway's own answers: response type -> (default status, the product's error code, API Gateway's message).
+GATEWAY_RESPONSES: dict[str, tuple[int, str, str]] = {
+    "MISSING_AUTHENTICATION_TOKEN": (403, "forbidden", "Missing Authentication Token"),
+    "INVALID_API_KEY": (403, "invalid_api_key", "Forbidden"),
+    "REQUEST_TOO_LARGE": (413, "payload_too_large", "Request Too Long"),
+    "THROTTLED": (429, "throttled", "Too Many Requests"),
+    "QUOTA_EXCEEDED": (429, "quota_exceeded", "Limit Exceeded"),
+    "DEFAULT_5XX": (502, "", "Internal server error"),
+}
+_ERROR_TYPES = {
+    403: "ForbiddenException",
+    413: "RequestTooLargeException",
+    429: "TooManyRequestsException",
+    502: "InternalServerErrorException",
+}
+_CLIENT_GONE = (ConnectionError, TimeoutError)  # a client that hung up or reset; nobody is left to answer
 
 
 # ---------------------------------------------------------------------------------------------------------- routes
@@ -118,6 +144,7 @@ class ApiConfig:
     api_key: str = ""
     api_key_id: str = "local-key"
     cors_allow_origin: str | None = None  # the API's Cors AllowOrigin; also on API Gateway's own 4xx/5xx answers
+    gateway_responses: dict[str, Any] = field(default_factory=dict)  # the template's GatewayResponses, resolved
 
 
 def rest_event(
@@ -133,9 +160,16 @@ def rest_event(
     source_ip: str = "127.0.0.1",
     host: str = "127.0.0.1",
     request_id: str | None = None,
+    base_path: str | None = None,
 ) -> dict:
-    """API Gateway's REST proxy event (payload format 1.0) for one request."""
+    """API Gateway's REST proxy event (payload format 1.0) for one request.
+
+    ``base_path`` is what the client's URL has before the resource path: ``/Prod`` on the execute-api domain (the
+    default), ``/api`` behind the local gateway. ``requestContext.path`` is the two joined, as API Gateway's is, so a
+    handler can tell where the API really is (``requestContext.domainName`` + that path, minus ``path``).
+    """
     request_id = request_id or str(uuid.uuid4())
+    base_path = f"/{config.stage}" if base_path is None else base_path.rstrip("/")
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
     for name, value in headers:
@@ -176,7 +210,7 @@ def rest_event(
             "httpMethod": method,
             "extendedRequestId": request_id.replace("-", "")[:16],
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "path": f"/{config.stage}{path}",
+            "path": f"{base_path}{path}",
             "accountId": LOCAL_ACCOUNT,
             "protocol": "HTTP/1.1",
             "stage": config.stage,
@@ -219,17 +253,80 @@ def json_response(status: int, payload: Any, headers: Sequence[tuple[str, str]] 
     return HttpResponse(status, [("Content-Type", "application/json"), *headers], body)
 
 
-def gateway_error(status: int, message: str) -> HttpResponse:
-    """API Gateway's own error body (``{"message": ...}``) and its ``x-amzn-ErrorType`` header."""
-    kind = {403: "ForbiddenException", 413: "RequestTooLargeException", 502: "InternalServerErrorException"}
-    return json_response(status, {"message": message}, [("x-amzn-ErrorType", kind.get(status, "Exception"))])
+def event_size(event: dict) -> int:
+    """Bytes of the event as Lambda receives it: compact JSON in UTF-8 (a base64 body is 4/3 of the raw one)."""
+    return len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
-def proxy_response(result: Any) -> HttpResponse:
+def gateway_response(
+    kind: str,
+    config: ApiConfig | None = None,
+    *,
+    detail: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """API Gateway's own answer of response type ``kind``, as the template's ``GatewayResponses`` shape it.
+
+    A type the template does not customise falls back to its ``DEFAULT_4XX``/``DEFAULT_5XX``, as on AWS; with no
+    body template at all, 4xx answers take the product's error shape (``detail`` as the message, when given) and
+    5xx answers API Gateway's plain ``{"message": ...}``.
+    """
+    status, code, aws_message = GATEWAY_RESPONSES[kind]
+    declared = (config.gateway_responses if config else None) or {}
+    own = declared.get(kind) or {}
+    family = declared.get("DEFAULT_5XX" if status >= 500 else "DEFAULT_4XX") or {}
+    status = int(own.get("StatusCode") or family.get("StatusCode") or status)
+    templates = own.get("ResponseTemplates") or family.get("ResponseTemplates") or {}
+    template = templates.get("application/json") or next(iter(templates.values()), None)
+    if template is not None:
+        body = _render(str(template), kind, aws_message, context or {}).encode()
+    elif code:
+        body = json.dumps({"code": code, "message": detail or aws_message}).encode()
+    else:
+        body = json.dumps({"message": aws_message}).encode()
+    headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", _ERROR_TYPES.get(status, "Exception"))]
+    for source in (family, own):
+        for name, value in ((source.get("ResponseParameters") or {}).get("Headers") or {}).items():
+            if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == "'":  # static values only
+                headers = [(k, v) for k, v in headers if k.lower() != name.lower()] + [(name, value[1:-1])]
+    return HttpResponse(status, headers, body)
+
+
+_KEY_DETAIL = f"missing or wrong API key: send the key in the {API_KEY_HEADER} header"
+
+
+def _no_route(request: Request) -> str:
+    return f"no {request.method} {request.path} in this API (Missing Authentication Token)"
+
+
+def _event_too_large(size: int, body_bytes: int, base64_body: bool) -> str:
+    """Why a body was refused, and the largest body of that kind that would have fitted."""
+    overhead = size - (4 * ((body_bytes + 2) // 3) if base64_body else body_bytes)
+    room = MAX_LAMBDA_EVENT_BYTES - overhead
+    largest = room // 4 * 3 if base64_body else room
+    encoded = " (the body base64-encoded)" if base64_body else ""
+    return (
+        f"the request body is {body_bytes} bytes: its Lambda event{encoded} would be {size} bytes, over Lambda's "
+        f"{MAX_LAMBDA_EVENT_BYTES}-byte invoke limit; send at most {largest} bytes"
+    )
+
+
+def _render(template: str, kind: str, message: str, context: dict[str, Any]) -> str:
+    """The ``$context`` variables a gateway response template may use; unknown ones render empty, as on AWS."""
+    values = {
+        "error.messageString": json.dumps(message),
+        "error.message": message,
+        "error.responseType": kind,
+        **{name: str(value) for name, value in context.items() if isinstance(value, str | int)},
+    }
+    return re.sub(r"\$context\.([A-Za-z0-9_.]+)", lambda m: values.get(m.group(1), ""), template)
+
+
+def proxy_response(result: Any, config: ApiConfig | None = None) -> HttpResponse:
     """The HTTP response API Gateway makes of a Lambda proxy result, or its 502 when the result is malformed."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         log.warning("gateway: handler returned a malformed proxy response: %r", str(result)[:200])
-        return gateway_error(502, "Internal server error")
+        return gateway_response("DEFAULT_5XX", config)
     headers: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, values in (result.get("multiValueHeaders") or {}).items():
@@ -246,7 +343,7 @@ def proxy_response(result: Any) -> HttpResponse:
         try:
             body = base64.b64decode(raw, validate=True)
         except ValueError:
-            return gateway_error(502, "Internal server error")
+            return gateway_response("DEFAULT_5XX", config)
     else:
         body = str(raw).encode("utf-8")
     return HttpResponse(result["statusCode"], headers, body)
@@ -334,7 +431,7 @@ class Gateway:
         class _Handler(_RequestHandler):
             owner = gateway
 
-        self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
+        self._server = _Server((self.host, self.port), _Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True)
@@ -360,11 +457,11 @@ class Gateway:
             found = pattern.match(request.path)
             if found and method == request.method:
                 if needs_key and not self.key_ok(request):
-                    return gateway_error(403, "Forbidden")
+                    return gateway_response("INVALID_API_KEY", self.config, detail=_KEY_DETAIL)
                 return handler(request, **found.groupdict())
         if request.method in ("GET", "HEAD"):
             return self.handle_static(request.path)
-        return gateway_error(403, "Missing Authentication Token")
+        return gateway_response("MISSING_AUTHENTICATION_TOKEN", self.config, detail=_no_route(request))
 
     def key_ok(self, request: Request) -> bool:
         given = request.header(API_KEY_HEADER) or ""
@@ -386,13 +483,18 @@ class Gateway:
         if request.method == "OPTIONS":
             return self._preflight(request)
         found = match_route(self.config.routes, request.method, path)
+        host = request.header("Host", self.host) or self.host
+        context = {"stage": self.config.stage, "path": request.path, "httpMethod": request.method, "domainName": host}
         if found is None:
-            return gateway_error(403, "Missing Authentication Token")
+            detail = _no_route(request)
+            return gateway_response("MISSING_AUTHENTICATION_TOKEN", self.config, detail=detail, context=context)
         route, params = found
+        context["resourcePath"] = route.resource
         if route.api_key_required and not self.key_ok(request):
-            return gateway_error(403, "Forbidden")
+            return gateway_response("INVALID_API_KEY", self.config, detail=_KEY_DETAIL, context=context)
         if len(request.body) > MAX_API_BODY_BYTES:
-            return gateway_error(413, "Request Too Long")
+            detail = f"the request body is {len(request.body)} bytes; API Gateway takes at most {MAX_API_BODY_BYTES}"
+            return gateway_response("REQUEST_TOO_LARGE", self.config, detail=detail, context=context)
         event = rest_event(
             method=request.method,
             path=path,
@@ -403,15 +505,19 @@ class Gateway:
             path_params=params,
             config=self.config,
             source_ip=request.client_ip,
-            host=request.header("Host", self.host) or self.host,
+            host=host,
+            base_path=API_PREFIX,
         )
-        if len(json.dumps(event)) > MAX_LAMBDA_EVENT_BYTES:
-            return gateway_error(413, "Request Too Long")
+        size = event_size(event)
+        if size > MAX_LAMBDA_EVENT_BYTES:  # on AWS, Lambda refuses the invoke and the handler never sees it
+            context["requestId"] = event["requestContext"]["requestId"]
+            detail = _event_too_large(size, len(request.body), event["isBase64Encoded"])
+            return gateway_response("REQUEST_TOO_LARGE", self.config, detail=detail, context=context)
         try:
             result = self.invoke_api(event)
         except Exception:
-            return gateway_error(502, "Internal server error")
-        return proxy_response(result)
+            return gateway_response("DEFAULT_5XX", self.config, context=context)
+        return proxy_response(result, self.config)
 
     def _preflight(self, request: Request) -> HttpResponse:
         return HttpResponse(
@@ -426,7 +532,7 @@ class Gateway:
 
     def handle_static(self, path: str) -> HttpResponse:
         if self.web_root is None:
-            return gateway_error(403, "Missing Authentication Token")
+            return gateway_response("MISSING_AUTHENTICATION_TOKEN", self.config, detail=f"nothing is served at {path}")
         relative = unquote(path).lstrip("/") or "index.html"
         target = (self.web_root / relative).resolve()
         root = self.web_root.resolve()
@@ -441,6 +547,17 @@ class Gateway:
         return HttpResponse(200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body)
 
 
+class _Server(ThreadingHTTPServer):
+    """socketserver prints a traceback to stderr for whatever escapes a handler; this logs it instead."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            log.debug("gateway: client %s went away: %s", client_address[0], describe(exc))
+        else:
+            log.error("gateway: request from %s failed: %s", client_address[0], describe(exc), exc_info=True)
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     owner: Gateway
     protocol_version = "HTTP/1.1"
@@ -449,13 +566,26 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("gateway: " + format, *args)
 
+    def handle(self) -> None:
+        """Serve the connection; a client that hangs up mid-request (a closed tab, curl's Ctrl-C) is no error here."""
+        try:
+            super().handle()
+        except _CLIENT_GONE as exc:
+            self.close_connection = True
+            log.debug("gateway: client %s went away: %s", self.client_address[0], describe(exc))
+
     def _serve(self) -> None:
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_API_BODY_BYTES * 2:
-            self._send(gateway_error(413, "Request Too Long"), close=True)
+            detail = f"the request body is {length} bytes; the local gateway takes at most {MAX_API_BODY_BYTES * 2}"
+            self._send(gateway_response("REQUEST_TOO_LARGE", self.owner.config, detail=detail), close=True)
             return
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client closed before sending its whole body: nobody waits for an answer
+            self.close_connection = True
+            log.debug("gateway: %s %s: client sent %d of %d body bytes", self.command, url.path, len(body), length)
+            return
         request = Request(
             method=self.command,
             path=percent_encoded(url.path),

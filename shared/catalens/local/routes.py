@@ -17,8 +17,9 @@ from urllib.parse import unquote
 from catalens.local.catalog import CONTENT_TYPES, IMAGE_SUFFIXES, metadata_for, safe_name
 from catalens.local.gateway import HttpResponse, Request, json_response
 from catalens.service.ingest import item_id_for_key
+from catalens.settings import Settings
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = Settings().max_image_bytes  # what ingest will read: a larger photo would only fail there
 
 
 def error(status: int, code: str, message: str) -> HttpResponse:

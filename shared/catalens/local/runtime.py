@@ -8,6 +8,7 @@ as Powertools' resolver keep per-request state on module globals, so the lock is
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import logging
 import sys
@@ -26,6 +27,9 @@ log = logging.getLogger("catalens.local")
 
 LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT = "123456789012"  # moto's default account
+
+# The function whose handler is running in this thread: its logs are the function's (CloudWatch's, on AWS).
+RUNNING_FUNCTION: contextvars.ContextVar[str | None] = contextvars.ContextVar("running_function", default=None)
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:
@@ -138,9 +142,12 @@ class LocalFunction:
         context = LambdaContext(self.name, memory_limit_in_mb=self.memory_mb, timeout_seconds=self.timeout_seconds)
         with self._lock:
             started = time.perf_counter()
+            running = RUNNING_FUNCTION.set(self.name)
             try:
                 return self.handler(event, context)
             except Exception as exc:
+                RUNNING_FUNCTION.reset(running)  # what follows is the runtime's report, not the function's log
+                running = None
                 self.stats.errors += 1
                 self.stats.last_error = describe(exc)
                 # Powertools raises BatchProcessingError when every record of a batch failed: that is the batch
@@ -149,5 +156,7 @@ class LocalFunction:
                 log.log(level, "function %s raised %s", self.name, self.stats.last_error, exc_info=True)
                 raise
             finally:
+                if running is not None:
+                    RUNNING_FUNCTION.reset(running)
                 self.stats.invocations += 1
                 self.stats.total_ms += (time.perf_counter() - started) * 1000

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,14 @@ from urllib.parse import unquote_plus
 from catalens.errors import CatalensError, ModelError
 from catalens.local.gateway import ApiConfig, Gateway, Route
 from catalens.local.pollers import ScheduledInvoker, SqsPoller, StreamPoller
-from catalens.local.runtime import LOCAL_ACCOUNT, LOCAL_REGION, LocalFunction, describe, load_handler
+from catalens.local.runtime import (
+    LOCAL_ACCOUNT,
+    LOCAL_REGION,
+    RUNNING_FUNCTION,
+    LocalFunction,
+    describe,
+    load_handler,
+)
 from catalens.local.server import DEFAULT_MOTO_PORT, LocalMotoServer, ensure_port_free
 from catalens.local.state import StateStore
 
@@ -48,6 +56,12 @@ STACK_NAME = "catalens-local"
 SHOPPER_TOKEN_KEYS = "ShopperTokenKeys"  # the template's custom resource holding the shopper-token key
 SHOPPER_TOKEN_KEY_FILE = "shopper-token-key"
 RATE = re.compile(r"^rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)$")
+
+# Powertools' Logger puts a filter on every root handler that drops records whose logger name *contains* its service
+# name: "ingest" silenced catalens.service.ingest (a rejected photo's reason reached no log at all), "search"
+# catalens.service.search. Switched off here; _FunctionLogs drops the service loggers themselves, by exact name.
+POWERTOOLS_LOCAL_ENV = {"POWERTOOLS_LOG_DEDUPLICATION_DISABLED": "true"}
+_SERVICE_LOGGERS: set[str] = set()  # the functions' POWERTOOLS_SERVICE_NAMEs: their logs go to stdout already
 
 
 class _ExtrasFormatter(logging.Formatter):
@@ -71,6 +85,46 @@ class _OneLineFormatter(_ExtrasFormatter):
             return super().format(record)
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class _FunctionLogs(logging.Filter):
+    """Records logged while a function runs are its logs: tagged with its name, and kept off the terminal when the
+    functions' output goes to files (as Lambda's goes to CloudWatch). The Powertools loggers' own records are
+    already on stdout (functions.log), so they are dropped here."""
+
+    def __init__(self, *, terminal: bool) -> None:
+        super().__init__()
+        self.terminal = terminal
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in _SERVICE_LOGGERS:
+            return False
+        function = RUNNING_FUNCTION.get()
+        if function is None:
+            return True
+        if self.terminal:
+            return False
+        record.function = function
+        return True
+
+
+class _Reasons(logging.Handler):
+    """The last warning or error logged about each catalog key (``extra={"key": ...}``): a dead letter's why."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__(logging.WARNING)
+        self.by_key: OrderedDict[str, str] = OrderedDict()
+        self.limit = limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        key = getattr(record, "key", None)
+        if not isinstance(key, str):
+            return
+        reason, code = getattr(record, "reason", None), getattr(record, "code", None)
+        self.by_key[key] = record.getMessage() + (f": {reason}" if reason else "") + (f" ({code})" if code else "")
+        self.by_key.move_to_end(key)
+        while len(self.by_key) > self.limit:
+            self.by_key.popitem(last=False)
 
 
 class LocalStackError(CatalensError):
@@ -181,6 +235,8 @@ class LocalStack:
         self._stopped = threading.Event()
         self._started = False
         self._real_stdout: Any = None
+        self._log_handlers: list[logging.Handler] = []
+        self._reasons = _Reasons()
         self._clients: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------- start
@@ -264,24 +320,34 @@ class LocalStack:
         return self.info
 
     def _configure_logging(self) -> None:
-        """Library logs go to ``<data dir>/logs/local.log``; warnings also to stderr, one line each, extras included."""
+        """Library logs go to ``<data dir>/logs/local.log``; warnings also to stderr, one line each, extras included.
+
+        Which log holds what: ``local.log`` the stack's own lines and every library log (the core's, also while a
+        function runs, tagged ``function=``), tracebacks included; ``functions.log`` the functions' stdout (their
+        Powertools JSON logs); ``<Function>.log`` the output of a function run in a child process (the builder).
+        """
         import warnings
 
         warnings.filterwarnings("ignore", message="No application metrics to publish")
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         root = logging.getLogger()
+        root.addHandler(self._reasons)
+        self._log_handlers.append(self._reasons)
         if any(getattr(h, "catalens_local", False) for h in root.handlers):
             return
         to_file = logging.FileHandler(logs / "local.log")
         to_file.setFormatter(_ExtrasFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         to_file.setLevel(logging.INFO)
+        to_file.addFilter(_FunctionLogs(terminal=False))
         to_stderr = logging.StreamHandler(sys.stderr)
         to_stderr.setFormatter(_OneLineFormatter("catalens local: %(name)s: %(message)s"))
         to_stderr.setLevel(logging.WARNING)
+        to_stderr.addFilter(_FunctionLogs(terminal=self.config.capture_function_output))
         for handler in (to_file, to_stderr):
             handler.catalens_local = True  # type: ignore[attr-defined]
             root.addHandler(handler)
+            self._log_handlers.append(handler)
         root.setLevel(logging.INFO)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # pool-size notices from handler clients
         logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -365,9 +431,12 @@ class LocalStack:
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon here
             "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines would flood the terminal; metrics are a CloudWatch thing
             "POWERTOOLS_DEV": "false",
+            **POWERTOOLS_LOCAL_ENV,
         }
         for logical_id, spec in self.specs.items():
             environment = spec.environment | local_env
+            if environment.get("POWERTOOLS_SERVICE_NAME"):
+                _SERVICE_LOGGERS.add(environment["POWERTOOLS_SERVICE_NAME"])
             if spec.package_type == "Image":
                 app_path = self._image_function_dir(logical_id) / "app.py"
                 function = None
@@ -480,10 +549,15 @@ class LocalStack:
             keys = []
         what = ", ".join(keys) or f"message {message.get('MessageId')}"
         tries = (message.get("Attributes") or {}).get("ApproximateReceiveCount", "?")
-        where = self.data_dir / "logs" / ("functions.log" if self.config.capture_function_output else "local.log")
+        why = "; ".join(dict.fromkeys(self._reasons.by_key[key] for key in keys if key in self._reasons.by_key))
+        running = self.functions.get(logical_id)
+        last_error = running.function.stats.last_error if running and running.function else ""
+        if not why and last_error and not last_error.startswith("BatchProcessingError"):
+            why = last_error  # the whole batch failed with this (a batch of one record: this message's own error)
         print(
-            f"catalens local: {logical_id} gave up on {what} after {tries} tries; it goes to the dead-letter queue "
-            f"(why: {where})",
+            f"catalens local: {logical_id} gave up on {what} after {tries} tries; it goes to the dead-letter queue"
+            + (f": {why}" if why else "")
+            + f" (details: {self.data_dir / 'logs' / 'local.log'})",
             file=sys.stderr,
             flush=True,
         )
@@ -569,6 +643,7 @@ class LocalStack:
             stage=self.api.stage,
             api_key=self.api_key,
             cors_allow_origin=self.api.cors_allow_origin,
+            gateway_responses=self.api.gateway_responses,
         )
         resources = LocalResources(
             s3=self.s3,
@@ -675,7 +750,7 @@ class LocalStack:
         return out
 
     def _internal_event(self, path: str) -> dict:
-        from catalens.local.gateway import rest_event
+        from catalens.local.gateway import API_PREFIX, rest_event
 
         route = Route("GET", path)
         return rest_event(
@@ -687,6 +762,7 @@ class LocalStack:
             route=route,
             path_params={},
             config=ApiConfig(routes=[route], stage=self.api.stage, api_key=self.api_key),
+            base_path=API_PREFIX,
         )
 
     def compact_now(self) -> None:
@@ -745,6 +821,10 @@ class LocalStack:
             sys.stdout.flush()
             sys.stdout = self._real_stdout
             self._real_stdout = None
+        for handler in self._log_handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        self._log_handlers.clear()
 
     def _previous_catalog(self) -> str | None:
         return StateStore(self.data_dir / "state").info().get("catalog")

@@ -76,7 +76,7 @@ function money(fields) {
   }
 }
 
-// Phone photos are large; the API takes up to 10 MB, but a 1024 px JPEG searches just as well and much faster.
+// Phone photos are large; the API takes up to 4 MiB, and a 1024 px JPEG searches just as well and much faster.
 async function shrink(blob, side = 1024) {
   try {
     const bitmap = await createImageBitmap(blob);
@@ -153,6 +153,17 @@ async function runSearch() {
   }
 }
 
+// Before the first search the summary tells what to do next, which depends on whether there is anything to find.
+const EMPTY_CATALOG =
+  "No products yet: open Merchant (top right) and drop product photos there, " +
+  "or start the stack with a folder of photos (make run CATALOG=path/to/photos).";
+
+function idleSummary(itemCount) {
+  if (itemCount === 0) return EMPTY_CATALOG;
+  const count = typeof itemCount === "number" ? `${itemCount} products in the catalog · ` : "";
+  return `${count}Drop, paste or choose a photo above to find products like it.`;
+}
+
 function render(answer, query) {
   const hits = answer.hits || [];
   const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
@@ -162,7 +173,8 @@ function render(answer, query) {
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
     (answer.calibrated ? " · calibrated to shoppers' photos" : "") +
     ` · index ${answer.index_version || "—"} (${answer.item_count ?? "?"} items)` +
-    (took !== null ? ` · ${took.toFixed(0)} ms` : "");
+    (took !== null ? ` · ${took.toFixed(0)} ms` : "") +
+    (hits.length ? " · pick a product below and ask for more like it" : "");
   const grid = $("#results");
   grid.replaceChildren();
   const previous = state.ranks;
@@ -173,7 +185,11 @@ function render(answer, query) {
     if (hit.fields.category) state.categories.add(hit.fields.category);
     if (hit.fields.brand) state.brands.add(hit.fields.brand);
   });
-  if (!hits.length) grid.innerHTML = '<p class="empty">No matching products (yet). Try clearing the filters.</p>';
+  if (!hits.length) {
+    const empty = Object.assign(document.createElement("p"), { className: "empty" });
+    empty.textContent = answer.item_count === 0 ? EMPTY_CATALOG : "No matching products. Try clearing the filters.";
+    grid.replaceChildren(empty);
+  }
   fillDatalist("#categories", state.categories);
   fillDatalist("#brands", state.brands);
 }
@@ -394,6 +410,7 @@ async function refreshStatus() {
       `index ${status.index_version || "—"} · ${status.item_count ?? "?"} items · queue ${status.queue ?? "?"} · DLQ ${status.dlq ?? "?"}`;
     $("#status").classList.toggle("warn", (status.dlq || 0) > 0);
     $("#dlq").textContent = status.dlq ? `${status.dlq} photo(s) in the dead-letter queue (could not be ingested)` : "";
+    if (!state.lastQuery) $("#summary").textContent = idleSummary(status.item_count);
   } catch {
     $("#status").textContent = "local stack not reachable";
   }
