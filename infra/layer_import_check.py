@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from catalens.provision import ProvisionedStack, Resolver, function_specs, load_template
+from catalens_tools.provision import ProvisionedStack, Resolver, function_specs, load_template
 
 # What the AWS Lambda python3.12 runtime ships besides the standard library.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six", "jmespath")

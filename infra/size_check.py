@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from catalens.provision import TemplateError, load_template
+from catalens_tools.provision import TemplateError, load_template
 
 MIB = 1024 * 1024
 LAMBDA_UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024  # 262,144,000 bytes: function code + all its layers

@@ -41,7 +41,7 @@ def grocery_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fp32 model (with its card), built torch-free once per session (< 1 s): tests never need `make setup`."""
-    from catalens.model.build import build_models
+    from catalens_tools.model.build import build_models
 
     out = tmp_path_factory.mktemp("models")
     build_models(out, variants=("fp32",))
@@ -51,8 +51,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def int8_model_dir(model_dir: Path) -> Path:
     """``model_dir`` plus the int8 variant quantised from its fp32 model (~5 s, paid only by tests that ask)."""
-    from catalens.model.build import build_int8, write_model
     from catalens.model.card import ModelCard, model_paths
+    from catalens_tools.model.build import build_int8, write_model
 
     onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
     write_model(model_dir, *build_int8(onnx_path.read_bytes(), ModelCard.load(card_path)))

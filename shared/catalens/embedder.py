@@ -23,8 +23,8 @@ from catalens.errors import ModelError
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.model.card import ModelCard, model_paths, sha256_hex
 
-# The serving model, catalens.model.build.default_model_name(SERVING_WEIGHTS, SERVING_POOLING) (a literal: the query
-# path has no onnx package to import the builder with; tests/unit/test_eval_levers.py keeps the two equal).
+# The serving model, catalens_tools.model.build.default_model_name(SERVING_WEIGHTS, SERVING_POOLING) (a literal:
+# the query path has no onnx package to import the builder with; tests/unit/test_eval_levers.py keeps the two equal).
 DEFAULT_MODEL_NAME = "efficientnet-lite0-lite1-lite2-rmac-colour"
 MAX_BATCH = 16  # larger batches gain nothing on 1–2 vCPUs and only grow peak memory
 

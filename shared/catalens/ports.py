@@ -1,7 +1,7 @@
 """Ports: the small interfaces the core needs from the outside world.
 
 The core (index store, cache, ingest) talks to blob storage only through :class:`BlobStore`.
-Two adapters implement it with the same semantics: :mod:`catalens.adapters.memory` (tests, local
+Two adapters implement it with the same semantics: :mod:`catalens_tools.in_memory.blobs` (tests, local
 runs) and :mod:`catalens.adapters.s3` (boto3). Conditional writes are the whole point of the port:
 every shared object the index mutates is written either under a fresh key with
 ``if_none_match=True`` or over a known version with ``if_match=etag``, never blindly.

@@ -140,7 +140,7 @@ def start_stack(
     child_env = os.environ | {"CATALENS_MODEL_DIR": str(model_dir), "PYTHONUNBUFFERED": "1"} | (env or {})
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         child_env.pop(name, None)
-    command = [sys.executable, "-m", "catalens.cli", "local", "--data-dir", str(data_dir), "--port", "0"]
+    command = [sys.executable, "-m", "catalens_tools.cli", "local", "--data-dir", str(data_dir), "--port", "0"]
     command += ["--moto-port", "0", *extra]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
@@ -196,7 +196,7 @@ def photo_bytes(seed: int, *, size: int = 320, base: str | None = None) -> bytes
     import numpy as np
     from PIL import Image, ImageOps
 
-    from catalens.local.demo import skimage_data_dir
+    from catalens_tools.local.demo import skimage_data_dir
 
     rng = np.random.default_rng(seed)
     if base is not None:
@@ -220,8 +220,8 @@ def shopper_photo(seed: int) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from catalens.evaluation.augment import augment
-    from catalens.local.demo import PRODUCTS, skimage_data_dir
+    from catalens_tools.evaluation.augment import augment
+    from catalens_tools.local.demo import PRODUCTS, skimage_data_dir
 
     source = PRODUCTS[seed % len(PRODUCTS)].source
     with Image.open(skimage_data_dir() / source) as opened:

@@ -18,7 +18,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     child_env = os.environ | (env or {})
     child_env.pop("AWS_PROFILE", None)
     return subprocess.run(
-        [sys.executable, "-m", "catalens.cli", *args],
+        [sys.executable, "-m", "catalens_tools.cli", *args],
         capture_output=True,
         text=True,
         env=child_env,

@@ -238,7 +238,7 @@ def test_catalens_token_signs_with_the_local_stacks_key(stack: StackClient) -> N
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "catalens.cli", "token", "--user", "alice", "--ttl", "120",
+        [sys.executable, "-m", "catalens_tools.cli", "token", "--user", "alice", "--ttl", "120",
          "--data-dir", str(stack.data_dir)],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from catalens.embedder import DEFAULT_MODEL_NAME
-from catalens.local.demo import PRODUCTS
+from catalens_tools.local.demo import PRODUCTS
 from tests.e2e.conftest import (
     DEMO_ITEMS,
     STARTUP_TIMEOUT,
@@ -27,7 +27,7 @@ from tests.e2e.conftest import (
 
 @pytest.fixture(scope="module")
 def serving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackClient]:
-    from catalens.model.build import SERVING_POOLING, SERVING_WEIGHTS, build_models
+    from catalens_tools.model.build import SERVING_POOLING, SERVING_WEIGHTS, build_models
 
     model_dir = tmp_path_factory.mktemp("serving-model")
     build_models(model_dir, weights=SERVING_WEIGHTS, pooling=SERVING_POOLING, variants=("fp32",))

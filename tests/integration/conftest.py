@@ -13,13 +13,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from catalens.local import moto_fixes
+from catalens_tools.local import moto_fixes
 
 AWS_REGION = "us-east-1"
 
 # moto checks conditions and then writes without a lock, and rolls failed DynamoDB transactions back over other
 # threads' writes; threads sharing moto in-process (the concurrency tests, the pollers) need the atomicity S3 and
-# DynamoDB really have. The local stack applies the same fixes to its server (see catalens.local.moto_fixes).
+# DynamoDB really have. The local stack applies the same fixes to its server (see catalens_tools.local.moto_fixes).
 moto_fixes.make_s3_requests_atomic()
 moto_fixes.make_dynamodb_operations_atomic()
 
@@ -82,7 +82,7 @@ def s3_store(s3_client: Any, s3_bucket: str) -> Any:
 @pytest.fixture
 def lambda_context() -> Any:
     """A fake LambdaContext with the attributes Powertools reads (name, ARN, request id, remaining time)."""
-    from catalens.local.runtime import LambdaContext
+    from catalens_tools.local.runtime import LambdaContext
 
     return LambdaContext("catalens-test-function", memory_limit_in_mb=2048, timeout_seconds=30)
 
@@ -120,12 +120,12 @@ def load_function(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @pytest.fixture
 def template_stack(moto_aws: None) -> Any:
-    """The template's buckets, queues and tables, created from template.yaml itself (``catalens.provision``).
+    """The template's buckets, queues and tables, created from template.yaml itself (``catalens_tools.provision``).
 
     Names, key schemas, streams, TTL, redrive policies and bucket notifications are the template's own, so a
     test using this fixture cannot drift from what ``sam deploy`` creates.
     """
-    from catalens.provision import load_template, provision
+    from catalens_tools.provision import load_template, provision
 
     return provision(boto3.Session(region_name=AWS_REGION), load_template(), stack_name="catalens-test")
 
@@ -133,7 +133,7 @@ def template_stack(moto_aws: None) -> Any:
 @pytest.fixture
 def function_env(template_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``function_env("IngestFunction")`` sets the environment the template gives that function and returns it."""
-    from catalens.provision import function_specs
+    from catalens_tools.provision import function_specs
 
     specs = function_specs(template_stack)
 

@@ -35,9 +35,9 @@ from schemathesis.specs.openapi.checks import (
 
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
-from catalens.local.gateway import Route, match_route, percent_encoded
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
+from catalens_tools.local.gateway import Route, match_route, percent_encoded
 from tests.unit.imagefactory import encode, photo
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from catalens.adapters.memory import MemoryBlobStore
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
@@ -26,6 +25,7 @@ from catalens.ports import (
     NotModifiedError,
     PreconditionFailedError,
 )
+from catalens_tools.in_memory.blobs import MemoryBlobStore
 from tests.unit.test_index_store import (
     FINGERPRINT,
     del_event,

@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
-from catalens.local.pollers import SqsPoller, StreamPoller, failed_item_ids, stream_event
+from catalens_tools.local.pollers import SqsPoller, StreamPoller, failed_item_ids, stream_event
 
 REGION = "us-east-1"
 

@@ -424,7 +424,7 @@ def test_recorded_stream_event(stack: Stack, path: Path):
 def test_table_definitions_match_the_template():
     """The tables these tests (and the local tooling) create are the ones template.yaml deploys."""
     from catalens.adapters.dynamodb import table_definitions
-    from catalens.provision import load_template
+    from catalens_tools.provision import load_template
 
     resources = load_template()["Resources"]
     ours = table_definitions(events="EventsTable", profiles="ProfilesTable", cooccurrence="CooccurrenceTable")

@@ -323,8 +323,8 @@ def test_ids_reach_the_handler_through_the_local_gateway(
     catalog_ids: list[str], template_stack: Any, call: Any, lambda_context: Any
 ) -> None:
     """The local gateway (template's routes) in front of the real handler, over HTTP as a browser calls it."""
-    from catalens.local.gateway import ApiConfig, Gateway, Route
-    from catalens.provision import api_spec
+    from catalens_tools.local.gateway import ApiConfig, Gateway, Route
+    from catalens_tools.provision import api_spec
 
     api = api_spec(template_stack)
     routes = [Route(r.method, r.path, r.api_key_required) for r in api.routes]

@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from catalens.provision import load_template
 from catalens.service.shopper_tokens import SigningKeys, mint, verify
+from catalens_tools.provision import load_template
 
 NAME = "/catalens-test/shopper-token-keys"
 

@@ -21,9 +21,9 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
 from catalens.adapters.dynamodb import DynamoProfileStore
-from catalens.commands.smoke import HttpResponse, SmokeError, SmokeTest, StackOutputs, smoke_photo
 from catalens.profiles import ProfileUpdater, event_from_item
 from catalens.service.shopper_tokens import ShopperAuth, ShopperTokenError, SigningKeys
+from catalens_tools.commands.smoke import HttpResponse, SmokeError, SmokeTest, StackOutputs, smoke_photo
 
 REGION = "us-east-1"
 API_URL = "https://abc123.execute-api.us-east-1.amazonaws.com/prod"

@@ -1,4 +1,4 @@
-"""The resources template.yaml declares, created in moto by catalens.provision and read back through the AWS APIs.
+"""The resources template.yaml declares, created in moto by catalens_tools.provision and read back through the AWS APIs.
 
 What is checked is what the system relies on at run time: S3 events reach the ingest queue, failures end in the
 dead-letter queue after maxReceiveCount receives, the events table streams NEW_IMAGE records, the tables have the
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from catalens.index.records import ItemRecord
-from catalens.provision import api_spec, function_specs, load_template, provision
 from catalens.service.runtime import index_store
 from catalens.settings import Settings
+from catalens_tools.provision import api_spec, function_specs, load_template, provision
 
 REGION = "us-east-1"
 
@@ -183,7 +183,7 @@ def test_api_routes_and_binary_types_come_from_the_template(template_stack: Any)
 
 
 def test_names_are_stable_per_stack_and_differ_between_stacks() -> None:
-    from catalens.provision import Resolver
+    from catalens_tools.provision import Resolver
 
     template = load_template()
     first = Resolver(template, stack_name="shop-a").physical_name("CatalogBucket")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from catalens.cli import main
-from catalens.commands.bench_hostile import CORPUS
+from catalens_tools.cli import main
+from catalens_tools.commands.bench_hostile import CORPUS
 from tests.unit.test_imaging import PEAK_MIB_UP_TO_2_MP
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from catalens.adapters.memory import MemoryBlobStore
 from catalens.domain import MIN_REFERENCE
 from catalens.index.records import ItemRecord
 from catalens.index.store import IndexStore
@@ -19,6 +18,7 @@ from catalens.service.builder import (
     parse_build_request,
     run_build,
 )
+from catalens_tools.in_memory.blobs import MemoryBlobStore
 
 
 def record(i: int, updated_at: float) -> ItemRecord:

@@ -119,7 +119,7 @@ def test_missing_or_ambiguous_models_are_named(model_dir: Path, tmp_path: Path) 
 
 
 def test_classify_needs_the_classifier(tmp_path: Path) -> None:
-    from catalens.model.build import build_models
+    from catalens_tools.model.build import build_models
 
     build_models(tmp_path, variants=("fp32",), with_classifier=False)
     embedder = Embedder.from_dir(tmp_path, "fp32")
@@ -132,7 +132,7 @@ def test_bench_embed_reports_every_configuration(model_dir: Path, capsys) -> Non
     """Smoke test of `catalens bench embed` with tiny counts (the numbers themselves are never asserted)."""
     import json
 
-    from catalens.cli import main
+    from catalens_tools.cli import main
 
     argv = ["bench", "embed", "--model-dir", str(model_dir), "--variants", "fp32", "--threads", "1"]
     argv += ["--batches", "1", "2", "--megapixels", "1", "--model-images", "2", "--e2e-images", "2"]

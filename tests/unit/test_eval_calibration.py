@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from catalens.domain import MIN_REFERENCE, catalog_mean
-from catalens.evaluation.calibration import calibrated_scores, reference_domain
-from catalens.evaluation.features import FeatureStore
-from catalens.evaluation.grocery import GroceryImage, evaluate_grocery
-from catalens.evaluation.levers import BASELINE, CONFIGS, ENSEMBLE, LeverConfig, LeverStudy, _Data, format_table
+from catalens_tools.evaluation.features import FeatureStore
+from catalens_tools.evaluation.grocery import GroceryImage, evaluate_grocery
+from catalens_tools.evaluation.levers import BASELINE, CONFIGS, ENSEMBLE, LeverConfig, LeverStudy, _Data, format_table
+from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
 
 ITEMS, DIM = 8, 24
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalens.evaluation.grocery import GroceryDataError, evaluate_grocery, first_per_class, load_grocery
-from catalens.evaluation.metrics import (
+from catalens_tools.evaluation.grocery import GroceryDataError, evaluate_grocery, first_per_class, load_grocery
+from catalens_tools.evaluation.metrics import (
     average_precision,
     cosine_scores,
     label_scores,
@@ -242,7 +242,7 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir, capsys):
-    from catalens.cli import main
+    from catalens_tools.cli import main
 
     status = main(["eval", "grocery", "--data", str(tiny_grocery), "--model-dir", str(model_dir), "--variant", "fp32"])
     assert status == 0
@@ -257,7 +257,7 @@ def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir
 
 
 def test_eval_grocery_command_names_a_missing_folder(tmp_path, model_dir, capsys):
-    from catalens.cli import main
+    from catalens_tools.cli import main
 
     status = main(["eval", "grocery", "--data", str(tmp_path), "--model-dir", str(model_dir)])
     assert status == 2

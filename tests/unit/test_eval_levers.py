@@ -15,8 +15,8 @@ from PIL import Image
 
 from catalens.embedder import DEFAULT_MODEL_NAME
 from catalens.errors import ModelError
-from catalens.evaluation.features import Backbone, FeatureExtractor, FeatureStore, View, rmac
-from catalens.evaluation.levers import (
+from catalens_tools.evaluation.features import Backbone, FeatureExtractor, FeatureStore, View, rmac
+from catalens_tools.evaluation.levers import (
     BASELINE,
     LeverConfig,
     alpha_query_expansion,
@@ -26,9 +26,9 @@ from catalens.evaluation.levers import (
     plot_report,
     run_levers,
 )
-from catalens.model.build import SERVING_POOLING, SERVING_WEIGHTS, WEIGHTS, default_model_name
-from catalens.model.efficientnet import Pooling, build_onnx, rmac_regions
-from catalens.model.torch_pickle import load_legacy_state_dict
+from catalens_tools.model.build import SERVING_POOLING, SERVING_WEIGHTS, WEIGHTS, default_model_name
+from catalens_tools.model.efficientnet import Pooling, build_onnx, rmac_regions
+from catalens_tools.model.torch_pickle import load_legacy_state_dict
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -40,8 +40,8 @@ def test_the_embedder_prefers_the_serving_model():
 
 
 def test_the_serving_model_card_records_the_chosen_configuration():
-    from catalens.model.build import build_fp32
     from catalens.model.card import ModelCard
+    from catalens_tools.model.build import build_fp32
 
     _, card = build_fp32(SERVING_WEIGHTS, pooling=SERVING_POOLING)
     card = ModelCard.from_json(card.to_json())
@@ -58,7 +58,7 @@ def test_the_serving_model_card_records_the_chosen_configuration():
 
 
 def test_the_study_measures_the_serving_build_as_its_default_row():
-    from catalens.evaluation.levers import CONFIGS, SERVING
+    from catalens_tools.evaluation.levers import CONFIGS, SERVING
 
     assert (SERVING.backbone.weights, SERVING.pooling, SERVING.built) == (SERVING_WEIGHTS, SERVING_POOLING, "fp32")
     assert SERVING in CONFIGS
@@ -247,7 +247,7 @@ def test_lever_study_end_to_end_with_cache(tiny_grocery, tmp_path):
 
 
 def test_the_feature_cache_is_keyed_by_photo_contents_not_mtimes(tmp_path):
-    from catalens.evaluation.features import _paths_digest
+    from catalens_tools.evaluation.features import _paths_digest
 
     photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
     for n, photo in enumerate(photos):

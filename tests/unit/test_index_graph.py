@@ -8,7 +8,7 @@ import pytest
 from catalens.index import Filter, IndexView, ItemRecord, SearchParams, Snapshot, build_snapshot
 from catalens.index.build import choose_entry_points, group_entry_points, weak_components
 from catalens.index.graph import GraphSearcher, NeighbourGraph
-from catalens.index.synthetic import clustered_vectors, recall_at_k
+from catalens_tools.synthetic import clustered_vectors, recall_at_k
 
 N, DIM, QUERIES = 4000, 32, 200
 

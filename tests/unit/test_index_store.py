@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from catalens.adapters.memory import MemoryBlobStore
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
 from catalens.index.records import ItemRecord, sequencer_key
@@ -33,6 +32,7 @@ from catalens.index.store import (
     encode_delta,
 )
 from catalens.ports import Blob, BlobInfo, BlobStore
+from catalens_tools.in_memory.blobs import MemoryBlobStore
 
 DIM = 8
 FINGERPRINT = "test-model"

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from catalens.adapters.memory import MemoryBlobStore
 from catalens.imaging import PreprocessConfig
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
@@ -26,6 +25,7 @@ from catalens.service.ingest import (
 )
 from catalens.service.requests import parse_item_id
 from catalens.service.telemetry import RecordingMetrics
+from catalens_tools.in_memory.blobs import MemoryBlobStore
 from tests.unit.imagefactory import encode, photo, png_bomb
 
 BUCKET = "catalog"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from catalens.local.catalog import CatalogError, metadata_for, scan_catalog
-from catalens.local.uploader import ProgressBar, normalise_prefix
+from catalens_tools.local.catalog import CatalogError, metadata_for, scan_catalog
+from catalens_tools.local.uploader import ProgressBar, normalise_prefix
 
 
 def jpeg(path: Path, colour: str = "red") -> Path:

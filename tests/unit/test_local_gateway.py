@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from catalens.local.gateway import (
+from catalens_tools.local.gateway import (
     GATEWAY_RESPONSES,
     MAX_LAMBDA_EVENT_BYTES,
     ApiConfig,
@@ -276,7 +276,7 @@ def test_gateway_responses_follow_the_templates_and_fall_back_to_default_4xx() -
 
 def test_the_templates_gateway_responses_give_the_codes_the_local_gateway_gives() -> None:
     """Once the template restyles API Gateway's answers, local and deployed answers must carry the same codes."""
-    from catalens.provision import load_template
+    from catalens_tools.provision import load_template
 
     api = load_template(REPO_ROOT / "template.yaml")["Resources"]["SearchApi"]["Properties"]
     declared = api.get("GatewayResponses") or {}
@@ -338,7 +338,7 @@ def _serve_one(raw: bytes) -> _Owner:
 
 
 def test_a_client_that_hangs_up_is_a_debug_line_not_a_traceback(caplog, capsys) -> None:
-    caplog.set_level(logging.DEBUG, logger="catalens.local")
+    caplog.set_level(logging.DEBUG, logger="catalens_tools.local")
     owner = _serve_one(b"GET /api/items/x HTTP/1.1\r\nHost: x\r\n\r\n")  # BrokenPipeError
     assert owner.calls == 1
     assert capsys.readouterr().err == ""

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from catalens.errors import ModelError
-from catalens.local.pollers import ScheduledInvoker, scheduled_event
-from catalens.local.runtime import LambdaContext, describe
-from catalens.local.stack import check_model, schedule_seconds
+from catalens_tools.local.pollers import ScheduledInvoker, scheduled_event
+from catalens_tools.local.runtime import LambdaContext, describe
+from catalens_tools.local.stack import check_model, schedule_seconds
 
 
 class Recorder:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from catalens.local.runtime import LocalFunction
-from catalens.local.stack import POWERTOOLS_LOCAL_ENV, LocalConfig, LocalStack, RunningFunction
+from catalens_tools.local.runtime import LocalFunction
+from catalens_tools.local.stack import POWERTOOLS_LOCAL_ENV, LocalConfig, LocalStack, RunningFunction
 
 REJECTED = "not an image: 19 bytes in no supported format"
 

@@ -13,14 +13,14 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from catalens.cli import main as cli_main
 from catalens.embedder import Embedder
 from catalens.errors import ModelError
 from catalens.imaging import PreprocessConfig, preprocess
-from catalens.model.build import WEIGHTS, build_fp32, build_int8, build_models
 from catalens.model.card import ModelCard, model_paths, sha256_hex
-from catalens.model.efficientnet import Pooling, build_onnx, infer_architecture, same_padding
-from catalens.model.torch_pickle import load_legacy_state_dict
+from catalens_tools.cli import main as cli_main
+from catalens_tools.model.build import WEIGHTS, build_fp32, build_int8, build_models
+from catalens_tools.model.efficientnet import Pooling, build_onnx, infer_architecture, same_padding
+from catalens_tools.model.torch_pickle import load_legacy_state_dict
 from tests.unit.golden.torch_reference import pattern_input
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -281,7 +281,7 @@ def _run(model: onnx.ModelProto, batch: np.ndarray, output: str = "embedding") -
 def test_ensemble_is_its_members_unit_vectors_side_by_side(state_dict) -> None:
     from PIL import Image
 
-    from catalens.model.efficientnet import build_ensemble_onnx
+    from catalens_tools.model.efficientnet import build_ensemble_onnx
 
     photo = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
     at96 = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110))])
@@ -308,8 +308,8 @@ def test_ensemble_is_its_members_unit_vectors_side_by_side(state_dict) -> None:
 
 
 def test_ensemble_weights_are_named_and_checked(tmp_path: Path) -> None:
-    from catalens.model.build import default_model_name
-    from catalens.model.efficientnet import build_ensemble_onnx
+    from catalens_tools.model.build import default_model_name
+    from catalens_tools.model.efficientnet import build_ensemble_onnx
 
     assert default_model_name("efficientnet-lite0+efficientnet-lite1", "rmac") == "efficientnet-lite0-lite1-rmac"
     assert default_model_name("efficientnet-lite0+efficientnet-lite2", "avg") == "efficientnet-lite0-lite2"
@@ -328,7 +328,7 @@ def test_ensemble_weights_are_named_and_checked(tmp_path: Path) -> None:
 
 def colour_histogram_reference(batch: np.ndarray) -> np.ndarray:
     """The colour histogram written out in numpy from its definition (the graph must compute the same)."""
-    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_POOL, COLOUR_RANGE, colour_bin_centres
+    from catalens_tools.model.efficientnet import COLOUR_BINS, COLOUR_POOL, COLOUR_RANGE, colour_bin_centres
 
     rgb = (batch.astype(np.float64) * 128 + 127) / 255
     n, _, side, _ = rgb.shape
@@ -357,7 +357,7 @@ def recoloured(batch: np.ndarray, gains: tuple[float, float, float]) -> np.ndarr
 def test_colour_pooling_appends_the_weighted_colour_histogram(state_dict) -> None:
     from PIL import Image
 
-    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT
+    from catalens_tools.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT
 
     photos = [Image.open(SKIMAGE_DATA / name).convert("RGB") for name in ("coffee.png", "chelsea.png", "camera.png")]
     batch = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110)) for photo in photos])
@@ -392,7 +392,7 @@ def test_colour_tells_apart_what_the_network_sees_as_the_same(state_dict) -> Non
 def test_an_ensemble_with_colour_adds_one_histogram_after_its_members(state_dict) -> None:
     from PIL import Image
 
-    from catalens.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT, build_ensemble_onnx
+    from catalens_tools.model.efficientnet import COLOUR_BINS, COLOUR_WEIGHT, build_ensemble_onnx
 
     photo = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
     at96 = np.stack([preprocess(photo, PreprocessConfig(size=96, resize_short=110))])
@@ -406,7 +406,7 @@ def test_an_ensemble_with_colour_adds_one_histogram_after_its_members(state_dict
 
 
 def test_colour_is_named_and_recorded_in_the_card() -> None:
-    from catalens.model.build import default_model_name
+    from catalens_tools.model.build import default_model_name
 
     assert str(Pooling.parse("rmac+colour")) == "rmac+colour"
     assert Pooling.parse("RMAC+colour+flip") == Pooling("rmac", flip=True, colour=True)
@@ -457,7 +457,7 @@ def test_int8_build_is_deterministic(model_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_int8_keeps_the_colour_histogram_in_fp32() -> None:
-    from catalens.model.efficientnet import COLOUR_BINS
+    from catalens_tools.model.efficientnet import COLOUR_BINS
 
     fp32_bytes, fp32_card = build_fp32("efficientnet-lite0", pooling="rmac+colour")
     int8_bytes, _ = build_int8(fp32_bytes, fp32_card, calibration_images=8)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalens.cli import main
 from catalens.profiles import event_from_item
-from catalens.profiles.simulation import (
+from catalens.ranking import DEFAULT_RERANK
+from catalens_tools.cli import main
+from catalens_tools.simulation import (
     GROWERS,
     Population,
     Shopper,
@@ -30,7 +31,6 @@ from catalens.profiles.simulation import (
     synthetic_world,
     tune,
 )
-from catalens.ranking import DEFAULT_RERANK
 
 
 def test_ndcg_matches_hand_computed_values():

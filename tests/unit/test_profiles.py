@@ -24,8 +24,8 @@ from catalens.profiles import (
     event_key,
     replay,
 )
-from catalens.profiles.memory import InMemoryProfileStore
 from catalens.profiles.profile import DAY_MS, RANKING_ATTRIBUTES
+from catalens_tools.in_memory.profiles import InMemoryProfileStore
 
 T0 = 1_732_600_000_000  # 2024-11-26, epoch ms
 DIM = 8

@@ -1,4 +1,4 @@
-"""catalens.provision without AWS: the CloudFormation YAML loader, intrinsic functions, ordering, derived templates."""
+"""catalens_tools.provision without AWS: the CloudFormation YAML loader, intrinsics, ordering, derived templates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from catalens.provision import (
+from catalens_tools.provision import (
     Resolver,
     TemplateError,
     _notification_configuration,

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from catalens.adapters.memory import MemoryBlobStore
 from catalens.domain import MIN_REFERENCE, QueryDomain, catalog_mean
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
@@ -26,6 +25,7 @@ from catalens.index.store import (
     QueryDomainEntry,
     RetryPolicy,
 )
+from catalens_tools.in_memory.blobs import MemoryBlobStore
 from tests.unit.test_index_store import FakeClock
 
 DIM = 16

@@ -14,12 +14,12 @@ from catalens.imaging import PreprocessConfig
 from catalens.index import IndexView, ItemRecord
 from catalens.index.records import Hit
 from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup
-from catalens.profiles.memory import InMemoryProfileStore
 from catalens.ranking import RerankParams, rerank
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
 from catalens.service.search import SearchService, hit_to_dict, to_index_filter
 from catalens.service.telemetry import RecordingMetrics
+from catalens_tools.in_memory.profiles import InMemoryProfileStore
 from tests.unit.imagefactory import encode, photo
 
 DIM = 8

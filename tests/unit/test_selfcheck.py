@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from catalens.evaluation.augment import AugmentConfig, Product, augment, foreground_mask, shelf_background
-from catalens.evaluation.selfcheck import (
+from catalens_tools.evaluation.augment import AugmentConfig, Product, augment, foreground_mask, shelf_background
+from catalens_tools.evaluation.selfcheck import (
     SelfCheckConfig,
     kendall_tau,
     make_queries,
@@ -207,7 +207,7 @@ def test_rank_correlations_handle_ties_like_tau_b():
 def test_eval_self_command_on_a_folder(model_dir, tmp_path, capsys):
     import json
 
-    from catalens.cli import main as cli_main
+    from catalens_tools.cli import main as cli_main
 
     folder = tmp_path / "catalog"
     (folder / "drinks").mkdir(parents=True)
@@ -226,7 +226,7 @@ def test_eval_self_command_on_a_folder(model_dir, tmp_path, capsys):
 def test_local_photos_reads_the_saved_catalog_bucket(tmp_path):
     import json
 
-    from catalens.commands.eval_self import LOCAL_CATALOG_STATE, local_photos
+    from catalens_tools.commands.eval_self import LOCAL_CATALOG_STATE, local_photos
 
     folder = tmp_path / LOCAL_CATALOG_STATE
     (folder / "objects").mkdir(parents=True)

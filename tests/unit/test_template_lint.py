@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 
-from catalens.provision import load_template, transform_template
+from catalens_tools.provision import load_template, transform_template
 
 REPO = Path(__file__).resolve().parents[2]
 # Findings the SAM transform itself causes in the transformed template (not fixable in template.yaml):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from catalens.provision import (
+from catalens_tools.provision import (
     Resolver,
     TemplateError,
     dependency_order,

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from catalens.errors import ModelError, UnsafePickleError
-from catalens.model.build import WEIGHTS
-from catalens.model.torch_pickle import (
+from catalens_tools.model.build import WEIGHTS
+from catalens_tools.model.torch_pickle import (
     LEGACY_MAGIC_NUMBER,
     LEGACY_PROTOCOL_VERSION,
     load_legacy_state_dict,

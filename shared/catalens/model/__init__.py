@@ -1,5 +1,4 @@
-"""The embedding model: reading the published weights, building the ONNX graph, quantising it, its model card.
+"""The embedding model as serving sees it: its card (file, checksum, preprocessing, pooling, dimension).
 
-Only :mod:`catalens.model.card` is needed at run time (Lambda has no ``onnx`` package); the other modules are
-build-time only and import ``onnx`` / ``onnxruntime.quantization``, so this package imports none of them eagerly.
+Building the model is a tool (:mod:`catalens_tools.model`); Lambda has no ``onnx`` package.
 """

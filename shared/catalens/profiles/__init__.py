@@ -3,7 +3,7 @@
 - :mod:`catalens.profiles.events` — the events-table item shape and its validation.
 - :mod:`catalens.profiles.profile` — :class:`Profile` and :func:`apply_event` (decay, idempotency, erasure).
 - :mod:`catalens.profiles.updater` — read / apply / conditional write, retried on a lost race.
-- :mod:`catalens.profiles.memory` — the in-memory store; the DynamoDB one is in ``catalens.adapters.dynamodb``.
+- :mod:`catalens_tools.in_memory.profiles` — the in-memory store; the DynamoDB one is in ``catalens.adapters.dynamodb``.
 """
 
 from catalens.profiles.events import (

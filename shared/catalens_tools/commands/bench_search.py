@@ -1,0 +1,258 @@
+"""``catalens bench search``: warm latency of the real search handler, event in → response out, in-process.
+
+For each catalog size a synthetic index is built (clustered unit vectors in a 256-d index space, lifted into the
+model's space through a fixed orthonormal projection, so the query path projects the embedded photo exactly as a PCA
+snapshot would; a neighbour graph above the builder's threshold), published through the index protocol into an
+in-process moto S3, and ``functions/search/app.py`` is imported as Lambda would at a cold start. Then one 1 MP JPEG
+query, sent as API Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call,
+plus the handler's own breakdown (decode, embed, search, rank) from the response body. ``--user`` also times the
+same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
+through the real store; plain and personalised requests alternate, and the report gives the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from catalens_tools.cli import group
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+INDEX_DIM = 256
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    commands = group(sub, groups, "bench", "benchmarks (print JSON)")
+    parser = commands.add_parser(
+        "search", help="warm search-handler latency p50/p99 for a 1 MP JPEG query, 10k and 100k items"
+    )
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated catalog sizes")
+    parser.add_argument("--requests", type=int, default=60, help="timed requests per size (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--megapixels", type=float, default=1.0, help="query photo size")
+    parser.add_argument("--k", type=int, default=12)
+    parser.add_argument("--build-threads", type=int, default=2)
+    parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
+    parser.add_argument("--variant", default=None, help="fp32 or int8 (default: Settings.model_variant)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--user", default=None, help="also time the query personalised for this shopper (moto profile)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from catalens.settings import load_settings
+
+    settings = load_settings()
+    model_dir = args.model_dir or settings.model_dir
+    variant = args.variant or settings.model_variant
+    _quiet_aws_environment(model_dir, variant)
+
+    from moto import mock_aws
+
+    results: dict[str, Any] = {}
+    query = _query_jpeg(args.megapixels, args.seed)
+    with mock_aws():
+        import boto3
+
+        from catalens.embedder import Embedder
+
+        embedder = Embedder.from_dir(Path(model_dir), variant, threads=settings.onnx_threads)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        dynamodb = _profiles_table(boto3.client("dynamodb", region_name="us-east-1")) if args.user else None
+        for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
+            bucket = f"bench-index-{size}"
+            s3.create_bucket(Bucket=bucket)
+            build_seconds = _publish_synthetic_index(s3, bucket, size, embedder, args)
+            os.environ["INDEX_BUCKET"] = bucket
+            if dynamodb is not None:
+                _put_profile(dynamodb, s3, bucket, args)
+            handler, context = _cold_start()
+            results[str(size)] = _measure(handler, context, query, args) | {"index_build_s": round(build_seconds, 1)}
+            del handler
+    report = {
+        "query": {"megapixels": args.megapixels, "jpeg_bytes": len(query), "k": args.k},
+        "model": {"variant": variant, "dim": int(embedder.dim), "onnx_threads": settings.onnx_threads},
+        "index": {"dim": INDEX_DIM, "projection": "orthonormal model->index (as a PCA snapshot)"},
+        "requests_per_size": args.requests,
+        "cpu": os.cpu_count(),
+        "sizes": results,
+        "numpy": np.__version__,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _quiet_aws_environment(model_dir: Path, variant: str) -> None:
+    """Fake credentials for in-process moto; handler logs and metrics off so stdout is only the JSON report."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_SESSION_TOKEN": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "POWERTOOLS_LOG_LEVEL": "ERROR",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_SERVICE_NAME": "search",
+        "CATALENS_MODEL_DIR": str(model_dir),
+        "CATALENS_MODEL_VARIANT": variant,
+        "INDEX_PREFIX": "index/",
+    }.items():
+        os.environ[name] = value
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
+
+
+def _query_jpeg(megapixels: float, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    height = round(width * 3 / 4)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([x / width * 200, y / height * 200, (1 - x / width) * 200], axis=-1)
+    pixels += 8 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(8):
+        x0, y0 = rng.uniform(0, 0.8) * width, rng.uniform(0, 0.8) * height
+        box = (x0, y0, x0 + rng.uniform(0.1, 0.3) * width, y0 + rng.uniform(0.1, 0.3) * height)
+        draw.ellipse(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, args: argparse.Namespace) -> float:
+    """Build the snapshot (graph above the builder's threshold) and swap it in with the real protocol."""
+    import numpy as np
+
+    from catalens.index.build import build_snapshot
+    from catalens.index.records import ItemRecord
+    from catalens.index.reduce import Projection
+    from catalens.service.runtime import index_store
+    from catalens.settings import Settings
+    from catalens_tools.synthetic import clustered_vectors
+
+    rng = np.random.default_rng(args.seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((embedder.dim, INDEX_DIM)).astype(np.float32))
+    projection = Projection("pca", np.zeros(embedder.dim, np.float32), basis, np.ones(INDEX_DIM, np.float32))
+    index_vectors, labels = clustered_vectors(size, INDEX_DIM, seed=args.seed)
+    model_vectors = index_vectors @ basis.T  # lifted: projecting gives index_vectors back
+
+    def records() -> Any:
+        for i in range(size):
+            fields = {"title": f"item {i}", "category": f"c{int(labels[i]) % 40:02d}", "price": float(i % 500)}
+            yield ItemRecord(f"item-{i:07d}", model_vectors[i], fields, f"catalog/item-{i:07d}.jpg", "e", "1")
+
+    def build(_records: Any, *, model_fingerprint: str, previous: Any = None, version: str | None = None, **_: Any):
+        return build_snapshot(
+            records(),
+            model_fingerprint=model_fingerprint,
+            version=version,
+            projection=projection,
+            n_jobs=args.build_threads,
+            seed=args.seed,
+        )
+
+    store = index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3)
+    started = time.perf_counter()
+    store.compact(build, model_fingerprint=embedder.fingerprint, force=True)
+    return time.perf_counter() - started
+
+
+def _profiles_table(client: Any) -> Any:
+    """The profiles table (with its siblings) in moto; the handler finds it through ``PROFILES_TABLE``."""
+    from catalens.adapters.dynamodb import create_tables
+
+    create_tables(client, events="bench-events", profiles="bench-profiles", cooccurrence="bench-cooccurrence")
+    os.environ["PROFILES_TABLE"] = "bench-profiles"
+    return client
+
+
+def _put_profile(dynamodb: Any, s3: Any, bucket: str, args: argparse.Namespace) -> None:
+    """``args.user`` buys 20 items of the index just published (written by the real updater, so in its space)."""
+    from catalens.adapters.dynamodb import DynamoProfileStore
+    from catalens.index.cache import IndexCache
+    from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup, index_space
+    from catalens.service.runtime import index_store
+    from catalens.settings import Settings
+
+    view = IndexCache(index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3), background=False).view
+    store = DynamoProfileStore(dynamodb, "bench-profiles")
+    store.delete(args.user)  # a fresh profile per catalog size
+    updater = ProfileUpdater(store=store, lookup=index_lookup(view), space=lambda: index_space(view()))
+    now = int(time.time() * 1000)
+    for n in range(20):
+        updater.handle(ShopperEvent(args.user, f"bench{n}", now + n, "purchase", f"item-{n * 37:07d}"))
+
+
+def _cold_start() -> tuple[Any, Any]:
+    from catalens_tools.local.runtime import LambdaContext, load_handler
+
+    handler = load_handler(REPO_ROOT / "functions" / "search" / "app.py", f"bench_search_{uuid.uuid4().hex[:8]}")
+    return handler, LambdaContext("catalens-bench-search", memory_limit_in_mb=2048, timeout_seconds=29)
+
+
+def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    template = json.loads((REPO_ROOT / "tests" / "events" / "apigw_search_image.json").read_text())
+    template["body"] = base64.b64encode(query).decode()
+    variants = {"plain": {"k": str(args.k)}}
+    if args.user:
+        variants["personalized"] = {"k": str(args.k), "user_id": args.user}
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
+    item_count = 0
+    for index in range(args.warmup + args.requests):
+        for name, parameters in variants.items():  # alternated: drift on a shared machine hits both alike
+            event = copy.deepcopy(template)
+            event["queryStringParameters"] = parameters
+            event["multiValueQueryStringParameters"] = {key: [value] for key, value in parameters.items()}
+            started = time.perf_counter()
+            response = handler(event, context)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response["statusCode"] != 200:
+                print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
+                raise SystemExit(1)
+            body = json.loads(response["body"])
+            if body["personalized"] != (name == "personalized"):
+                print(f"bench search: {name} request answered personalized={body['personalized']}", file=sys.stderr)
+                raise SystemExit(1)
+            if index < args.warmup:
+                continue
+            latencies[name].append(elapsed)
+            item_count = body["item_count"]
+            for stage, value in body["timings_ms"].items():
+                stages[name].setdefault(stage, []).append(value)
+    result = {"items": item_count} | _summary(latencies["plain"], stages["plain"])
+    if args.user:
+        personal = _summary(latencies["personalized"], stages["personalized"])
+        result["personalized"] = personal
+        result["personalization_overhead_ms"] = {
+            stat: round(personal[f"{stat}_ms"] - result[f"{stat}_ms"], 2) for stat in ("p50", "mean")
+        }
+    return result
+
+
+def _summary(latencies: list[float], stages: dict[str, list[float]]) -> dict[str, Any]:
+    latencies = sorted(latencies)
+    return {
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))], 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
+        "breakdown_p50_ms": {stage: round(statistics.median(values), 3) for stage, values in stages.items()},
+    }

@@ -1,0 +1,269 @@
+"""The Grocery Store Dataset protocol (``../shared/data/grocery/README.md``), over any embedding function.
+
+Two tasks, both on the fine class (81 products and produce varieties):
+
+- **photo → catalog** (the shopper's case): catalog = the 81 iconic shop images; every natural photo of the chosen
+  split is a query; top-1 / top-5 accuracy, overall, for the 31 ``Packages`` classes and per group.
+- **photo → photo**: catalog = the photos of the other split, queries = the chosen split's photos (the protocol's
+  case is ``split="val"``: catalog = train, queries = val); relevant = same fine class; recall@1, recall@5, mAP.
+
+Photo → catalog is reported twice: plain cosine, and ``calibrated`` as search serves it once it has a query log
+(query-domain calibration, :mod:`catalens.domain`; the other split's photos, unlabelled, stand in for the log).
+
+:func:`evaluate_grocery` takes ``embed_fn(paths) -> float32[n, d]``, so a different pooling, crop, flip averaging or
+model is evaluated by passing a different function; the metrics live in :mod:`catalens_tools.evaluation.metrics`.
+Nothing is cached or written anywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catalens.domain import CALIBRATION_POOL, MAX_REFERENCE
+from catalens.errors import CatalensError
+from catalens_tools.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
+from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
+
+__all__ = [
+    "EmbedFn",
+    "GroceryData",
+    "GroceryDataError",
+    "GroceryImage",
+    "evaluate_grocery",
+    "load_grocery",
+]
+
+EmbedFn = Callable[[list[Path]], np.ndarray]
+"""Embeds image files: ``paths -> float32[len(paths), d]``, one row per path, in order."""
+
+SPLITS = ("train", "val")
+PACKAGES = "Packages"
+
+
+class GroceryDataError(CatalensError):
+    """The grocery folder is missing or its labels.csv does not look like the documented one."""
+
+    code = "dataset_error"
+
+
+@dataclass(frozen=True)
+class GroceryImage:
+    """One row of labels.csv, with the path made absolute."""
+
+    path: Path
+    role: str  # "iconic" (catalog shop image) or "natural" (phone photo)
+    split: str  # "catalog", "train" or "val"
+    fine_id: int
+    fine_name: str
+    coarse_id: int
+    coarse_name: str
+    group: str  # "Fruit", "Vegetables" or "Packages"
+
+
+@dataclass(frozen=True)
+class GroceryData:
+    root: Path
+    images: tuple[GroceryImage, ...]
+
+    @property
+    def catalog(self) -> list[GroceryImage]:
+        """The iconic shop images, one per fine class."""
+        return [image for image in self.images if image.role == "iconic"]
+
+    def photos(self, split: str) -> list[GroceryImage]:
+        """Natural photos of ``split`` ("train" or "val")."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return [image for image in self.images if image.role == "natural" and image.split == split]
+
+
+def load_grocery(data_dir: Path | str) -> GroceryData:
+    """Read ``labels.csv`` of the grocery folder (images are not opened here)."""
+    root = Path(data_dir)
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise GroceryDataError(f"{labels} not found: is --data the grocery folder (../shared/data/grocery)?")
+    images = []
+    with labels.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        expected = {"path", "role", "split", "fine_id", "fine_name", "coarse_id", "coarse_name", "group"}
+        missing = expected - set(reader.fieldnames or ())
+        if missing:
+            raise GroceryDataError(f"{labels} lacks column(s): {', '.join(sorted(missing))}")
+        for row in reader:
+            images.append(
+                GroceryImage(
+                    path=root / row["path"],
+                    role=row["role"],
+                    split=row["split"],
+                    fine_id=int(row["fine_id"]),
+                    fine_name=row["fine_name"],
+                    coarse_id=int(row["coarse_id"]),
+                    coarse_name=row["coarse_name"],
+                    group=row["group"],
+                )
+            )
+    data = GroceryData(root=root, images=tuple(images))
+    if not data.catalog:
+        raise GroceryDataError(f"{labels} has no iconic (catalog) images")
+    return data
+
+
+def first_per_class(images: Iterable[GroceryImage], limit: int | None) -> list[GroceryImage]:
+    """At most ``limit`` images per fine class, the first by path: a deterministic subset for quick runs."""
+    images = sorted(images, key=lambda image: str(image.path))
+    if limit is None:
+        return images
+    kept: dict[int, int] = defaultdict(int)
+    subset = []
+    for image in images:
+        if kept[image.fine_id] < limit:
+            kept[image.fine_id] += 1
+            subset.append(image)
+    return subset
+
+
+def _accuracy(scores: np.ndarray, catalog_labels: np.ndarray, query_labels: np.ndarray) -> dict:
+    if len(query_labels) == 0:
+        return {"queries": 0, "top1": None, "top5": None}
+    return {
+        "queries": len(query_labels),
+        "top1": topk_accuracy(scores, catalog_labels, query_labels, k=1),
+        "top5": topk_accuracy(scores, catalog_labels, query_labels, k=5),
+    }
+
+
+def photo_to_catalog(
+    query_vectors: np.ndarray | None,
+    queries: list[GroceryImage],
+    catalog_vectors: np.ndarray | None,
+    catalog: list[GroceryImage],
+    *,
+    scores: np.ndarray | None = None,
+) -> dict:
+    """Top-1/top-5 accuracy of the fine class, overall, for packaged products, and per group.
+
+    ``scores`` ``[n_queries, n_catalog]`` replaces the plain cosine of the vectors (calibrated or re-ranked scores).
+    """
+    if scores is None:
+        scores = cosine_scores(query_vectors, catalog_vectors)
+    catalog_labels = np.array([image.fine_id for image in catalog])
+    query_labels = np.array([image.fine_id for image in queries])
+    groups = np.array([image.group for image in queries])
+    result = _accuracy(scores, catalog_labels, query_labels)
+    result["catalog"] = len(catalog)
+    result["packages"] = _accuracy(scores[groups == PACKAGES], catalog_labels, query_labels[groups == PACKAGES])
+    result["by_group"] = {
+        group: _accuracy(scores[groups == group], catalog_labels, query_labels[groups == group])
+        for group in sorted(set(groups))
+    }
+    return result
+
+
+def photo_to_photo(
+    query_vectors: np.ndarray, queries: list[GroceryImage], gallery_vectors: np.ndarray, gallery: list[GroceryImage]
+) -> dict:
+    """Recall@1, recall@5 and mAP; relevant = same fine class."""
+    scores = cosine_scores(query_vectors, gallery_vectors)
+    gallery_labels = np.array([image.fine_id for image in gallery])
+    query_labels = np.array([image.fine_id for image in queries])
+    return {
+        "queries": len(queries),
+        "catalog": len(gallery),
+        "recall@1": recall_at_k(scores, gallery_labels, query_labels, k=1),
+        "recall@5": recall_at_k(scores, gallery_labels, query_labels, k=5),
+        "mAP": mean_average_precision(scores, gallery_labels, query_labels),
+    }
+
+
+def _calibrated(
+    query_vectors: np.ndarray,
+    queries: list[GroceryImage],
+    catalog_vectors: np.ndarray,
+    catalog: list[GroceryImage],
+    other_split_vectors: np.ndarray,
+    reference: int,
+) -> dict | None:
+    """Photo → catalog with query-domain calibration; the other split's photos (no labels) are the query log."""
+    domain = reference_domain(other_split_vectors, reference)
+    if domain is None:
+        return None
+    scores = calibrated_scores(domain, query_vectors, catalog_vectors)
+    return {
+        "reference": len(domain),
+        "reference_from": "the other split's photos, unlabelled",
+        "beta": domain.beta,
+        "pool": min(CALIBRATION_POOL, len(catalog)),
+        "photo_to_catalog": photo_to_catalog(None, queries, None, catalog, scores=scores),
+    }
+
+
+def evaluate_grocery(
+    embed_fn: EmbedFn,
+    data_dir: Path | str,
+    *,
+    split: str = "val",
+    max_photos_per_class: int | None = None,
+    reference: int = MAX_REFERENCE,
+) -> dict:
+    """Run both tasks of the protocol with ``embed_fn`` and return the metrics as a JSON-ready dict.
+
+    Parameters
+    ----------
+    embed_fn
+        ``paths -> float32[n, d]``; called once with every image needed (catalog, queries, other split).
+        Similarity is cosine, so the vectors need not be normalised.
+    data_dir
+        The grocery folder (holding ``labels.csv``).
+    split
+        Queries: ``"val"`` (the protocol) or ``"train"`` (train-as-queries, to check a choice is not tuned to val).
+        The photo → photo catalog is the other split.
+    max_photos_per_class
+        Use only the first N photos per class of each split (a quick, deterministic subset); ``None``: all.
+    reference
+        Photo → catalog is also reported as search serves it once a query log exists (``"calibrated"``):
+        query-domain calibration fitted on at most ``reference`` photos of the other split, unlabelled, as the
+        query log (:mod:`catalens_tools.evaluation.query_domain`). ``0`` leaves it out; ``"calibrated"`` is ``None``
+        when the other split has fewer than ``MIN_REFERENCE`` photos (serving would not calibrate either).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = load_grocery(data_dir)
+    catalog = sorted(data.catalog, key=lambda image: str(image.path))
+    queries = first_per_class(data.photos(split), max_photos_per_class)
+    gallery = first_per_class(data.photos("train" if split == "val" else "val"), max_photos_per_class)
+
+    paths = [image.path for image in catalog + queries + gallery]
+    started = time.perf_counter()
+    vectors = np.asarray(embed_fn(paths))
+    seconds = time.perf_counter() - started
+    if vectors.ndim != 2 or len(vectors) != len(paths):
+        raise ValueError(f"embed_fn returned shape {vectors.shape} for {len(paths)} paths; expected [n, d]")
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError("embed_fn returned non-finite values")
+
+    catalog_vectors = vectors[: len(catalog)]
+    query_vectors = vectors[len(catalog) : len(catalog) + len(queries)]
+    gallery_vectors = vectors[len(catalog) + len(queries) :]
+    return {
+        "split": split,
+        "max_photos_per_class": max_photos_per_class,
+        "photo_to_catalog": photo_to_catalog(query_vectors, queries, catalog_vectors, catalog),
+        "calibrated": _calibrated(query_vectors, queries, catalog_vectors, catalog, gallery_vectors, reference)
+        if reference
+        else None,
+        "photo_to_photo": photo_to_photo(query_vectors, queries, gallery_vectors, gallery),
+        "embedding": {
+            "images": len(paths),
+            "dim": int(vectors.shape[1]),
+            "seconds": round(seconds, 3),
+            "ms_per_image": round(1000 * seconds / max(1, len(paths)), 3),
+        },
+    }
