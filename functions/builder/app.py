@@ -10,8 +10,8 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from catalens.composition import index_store
 from catalens.service.builder import BuildRequestError, parse_build_request, run_build, run_metrics
-from catalens.service.runtime import index_store
 from catalens.service.telemetry import PowertoolsMetrics
 from catalens.settings import load_settings
 

@@ -12,7 +12,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from catalens.service.runtime import build_ingest_service
+from catalens.composition import build_ingest_service
 from catalens.service.telemetry import PowertoolsMetrics
 from catalens.settings import load_settings
 

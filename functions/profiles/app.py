@@ -26,7 +26,7 @@ from catalens.adapters.dynamodb import DynamoCooccurrenceStore, DynamoProfileSto
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
-from catalens.profiles import EventError, ProfileUpdater, event_from_stream_image, index_lookup, index_space
+from catalens.profiles import ProfileUpdater, ShopperEventError, event_from_stream_image, index_lookup, index_space
 from catalens.settings import load_settings
 
 logger = Logger()
@@ -60,7 +60,7 @@ def record_handler(record: DynamoDBRecord) -> None:
     try:
         event = event_from_stream_image(record.dynamodb.raw_event.get("NewImage") if record.dynamodb else None)
         outcome = updater.handle(event)
-    except EventError:
+    except ShopperEventError:
         metrics.add_metric(name="InvalidEvents", unit=MetricUnit.Count, value=1)
         raise
     except Exception as exc:  # DynamoDB trouble or a bug: retried by the mapping, then sent to the OnFailure queue

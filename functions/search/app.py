@@ -8,9 +8,9 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from catalens.composition import build_search_service, load_profile_store, load_shopper_auth
 from catalens.service import http
 from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
-from catalens.service.runtime import build_search_service, load_profile_store, load_shopper_auth
 from catalens.service.telemetry import PowertoolsMetrics
 from catalens.settings import load_settings
 

@@ -110,7 +110,7 @@ class Catalog:
 
     def view(self) -> Any:
         """The real query-side index over the catalog (delta records, exact search)."""
-        from catalens.index.search import IndexView
+        from catalens.index.view import IndexView
 
         records = [
             ItemRecord(item.item_id, self.vectors[i], item.fields, f"catalog/{item.item_id}.jpg", "etag", "01")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from catalens.domain import MIN_REFERENCE
+from catalens.query_domain import MIN_REFERENCE
 from tests.e2e.conftest import StackClient, shopper_photo
 
 MAX_SEARCHES = 800  # the default rate samples a quarter of them: ~200 expected, MIN_REFERENCE (30) needed

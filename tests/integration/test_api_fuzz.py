@@ -33,9 +33,9 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
+from catalens.composition import index_store
 from catalens.embedder import Embedder
 from catalens.index.records import ItemRecord
-from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from catalens_tools.local.gateway import Route, match_route, percent_encoded
 from tests.unit.imagefactory import encode, photo

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from catalens.adapters.s3 import S3BlobStore
-from catalens.domain import MIN_REFERENCE
 from catalens.index.store import IndexStore
+from catalens.query_domain import MIN_REFERENCE
 from catalens.service.builder import BuildRequestError
 from tests.integration.conftest import log_to_captured_stdout
 from tests.unit.test_builder_service import record, write_query_samples

@@ -21,11 +21,11 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from hypothesis import HealthCheck, given, settings
 
+from catalens.composition import error_log, index_store
 from catalens.errors import ImageError
 from catalens.imaging import load_and_preprocess
 from catalens.index.cache import IndexCache
 from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
-from catalens.service.runtime import error_log, index_store
 from catalens.settings import Settings
 from tests.integration.conftest import log_to_captured_stdout
 from tests.unit.hostile_images import Hostile, hostile_photos
@@ -313,7 +313,7 @@ def test_photo_deleted_before_ingest_is_skipped(stack: Stack, ingest: Any) -> No
 
 
 def test_recorded_moto_event_parses_like_the_live_one() -> None:
-    from catalens.service.events import parse_notification
+    from catalens.service.notifications import parse_notification
 
     (moto_event,) = parse_notification(json.dumps(recorded("s3_object_created_moto.json")))
     (aws_event,) = parse_notification(json.dumps(recorded("s3_object_created_aws.json")))

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from catalens.domain import MIN_REFERENCE
 from catalens.index.cache import IndexCache
 from catalens.index.store import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, IndexStore
+from catalens.query_domain import MIN_REFERENCE
 from tests.unit.test_index_store import FINGERPRINT, put_event
 
 DIM = 8  # the vectors of tests.unit.test_index_store.put_event

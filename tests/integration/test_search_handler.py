@@ -24,15 +24,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from catalens.domain import COPY_COSINE
+from catalens.composition import index_store
 from catalens.embedder import Embedder
 from catalens.errors import ImageError
 from catalens.imaging import load_and_preprocess
 from catalens.index.records import ItemRecord
+from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import HTTP_STATUS
 from catalens.service.ingest import item_id_for_key
 from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES, MAX_QUERY_IMAGE_BYTES
-from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from tests.unit.hostile_images import Hostile, hostile_photos
 from tests.unit.imagefactory import encode, photo

@@ -15,8 +15,8 @@ import boto3
 import numpy as np
 import pytest
 
+from catalens.composition import index_store
 from catalens.index.records import ItemRecord
-from catalens.service.runtime import index_store
 from catalens.settings import Settings
 from catalens_tools.provision import api_spec, function_specs, load_template, provision
 

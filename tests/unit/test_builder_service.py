@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from catalens.domain import MIN_REFERENCE
 from catalens.index.records import ItemRecord
 from catalens.index.store import IndexStore
+from catalens.query_domain import MIN_REFERENCE
 from catalens.service.builder import (
     BuildRequest,
     BuildRequestError,

@@ -1,5 +1,5 @@
 """Query-domain calibration in the evaluation: the lever study and ``evaluate_grocery`` score photo→catalog as search
-does with calibration on, through :mod:`catalens.domain`, and the reference "query log" is the other split's
+does with calibration on, through :mod:`catalens.query_domain`, and the reference "query log" is the other split's
 photos — their vectors only, never their labels, never the queries' own split. Synthetic vectors, no images."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalens.domain import MIN_REFERENCE, catalog_mean
+from catalens.query_domain import MIN_REFERENCE, catalog_mean
 from catalens_tools.evaluation.features import FeatureStore
 from catalens_tools.evaluation.grocery import GroceryImage, evaluate_grocery
 from catalens_tools.evaluation.levers import BASELINE, CONFIGS, ENSEMBLE, LeverConfig, LeverStudy, _Data, format_table

@@ -28,7 +28,7 @@ def test_query_modules_import_numpy_only(tmp_path):
         import numpy as np
         import catalens.index
         from catalens.index import Filter, IndexView, Snapshot
-        import catalens.index.graph, catalens.index.search, catalens.index.snapshot, catalens.index.filters
+        import catalens.index.graph, catalens.index.view, catalens.index.snapshot, catalens.index.filters
         import catalens.index.reduce, catalens.index.records, catalens.index.build
         root = pathlib.Path({str(tmp_path)!r})
         snapshot = Snapshot.from_files({{p.name: p.read_bytes() for p in root.iterdir()}})

@@ -13,7 +13,6 @@ from catalens.imaging import PreprocessConfig
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
 from catalens.service.errors import FieldError
-from catalens.service.events import ObjectEvent, parse_notification
 from catalens.service.fields import parse_product_fields
 from catalens.service.ingest import (
     CatalogObject,
@@ -23,6 +22,7 @@ from catalens.service.ingest import (
     IngestService,
     item_id_for_key,
 )
+from catalens.service.notifications import ObjectEvent, parse_notification
 from catalens.service.requests import parse_item_id
 from catalens.service.telemetry import RecordingMetrics
 from catalens_tools.in_memory.blobs import MemoryBlobStore

@@ -12,12 +12,12 @@ import pytest
 
 from catalens.cooccurrence import CooccurrenceCounts, conditional_probabilities, pair_updates
 from catalens.profiles import (
-    EventError,
     Profile,
     ProfileConflictError,
     ProfileParams,
     ProfileUpdater,
     ShopperEvent,
+    ShopperEventError,
     apply_event,
     event_from_item,
     event_from_stream_image,
@@ -93,7 +93,7 @@ def test_event_accepts_dynamodb_decimals():
 )
 def test_malformed_events_are_rejected_with_a_message_naming_the_problem(change, message):
     item = {k: v for k, v in (event(1).to_item() | change).items() if v is not None}
-    with pytest.raises(EventError, match=message) as raised:
+    with pytest.raises(ShopperEventError, match=message) as raised:
         event_from_item(item)
     assert raised.value.code == "invalid_event"
 
@@ -452,7 +452,7 @@ def test_a_stream_image_becomes_the_event_its_item_would() -> None:
 def test_a_broken_stream_image_is_an_event_error_naming_the_attribute(change: dict, named: str) -> None:
     image = {"user_id": {"S": "alice"}, "event_key": {"S": "1700000000000#e1"}, "type": {"S": "view"},
              "item_id": {"S": "sku-1"}} | change  # fmt: skip
-    with pytest.raises(EventError, match=re.escape(named)):
+    with pytest.raises(ShopperEventError, match=re.escape(named)):
         event_from_stream_image(image)
-    with pytest.raises(EventError, match="no NewImage"):
+    with pytest.raises(ShopperEventError, match="no NewImage"):
         event_from_stream_image(None)

@@ -9,11 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from catalens.domain import MIN_REFERENCE, QueryDomain, catalog_mean
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
 from catalens.index.records import ItemRecord
-from catalens.index.search import IndexView
 from catalens.index.store import (
     QUERY_REFERENCE_DIR,
     QUERY_SAMPLES_DIR,
@@ -25,6 +23,8 @@ from catalens.index.store import (
     QueryDomainEntry,
     RetryPolicy,
 )
+from catalens.index.view import IndexView
+from catalens.query_domain import MIN_REFERENCE, QueryDomain, catalog_mean
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 from tests.unit.test_index_store import FakeClock
 

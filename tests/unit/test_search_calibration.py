@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from catalens.domain import CALIBRATION_POOL, COPY_COSINE, QueryDomain
 from catalens.index import IndexView, ItemRecord
 from catalens.index.build import build_snapshot
 from catalens.index.records import Hit
 from catalens.index.reduce import Projection
+from catalens.query_domain import CALIBRATION_POOL, COPY_COSINE, QueryDomain
 from catalens.ranking import rerank
 from catalens.service.requests import SearchOptions, SearchRequest
 from catalens.service.sampling import MAX_PENDING, QuerySampler

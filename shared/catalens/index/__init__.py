@@ -8,8 +8,8 @@ being built.
 from catalens.index.build import build_snapshot
 from catalens.index.filters import Filter, FilterError
 from catalens.index.records import Hit, IndexedItem, ItemRecord, sequencer_key
-from catalens.index.search import IndexView, SearchParams
 from catalens.index.snapshot import Snapshot, SnapshotError
+from catalens.index.view import IndexView, SearchParams
 
 __all__ = [
     "Filter",

@@ -40,8 +40,8 @@ from catalens.index.store import (
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
-    from catalens.domain import QueryDomain
-    from catalens.index.search import IndexView
+    from catalens.index.view import IndexView
+    from catalens.query_domain import QueryDomain
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ deletes only what no retained manifest entry references, after a grace period, s
 older manifest can still load it; it deletes a delta only once every retained version covers it, so
 a rollback loses no ingest.
 
-Query-domain calibration (:mod:`catalens.domain`) rides on the same protocol: search writes query samples under
+Query-domain calibration (:mod:`catalens.query_domain`) rides on the same protocol: search writes query samples under
 fresh keys, the builder folds the newest into an immutable, content-addressed reference object and swaps the
 manifest to name it (the same guarded swap). Compaction and rollback carry the manifest's entry over untouched.
 """
@@ -56,7 +56,6 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from catalens.domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
 from catalens.errors import CatalensError
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import (
@@ -66,10 +65,11 @@ from catalens.ports import (
     PreconditionFailedError,
     delete_all,
 )
+from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
 
 if TYPE_CHECKING:
-    from catalens.index.search import IndexView
     from catalens.index.snapshot import Snapshot
+    from catalens.index.view import IndexView
 
 log = logging.getLogger(__name__)
 
@@ -1095,7 +1095,7 @@ def make_view(
     be comparable); the builder skips them the same way. ``query_domain`` (as loaded, model space) is
     handed to the view for calibrated photo searches.
     """
-    from catalens.index.search import IndexView
+    from catalens.index.view import IndexView
 
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]

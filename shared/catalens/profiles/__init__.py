@@ -8,8 +8,8 @@
 
 from catalens.profiles.events import (
     EVENT_TYPES,
-    EventError,
     ShopperEvent,
+    ShopperEventError,
     event_from_item,
     event_from_stream_image,
     event_key,
@@ -37,7 +37,6 @@ __all__ = [
     "EVENT_TYPES",
     "RANKING_ATTRIBUTES",
     "Applied",
-    "EventError",
     "ItemLookup",
     "Profile",
     "ProfileConflictError",
@@ -45,6 +44,7 @@ __all__ = [
     "ProfileStore",
     "ProfileUpdater",
     "ShopperEvent",
+    "ShopperEventError",
     "apply_event",
     "event_from_item",
     "event_from_stream_image",

@@ -35,7 +35,7 @@ _MAX_ID_CHARS = 256
 DEFAULT_RETENTION_DAYS = 90
 
 
-class EventError(CatalensError):
+class ShopperEventError(CatalensError):
     """A stream record is not a valid shopper event (missing or malformed attribute)."""
 
     code = "invalid_event"
@@ -90,10 +90,10 @@ def _text(item: Mapping[str, Any], name: str, *, required: bool) -> str | None:
     value = item.get(name)
     if value is None:
         if required:
-            raise EventError(f"event attribute {name!r} is missing")
+            raise ShopperEventError(f"event attribute {name!r} is missing")
         return None
     if not isinstance(value, str) or not value or len(value) > _MAX_ID_CHARS:
-        raise EventError(f"event attribute {name!r} must be a non-empty string of at most {_MAX_ID_CHARS} chars")
+        raise ShopperEventError(f"event attribute {name!r} must be a non-empty string of at most {_MAX_ID_CHARS} chars")
     return value
 
 
@@ -102,26 +102,26 @@ def _whole_number(item: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise EventError(f"event attribute {name!r} must be a number, got {type(value).__name__}")
+        raise ShopperEventError(f"event attribute {name!r} must be a number, got {type(value).__name__}")
     if value != value or value < 0 or value > 10**12 or int(value) != value:  # NaN, negative, absurd, fractional
-        raise EventError(f"event attribute {name!r} must be a non-negative whole number, got {value}")
+        raise ShopperEventError(f"event attribute {name!r} must be a non-negative whole number, got {value}")
     return int(value)
 
 
 def event_from_item(item: Mapping[str, Any]) -> ShopperEvent:
     """Validate an events-table item (e.g. a stream ``NewImage``, deserialised) into a :class:`ShopperEvent`.
 
-    Raises :class:`EventError` naming the first problem; a record that fails here is poison and
+    Raises :class:`ShopperEventError` naming the first problem; a record that fails here is poison and
     is reported as a batch item failure.
     """
     user_id = _text(item, "user_id", required=True)
     key = _text(item, "event_key", required=True)
     match = _EVENT_KEY.match(key or "")
     if match is None:
-        raise EventError(f"event_key {key!r} must look like '<13-digit epoch ms>#<event id>'")
+        raise ShopperEventError(f"event_key {key!r} must look like '<13-digit epoch ms>#<event id>'")
     event_type = _text(item, "type", required=True)
     if event_type not in EVENT_TYPES:
-        raise EventError(f"event type {event_type!r} is not one of {', '.join(EVENT_TYPES)}")
+        raise ShopperEventError(f"event type {event_type!r} is not one of {', '.join(EVENT_TYPES)}")
     return ShopperEvent(
         user_id=user_id or "",
         event_id=match.group(2),
@@ -140,10 +140,10 @@ def event_from_stream_image(image: Mapping[str, Any] | None) -> ShopperEvent:
     """Validate a stream record's ``NewImage`` (DynamoDB JSON, ``{"name": {"S": "..."}}``) into a :class:`ShopperEvent`.
 
     Only the attributes an event has are read, each typed value checked here, so a hostile or broken one
-    (``{"N": "not-a-number"}``) is an :class:`EventError` naming it rather than a decoder's exception.
+    (``{"N": "not-a-number"}``) is an :class:`ShopperEventError` naming it rather than a decoder's exception.
     """
     if not isinstance(image, Mapping):
-        raise EventError("the stream record has no NewImage (the stream must be NEW_IMAGE)")
+        raise ShopperEventError("the stream record has no NewImage (the stream must be NEW_IMAGE)")
     item: dict[str, Any] = {}
     for name in _EVENT_ATTRIBUTES:
         if name in image:
@@ -153,7 +153,7 @@ def event_from_stream_image(image: Mapping[str, Any] | None) -> ShopperEvent:
 
 def _attribute_value(name: str, typed: Any) -> Any:
     if not isinstance(typed, Mapping) or len(typed) != 1:
-        raise EventError(f"event attribute {name!r} is not a DynamoDB typed value")
+        raise ShopperEventError(f"event attribute {name!r} is not a DynamoDB typed value")
     ((kind, raw),) = typed.items()
     if kind == "S" and isinstance(raw, str):
         return raw
@@ -161,7 +161,7 @@ def _attribute_value(name: str, typed: Any) -> Any:
         try:
             return Decimal(raw)
         except ArithmeticError as exc:
-            raise EventError(f"event attribute {name!r} is not a number: {raw[:40]!r}") from exc
+            raise ShopperEventError(f"event attribute {name!r} is not a number: {raw[:40]!r}") from exc
     if kind == "NULL":
         return None
-    raise EventError(f"event attribute {name!r} has type {str(kind)[:8]!r}; expected a string or a number")
+    raise ShopperEventError(f"event attribute {name!r} has type {str(kind)[:8]!r}; expected a string or a number")

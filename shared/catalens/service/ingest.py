@@ -27,30 +27,30 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from catalens.domain import COPY_COSINE
 from catalens.errors import CatalensError, ImageError, memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import BlobNotFoundError, BlobStore
+from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import FieldError, ItemIdError, RequestError
-from catalens.service.events import EventError, ObjectEvent, parse_notification
 from catalens.service.fields import parse_product_fields, parse_sidecar
+from catalens.service.notifications import NotificationError, ObjectEvent, parse_notification
 from catalens.service.requests import parse_item_id
 from catalens.service.telemetry import MetricsSink, NullMetrics
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
-PERMANENT_ERRORS = (ImageError, FieldError, EventError)
+PERMANENT_ERRORS = (ImageError, FieldError, NotificationError)
 
 # Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again): the
-# copy cosine of catalens.domain, where its measurement is written down (search serves such queries plain cosine).
+# copy cosine of catalens.query_domain, where its measurement is written down (search serves such queries plain cosine).
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = COPY_COSINE
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
 
 
-class ForeignBucketError(EventError):
+class ForeignBucketError(NotificationError):
     """An event names a bucket other than the catalog bucket: never acted on (a forged or misrouted record
     could otherwise delete a live item whose key it copies)."""
 
@@ -277,7 +277,7 @@ class IngestService:
         """One SQS message body: an S3 notification (usually one record) or S3's test event."""
         try:
             events = parse_notification(body)
-        except EventError as exc:
+        except NotificationError as exc:
             self._count_failure(exc.code)
             log.error("unreadable ingest message", extra={"code": exc.code, "reason": str(exc)})
             raise IngestFailedError(str(exc), reason=exc.code) from exc

@@ -1,6 +1,6 @@
 """Query sampling: keep a random share of photo query embeddings for query-domain calibration.
 
-The index builder fits :class:`catalens.domain.QueryDomain` on recent query embeddings
+The index builder fits :class:`catalens.query_domain.QueryDomain` on recent query embeddings
 (:meth:`catalens.index.store.IndexStore.write_query_sample` stores them, the builder refreshes the domain).
 What is kept is the raw embedding alone — no user id, no photo, no request data — and only for photo queries.
 

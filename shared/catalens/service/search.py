@@ -5,7 +5,7 @@ index has a query domain) + rank. Everything heavier is done once: the embedder 
 (one onnxruntime session per process), and the index view comes from a cache that revalidates the manifest now
 and then (:class:`~catalens.index.cache.IndexCache`).
 
-Query-domain calibration (:mod:`catalens.domain`) re-scores a photo query's first-stage candidates: shoppers'
+Query-domain calibration (:mod:`catalens.query_domain`) re-scores a photo query's first-stage candidates: shoppers'
 photos and shop photos are centred on their own domains and "hub" items pay for looking like every shopper photo.
 Candidates are re-ordered within consecutive blocks of ``CALIBRATION_POOL`` raw neighbours, so the order of a
 block never depends on how deep the client pages: every page is a slice of one ranking. "More like this" (item
@@ -32,12 +32,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.errors import memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
 from catalens.profiles.updater import index_space
+from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS

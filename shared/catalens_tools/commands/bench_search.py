@@ -141,10 +141,10 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
     """Build the snapshot (graph above the builder's threshold) and swap it in with the real protocol."""
     import numpy as np
 
+    from catalens.composition import index_store
     from catalens.index.build import build_snapshot
     from catalens.index.records import ItemRecord
     from catalens.index.reduce import Projection
-    from catalens.service.runtime import index_store
     from catalens.settings import Settings
     from catalens_tools.synthetic import clustered_vectors
 
@@ -187,9 +187,9 @@ def _profiles_table(client: Any) -> Any:
 def _put_profile(dynamodb: Any, s3: Any, bucket: str, args: argparse.Namespace) -> None:
     """``args.user`` buys 20 items of the index just published (written by the real updater, so in its space)."""
     from catalens.adapters.dynamodb import DynamoProfileStore
+    from catalens.composition import index_store
     from catalens.index.cache import IndexCache
     from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup, index_space
-    from catalens.service.runtime import index_store
     from catalens.settings import Settings
 
     view = IndexCache(index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3), background=False).view

@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         return run_command(args)
     import numpy as np
 
-    from catalens.domain import MAX_REFERENCE
     from catalens.embedder import Embedder
+    from catalens.query_domain import MAX_REFERENCE
     from catalens.settings import load_settings
     from catalens_tools.evaluation.grocery import evaluate_grocery
 

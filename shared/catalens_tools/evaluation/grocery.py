@@ -8,7 +8,7 @@ Two tasks, both on the fine class (81 products and produce varieties):
   case is ``split="val"``: catalog = train, queries = val); relevant = same fine class; recall@1, recall@5, mAP.
 
 Photo → catalog is reported twice: plain cosine, and ``calibrated`` as search serves it once it has a query log
-(query-domain calibration, :mod:`catalens.domain`; the other split's photos, unlabelled, stand in for the log).
+(query-domain calibration, :mod:`catalens.query_domain`; the other split's photos, unlabelled, stand in for the log).
 
 :func:`evaluate_grocery` takes ``embed_fn(paths) -> float32[n, d]``, so a different pooling, crop, flip averaging or
 model is evaluated by passing a different function; the metrics live in :mod:`catalens_tools.evaluation.metrics`.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, MAX_REFERENCE
 from catalens.errors import CatalensError
+from catalens.query_domain import CALIBRATION_POOL, MAX_REFERENCE
 from catalens_tools.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
 from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
 

@@ -13,7 +13,7 @@ crop), then the best ones are combined. Quality is measured on the ``val`` queri
 
 Nothing is fitted on evaluation labels. PCA-whitening is learned on the *searched side* (the catalog for
 photo→catalog, the gallery photos for photo→photo), as an index build would learn it. Query-domain calibration
-(:mod:`catalens.domain`, the production code) is fitted on the *other* split's photos, unlabelled, standing in for
+(:mod:`catalens.query_domain`, the production code) is fitted on the *other* split's photos, unlabelled, standing in for
 the query log serving samples; it re-scores photo→catalog only (photo→photo is left as is).
 
 Forward passes are cached by :class:`~catalens_tools.evaluation.features.FeatureStore` (``~/.cache/catalens/levers``);
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens.domain import CALIBRATION_POOL, DEFAULT_BETA, QueryDomain, catalog_mean
+from catalens.query_domain import CALIBRATION_POOL, DEFAULT_BETA, QueryDomain, catalog_mean
 from catalens_tools.evaluation.features import Backbone, FeatureStore, View
 from catalens_tools.evaluation.grocery import GroceryImage, load_grocery, photo_to_catalog, photo_to_photo
 from catalens_tools.evaluation.query_domain import REFERENCE_SEED, calibrated_scores, reference_domain
@@ -87,7 +87,7 @@ class LeverConfig:
         :class:`~catalens.embedder.Embedder` (the production path, card preprocessing) instead of the study's
         numpy pooling; ``pooling`` is then the graph's pooling spec (``rmac``, ``rmac+flip``, ...).
     query_domain
-        Query-domain calibration of photo→catalog as search applies it (:mod:`catalens.domain`): the reference
+        Query-domain calibration of photo→catalog as search applies it (:mod:`catalens.query_domain`): the reference
         size R (``None``: off). The reference is R photos of the other split (seeded sample, labels never read),
         embedded like the queries; each query's raw top ``CALIBRATION_POOL`` candidates are re-scored with
         temperature ``query_domain_beta``. Fewer than ``MIN_REFERENCE`` photos: no calibration, as in serving.

@@ -1,17 +1,17 @@
-"""Query-domain calibration under the evaluation protocol, through the production code (:mod:`catalens.domain`).
+"""Query-domain calibration under the evaluation protocol, through the production code (:mod:`catalens.query_domain`).
 
-Serving fits a :class:`~catalens.domain.QueryDomain` on a sample of recent query embeddings (unlabelled) and, for a
-photo query, re-scores the raw top ``CALIBRATION_POOL`` candidates with it. The evaluation does the same: the
+Serving fits a :class:`~catalens.query_domain.QueryDomain` on a sample of recent query embeddings (unlabelled) and,
+for a photo query, re-scores the raw top ``CALIBRATION_POOL`` candidates with it. The evaluation does the same: the
 reference "query log" of a query split is the *other* split's photos, embedded the same way, their labels never
 read, sampled with a fixed seed down to the reference size. Only the choice of reference and the pool handling live
-here; the math is :meth:`QueryDomain.calibrate` and :func:`catalens.domain.catalog_mean`, as in search.
+here; the math is :meth:`QueryDomain.calibrate` and :func:`catalens.query_domain.catalog_mean`, as in search.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from catalens.domain import (
+from catalens.query_domain import (
     CALIBRATION_POOL,
     DEFAULT_BETA,
     MAX_REFERENCE,

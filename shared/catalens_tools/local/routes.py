@@ -164,7 +164,7 @@ class LocalRoutes:
     def put_event(self, request: Request) -> HttpResponse:
         """Write one shopper event to the events table, as a shop app would (the stream does the rest)."""
         from catalens.adapters.dynamodb import DynamoEventStore
-        from catalens.profiles.events import EventError, ShopperEvent
+        from catalens.profiles.events import ShopperEvent, ShopperEventError
 
         try:
             body = request.json()
@@ -181,7 +181,7 @@ class LocalRoutes:
                 ts_ms=int(body.get("ts_ms") or time.time() * 1000),
                 **optional,
             )
-        except (EventError, ValueError, TypeError) as exc:
+        except (ShopperEventError, ValueError, TypeError) as exc:
             return error(400, getattr(exc, "code", "invalid_event"), str(exc))
         DynamoEventStore(self.r.ddb, self.r.events_table).put(event)
         return json_response(201, {"user_id": event.user_id, "event_key": event.key, "type": event.type})

@@ -25,10 +25,10 @@ from catalens.errors import CatalensError
 EventKind = Literal["created", "removed", "ignored"]
 
 
-class EventError(CatalensError):
+class NotificationError(CatalensError):
     """A message that is not an S3 event notification we understand (recorded, then sent to the DLQ)."""
 
-    code = "invalid_event"
+    code = "invalid_notification"
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,21 @@ def parse_notification(body: str | bytes | dict[str, Any]) -> list[ObjectEvent]:
         return []
     records = message.get("Records")
     if not isinstance(records, list):
-        raise EventError("the message is neither an S3 event notification (no 'Records') nor an s3:TestEvent")
+        raise NotificationError("the message is neither an S3 event notification (no 'Records') nor an s3:TestEvent")
     return [parse_record(record) for record in records]
 
 
 def parse_record(record: Any) -> ObjectEvent:
     """One S3 event record (AWS or moto shape)."""
     if not isinstance(record, dict) or not isinstance(record.get("s3"), dict):
-        raise EventError("an event record has no 's3' object")
+        raise NotificationError("an event record has no 's3' object")
     event_name = str(record.get("eventName", ""))
     s3 = record["s3"]
     bucket = (s3.get("bucket") or {}).get("name")
     obj = s3.get("object") or {}
     raw_key = obj.get("key")
     if not isinstance(bucket, str) or not bucket or not isinstance(raw_key, str) or not raw_key:
-        raise EventError(f"event {event_name!r} names no bucket or key")
+        raise NotificationError(f"event {event_name!r} names no bucket or key")
     key = unquote_plus(raw_key)
     event_time = str(record.get("eventTime", ""))
     sequencer = obj.get("sequencer") or _sequencer_from_time(event_time)
@@ -92,9 +92,9 @@ def _load(body: str | bytes | dict[str, Any]) -> dict[str, Any]:
     try:
         message = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise EventError(f"the message body is not JSON: {str(exc)[:120]}") from exc
+        raise NotificationError(f"the message body is not JSON: {str(exc)[:120]}") from exc
     if not isinstance(message, dict):
-        raise EventError("the message body is not a JSON object")
+        raise NotificationError("the message body is not a JSON object")
     return message
 
 
@@ -113,7 +113,7 @@ def _sequencer_from_time(event_time: str) -> str:
     try:
         when = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise EventError(f"event has neither a sequencer nor a valid eventTime ({event_time[:40]!r})") from exc
+        raise NotificationError(f"event has neither a sequencer nor a valid eventTime ({event_time[:40]!r})") from exc
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     micros = int(when.timestamp() * 1_000_000)

@@ -6,7 +6,7 @@ graph, searches the delta vectors exactly, and merges both exactly: scores are c
 cosine in index space), no item appears twice, hits come best first. Filters are applied before
 the top ``k`` is cut, on both parts. Only numpy is imported (this runs in the search Lambda).
 
-A view also carries what query-domain calibration (:mod:`catalens.domain`) needs, both in index space: the
+A view also carries what query-domain calibration (:mod:`catalens.query_domain`) needs, both in index space: the
 query domain the cache loaded (``query_domain``) and the mean of the live item vectors (``catalog_mean``).
 """
 
@@ -25,12 +25,12 @@ from typing import Literal
 
 import numpy as np
 
-from catalens.domain import QueryDomain
 from catalens.errors import ModelError
 from catalens.index.filters import Filter
 from catalens.index.records import Hit, IndexedItem, ItemRecord, is_newer, sequencer_key
 from catalens.index.reduce import normalise
 from catalens.index.snapshot import Snapshot
+from catalens.query_domain import QueryDomain
 
 Strategy = Literal["auto", "exact", "graph"]
 
@@ -290,7 +290,7 @@ class IndexView:
     def catalog_mean(self) -> np.ndarray | None:
         """Mean of the live item vectors in index space (snapshot rows the deltas leave visible, plus the deltas).
 
-        What :meth:`catalens.domain.QueryDomain.calibrate` centres items on; None for an empty view.
+        What :meth:`catalens.query_domain.QueryDomain.calibrate` centres items on; None for an empty view.
         """
         if self._len == 0:
             return None

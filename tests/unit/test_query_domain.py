@@ -1,11 +1,11 @@
-"""Query-domain calibration core (catalens.domain): centring by domain, hubness correction, building a reference."""
+"""Query-domain calibration (catalens.query_domain): centring by domain, hubness correction, building a reference."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from catalens.domain import MIN_REFERENCE, QueryDomain, catalog_mean
+from catalens.query_domain import MIN_REFERENCE, QueryDomain, catalog_mean
 
 DIM = 64
 
