@@ -48,13 +48,6 @@ DEFAULT_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_REGION = "us-east-1"
 
 RANDOM_SECURE_PARAMETER = "Custom::RandomSecureParameter"
-PROVISIONED_TYPES = (
-    "AWS::SQS::Queue",
-    "AWS::SQS::QueuePolicy",
-    "AWS::DynamoDB::Table",
-    "AWS::S3::Bucket",
-    RANDOM_SECURE_PARAMETER,
-)
 
 
 class TemplateError(CatalensError):

@@ -156,9 +156,6 @@ def pool_all(head: np.ndarray, mid: np.ndarray) -> dict[str, np.ndarray]:
     return {name: value.astype(np.float32) for name, value in pooled.items()}
 
 
-ImageSource = Callable[[Path], "object"]  # path -> PIL image (decoded, RGB)
-
-
 def load_photo(path: Path, short_side: int) -> object:
     """Decode with the production decoder (draft for JPEGs, EXIF orientation, RGB)."""
     return decode_image(path.read_bytes(), target_short_side=short_side)

@@ -109,12 +109,7 @@ class LeverConfig:
     query_domain: int | None = None
     query_domain_beta: float = DEFAULT_BETA
 
-    @property
-    def all_views(self) -> tuple[View, ...]:
-        return tuple(dict.fromkeys(self.views + (self.catalog_views or ())))
 
-
-LITE0 = Backbone("efficientnet-lite0", 224)
 LITE1 = Backbone("efficientnet-lite1", 240)
 LITE2 = Backbone("efficientnet-lite2", 260)
 LITE012 = Backbone("efficientnet-lite0+efficientnet-lite1+efficientnet-lite2", 260)

@@ -362,9 +362,6 @@ def percent_encoded(raw_path: str) -> str:
     return quote(raw_path.encode("latin-1"), safe=_ASCII_PRINTABLE)
 
 
-LocalHandler = Callable[["Request"], HttpResponse]
-
-
 @dataclass
 class Request:
     """One HTTP request, as the local routes see it."""
