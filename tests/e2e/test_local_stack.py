@@ -89,7 +89,9 @@ def test_the_api_needs_the_key_and_answers_malformed_requests_with_4xx(stack: St
     assert stack.api("GET", "/items/no-such-item").status == 404
     nowhere = stack.api("GET", "/nowhere")
     assert (nowhere.status, nowhere.json()["code"]) == (403, "forbidden")
-    assert stack.api("GET", "/openapi.json").json()["openapi"].startswith("3.")
+    document = stack.api("GET", "/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert document["servers"] == [{"url": "/api"}], "the document points where the local gateway serves the API"
 
 
 def test_a_photo_whose_event_exceeds_lambdas_payload_limit_is_413_in_the_error_shape(stack: StackClient) -> None:
