@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from catalens.index.build import build_snapshot
+from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord
 from catalens.index.reduce import Projection
-from catalens.index.store import IndexStore, RetryPolicy
+from catalens.index.store import IndexStore
 from catalens.query_domain import MIN_REFERENCE
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 
@@ -227,8 +228,8 @@ def store_objects() -> str:
     store.compact(build)
     for i in range(MIN_REFERENCE + 2):
         sample = signs(i * 7 + 3) / 4  # entries ±0.25: exact in float16
-        store.write_query_sample(sample, model_fingerprint=FINGERPRINT, now=now[0] - i)
-    store.refresh_query_domain(now=now[0])
+        store.queries.write_query_sample(sample, model_fingerprint=FINGERPRINT, now=now[0] - i)
+    store.queries.refresh_query_domain(now=now[0])
     now[0] += 60
     store.rollback(first)
     return listing({info.key: blob.get(info.key).data for info in blob.list("")})
