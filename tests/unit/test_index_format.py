@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord
 from catalens.index.reduce import Projection
@@ -185,10 +185,7 @@ def build_snapshots() -> str:
     first = build_snapshot(
         [record(i, seq=10 + i) for i in range(8)] + [record(20, seq=5, deleted=True)],
         model_fingerprint=FINGERPRINT,
-        projection=projection,
-        graph_threshold=4,
-        entry_points=1,
-        graph_builder=ring_graph,
+        params=BuildParams(projection=projection, graph_threshold=4, entry_points=1, graph_builder=ring_graph),
         now=START,
     )
     second = build_snapshot(
@@ -200,8 +197,7 @@ def build_snapshots() -> str:
         ],
         model_fingerprint=FINGERPRINT,
         previous=first,
-        graph_threshold=1_000,
-        tombstone_ttl_seconds=10.0,
+        params=BuildParams(graph_threshold=1_000, tombstone_ttl_seconds=10.0),
         now=START + 40,
     )
     files = {f"first/{name}": data for name, data in first.to_files().items()}

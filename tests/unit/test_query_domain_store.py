@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.cache import IndexCache
 from catalens.index.errors import CorruptIndexError, InvalidRecordError, ManifestConflictError
 from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR
@@ -362,7 +362,7 @@ def test_a_view_holds_the_domain_in_index_space() -> None:
     assert domain is not None
     plain = IndexView(build_snapshot(records, model_fingerprint=FINGERPRINT), query_domain=domain)
     assert plain.query_domain is domain
-    reduced = build_snapshot(records, model_fingerprint=FINGERPRINT, reduce_dim=8)
+    reduced = build_snapshot(records, model_fingerprint=FINGERPRINT, params=BuildParams(reduce_dim=8))
     view = IndexView(reduced, query_domain=domain)
     assert view.query_domain is not None
     assert view.query_domain.dim == view.dim == 8

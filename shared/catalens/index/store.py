@@ -52,6 +52,7 @@ from catalens.index.records import ItemRecord
 from catalens.ports import BlobNotFoundError, BlobStore, ConflictError, PreconditionFailedError, delete_all
 
 if TYPE_CHECKING:
+    from catalens.index.build import BuildParams
     from catalens.index.snapshot import Snapshot
     from catalens.index.view import IndexView
     from catalens.query_domain import QueryDomain
@@ -272,18 +273,21 @@ class IndexStore:
         *,
         model_fingerprint: str | None = None,
         force: bool = False,
-        **build_options: Any,
+        params: BuildParams | None = None,
     ) -> CompactionResult:
         """Fold the live deltas into a new immutable version and swap the manifest to it.
 
-        ``build_fn(records, model_fingerprint=..., previous=..., version=..., **build_options)`` defaults to
-        :func:`catalens.index.build.build_snapshot` (it imports pynndescent only for a graph). Deltas
-        written while it runs are newer than the new version and stay live. On a lost manifest race the
-        whole compaction is redone from the new manifest (bounded, jittered); the abandoned version's
-        files are left for GC. Without live deltas nothing is written unless ``force``.
+        ``build_fn(records, model_fingerprint=..., previous=..., version=..., params=...)`` defaults to
+        :func:`catalens.index.build.build_snapshot` (it imports pynndescent only for a graph), ``params`` to
+        :class:`~catalens.index.build.BuildParams`'s defaults. Deltas written while it runs are newer than the
+        new version and stay live. On a lost manifest race the whole compaction is redone from the new manifest
+        (bounded, jittered); the abandoned version's files are left for GC. Without live deltas nothing is
+        written unless ``force``.
         """
-        if build_fn is None:
-            from catalens.index.build import build_snapshot as build_fn
+        from catalens.index.build import DEFAULT_PARAMS, build_snapshot
+
+        build_fn = build_fn or build_snapshot
+        params = params or DEFAULT_PARAMS
         loaded: LoadedVersion | None = None
         for attempt in range(self.retry.attempts):
             manifest, etag = self.read_manifest()
@@ -319,7 +323,7 @@ class IndexStore:
                 model_fingerprint=fingerprint,
                 previous=loaded.snapshot if loaded else None,
                 version=version,
-                **build_options,
+                params=params,
             )
             build_seconds = time.perf_counter() - started
             now = self._wall_clock()
