@@ -72,7 +72,7 @@ def build_search_service(
     cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
     samples = None
     if settings.query_sample_rate > 0:
-        samples = QuerySampler(store, rate=settings.query_sample_rate, metrics=metrics)
+        samples = QuerySampler(store.queries, rate=settings.query_sample_rate, metrics=metrics)
     return SearchService(
         embedder=embedder or load_embedder(settings),
         views=cache.view,

@@ -66,7 +66,8 @@ def s3_store(s3_client: Any, s3_bucket: str) -> Any:
     import time
 
     from catalens.adapters.s3 import S3BlobStore
-    from catalens.index.store import IndexStore, RetryPolicy
+    from catalens.index.manifest import RetryPolicy
+    from catalens.index.store import IndexStore
 
     return IndexStore(
         S3BlobStore(s3_client, s3_bucket),

@@ -22,8 +22,10 @@ import pytest
 
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.cache import IndexCache
+from catalens.index.deltas import SnapshotCoverage
+from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord, sequencer_key
-from catalens.index.store import IndexStore, RetryPolicy, SnapshotCoverage
+from catalens.index.store import IndexStore
 
 N_ITEMS = 1000
 THREADS = 16

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from catalens.index.cache import IndexCache
-from catalens.index.store import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, IndexStore
+from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR
+from catalens.index.store import IndexStore
 from catalens.query_domain import MIN_REFERENCE
 from tests.unit.test_index_store import FINGERPRINT, put_event
 
@@ -30,12 +31,12 @@ def test_samples_refresh_race_and_cache_on_s3(s3_store: IndexStore) -> None:
     s3_store.compact(model_fingerprint=FINGERPRINT)
     now = time.time()
     for i in range(MIN_REFERENCE + 2):
-        s3_store.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=now - i)
-    newest = s3_store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=3, now=now)
+        s3_store.queries.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=now - i)
+    newest = s3_store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=3, now=now)
     np.testing.assert_allclose(np.stack(newest), np.stack([query_vector(i) for i in range(3)]), atol=1e-3)
 
     rival = IndexStore(s3_store.blob, s3_store.prefix)
-    real_recent = s3_store.recent_query_samples
+    real_recent = s3_store.queries.recent_query_samples
     raced: list[bool] = []
 
     def recent_then_get_overtaken(**kwargs: Any) -> list[np.ndarray]:
@@ -45,14 +46,14 @@ def test_samples_refresh_race_and_cache_on_s3(s3_store: IndexStore) -> None:
             rival.compact()  # moves the manifest's ETag: the refresh's If-Match must get 412 from S3
         return real_recent(**kwargs)
 
-    s3_store.recent_query_samples = recent_then_get_overtaken  # type: ignore[method-assign]
-    entry = s3_store.refresh_query_domain(now=now)
+    s3_store.queries.recent_query_samples = recent_then_get_overtaken  # type: ignore[method-assign]
+    entry = s3_store.queries.refresh_query_domain(now=now)
 
     assert entry is not None
     manifest, _ = s3_store.read_manifest()
     assert manifest.query_domain == entry
     assert manifest.current.items == 2, "the rival's version survived the retried swap"
-    assert s3_store.load_query_domain(entry).dim == DIM
+    assert s3_store.queries.load_query_domain(entry).dim == DIM
 
     cache = IndexCache(s3_store, background=False)
     view = cache.view()
@@ -71,11 +72,11 @@ def test_gc_of_queries_on_s3(s3_store: IndexStore) -> None:
     s3_store.compact(model_fingerprint=FINGERPRINT)
     now = time.time()
     for i in range(MIN_REFERENCE):
-        s3_store.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=now - i)
-    first = s3_store.refresh_query_domain(now=now)
-    s3_store.write_query_sample(query_vector(99), model_fingerprint=FINGERPRINT, now=now + 1)
-    s3_store.write_query_sample(query_vector(98), model_fingerprint=FINGERPRINT, now=now - 40 * DAY)
-    second = s3_store.refresh_query_domain(now=now + 2)
+        s3_store.queries.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=now - i)
+    first = s3_store.queries.refresh_query_domain(now=now)
+    s3_store.queries.write_query_sample(query_vector(99), model_fingerprint=FINGERPRINT, now=now + 1)
+    s3_store.queries.write_query_sample(query_vector(98), model_fingerprint=FINGERPRINT, now=now - 40 * DAY)
+    second = s3_store.queries.refresh_query_domain(now=now + 2)
     assert first is not None
     assert second is not None
     assert first.key != second.key
@@ -85,4 +86,4 @@ def test_gc_of_queries_on_s3(s3_store: IndexStore) -> None:
     assert (result.query_references_deleted, result.query_samples_deleted) == (1, 1)
     assert keys(s3_store, QUERY_REFERENCE_DIR) == [s3_store.prefix + second.key]
     assert len(keys(s3_store, QUERY_SAMPLES_DIR)) == MIN_REFERENCE + 1
-    s3_store.load_query_domain(second)
+    s3_store.queries.load_query_domain(second)

@@ -480,8 +480,8 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
     vectors = photos_and_vectors[1]
     for n in range(40):  # shoppers' photos near catalog items: the catalog vectors, disturbed
         noisy = vectors[n % len(vectors)] + 0.05 * rng.normal(size=vectors.shape[1])
-        store.write_query_sample(noisy / np.linalg.norm(noisy), model_fingerprint=embedder.fingerprint)
-    entry = store.refresh_query_domain()
+        store.queries.write_query_sample(noisy / np.linalg.norm(noisy), model_fingerprint=embedder.fingerprint)
+    entry = store.queries.refresh_query_domain()
     assert entry is not None
     assert entry.count == 40
 

@@ -59,7 +59,7 @@ def test_later_runs_compact_only_when_there_is_something_new_or_when_forced() ->
 def write_query_samples(store: IndexStore, n: int, *, fingerprint: str = "m", offset: int = 0) -> None:
     for i in range(n):
         vector = np.random.default_rng(500 + offset + i).normal(size=8).astype(np.float32)
-        store.write_query_sample(vector / np.linalg.norm(vector), model_fingerprint=fingerprint)
+        store.queries.write_query_sample(vector / np.linalg.norm(vector), model_fingerprint=fingerprint)
 
 
 def test_every_run_refreshes_the_query_domain_after_compaction_and_gc_keeps_it() -> None:
@@ -78,7 +78,7 @@ def test_every_run_refreshes_the_query_domain_after_compaction_and_gc_keeps_it()
     assert entry is not None
     assert second["query_domain"]["entry"] == entry.to_dict()
     assert entry.count == MIN_REFERENCE
-    store.load_query_domain(entry)  # GC kept the object the manifest names
+    store.queries.load_query_domain(entry)  # GC kept the object the manifest names
 
     third = run_build(store, BuildRequest("schedule"), gc_grace_seconds=-1)
     assert third["query_domain"] == {"status": "unchanged", "entry": entry.to_dict()}
@@ -95,7 +95,7 @@ def test_a_failed_refresh_is_reported_and_does_not_fail_the_compaction(monkeypat
     def broken(**_: Any) -> None:
         raise RuntimeError("S3 said no")
 
-    monkeypatch.setattr(store, "refresh_query_domain", broken)
+    monkeypatch.setattr(store.queries, "refresh_query_domain", broken)
     outcome = run_build(store, BuildRequest("schedule"), gc_grace_seconds=0)
     assert outcome["noop"] is False
     assert outcome["items"] == 1

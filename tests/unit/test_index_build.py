@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from catalens.errors import ModelError
-from catalens.index import IndexView, ItemRecord, build_snapshot
+from catalens.index import BuildParams, IndexView, ItemRecord, build_snapshot
 
 DIM = 24
 FP = "fp-1"
@@ -73,7 +73,7 @@ def test_records_of_another_dimension_are_refused():
 def test_projection_is_fitted_once_and_kept_across_compactions():
     x = _vectors(200, seed=1)
     records = [_record(f"i{j}", x[j], "1") for j in range(150)]
-    first = build_snapshot(records, model_fingerprint=FP, reduce_dim=8, whiten=True)
+    first = build_snapshot(records, model_fingerprint=FP, params=BuildParams(reduce_dim=8, whiten=True))
     assert first.dim == 8
     assert first.model_dim == DIM
     assert first.projection.kind == "pca_whiten"
@@ -87,7 +87,7 @@ def test_projection_is_fitted_once_and_kept_across_compactions():
     # a model-space query is projected the same way
     assert view.search(x[160], 1)[0].item_id == "i160"
     with pytest.raises(ValueError, match="keeps the previous projection"):
-        build_snapshot([], model_fingerprint=FP, previous=first, reduce_dim=4)
+        build_snapshot([], model_fingerprint=FP, previous=first, params=BuildParams(reduce_dim=4))
 
 
 def test_pca_keeps_neighbours_of_low_rank_data():
@@ -96,7 +96,7 @@ def test_pca_keeps_neighbours_of_low_rank_data():
     x = rng.standard_normal((300, 6)).astype(np.float32) @ basis
     records = [_record(f"i{j}", x[j], "1") for j in range(300)]
     full = IndexView(build_snapshot(records, model_fingerprint=FP))
-    reduced_snapshot = build_snapshot(records, model_fingerprint=FP, reduce_dim=6)
+    reduced_snapshot = build_snapshot(records, model_fingerprint=FP, params=BuildParams(reduce_dim=6))
     assert reduced_snapshot.projection.explained_variance_ratio > 0.999
     reduced = IndexView(reduced_snapshot)
     # centring changes cosine geometry, so compare against exact search on centred data
@@ -113,7 +113,9 @@ def test_old_tombstones_can_be_forgotten():
     deletes = [_record("a", None, "2", deleted=True, updated_at=100.0)]
     kept = build_snapshot(deletes, model_fingerprint=FP, previous=first, now=200.0)
     assert len(kept.tombstones) == 1
-    dropped = build_snapshot(deletes, model_fingerprint=FP, previous=first, now=200.0, tombstone_ttl_seconds=50)
+    dropped = build_snapshot(
+        deletes, model_fingerprint=FP, previous=first, now=200.0, params=BuildParams(tombstone_ttl_seconds=50)
+    )
     assert dropped.tombstones == ()
 
 

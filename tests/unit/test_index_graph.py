@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalens.index import Filter, IndexView, ItemRecord, SearchParams, Snapshot, build_snapshot
+from catalens.index import BuildParams, Filter, IndexView, ItemRecord, SearchParams, Snapshot, build_snapshot
 from catalens.index.build import choose_entry_points, group_entry_points, weak_components
 from catalens.index.graph import GraphSearcher, NeighbourGraph
 from catalens_tools.synthetic import clustered_vectors, recall_at_k
@@ -83,7 +83,7 @@ def graph_case() -> tuple[Snapshot, np.ndarray, list[ItemRecord]]:
     records = [
         ItemRecord(f"item-{i:05d}", vectors[i], {"shelf": i % 10}, f"p/{i}.jpg", f"e{i}", "01") for i in range(N)
     ]
-    snapshot = build_snapshot(records, model_fingerprint="fp", graph_threshold=2, seed=0, n_jobs=2)
+    snapshot = build_snapshot(records, model_fingerprint="fp", params=BuildParams(graph_threshold=2, seed=0, n_jobs=2))
     return snapshot, queries, records
 
 
@@ -150,7 +150,7 @@ def test_graph_path_with_deltas_and_deletes_merges_exactly(graph_case):
 @pytest.mark.slow
 def test_graph_build_is_deterministic_given_seed_and_threads(graph_case):
     snapshot, _, records = graph_case
-    again = build_snapshot(records, model_fingerprint="fp", graph_threshold=2, seed=0, n_jobs=2)
+    again = build_snapshot(records, model_fingerprint="fp", params=BuildParams(graph_threshold=2, seed=0, n_jobs=2))
     assert again.version == snapshot.version
     np.testing.assert_array_equal(again.graph.indices, snapshot.graph.indices)
     np.testing.assert_array_equal(again.graph.entry_points, snapshot.graph.entry_points)

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from catalens.index import Filter, IndexView, ItemRecord, Snapshot, SnapshotError, build_snapshot
+from catalens.index import BuildParams, Filter, IndexView, ItemRecord, Snapshot, SnapshotError, build_snapshot
 
 DIM = 16
 
 
-def _snapshot(n: int = 120, **kwargs) -> Snapshot:
+def _snapshot(n: int = 120, **settings) -> Snapshot:
     x = np.random.default_rng(0).standard_normal((n, DIM)).astype(np.float32)
     records = [
         ItemRecord(
@@ -27,7 +27,7 @@ def _snapshot(n: int = 120, **kwargs) -> Snapshot:
         for i in range(n)
     ]
     records.append(ItemRecord("gone", None, {}, "photos/gone.jpg", "etag-g", "ff", deleted=True))
-    return build_snapshot(records, model_fingerprint="fp", **kwargs)
+    return build_snapshot(records, model_fingerprint="fp", params=BuildParams(**settings))
 
 
 @pytest.mark.parametrize("reduce_dim", [None, 8])

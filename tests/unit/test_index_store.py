@@ -18,19 +18,12 @@ import pytest
 
 from catalens.index.build import build_snapshot
 from catalens.index.cache import IndexCache
+from catalens.index.deltas import delta_key
+from catalens.index.errors import CorruptIndexError, InvalidRecordError, UnknownVersionError
+from catalens.index.layout import DELTAS_DIR
+from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord, sequencer_key
-from catalens.index.store import (
-    DELTAS_DIR,
-    CorruptIndexError,
-    DeltaKey,
-    IndexStore,
-    InvalidRecordError,
-    RetryPolicy,
-    UnknownVersionError,
-    decode_delta,
-    delta_key,
-    encode_delta,
-)
+from catalens.index.store import IndexStore
 from catalens.ports import Blob, BlobInfo, BlobStore
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 
@@ -119,34 +112,7 @@ def compact(store: IndexStore, **kwargs) -> object:
     return store.compact(model_fingerprint=FINGERPRINT, **kwargs)
 
 
-# ----------------------------------------------------------------------------------------------- codec and keys
-
-
-def test_delta_round_trips_exactly_with_awkward_item_ids() -> None:
-    for item_id in ["a/b c", "100%/ü", "x-y-z", "tab\there"]:
-        record = put_event(item_id, "00AB12", '"etag-1"')
-        key = delta_key(record)
-        parsed = DeltaKey.parse(key)
-        assert parsed == DeltaKey(item_id=item_id, sequencer="ab12", deleted=False)
-        decoded = decode_delta(encode_delta(record, model_fingerprint="m")).record
-        assert decoded.item_id == item_id
-        assert decoded.vector.dtype == np.float32
-        np.testing.assert_array_equal(decoded.vector, record.vector)
-        assert (decoded.fields, decoded.sequencer, decoded.source_etag) == (
-            record.fields,
-            record.sequencer,
-            record.source_etag,
-        )
-    tombstone_key = delta_key(del_event("a", "0f"))
-    assert DeltaKey.parse(tombstone_key) == DeltaKey("a", "f", True)
-
-
-def test_delta_key_depends_on_the_event_not_on_the_delivery() -> None:
-    first = put_event("item", "0A", "e1")
-    assert delta_key(first) == delta_key(put_event("item", "a", "e1")), "same event, same key (leading zeros, case)"
-    assert delta_key(first) != delta_key(put_event("item", "0B", "e1")), "re-upload of the same bytes is a new event"
-    assert delta_key(first) != delta_key(put_event("item", "0A", "e2"))
-    assert delta_key(first) != delta_key(del_event("item", "0A"))
+# ----------------------------------------------------------------------------------------------- refused records
 
 
 def test_malformed_records_are_refused(store: IndexStore) -> None:

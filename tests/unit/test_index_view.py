@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from catalens.errors import ModelError
-from catalens.index import Filter, IndexView, ItemRecord, build_snapshot
+from catalens.index import BuildParams, Filter, IndexView, ItemRecord, build_snapshot
 
 DIM = 16
 FP = "model-fp"
@@ -192,7 +192,7 @@ def test_deltas_over_an_empty_snapshot_are_searchable():
 
 
 def test_view_names_its_model_space_and_fields():
-    snapshot = build_snapshot(_catalog(5), model_fingerprint=FP, reduce_dim=4)
+    snapshot = build_snapshot(_catalog(5), model_fingerprint=FP, params=BuildParams(reduce_dim=4))
     view = IndexView(snapshot, [_record("d", _vectors(1)[0], "0200", colour="red")])
     assert view.model_fingerprint == FP
     assert view.index_space == f"{FP}/{snapshot.projection.fingerprint}"

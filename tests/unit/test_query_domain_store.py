@@ -9,20 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.cache import IndexCache
+from catalens.index.errors import CorruptIndexError, InvalidRecordError, ManifestConflictError
+from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR
+from catalens.index.manifest import Manifest, QueryDomainEntry, RetryPolicy
 from catalens.index.records import ItemRecord
-from catalens.index.store import (
-    QUERY_REFERENCE_DIR,
-    QUERY_SAMPLES_DIR,
-    CorruptIndexError,
-    IndexStore,
-    InvalidRecordError,
-    Manifest,
-    ManifestConflictError,
-    QueryDomainEntry,
-    RetryPolicy,
-)
+from catalens.index.store import IndexStore
 from catalens.index.view import IndexView
 from catalens.query_domain import MIN_REFERENCE, QueryDomain, catalog_mean
 from catalens_tools.in_memory.blobs import MemoryBlobStore
@@ -67,7 +60,7 @@ def build_index(store: IndexStore, n: int = 20) -> None:
 
 def write_samples(store: IndexStore, n: int, *, start: float = START, step: float = 1.0, offset: int = 0) -> list[str]:
     return [
-        store.write_query_sample(query_vector(offset + i), model_fingerprint=FINGERPRINT, now=start + i * step)
+        store.queries.write_query_sample(query_vector(offset + i), model_fingerprint=FINGERPRINT, now=start + i * step)
         for i in range(n)
     ]
 
@@ -83,25 +76,25 @@ def test_samples_come_back_newest_first_as_float32_within_float16_precision(stor
     written = write_samples(store, 5, step=3600.0 * 7)  # spans two UTC days
     assert all(key.startswith(f"index/{QUERY_SAMPLES_DIR}{FINGERPRINT[:16]}/") for key in written)
     assert len({key.split("/")[4] for key in written}) == 2, "one folder per UTC day"
-    samples = store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START + DAY)
+    samples = store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START + DAY)
     assert len(samples) == 5
     for sample, i in zip(samples, [4, 3, 2, 1, 0], strict=True):
         assert sample.dtype == np.float32
         np.testing.assert_allclose(sample, query_vector(i), atol=1e-3)
-    newest_two = store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=2, now=START + DAY)
+    newest_two = store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=2, now=START + DAY)
     np.testing.assert_allclose(np.stack(newest_two), np.stack(samples[:2]))
 
 
 def test_samples_are_filtered_by_age_and_model(store: IndexStore) -> None:
-    store.write_query_sample(query_vector(0), model_fingerprint=FINGERPRINT, now=START - 31 * DAY)
-    store.write_query_sample(query_vector(1), model_fingerprint=FINGERPRINT, now=START - 29 * DAY)
-    store.write_query_sample(query_vector(2), model_fingerprint="another-model", now=START)
-    found = store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START)
+    store.queries.write_query_sample(query_vector(0), model_fingerprint=FINGERPRINT, now=START - 31 * DAY)
+    store.queries.write_query_sample(query_vector(1), model_fingerprint=FINGERPRINT, now=START - 29 * DAY)
+    store.queries.write_query_sample(query_vector(2), model_fingerprint="another-model", now=START)
+    found = store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START)
     assert len(found) == 1
     np.testing.assert_allclose(found[0], query_vector(1), atol=1e-3)
-    assert store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, max_age_days=7, now=START) == []
-    assert len(store.recent_query_samples(model_fingerprint="another-model", limit=10, now=START)) == 1
-    assert store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=0, now=START) == []
+    assert store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, max_age_days=7, now=START) == []
+    assert len(store.queries.recent_query_samples(model_fingerprint="another-model", limit=10, now=START)) == 1
+    assert store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=0, now=START) == []
 
 
 def test_an_undecodable_or_malformed_sample_is_skipped(store: IndexStore) -> None:
@@ -111,7 +104,7 @@ def test_an_undecodable_or_malformed_sample_is_skipped(store: IndexStore) -> Non
         buffer = io.BytesIO()
         np.save(buffer, array)
         store.blob.put(key, buffer.getvalue())
-    found = store.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START + 10)
+    found = store.queries.recent_query_samples(model_fingerprint=FINGERPRINT, limit=10, now=START + 10)
     assert len(found) == 1
     np.testing.assert_allclose(found[0], query_vector(0), atol=1e-3)
 
@@ -132,14 +125,14 @@ def test_invalid_samples_are_refused_and_nothing_is_written(
     store: IndexStore, vector: np.ndarray, message: str
 ) -> None:
     with pytest.raises(InvalidRecordError, match=message) as raised:
-        store.write_query_sample(vector, model_fingerprint=FINGERPRINT)
+        store.queries.write_query_sample(vector, model_fingerprint=FINGERPRINT)
     assert raised.value.code == "invalid_record"
     assert keys(store, QUERY_SAMPLES_DIR) == []
 
 
 def test_a_sample_needs_a_model_fingerprint(store: IndexStore) -> None:
     with pytest.raises(InvalidRecordError, match="fingerprint"):
-        store.write_query_sample(query_vector(0), model_fingerprint="")
+        store.queries.write_query_sample(query_vector(0), model_fingerprint="")
     assert keys(store, QUERY_SAMPLES_DIR) == []
 
 
@@ -148,14 +141,14 @@ def test_a_sample_needs_a_model_fingerprint(store: IndexStore) -> None:
 
 def test_refresh_needs_a_version_and_enough_samples(store: IndexStore) -> None:
     write_samples(store, MIN_REFERENCE + 5)
-    assert store.refresh_query_domain(now=START + 100) is None, "no current version yet"
+    assert store.queries.refresh_query_domain(now=START + 100) is None, "no current version yet"
     assert keys(store, QUERY_REFERENCE_DIR) == []
 
     other = IndexStore(MemoryBlobStore(), "index/", retry=RetryPolicy(base_delay=0.0))
     build_index(other)
     write_samples(other, MIN_REFERENCE - 1)
     before = other.blob.get(other.manifest_key)
-    assert other.refresh_query_domain(now=START + 100) is None
+    assert other.queries.refresh_query_domain(now=START + 100) is None
     after = other.blob.get(other.manifest_key)
     assert after.etag == before.etag, "too few samples: the manifest is not touched"
     assert keys(other, QUERY_REFERENCE_DIR) == []
@@ -166,7 +159,7 @@ def test_refresh_writes_a_verified_reference_and_the_manifest_names_it(store: In
     write_samples(store, MIN_REFERENCE + 10)
     generation = store.read_manifest()[0].generation
 
-    entry = store.refresh_query_domain(beta=4.0, now=START + 100)
+    entry = store.queries.refresh_query_domain(beta=4.0, now=START + 100)
 
     assert entry is not None
     manifest, etag = store.read_manifest()
@@ -178,18 +171,18 @@ def test_refresh_writes_a_verified_reference_and_the_manifest_names_it(store: In
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         assert archive["reference"].dtype == np.float16
         assert archive["reference"].shape == (MIN_REFERENCE + 10, DIM)
-    domain = store.load_query_domain(entry)
+    domain = store.queries.load_query_domain(entry)
     expected = QueryDomain.from_samples([query_vector(i) for i in reversed(range(MIN_REFERENCE + 10))], beta=4.0)
     assert expected is not None
     np.testing.assert_allclose(domain.reference, expected.reference, atol=2e-3)
     assert domain.beta == 4.0
 
-    again = store.refresh_query_domain(beta=4.0, now=START + 200)
+    again = store.queries.refresh_query_domain(beta=4.0, now=START + 200)
     assert again == entry, "same samples: the same reference, not swapped again"
     assert store.read_manifest()[1] == etag
 
     write_samples(store, 3, start=START + 150, offset=500)
-    newer = store.refresh_query_domain(beta=4.0, now=START + 300)
+    newer = store.queries.refresh_query_domain(beta=4.0, now=START + 300)
     assert newer is not None
     assert newer.key != entry.key
     assert newer.count == MIN_REFERENCE + 13
@@ -199,11 +192,11 @@ def test_refresh_writes_a_verified_reference_and_the_manifest_names_it(store: In
 def test_refresh_reads_at_most_four_times_max_reference_and_keeps_max_reference(store: IndexStore) -> None:
     build_index(store)
     write_samples(store, 4 * MIN_REFERENCE + 7)
-    entry = store.refresh_query_domain(max_reference=MIN_REFERENCE, now=START + 1000)
+    entry = store.queries.refresh_query_domain(max_reference=MIN_REFERENCE, now=START + 1000)
     assert entry is not None
     assert entry.count == MIN_REFERENCE
     oldest = [query_vector(i) for i in range(7)]  # beyond the 4 × max_reference newest: never read
-    reference = store.load_query_domain(entry).reference
+    reference = store.queries.load_query_domain(entry).reference
     for vector in oldest:
         assert np.abs(reference @ vector).max() < 0.999
 
@@ -234,7 +227,7 @@ def test_refresh_retries_when_another_writer_swaps_the_manifest_first(blob: Memo
     racing.rival = rival
     racing.manifest_writes = 0
 
-    entry = store.refresh_query_domain(now=START + 100)
+    entry = store.queries.refresh_query_domain(now=START + 100)
 
     assert entry is not None
     manifest, _ = store.read_manifest()
@@ -247,17 +240,17 @@ def test_refresh_retries_when_another_writer_swaps_the_manifest_first(blob: Memo
 def test_refresh_gives_up_after_the_retry_budget(store: IndexStore) -> None:
     build_index(store)
     write_samples(store, MIN_REFERENCE)
-    store.retry = RetryPolicy(attempts=3, base_delay=0.0)
-    store._swap_manifest = lambda manifest, etag: False  # every swap loses
+    store.queries.retry = RetryPolicy(attempts=3, base_delay=0.0)
+    store.manifests.swap = lambda manifest, etag: False  # every swap loses
     with pytest.raises(ManifestConflictError, match="3 times"):
-        store.refresh_query_domain(now=START + 100)
+        store.queries.refresh_query_domain(now=START + 100)
 
 
 def test_compaction_and_rollback_keep_the_query_domain(store: IndexStore) -> None:
     build_index(store)
     first_version = store.read_manifest()[0].current.version
     write_samples(store, MIN_REFERENCE)
-    entry = store.refresh_query_domain(now=START + 100)
+    entry = store.queries.refresh_query_domain(now=START + 100)
     assert entry is not None
 
     store.write_item(item(50), model_fingerprint=FINGERPRINT)
@@ -290,15 +283,15 @@ def test_manifests_without_the_entry_load_and_a_malformed_entry_is_ignored(store
 def test_load_query_domain_verifies_the_object(store: IndexStore) -> None:
     build_index(store)
     write_samples(store, MIN_REFERENCE)
-    entry = store.refresh_query_domain(now=START + 100)
+    entry = store.queries.refresh_query_domain(now=START + 100)
     assert entry is not None
     data = store.blob.get(store.prefix + entry.key).data
     store.blob.put(store.prefix + entry.key, data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(CorruptIndexError, match="checksum"):
-        store.load_query_domain(entry)
+        store.queries.load_query_domain(entry)
     store.blob.delete(store.prefix + entry.key)
     with pytest.raises(CorruptIndexError, match="missing"):
-        store.load_query_domain(entry)
+        store.queries.load_query_domain(entry)
 
 
 # ------------------------------------------------------------------------------------------------------------ GC
@@ -309,10 +302,10 @@ def test_gc_keeps_the_named_reference_and_drops_old_samples_and_unnamed_referenc
 ) -> None:
     build_index(store)
     write_samples(store, MIN_REFERENCE)  # written at START
-    first = store.refresh_query_domain(now=START + 100)
+    first = store.queries.refresh_query_domain(now=START + 100)
     clock.now = START + 10 * DAY
     write_samples(store, 2, start=clock.now, offset=100)
-    second = store.refresh_query_domain()
+    second = store.queries.refresh_query_domain()
     assert first is not None
     assert second is not None
     assert second.key != first.key
@@ -331,7 +324,7 @@ def test_gc_keeps_the_named_reference_and_drops_old_samples_and_unnamed_referenc
     assert old.query_references_deleted == 0, "the manifest names it, however old"
     assert keys(store, QUERY_REFERENCE_DIR) == [store.prefix + second.key]
     assert len(keys(store, QUERY_SAMPLES_DIR)) == 3
-    store.load_query_domain(second)
+    store.queries.load_query_domain(second)
 
 
 def test_gc_keeps_a_young_unnamed_reference_and_dry_run_deletes_nothing(store: IndexStore, clock: FakeClock) -> None:
@@ -339,7 +332,7 @@ def test_gc_keeps_a_young_unnamed_reference_and_dry_run_deletes_nothing(store: I
     store.blob.put(store.prefix + QUERY_REFERENCE_DIR + "in-flight.npz", b"written by a refresh about to swap")
     assert store.gc(grace_seconds=3600).query_references_deleted == 0
     clock.now += 7200
-    store.write_query_sample(query_vector(0), model_fingerprint=FINGERPRINT, now=START - 40 * DAY)
+    store.queries.write_query_sample(query_vector(0), model_fingerprint=FINGERPRINT, now=START - 40 * DAY)
     dry = store.gc(grace_seconds=3600, dry_run=True)
     assert (dry.query_references_deleted, dry.query_samples_deleted) == (1, 1)
     assert len(keys(store, "queries/")) == 2
@@ -369,7 +362,7 @@ def test_a_view_holds_the_domain_in_index_space() -> None:
     assert domain is not None
     plain = IndexView(build_snapshot(records, model_fingerprint=FINGERPRINT), query_domain=domain)
     assert plain.query_domain is domain
-    reduced = build_snapshot(records, model_fingerprint=FINGERPRINT, reduce_dim=8)
+    reduced = build_snapshot(records, model_fingerprint=FINGERPRINT, params=BuildParams(reduce_dim=8))
     view = IndexView(reduced, query_domain=domain)
     assert view.query_domain is not None
     assert view.query_domain.dim == view.dim == 8
@@ -385,7 +378,7 @@ def test_the_cache_picks_up_a_new_reference_without_reloading_the_version(store:
     cache = IndexCache(store, ttl_seconds=1.0, clock=lambda: now[0], background=False)
     assert cache.view().query_domain is None
     write_samples(store, MIN_REFERENCE)
-    entry = store.refresh_query_domain(now=START + 100)
+    entry = store.queries.refresh_query_domain(now=START + 100)
     assert entry is not None
 
     now[0] += 2
@@ -408,7 +401,7 @@ def test_the_background_cache_loads_the_reference_off_the_answer_path(store: Ind
     cache = IndexCache(store, ttl_seconds=1.0, clock=lambda: now[0], background=True, refresh_wait_seconds=0.0)
     assert cache.view().query_domain is None
     write_samples(store, MIN_REFERENCE)
-    store.refresh_query_domain(now=START + 100)
+    store.queries.refresh_query_domain(now=START + 100)
     now[0] += 2
     cache.view()
     assert cache.wait_idle(timeout=30)
@@ -418,7 +411,7 @@ def test_the_background_cache_loads_the_reference_off_the_answer_path(store: Ind
 def test_a_corrupt_or_missing_reference_leaves_search_working(store: IndexStore) -> None:
     build_index(store)
     write_samples(store, MIN_REFERENCE)
-    entry = store.refresh_query_domain(now=START + 100)
+    entry = store.queries.refresh_query_domain(now=START + 100)
     assert entry is not None
     store.blob.put(store.prefix + entry.key, b"garbage")
 
@@ -438,8 +431,8 @@ def test_a_corrupt_or_missing_reference_leaves_search_working(store: IndexStore)
 def test_a_reference_of_another_model_is_not_applied(store: IndexStore) -> None:
     build_index(store)
     for i in range(MIN_REFERENCE):
-        store.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=START + i)
-    entry = store.refresh_query_domain(now=START + 100)
+        store.queries.write_query_sample(query_vector(i), model_fingerprint=FINGERPRINT, now=START + i)
+    entry = store.queries.refresh_query_domain(now=START + 100)
     assert entry is not None
     manifest, etag = store.read_manifest()
     stale = Manifest(manifest.generation + 1, manifest.current, manifest.history, manifest.updated_at,

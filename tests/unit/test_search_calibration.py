@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from catalens.index import IndexView, ItemRecord
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.records import Hit
 from catalens.index.reduce import Projection
 from catalens.query_domain import CALIBRATION_POOL, COPY_COSINE, QueryDomain
@@ -250,7 +250,7 @@ def test_with_a_projection_the_domain_is_projected_like_the_queries(embedder: St
     rng = np.random.default_rng(11)
     rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
     projection = Projection("pca", np.zeros(DIM, np.float32), rotation.astype(np.float32), np.ones(DIM, np.float32))
-    snapshot = build_snapshot(catalog_records(), model_fingerprint="stub-fp", projection=projection)
+    snapshot = build_snapshot(catalog_records(), model_fingerprint="stub-fp", params=BuildParams(projection=projection))
     rotated = IndexView(snapshot, [], query_domain=reference())
     plain_space = IndexView(None, catalog_records(), query_domain=reference())
 

@@ -277,7 +277,8 @@ def test_a_catalog_bucket_referenced_with_ref_in_the_queue_policy_would_be_circu
 def test_search_writes_query_samples_only_where_the_store_keeps_them_and_they_expire_in_30_days(
     transformed: dict, resolver: Resolver
 ) -> None:
-    from catalens.index.store import QUERY_SAMPLE_MAX_AGE_DAYS, QUERY_SAMPLES_DIR
+    from catalens.index.layout import QUERY_SAMPLES_DIR
+    from catalens.index.query_domain_store import QUERY_SAMPLE_MAX_AGE_DAYS
 
     env = resolver.resolve(transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"])
     samples = env["INDEX_PREFIX"] + QUERY_SAMPLES_DIR

@@ -5,13 +5,14 @@ pynndescent (and scipy) are imported inside :mod:`catalens.index.build` only whi
 being built.
 """
 
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.filters import Filter, FilterError
 from catalens.index.records import Hit, IndexedItem, ItemRecord, sequencer_key
 from catalens.index.snapshot import Snapshot, SnapshotError
 from catalens.index.view import IndexView, SearchParams
 
 __all__ = [
+    "BuildParams",
     "Filter",
     "FilterError",
     "Hit",

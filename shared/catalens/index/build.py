@@ -2,9 +2,10 @@
 
 ``build_snapshot`` folds item records (deltas and tombstones, in any order, duplicates allowed)
 into the previous snapshot, resolving each item's state by S3 sequencer, and writes a new
-immutable :class:`~catalens.index.snapshot.Snapshot`. Above ``graph_threshold`` items it also
-builds pynndescent's search graph, exports it as CSR arrays over the snapshot's rows, and picks
-entry points that cover every weakly connected component of it.
+immutable :class:`~catalens.index.snapshot.Snapshot`. Above ``BuildParams.graph_threshold`` items
+it also builds pynndescent's search graph, exports it as CSR arrays over the snapshot's rows, and
+picks entry points that cover every weakly connected component of it. It runs as named stages:
+resolve states, keep tombstones, choose the projection, make the rows, add the graph, assemble.
 
 The builder runs in a container image (numba's 20 s start does not matter there); importing this
 module is cheap, pynndescent is imported only when a graph is built.
@@ -16,7 +17,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,48 @@ def group_entry_points(
     return entries[order].astype(np.int32), group_ptr, np.ascontiguousarray(centroids, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class BuildParams:
+    """How a snapshot is built; the same records, params and ``n_jobs`` give the same snapshot.
+
+    Parameters
+    ----------
+    reduce_dim, whiten, projection:
+        First build only: fit PCA (or PCA-whitening) to ``reduce_dim`` axes on the record vectors,
+        or use the given ``projection``. Default: no reduction (index space = model space). A
+        compaction keeps the previous snapshot's projection (profiles hold index-space vectors);
+        to change it, rebuild from all item records with ``previous=None``.
+    graph_threshold:
+        Build a neighbour graph when the snapshot has at least this many items; below it exact
+        search is as fast.
+    n_neighbors, seed, n_jobs:
+        pynndescent's ``n_neighbors``/``random_state``/``n_jobs`` (``seed`` also seeds the projection
+        fit and the entry-point k-means). pynndescent's result depends on its thread count.
+    entry_points:
+        The entry-point budget of the graph walk (default :func:`default_entry_points`).
+    tombstone_ttl_seconds:
+        Forget tombstones older than this (by ``updated_at``); default keep them all, so a late,
+        out-of-order create can never resurrect a deleted item.
+    graph_builder:
+        Replaces :func:`build_search_graph` (same signature); the benchmark passes one that also
+        keeps the pynndescent index, to time pynndescent's own ``query`` beside ours.
+    """
+
+    reduce_dim: int | None = None
+    whiten: bool = False
+    projection: Projection | None = None
+    graph_threshold: int = GRAPH_THRESHOLD
+    n_neighbors: int = DEFAULT_NEIGHBOURS
+    entry_points: int | None = None
+    seed: int = 0
+    n_jobs: int | None = None
+    tombstone_ttl_seconds: float | None = None
+    graph_builder: GraphBuilder | None = None
+
+
+DEFAULT_PARAMS = BuildParams()
+
+
 @dataclass
 class _State:
     """One item's winning state while merging: a snapshot row or a record."""
@@ -78,23 +121,25 @@ class _State:
     row: int = -1  # from the previous snapshot
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The live items in row order: ids, index-space vectors, documents, and the graph over them (if any)."""
+
+    item_ids: list[str]
+    vectors: np.ndarray
+    documents: list[dict[str, Any]]
+    graph: NeighbourGraph | None = None
+    graph_info: Mapping[str, Any] = field(default_factory=dict)
+
+
 def build_snapshot(
     records: Iterable[ItemRecord],
     *,
     model_fingerprint: str,
     previous: Snapshot | None = None,
     version: str | None = None,
-    reduce_dim: int | None = None,
-    whiten: bool = False,
-    projection: Projection | None = None,
-    graph_threshold: int = GRAPH_THRESHOLD,
-    n_neighbors: int = DEFAULT_NEIGHBOURS,
-    entry_points: int | None = None,
-    seed: int = 0,
-    n_jobs: int | None = None,
-    tombstone_ttl_seconds: float | None = None,
+    params: BuildParams = DEFAULT_PARAMS,
     now: float | None = None,
-    graph_builder: GraphBuilder | None = None,
 ) -> Snapshot:
     """Build a new snapshot from ``previous`` (None for a first build or a full rebuild) plus ``records``.
 
@@ -106,39 +151,50 @@ def build_snapshot(
     model_fingerprint:
         Fingerprint of the model that produced the record vectors; ``previous`` must match it.
     previous:
-        The snapshot to compact into. Its projection is kept (profiles hold index-space vectors);
-        to change the projection, rebuild from all item records with ``previous=None``.
+        The snapshot to compact into (its projection is kept).
     version:
         Name of the new version; default ``<generation>-<content hash>`` (deterministic).
-    reduce_dim, whiten, projection:
-        First build only: fit PCA (or PCA-whitening) to ``reduce_dim`` axes on the record vectors,
-        or use the given ``projection``. Default: no reduction (index space = model space).
-    graph_threshold:
-        Build a neighbour graph when the snapshot has at least this many items.
-    n_neighbors, entry_points, seed, n_jobs:
-        pynndescent's ``n_neighbors``/``random_state``/``n_jobs``, and the entry-point budget
-        (default :func:`default_entry_points`).
-    tombstone_ttl_seconds:
-        Forget tombstones older than this (by ``updated_at``); default keep them all, so a late,
-        out-of-order create can never resurrect a deleted item.
-    graph_builder:
-        Replaces :func:`build_search_graph` (same signature); the benchmark passes one that also
-        keeps the pynndescent index, to time pynndescent's own ``query`` beside ours.
+    params:
+        How to build: reduction, graph, seeds, tombstone expiry (:class:`BuildParams`).
+    now:
+        The build's time (tombstone expiry, ``created_at``); default the wall clock.
 
-    Deterministic: the same inputs, ``seed`` and ``n_jobs`` give the same snapshot (pynndescent's
-    result depends on its thread count).
+    Deterministic: the same inputs, ``params`` and ``now`` give the same snapshot.
     """
-    if previous is not None and previous.model_fingerprint != model_fingerprint:
+    _check_compatible(previous, model_fingerprint, params)
+    states, model_dim = _resolve_states(records, previous)
+    now = time.time() if now is None else now
+    live_ids = sorted(item_id for item_id, state in states.items() if not state.deleted)
+    tombstones = _kept_tombstones(states, now, params.tombstone_ttl_seconds)
+    projection = _index_projection(previous, params, [states[i] for i in live_ids])
+    rows = _index_rows(live_ids, states, previous, projection, model_dim)
+    rows = _with_search_graph(rows, params)
+    return _assemble(rows, tombstones, model_fingerprint, model_dim, projection, previous, version, params, now)
+
+
+def _check_compatible(previous: Snapshot | None, model_fingerprint: str, params: BuildParams) -> None:
+    """A compaction folds records into ``previous``: both must come from one model and share one index space."""
+    if previous is None:
+        return
+    if previous.model_fingerprint != model_fingerprint:
         raise ModelError(
             f"snapshot {previous.version} was built with model {previous.model_fingerprint}, "
             f"not {model_fingerprint}; rebuild the index from the item vectors",
             code="model_mismatch",
         )
-    if previous is not None and (reduce_dim is not None or projection is not None):
+    if params.reduce_dim is not None or params.projection is not None:
         current = previous.projection.output_dim if previous.projection is not None else None
-        if reduce_dim != current or (projection is not None and projection is not previous.projection):
+        if params.reduce_dim != current or (
+            params.projection is not None and params.projection is not previous.projection
+        ):
             raise ValueError("a compaction keeps the previous projection; rebuild with previous=None to change it")
 
+
+def _resolve_states(records: Iterable[ItemRecord], previous: Snapshot | None) -> tuple[dict[str, _State], int]:
+    """Each item's winning state by S3 sequencer, across ``previous`` and ``records``, and the model's dimension.
+
+    Order comes from the sequencer, never from arrival: a late, older event loses (docs/design.md, invariant 1).
+    """
     states: dict[str, _State] = {}
     if previous is not None:
         for row in range(len(previous)):
@@ -161,26 +217,40 @@ def build_snapshot(
         current = states.get(record.item_id)
         if current is None or is_newer(record, _as_record(current)):
             states[record.item_id] = _State(record.sequencer, record.deleted, record=record)
-    model_dim = model_dim or 0
+    return states, model_dim or 0
 
-    live_ids = sorted(item_id for item_id, state in states.items() if not state.deleted)
-    now = time.time() if now is None else now
-    tombstones = tuple(
+
+def _kept_tombstones(states: Mapping[str, _State], now: float, ttl_seconds: float | None) -> tuple[ItemRecord, ...]:
+    """The deleted items the snapshot remembers (by id), so a late, older create cannot resurrect one."""
+    return tuple(
         states[item_id].record
         for item_id in sorted(states)
-        if states[item_id].deleted
-        and (tombstone_ttl_seconds is None or now - states[item_id].record.updated_at <= tombstone_ttl_seconds)
+        if states[item_id].deleted and (ttl_seconds is None or now - states[item_id].record.updated_at <= ttl_seconds)
     )
 
-    if previous is not None:
-        projection = previous.projection
-    elif projection is None and reduce_dim is not None:
-        fit_rows = [np.asarray(states[i].record.vector, dtype=np.float32) for i in live_ids]
-        if not fit_rows:
-            raise ValueError("cannot fit a projection without any live vectors")
-        projection = fit_projection(np.stack(fit_rows), reduce_dim, whiten=whiten, seed=seed)
-    index_dim = projection.output_dim if projection is not None else model_dim
 
+def _index_projection(previous: Snapshot | None, params: BuildParams, live: list[_State]) -> Projection | None:
+    """The model → index space map: the previous one (profiles hold index-space vectors), given, fitted, or none."""
+    if previous is not None:
+        return previous.projection
+    if params.projection is not None or params.reduce_dim is None:
+        return params.projection
+    fit_rows = [np.asarray(state.record.vector, dtype=np.float32) for state in live]
+    if not fit_rows:
+        raise ValueError("cannot fit a projection without any live vectors")
+    return fit_projection(np.stack(fit_rows), params.reduce_dim, whiten=params.whiten, seed=params.seed)
+
+
+def _index_rows(
+    live_ids: list[str],
+    states: Mapping[str, _State],
+    previous: Snapshot | None,
+    projection: Projection | None,
+    model_dim: int,
+) -> _Rows:
+    """Vectors and documents of the live items, sorted by id: rows kept from ``previous`` are copied as they are
+    (already in index space), new records are projected (or normalised) together in one matmul."""
+    index_dim = projection.output_dim if projection is not None else model_dim
     vectors = np.empty((len(live_ids), index_dim), dtype=np.float32)
     documents: list[dict[str, Any]] = []
     fresh_rows, fresh_vectors = [], []
@@ -196,56 +266,82 @@ def build_snapshot(
     if fresh_rows:
         stacked = np.stack(fresh_vectors)
         vectors[fresh_rows] = projection.apply(stacked) if projection is not None else normalise(stacked)
+    return _Rows(list(live_ids), vectors, documents)
 
-    graph = None
-    order = np.arange(len(live_ids))
-    graph_info: dict[str, Any] = {}
-    if len(live_ids) >= max(graph_threshold, 2):
-        started = time.perf_counter()
-        builder = graph_builder or build_search_graph
-        order, indptr, indices = builder(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
-        vectors = np.ascontiguousarray(vectors[order])
-        budget = entry_points if entry_points is not None else default_entry_points(len(live_ids))
-        graph_seconds = time.perf_counter() - started
-        entries, n_components = choose_entry_points(vectors, indptr, indices, budget, seed=seed)
-        entries, group_ptr, centroids = group_entry_points(vectors, entries, seed=seed)
-        graph = NeighbourGraph(indptr, indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
-        graph_info = {
-            "n_neighbors": n_neighbors,
-            "components": n_components,
-            "entry_points": int(entries.size),
-            "entry_groups": graph.n_groups,
-            "pynndescent_seconds": round(graph_seconds, 3),
-            "build_seconds": round(time.perf_counter() - started, 3),
-        }
-    live_ids = [live_ids[i] for i in order]
-    documents = [documents[i] for i in order]
-    item_ids = np.array([i.encode() for i in live_ids], dtype="S") if live_ids else np.empty(0, dtype="S1")
+
+def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
+    """Above the threshold, the neighbour graph with entry points covering every piece of it, and the rows in the
+    graph builder's order (neighbours close in memory); below it, the rows as they are, for exact search."""
+    n = len(rows.item_ids)
+    if n < max(params.graph_threshold, 2):
+        return rows
+    started = time.perf_counter()
+    builder = params.graph_builder or build_search_graph
+    order, indptr, indices = builder(
+        rows.vectors, n_neighbors=params.n_neighbors, seed=params.seed, n_jobs=params.n_jobs
+    )
+    vectors = np.ascontiguousarray(rows.vectors[order])
+    budget = params.entry_points if params.entry_points is not None else default_entry_points(n)
+    graph_seconds = time.perf_counter() - started
+    entries, n_components = choose_entry_points(vectors, indptr, indices, budget, seed=params.seed)
+    entries, group_ptr, centroids = group_entry_points(vectors, entries, seed=params.seed)
+    graph = NeighbourGraph(indptr, indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
+    graph_info = {
+        "n_neighbors": params.n_neighbors,
+        "components": n_components,
+        "entry_points": int(entries.size),
+        "entry_groups": graph.n_groups,
+        "pynndescent_seconds": round(graph_seconds, 3),
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    return _Rows(
+        item_ids=[rows.item_ids[i] for i in order],
+        vectors=vectors,
+        documents=[rows.documents[i] for i in order],
+        graph=graph,
+        graph_info=graph_info,
+    )
+
+
+def _assemble(
+    rows: _Rows,
+    tombstones: tuple[ItemRecord, ...],
+    model_fingerprint: str,
+    model_dim: int,
+    projection: Projection | None,
+    previous: Snapshot | None,
+    version: str | None,
+    params: BuildParams,
+    now: float,
+) -> Snapshot:
+    """The snapshot itself: ids as bytes with their sorted order (for lookups), field columns (for filters), and
+    the info a later compaction and an operator read (generation, lineage, seed, graph, field names)."""
+    item_ids = np.array([i.encode() for i in rows.item_ids], dtype="S") if rows.item_ids else np.empty(0, dtype="S1")
     if any(b"\0" in i for i in item_ids.tolist()):
         raise ValueError("item ids may not contain NUL characters")
-
     generation = previous.generation + 1 if previous is not None else 1
     if version is None:
-        version = f"{generation:08d}-{_content_digest(model_fingerprint, projection, live_ids, documents, tombstones)}"
+        digest = _content_digest(model_fingerprint, projection, rows.item_ids, rows.documents, tombstones)
+        version = f"{generation:08d}-{digest}"
     return Snapshot(
         version=version,
         model_fingerprint=model_fingerprint,
         model_dim=model_dim,
         item_ids=item_ids,
         id_order=np.argsort(item_ids, kind="stable").astype(np.int64),
-        vectors=vectors,
-        records=RecordTable.encode(documents),
-        columns=build_columns([doc["fields"] for doc in documents]),
+        vectors=rows.vectors,
+        records=RecordTable.encode(rows.documents),
+        columns=build_columns([doc["fields"] for doc in rows.documents]),
         tombstones=tombstones,
         projection=projection,
-        graph=graph,
+        graph=rows.graph,
         info={
             "generation": generation,
             "previous": previous.version if previous is not None else None,
             "created_at": now,
-            "seed": seed,
-            "graph": graph_info,
-            "fields": sorted({name for doc in documents for name in doc["fields"]}),
+            "seed": params.seed,
+            "graph": dict(rows.graph_info),
+            "fields": sorted({name for doc in rows.documents for name in doc["fields"]}),
         },
     )
 

@@ -27,16 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from catalens.index.store import (
-    Delta,
-    DeltaKey,
-    IndexStore,
-    LoadedVersion,
-    Manifest,
-    QueryDomainEntry,
-    SnapshotCoverage,
-    make_view,
-)
+from catalens.index.deltas import Delta, DeltaKey, SnapshotCoverage
+from catalens.index.manifest import Manifest, QueryDomainEntry
+from catalens.index.store import IndexStore, LoadedVersion, make_view
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
@@ -231,7 +224,7 @@ class IndexCache:
         if current is not None and current.domain_entry == manifest.query_domain:
             domain = current.query_domain
         else:
-            domain = self.store.query_domain_of(manifest)
+            domain = self.store.queries.query_domain_of(manifest)
             self.stats.query_domains_loaded += 1 if domain is not None else 0
         known = current.deltas if current else {}
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)

@@ -165,11 +165,6 @@ class Snapshot:
     def sequencer_of(self, row: int) -> str:
         return self.records.document(row)["sequencer"]
 
-    def iter_items(self):
-        """Every live item (decodes every row: for compaction, not for queries)."""
-        for row in range(len(self)):
-            yield self.item(row)
-
     # ---- query support ---------------------------------------------------------------
     def project(self, query: np.ndarray) -> np.ndarray:
         """A model-space query (float32[d_model]) in index space, unit norm."""

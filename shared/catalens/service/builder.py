@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from catalens.errors import CatalensError
-from catalens.index.store import IndexStore, SnapshotCoverage
+from catalens.index.deltas import SnapshotCoverage
+from catalens.index.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def refresh_query_domain(index: IndexStore) -> dict[str, Any]:
     """Refresh the query-domain reference; what happened, for the run's result and logs (never raises)."""
     try:
         before, _ = index.read_manifest()
-        entry = index.refresh_query_domain()
+        entry = index.queries.refresh_query_domain()
     except Exception as exc:  # calibration is an optimisation: the compaction above stands
         log.warning("query-domain refresh failed", exc_info=True)
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}

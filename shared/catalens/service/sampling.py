@@ -1,7 +1,7 @@
 """Query sampling: keep a random share of photo query embeddings for query-domain calibration.
 
-The index builder fits :class:`catalens.query_domain.QueryDomain` on recent query embeddings
-(:meth:`catalens.index.store.IndexStore.write_query_sample` stores them, the builder refreshes the domain).
+The index builder fits :class:`catalens.query_domain.QueryDomain` on recent query embeddings (stored by
+:meth:`catalens.index.query_domain_store.QueryDomainStore.write_query_sample`; the builder refreshes the domain).
 What is kept is the raw embedding alone — no user id, no photo, no request data — and only for photo queries.
 
 Sampling must never cost a search anything: the write runs on one background thread, a failure is logged and
@@ -29,7 +29,7 @@ MAX_PENDING = 16  # writes in flight or queued; beyond this a sample is dropped 
 
 
 class QuerySampleSink(Protocol):
-    """Where sampled query embeddings go (:class:`catalens.index.store.IndexStore` implements it)."""
+    """Where sampled query embeddings go (:class:`catalens.index.query_domain_store.QueryDomainStore` implements it)."""
 
     def write_query_sample(self, vector: np.ndarray, *, model_fingerprint: str) -> Any: ...
 
@@ -40,7 +40,7 @@ class QuerySampler:
     Parameters
     ----------
     sink
-        Stores one sample (``IndexStore.write_query_sample``).
+        Stores one sample (``QueryDomainStore.write_query_sample``).
     rate
         Probability in [0, 1] that a query is kept; 0 keeps nothing (and starts no thread).
     metrics

@@ -155,7 +155,7 @@ def _records(vectors, labels):
 
 def _synthetic_snapshot(n: int, args: argparse.Namespace, keep_index: bool = False):
     """(snapshot, queries, build seconds, pynndescent index or None) for N synthetic items."""
-    from catalens.index import build_snapshot
+    from catalens.index import BuildParams, build_snapshot
     from catalens.index.build import export_search_graph, nndescent
     from catalens_tools.synthetic import clustered_vectors
 
@@ -172,11 +172,13 @@ def _synthetic_snapshot(n: int, args: argparse.Namespace, keep_index: bool = Fal
     snapshot = build_snapshot(
         records,
         model_fingerprint="bench-synthetic",
-        n_jobs=args.build_threads,
-        seed=args.seed,
-        entry_points=args.entry_points,
-        graph_threshold=args.graph_threshold,
-        graph_builder=keeping_builder if keep_index else None,
+        params=BuildParams(
+            n_jobs=args.build_threads,
+            seed=args.seed,
+            entry_points=args.entry_points,
+            graph_threshold=args.graph_threshold,
+            graph_builder=keeping_builder if keep_index else None,
+        ),
     )
     return snapshot, queries, time.perf_counter() - started, kept.get("index"), vectors
 
@@ -503,7 +505,7 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
     """
     from threadpoolctl import threadpool_limits
 
-    from catalens.index import IndexView, ItemRecord, build_snapshot
+    from catalens.index import BuildParams, IndexView, ItemRecord, build_snapshot
 
     grocery = args.grocery or GROCERY_DEFAULT
     result: dict[str, Any] = {"bench": "index-grocery", "grocery_dir": str(grocery)}
@@ -545,11 +547,9 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
         snapshot = build_snapshot(
             records,
             model_fingerprint=fingerprint,
-            reduce_dim=reduce_dim,
-            whiten=whiten,
-            graph_threshold=2,
-            n_jobs=args.build_threads,
-            seed=args.seed,
+            params=BuildParams(
+                reduce_dim=reduce_dim, whiten=whiten, graph_threshold=2, n_jobs=args.build_threads, seed=args.seed
+            ),
         )
         build_seconds = time.perf_counter() - started
         view = IndexView(snapshot)

@@ -142,7 +142,7 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
     import numpy as np
 
     from catalens.composition import index_store
-    from catalens.index.build import build_snapshot
+    from catalens.index.build import BuildParams, build_snapshot
     from catalens.index.records import ItemRecord
     from catalens.index.reduce import Projection
     from catalens.settings import Settings
@@ -164,9 +164,7 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
             records(),
             model_fingerprint=model_fingerprint,
             version=version,
-            projection=projection,
-            n_jobs=args.build_threads,
-            seed=args.seed,
+            params=BuildParams(projection=projection, n_jobs=args.build_threads, seed=args.seed),
         )
 
     store = index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3)
