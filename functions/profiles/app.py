@@ -26,7 +26,7 @@ from catalens.adapters.dynamodb import DynamoCooccurrenceStore, DynamoProfileSto
 from catalens.adapters.s3 import S3BlobStore
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
-from catalens.profiles import ProfileUpdater, ShopperEventError, event_from_stream_image, index_lookup, index_space
+from catalens.profiles import ProfileUpdater, ShopperEventError, event_from_stream_image, index_lookup
 from catalens.settings import load_settings
 
 logger = Logger()
@@ -45,7 +45,7 @@ updater = ProfileUpdater(
     store=DynamoProfileStore(dynamodb, settings.profiles_table, cooccurrence_table=settings.cooccurrence_table),
     lookup=index_lookup(index.view),
     cooccurrence=cooccurrence,
-    space=lambda: index_space(index.view()),
+    space=lambda: index.view().index_space,
 )
 copy_config_to_registered_loggers(source_logger=logger, include={"catalens"})
 

@@ -16,12 +16,12 @@ from catalens.embedder import Embedder
 from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
+from catalens.ports import MetricsSink
 from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
 from catalens.service.requests import check_query_image_limit
 from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
 from catalens.service.shopper_tokens import ShopperAuth, ShopperKeysUnavailableError
-from catalens.service.telemetry import MetricsSink
 from catalens.settings import Settings
 
 ERROR_MARKERS_DIR = "ingest-errors/"  # under the index prefix: the ingest role may write there, GC never looks

@@ -21,10 +21,11 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
 from catalens.errors import CatalensError
+from catalens.ports import MetricsSink
 from catalens.service.errors import http_status_for
 from catalens.service.requests import HttpRequest
 from catalens.service.search import SearchResponse
-from catalens.service.telemetry import MetricsSink, NullMetrics
+from catalens.service.telemetry import NullMetrics
 
 OPENAPI_RESOURCE = "openapi.json"
 INDEX_VERSION_HEADER = "X-Catalens-Index-Version"
