@@ -1,6 +1,6 @@
 """HTTP plumbing of the search API for Powertools' ``APIGatewayRestResolver``: responses, errors, OpenAPI.
 
-The handler (``functions/search/app.py``) declares the routes; this module keeps the details out of it:
+The routes are declared in :mod:`catalens.service.api`; this module keeps the details out of them:
 how a path parameter becomes the id it names (:class:`RestResolver`), how a
 :class:`~catalens.service.search.SearchResponse` becomes JSON with ``Server-Timing`` headers, how
 every :class:`~catalens.errors.CatalensError` becomes ``{"code", "message"}`` with a 4xx status, and
