@@ -98,7 +98,7 @@ class QuerySampler:
         try:
             self.sink.write_query_sample(sample, model_fingerprint=model_fingerprint)
         except Exception as exc:
-            code = str(getattr(exc, "code", "") or type(exc).__name__)
+            code = str(getattr(exc, "code", "") or type(exc).__name__)  # any exception: only ours carry a code
             log.warning("query sample not stored (%s): %s", code, exc, exc_info=True)
             try:
                 self.metrics.emit("QuerySampleErrors", 1, "Count", {"error": code})
