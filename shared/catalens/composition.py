@@ -1,8 +1,11 @@
-"""Composition root: builds the services from :class:`~catalens.settings.Settings` and injected AWS clients.
+"""Composition root: builds what each of the four functions runs, from :class:`~catalens.settings.Settings` and AWS
+clients.
 
-Handlers call these once, at init (outside the handler function), so the ONNX session and the index cache
-live as long as the execution environment. Clients are passed in — the handler creates them, tests hand in
-moto-backed ones — so nothing here decides where AWS is.
+Handlers call one builder each, once, at init (outside the handler function), so the ONNX session and the index
+cache live as long as the execution environment. Clients are injected the way Powertools takes them: a test hands in
+its own (moto-backed) ones, a handler leaves them out and gets ``boto3.client(...)``; settings likewise default to
+this process's environment. Given the handler's Powertools ``logger``, a builder gives the core's loggers its
+configuration once everything is built (their lines come out as the function's JSON).
 """
 
 from __future__ import annotations
@@ -10,19 +13,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
 from catalens.adapters.s3 import S3BlobStore
 from catalens.adapters.s3_catalog import S3CatalogReader
 from catalens.embedder import Embedder
 from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
+from catalens.ports import MetricsSink, ProfileStore
+from catalens.profiles import ProfileUpdater, index_lookup
+from catalens.service.api import search_api
+from catalens.service.builder import IndexBuilder
+from catalens.service.http import RestResolver
 from catalens.service.ingest import ErrorLog, IngestConfig, IngestService
+from catalens.service.profile_stream import ProfileStream
 from catalens.service.requests import check_query_image_limit
 from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
 from catalens.service.shopper_tokens import ShopperAuth, ShopperKeysUnavailableError
-from catalens.service.telemetry import MetricsSink
-from catalens.settings import Settings
+from catalens.settings import Settings, load_settings
 
 ERROR_MARKERS_DIR = "ingest-errors/"  # under the index prefix: the ingest role may write there, GC never looks
 
@@ -44,6 +56,7 @@ def query_image_limits(settings: Settings) -> ImageLimits:
 
 
 def index_store(settings: Settings, s3_client: Any) -> IndexStore:
+    """The index on S3 (``<index bucket>/<index prefix>``): what every function reads or writes."""
     return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix)
 
 
@@ -52,23 +65,70 @@ def error_log(settings: Settings, s3_client: Any) -> ErrorLog:
     return ErrorLog(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix + ERROR_MARKERS_DIR)
 
 
-def build_search_service(
-    settings: Settings,
+def share_logging(logger: Logger | None) -> None:
+    """Give the core's loggers the handler's configuration, so their lines come out as the same JSON."""
+    if logger is not None:
+        copy_config_to_registered_loggers(source_logger=logger, include={"catalens"})
+
+
+def build_ingest_service(
+    settings: Settings | None = None,
     *,
-    s3_client: Any,
+    s3_client: Any = None,
+    metrics: MetricsSink | None = None,
     embedder: Embedder | None = None,
-    profiles: Any = None,
+    config: IngestConfig | None = None,
+    logger: Logger | None = None,
+) -> IngestService:
+    """The ingest service: catalog bucket in, index deltas and error markers out."""
+    settings = settings or load_settings()
+    s3_client = boto3.client("s3") if s3_client is None else s3_client
+    store = index_store(settings, s3_client)
+    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=False)
+    service = IngestService(
+        catalog=S3CatalogReader(s3_client),
+        index=store,
+        embedder=embedder or load_embedder(settings),
+        views=cache.view,
+        errors=error_log(settings, s3_client),
+        metrics=metrics,
+        config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
+    )
+    share_logging(logger)
+    return service
+
+
+def load_profile_store(settings: Settings, dynamodb_client: Any) -> ProfileStore | None:
+    """The shopper-profile store for personalised re-ranking, or None when this deployment keeps no profiles.
+
+    Erasure through it also deletes the user's raw events when the events table is configured.
+    """
+    if not settings.profiles_table:
+        return None
+    from catalens.adapters.dynamodb import DynamoProfileStore
+
+    return DynamoProfileStore(dynamodb_client, settings.profiles_table, events_table=settings.events_table or None)
+
+
+def build_search_service(
+    settings: Settings | None = None,
+    *,
+    s3_client: Any = None,
+    dynamodb_client: Any = None,
+    embedder: Embedder | None = None,
     metrics: MetricsSink | None = None,
     background_loads: bool = True,
 ) -> SearchService:
-    """The search service over the S3 index; ``profiles`` (a ProfileStore) turns personalisation on.
+    """The search service over the S3 index, personalised when the deployment keeps profiles (``PROFILES_TABLE``).
 
     Photo queries are calibrated with the index's query domain (``QUERY_CALIBRATION``), and a share of their
     embeddings (``QUERY_SAMPLE_RATE``) is written back to the index store for the builder to fit that domain on.
     """
     from catalens.ranking import rerank
 
-    store = index_store(settings, s3_client)
+    settings = settings or load_settings()
+    profiles = load_profile_store(settings, boto3.client("dynamodb") if dynamodb_client is None else dynamodb_client)
+    store = index_store(settings, boto3.client("s3") if s3_client is None else s3_client)
     cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
     samples = None
     if settings.query_sample_rate > 0:
@@ -83,40 +143,6 @@ def build_search_service(
         calibration=settings.query_calibration,
         query_samples=samples,
     )
-
-
-def build_ingest_service(
-    settings: Settings,
-    *,
-    s3_client: Any,
-    metrics: MetricsSink | None = None,
-    embedder: Embedder | None = None,
-    config: IngestConfig | None = None,
-) -> IngestService:
-    """The ingest service: catalog bucket in, index deltas and error markers out."""
-    store = index_store(settings, s3_client)
-    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=False)
-    return IngestService(
-        catalog=S3CatalogReader(s3_client),
-        index=store,
-        embedder=embedder or load_embedder(settings),
-        views=cache.view,
-        errors=error_log(settings, s3_client),
-        metrics=metrics,
-        config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
-    )
-
-
-def load_profile_store(settings: Settings, dynamodb_client: Any) -> Any:
-    """The shopper-profile store for personalised re-ranking, or None when this deployment keeps no profiles.
-
-    Erasure through it also deletes the user's raw events when the events table is configured.
-    """
-    if not settings.profiles_table:
-        return None
-    from catalens.adapters.dynamodb import DynamoProfileStore
-
-    return DynamoProfileStore(dynamodb_client, settings.profiles_table, events_table=settings.events_table or None)
 
 
 def load_shopper_auth(settings: Settings, ssm_client: Any) -> ShopperAuth:
@@ -135,3 +161,69 @@ def load_shopper_auth(settings: Settings, ssm_client: Any) -> ShopperAuth:
         except ShopperKeysUnavailableError:
             logging.getLogger(__name__).warning("shopper-token keys unreadable at init", exc_info=True)
     return ShopperAuth(keys, trust_unsigned=settings.trust_unsigned_user_ids)
+
+
+def build_search_api(
+    service: SearchService,
+    settings: Settings | None = None,
+    *,
+    ssm_client: Any = None,
+    logger: Logger,
+    metrics: MetricsSink | None = None,
+) -> RestResolver:
+    """The search API over ``service``: its routes, with the shopper auth of this deployment and its error handlers."""
+    settings = settings or load_settings()
+    shoppers = load_shopper_auth(settings, boto3.client("ssm") if ssm_client is None else ssm_client)
+    app = search_api(service, shoppers, logger=logger, metrics=metrics)
+    share_logging(logger)
+    return app
+
+
+def build_profile_stream(
+    settings: Settings | None = None,
+    *,
+    dynamodb_client: Any = None,
+    s3_client: Any = None,
+    metrics: MetricsSink | None = None,
+    logger: Logger | None = None,
+) -> ProfileStream:
+    """The profile function's service: stream records in, profiles (and co-occurrence counts) out.
+
+    Looked-up item vectors come from the current index view (revalidated every few seconds, so new items are
+    found), named by the view's index space.
+    """
+    from catalens.adapters.dynamodb import DynamoCooccurrenceStore, DynamoProfileStore
+
+    settings = settings or load_settings()
+    dynamodb = boto3.client("dynamodb") if dynamodb_client is None else dynamodb_client
+    index = IndexCache(
+        index_store(settings, boto3.client("s3") if s3_client is None else s3_client),
+        ttl_seconds=settings.manifest_ttl_seconds,
+    )
+    cooccurrence = None
+    if settings.cooccurrence_table:
+        cooccurrence = DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table)
+    updater = ProfileUpdater(
+        store=DynamoProfileStore(dynamodb, settings.profiles_table, cooccurrence_table=settings.cooccurrence_table),
+        lookup=index_lookup(index.view),
+        cooccurrence=cooccurrence,
+        space=lambda: index.view().index_space,
+    )
+    stream = ProfileStream(updater, metrics=metrics, annotate=logger.append_keys if logger is not None else None)
+    share_logging(logger)
+    return stream
+
+
+def build_index_builder(
+    settings: Settings | None = None,
+    *,
+    s3_client: Any = None,
+    metrics: MetricsSink | None = None,
+    logger: Logger | None = None,
+) -> IndexBuilder:
+    """The builder function's service over the S3 index."""
+    settings = settings or load_settings()
+    store = index_store(settings, boto3.client("s3") if s3_client is None else s3_client)
+    builder = IndexBuilder(store, gc_grace_seconds=settings.gc_grace_seconds, metrics=metrics)
+    share_logging(logger)
+    return builder

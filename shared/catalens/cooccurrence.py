@@ -19,16 +19,9 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Protocol
 
 DEFAULT_PRIOR = 5.0  # pseudo-count: an item seen in 2 pairs should not claim P = 1 for its partners
 DEFAULT_NEIGHBOURS = 50
-
-
-class CooccurrenceSource(Protocol):
-    """What the profile updater needs: an item's strongest co-engaged items with their probabilities."""
-
-    def neighbours(self, item_id: str) -> dict[str, float]: ...
 
 
 def pair_updates(item_id: str, partners: Iterable[str]) -> list[tuple[str, str]]:

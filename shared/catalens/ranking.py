@@ -256,7 +256,7 @@ def rerank(
     ``explain["visual"]`` keeps the cosine. With no profile, ``personalize=False`` or a confidence
     below ``params.min_confidence``, the order is exactly the input order. Pass ``now_ms`` (the
     wall clock) so that an idle shopper's confidence fades; without it, decay stops at their last event.
-    Pass ``space`` (``catalens.profiles.index_space(view)``) so that a preference vector from another index
+    Pass ``space`` (the view's ``index_space``) so that a preference vector from another index
     space (a rebuilt index) is ignored rather than compared across bases. ``limit`` returns only the best
     ``limit`` hits (e.g. ``offset + k``), sparing the hits nobody will see their explain dicts.
 

@@ -137,7 +137,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         boto3.client("s3", region_name=REGION).create_bucket(Bucket="catalens-index")
         stream_arn = create_tables(client, events=EVENTS, profiles=PROFILES, cooccurrence=COOC)
         app = load_handler()
-        monkeypatch.setattr(app.updater, "lookup", lookup)  # the index is another suite's business
+        monkeypatch.setattr(app.stream.updater, "lookup", lookup)  # the index is another suite's business
         yield Stack(
             client=client,
             streams=boto3.client("dynamodbstreams", region_name=REGION),
@@ -451,7 +451,7 @@ def test_every_failed_record_is_counted_and_logged_with_its_reason(
     garbled["dynamodb"]["NewImage"]["dwell_ms"] = {"N": "not-a-number"}
     sequence = {r["dynamodb"]["Keys"]["event_key"]["S"].split("#")[1]: r["dynamodb"]["SequenceNumber"] for r in records}
     # the record of carol fails on the table side (not an event problem): DynamoDB throttles
-    original = stack.app.updater.handle
+    original = stack.app.stream.updater.handle
 
     def throttled(event: ShopperEvent) -> str:
         if event.user_id == "carol":
@@ -460,7 +460,7 @@ def test_every_failed_record_is_counted_and_logged_with_its_reason(
             )
         return original(event)
 
-    monkeypatch.setattr(stack.app.updater, "handle", throttled)
+    monkeypatch.setattr(stack.app.stream.updater, "handle", throttled)
     capsys.readouterr()
 
     response = stack.invoke(records)

@@ -14,10 +14,12 @@ from catalens.query_domain import MIN_REFERENCE
 from catalens.service.builder import (
     BuildRequest,
     BuildRequestError,
+    IndexBuilder,
     newest_delta_fingerprint,
     parse_build_request,
     run_build,
 )
+from catalens.service.telemetry import RecordingMetrics
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 
 
@@ -141,3 +143,28 @@ def test_a_string_false_does_not_rebuild_an_index_with_nothing_new() -> None:
     again = run_build(store, parse_build_request({"trigger": "manual", "force": "false"}))
     assert again["noop"] is True
     assert again["version"] == first["version"]
+
+
+def test_an_invocation_runs_the_build_and_counts_it_by_trigger() -> None:
+    store = IndexStore(MemoryBlobStore(), "index/")
+    store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
+    metrics = RecordingMetrics()
+
+    outcome = IndexBuilder(store, metrics=metrics).handle({"trigger": "threshold"})
+
+    assert (outcome["trigger"], outcome["noop"], outcome["items"]) == ("threshold", False, 1)
+    assert metrics.total("CompactedDeltas", trigger="threshold") == 1
+    assert metrics.total("IndexItems", trigger="threshold") == 1
+
+
+def test_an_unreadable_invocation_builds_nothing_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    store = IndexStore(MemoryBlobStore(), "index/")
+    store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
+    metrics = RecordingMetrics()
+
+    with pytest.raises(BuildRequestError, match="force"):
+        IndexBuilder(store, metrics=metrics).handle({"force": "maybe"})
+
+    assert store.read_manifest()[0].current is None
+    assert metrics.total("InvalidInvocations") == 1
+    assert [r.code for r in caplog.records if r.levelname == "ERROR"] == ["invalid_build_request"]

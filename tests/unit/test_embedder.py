@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catalens import ports
 from catalens.embedder import MAX_BATCH, Embedder
 from catalens.errors import ImageError, ModelError
 from catalens.imaging import ImageLimits, PreprocessConfig, load_and_preprocess
 from catalens.model.card import ModelCard, model_paths
 from tests.unit.imagefactory import encode, jpeg_with_orientation, photo
+from tests.unit.test_ports import assert_implements
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,10 @@ def test_session_has_explicit_options(model_dir: Path) -> None:
     assert options.inter_op_num_threads == 1
     with pytest.raises(ValueError, match="threads"):
         Embedder.from_dir(model_dir, "fp32", threads=0)
+
+
+def test_the_embedder_implements_its_port(embedder) -> None:
+    assert_implements(ports.Embedder, embedder)
 
 
 def test_fingerprint_comes_from_the_card(embedder) -> None:

@@ -12,10 +12,10 @@ import pytest
 from catalens.imaging import PreprocessConfig
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
+from catalens.ports import CatalogObject
 from catalens.service.errors import FieldError
 from catalens.service.fields import parse_product_fields
 from catalens.service.ingest import (
-    CatalogObject,
     ErrorLog,
     IngestConfig,
     IngestFailedError,

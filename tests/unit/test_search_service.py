@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from catalens.errors import ModelError
 from catalens.imaging import PreprocessConfig
-from catalens.index import IndexView, ItemRecord
+from catalens.index import IndexView, ItemRecord, Snapshot, build_snapshot
 from catalens.index.records import Hit
 from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup
 from catalens.ranking import RerankParams, rerank
@@ -31,6 +31,10 @@ class StubCard:
 
     def fingerprint(self) -> str:
         return "stub-fp"
+
+    def check_matches(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint():
+            raise ModelError(f"index built with {fingerprint!r}, not {self.fingerprint()!r}", code="model_mismatch")
 
 
 class StubEmbedder:
@@ -121,6 +125,38 @@ def test_unknown_filter_field_is_rejected_but_delta_fields_are_known(view: Index
     assert [h.item_id for h in service.search(SearchRequest(image=JPEG, options=size)).hits] == ["b"]
 
 
+def catalog_snapshot() -> Snapshot:
+    records = [
+        ItemRecord(item_id, vector, fields, f"{item_id}.jpg", f"etag-{item_id}", f"{i + 1:X}")
+        for i, (item_id, (vector, fields)) in enumerate(ITEMS.items())
+    ]
+    return build_snapshot(records, model_fingerprint=StubCard().fingerprint())
+
+
+def test_a_fresh_items_fields_are_filterable_before_the_builder_compacts_it(embedder: StubEmbedder) -> None:
+    snapshot = catalog_snapshot()
+    fresh = ItemRecord("f", unit(1, 0.2), {"category": "shoes", "colour": "red"}, "f.jpg", "etag-f", "10")
+    colour = SearchOptions(filters=Filters(equals={"colour": ("red",)}))
+    with pytest.raises(UnknownFilterError, match="colour"):  # no item has the field yet
+        service_for(IndexView(snapshot), embedder).search(SearchRequest(image=JPEG, options=colour))
+    over_snapshot = service_for(IndexView(snapshot, [fresh]), embedder)
+    assert [h.item_id for h in over_snapshot.search(SearchRequest(image=JPEG, options=colour)).hits] == ["f"]
+
+
+def test_a_field_kept_without_a_column_stays_filterable_once_compacted(embedder: StubEmbedder) -> None:
+    items = {"a": {"size": 42}, "b": {"size": "XL"}}  # mixed types: the snapshot keeps no column for it
+    records = [
+        ItemRecord(item_id, ITEMS[item_id][0], fields, f"{item_id}.jpg", f"etag-{item_id}", f"{i + 1:X}")
+        for i, (item_id, fields) in enumerate(items.items())
+    ]
+    snapshot = build_snapshot(records, model_fingerprint=StubCard().fingerprint())
+    assert not snapshot.columns.has("size")
+    size = SearchOptions(filters=Filters(equals={"size": ("XL",)}))
+    for view in (IndexView(None, records), IndexView(snapshot)):  # fresh, then compacted
+        result = service_for(view, embedder).search(SearchRequest(image=JPEG, options=size))
+        assert [h.item_id for h in result.hits] == ["b"]
+
+
 def test_paging_slices_one_ranking(view: IndexView, embedder: StubEmbedder) -> None:
     service = service_for(view, embedder)
     whole = [h.item_id for h in service.search(SearchRequest(image=JPEG, options=SearchOptions(k=5))).hits]
@@ -198,11 +234,11 @@ def test_without_profile_store_erasure_is_a_no_op(view: IndexView, embedder: Stu
 
 
 class InSpace:
-    """``view`` as if its snapshot were built with model ``fingerprint`` (what ``index_space`` reads)."""
+    """``view`` as if its snapshot were built with model ``fingerprint`` and no projection."""
 
     def __init__(self, view: IndexView, fingerprint: str) -> None:
         self._view = view
-        self.snapshot = SimpleNamespace(model_fingerprint=fingerprint, projection=None)
+        self.index_space = f"{fingerprint}/identity"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._view, name)

@@ -35,9 +35,9 @@ from botocore.exceptions import ClientError
 
 from catalens.cooccurrence import DEFAULT_NEIGHBOURS, DEFAULT_PRIOR, conditional_probabilities
 from catalens.errors import CatalensError
+from catalens.ports import ProfileConflictError
 from catalens.profiles.events import ShopperEvent
 from catalens.profiles.profile import RANKING_ATTRIBUTES, Profile
-from catalens.profiles.updater import ProfileConflictError
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -71,7 +71,7 @@ def _code(exc: ClientError) -> str:
 
 
 class DynamoProfileStore:
-    """:class:`~catalens.profiles.ProfileStore` over the profiles table (and, for pairs, the co-occurrence table).
+    """:class:`~catalens.ports.ProfileStore` over the profiles table (and, for pairs, the co-occurrence table).
 
     Parameters
     ----------
@@ -240,7 +240,7 @@ class DynamoProfileStore:
 
 
 class DynamoCooccurrenceStore:
-    """Item-to-item co-engagement counts; ``neighbours`` is the :class:`~catalens.cooccurrence.CooccurrenceSource`.
+    """Item-to-item co-engagement counts; ``neighbours`` is the :class:`~catalens.ports.CooccurrenceSource`.
 
     ``neighbours`` reads at most ``read_limit`` rows of the item (a very popular item's row is
     sampled, not read whole) and returns the ``limit`` strongest as smoothed probabilities.

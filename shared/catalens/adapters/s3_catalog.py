@@ -1,4 +1,4 @@
-"""boto3 adapter of :class:`~catalens.service.ingest.CatalogReader`: the merchant's catalog bucket, read-only.
+"""boto3 adapter of :class:`~catalens.ports.CatalogReader`: the merchant's catalog bucket, read-only.
 
 A photo's size is known from the GET's ``Content-Length`` before its body is read, so an oversized upload
 is refused without downloading it. ``Metadata`` comes back from S3 lower-cased without ``x-amz-meta-``.
@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from catalens.service.ingest import CatalogObject
+from catalens.ports import CatalogObject
 
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 

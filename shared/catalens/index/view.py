@@ -112,8 +112,11 @@ class IndexView:
     """Read-only view of ``snapshot`` (may be None) overridden by ``deltas``.
 
     Build one per (snapshot, delta set); it is cheap (work proportional to the number of deltas,
-    plus one bool[n] when deltas hide snapshot rows) and safe to share between threads.
+    plus one bool[n] when deltas hide snapshot rows) and safe to share between threads. It implements
+    :class:`catalens.ports.IndexReader`, the port the services read an index through.
     """
+
+    version: str  # the snapshot's version, plus a digest of the deltas over it
 
     def __init__(
         self,
@@ -211,8 +214,14 @@ class IndexView:
         return f"{self.snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
 
     def field_names(self) -> frozenset[str]:
-        """Every product field name present in the index (snapshot and live deltas): what a filter may name."""
-        names = set(self.snapshot.field_names) if self.snapshot is not None else set()
+        """Every product field name present in the index (snapshot and live deltas): what a filter may name.
+
+        Fresh items count too: a field only a delta carries is filterable before the builder compacts it.
+        """
+        names: set[str] = set()
+        if self.snapshot is not None:
+            columns = self.snapshot.columns  # a snapshot that predates its recorded field names still has columns
+            names.update(self.snapshot.field_names, columns.numeric, columns.codes)
         for record in self._delta_records:
             names.update(record.fields)
         return frozenset(names)

@@ -3,9 +3,11 @@
 - :mod:`catalens.profiles.events` — the events-table item shape and its validation.
 - :mod:`catalens.profiles.profile` — :class:`Profile` and :func:`apply_event` (decay, idempotency, erasure).
 - :mod:`catalens.profiles.updater` — read / apply / conditional write, retried on a lost race.
+- :class:`catalens.ports.ProfileStore` — where profiles live (the port; ``ProfileConflictError`` is re-exported here).
 - :mod:`catalens_tools.in_memory.profiles` — the in-memory store; the DynamoDB one is in ``catalens.adapters.dynamodb``.
 """
 
+from catalens.ports import ProfileConflictError
 from catalens.profiles.events import (
     EVENT_TYPES,
     ShopperEvent,
@@ -23,14 +25,7 @@ from catalens.profiles.profile import (
     apply_event,
     replay,
 )
-from catalens.profiles.updater import (
-    ItemLookup,
-    ProfileConflictError,
-    ProfileStore,
-    ProfileUpdater,
-    index_lookup,
-    index_space,
-)
+from catalens.profiles.updater import ItemLookup, ProfileUpdater, index_lookup
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -41,7 +36,6 @@ __all__ = [
     "Profile",
     "ProfileConflictError",
     "ProfileParams",
-    "ProfileStore",
     "ProfileUpdater",
     "ShopperEvent",
     "ShopperEventError",
@@ -50,6 +44,5 @@ __all__ = [
     "event_from_stream_image",
     "event_key",
     "index_lookup",
-    "index_space",
     "replay",
 ]

@@ -1,7 +1,8 @@
 """Apply one stream event to the stored profile: the domain function behind the profile Lambda.
 
 Concurrency: read the profile with its ``version``, apply the event, write back on the condition
-that ``version`` is unchanged (stores raise :class:`ProfileConflictError` otherwise) and start
+that ``version`` is unchanged (a :class:`~catalens.ports.ProfileStore` raises
+:class:`~catalens.ports.ProfileConflictError` otherwise) and start
 again from a fresh read. Two updaters of one user therefore never lose an event; a duplicate
 delivery finds the event already applied and writes nothing.
 
@@ -11,71 +12,24 @@ transaction), so they are counted exactly once too.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from catalens.cooccurrence import CooccurrenceSource, pair_updates
-from catalens.errors import CatalensError
+from catalens.cooccurrence import pair_updates
+from catalens.ports import CooccurrenceSource, IndexReader, ProfileConflictError, ProfileStore
 from catalens.profiles.events import ENGAGED_TYPES, ShopperEvent
-from catalens.profiles.profile import DEFAULT_PARAMS, Profile, ProfileParams, apply_event
+from catalens.profiles.profile import DEFAULT_PARAMS, ProfileParams, apply_event
 
 ItemLookup = Callable[[str], tuple[np.ndarray | None, Mapping[str, Any]] | None]
 """``lookup(item_id) -> (index-space vector or None, product fields)``, or None for an unknown item."""
 
 
-class ProfileConflictError(CatalensError):
-    """The profile changed between read and conditional write (another updater won); re-read and retry."""
-
-    code = "profile_conflict"
-
-
-class ProfileStore(Protocol):
-    """Where profiles live. ``save`` is conditional on ``expected_version`` (0: must not exist yet)."""
-
-    def load(self, user_id: str) -> Profile | None: ...
-
-    def load_for_ranking(self, user_id: str) -> Profile | None: ...
-
-    def get(self, user_id: str) -> Profile | None: ...  # = load_for_ranking
-
-    def get_async(self, user_id: str) -> Future[Profile | None]: ...  # load_for_ranking, started now (search)
-
-    def save(self, profile: Profile, *, expected_version: int, pairs: Sequence[tuple[str, str]] = ()) -> None: ...
-
-    def delete(self, user_id: str) -> bool: ...  # erase (tombstone); True when there was something to erase
-
-
-_SPACE_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-"""Space name per (immutable) snapshot: the projection fingerprint hashes the whole basis (~1 ms per search)."""
-
-
-def index_space(view: Any) -> str:
-    """Name of a view's index space: model fingerprint + projection fingerprint ("" when unknown).
-
-    Compactions keep the projection, so the name changes only when the index is rebuilt with another
-    projection or model — exactly when stored preference vectors stop meaning anything.
-    """
-    snapshot = getattr(view, "snapshot", None)
-    if snapshot is None:
-        return ""
-    with contextlib.suppress(KeyError, TypeError):  # TypeError: a snapshot double that cannot be weakly keyed
-        return _SPACE_NAMES[snapshot]
-    projection = getattr(snapshot, "projection", None)
-    name = f"{snapshot.model_fingerprint}/{projection.fingerprint if projection is not None else 'identity'}"
-    with contextlib.suppress(TypeError):
-        _SPACE_NAMES[snapshot] = name
-    return name
-
-
-def index_lookup(current_view: Callable[[], Any]) -> ItemLookup:
+def index_lookup(current_view: Callable[[], IndexReader]) -> ItemLookup:
     """The production :data:`ItemLookup`: the item's index-space vector and fields from the current index view.
 
     ``current_view`` is e.g. ``IndexCache.view`` (revalidated every few seconds, so new items are found).
@@ -99,7 +53,7 @@ class ProfileUpdater:
     max_attempts: int = 10
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
-    space: Callable[[], str] | None = None  # names the index space of looked-up vectors (see index_space)
+    space: Callable[[], str] | None = None  # names the index space of looked-up vectors (IndexReader.index_space)
 
     def handle(self, event: ShopperEvent) -> str:
         """Apply ``event`` to its user's stored profile; returns the outcome ("applied", "duplicate", ...)."""

@@ -6,7 +6,8 @@ the threshold alarm through EventBridge (``{"trigger": "threshold"}``) or by han
 hand-typed ``{"force": "false"}`` must not force a rebuild; :func:`run_build` does the work with
 :meth:`~catalens.index.store.IndexStore.compact`. A run with no pending deltas ends after one manifest GET and one
 LIST, then refreshes the query-domain reference before GC, so GC sees the new reference as the one to keep. A
-failed refresh is reported in the result; it never fails the compaction.
+failed refresh is reported in the result; it never fails the compaction. :class:`IndexBuilder` is what the function
+runs per invocation: read the payload, run, log and count the outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 from catalens.errors import CatalensError
 from catalens.index.deltas import SnapshotCoverage
 from catalens.index.store import IndexStore
+from catalens.ports import MetricsSink
+from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +128,30 @@ def run_metrics(outcome: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
     if query_domain.get("status") == "error":
         points["QueryDomainRefreshErrors"] = (1, "Count")
     return points
+
+
+class IndexBuilder:
+    """The builder function's service: one invocation payload in, one run's outcome out, logged and counted.
+
+    A payload it cannot read (``[]``, ``"x"``, ``null``, ``{"force": "maybe"}``) fails the invocation with a
+    :class:`BuildRequestError` naming the problem, logged and counted (``InvalidInvocations``); nothing is built.
+    A run's points (:func:`run_metrics`) are recorded by ``trigger``.
+    """
+
+    def __init__(self, store: IndexStore, *, gc_grace_seconds: float = 3600.0, metrics: MetricsSink | None = None):
+        self.store = store
+        self.gc_grace_seconds = gc_grace_seconds
+        self.metrics = metrics or NullMetrics()
+
+    def handle(self, payload: Any) -> dict[str, Any]:
+        """Run the build ``payload`` asks for; its outcome is logged, counted and returned."""
+        try:
+            request = parse_build_request(payload)
+        except BuildRequestError as exc:
+            log.error("builder invoked with an unreadable payload", extra={"code": exc.code, "reason": str(exc)})
+            self.metrics.emit("InvalidInvocations", 1)
+            raise
+        outcome = run_build(self.store, request, gc_grace_seconds=self.gc_grace_seconds)
+        self.metrics.emit_group(run_metrics(outcome), {"trigger": request.trigger})
+        log.info("index builder run", extra=outcome)
+        return outcome

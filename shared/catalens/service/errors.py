@@ -54,12 +54,6 @@ class ItemIdError(FieldError):
     code = "invalid_item_id"
 
 
-class NotConfiguredError(CatalensError):
-    """A feature was asked for that this deployment does not have (e.g. no profile store)."""
-
-    code = "not_configured"
-
-
 # Stable code -> HTTP status. Image codes come from catalens.imaging.
 HTTP_STATUS: dict[str, int] = {
     "bad_request": 400,
@@ -92,7 +86,6 @@ HTTP_STATUS: dict[str, int] = {
     "user_not_found": 404,
     "not_found": 404,
     "method_not_allowed": 405,
-    "not_configured": 501,
     "model_mismatch": 503,
     "index_unavailable": 503,
     "shopper_keys_unavailable": 503,

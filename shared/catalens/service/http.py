@@ -1,6 +1,6 @@
 """HTTP plumbing of the search API for Powertools' ``APIGatewayRestResolver``: responses, errors, OpenAPI.
 
-The handler (``functions/search/app.py``) declares the routes; this module keeps the details out of it:
+The routes are declared in :mod:`catalens.service.api`; this module keeps the details out of them:
 how a path parameter becomes the id it names (:class:`RestResolver`), how a
 :class:`~catalens.service.search.SearchResponse` becomes JSON with ``Server-Timing`` headers, how
 every :class:`~catalens.errors.CatalensError` becomes ``{"code", "message"}`` with a 4xx status, and
@@ -21,10 +21,11 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
 from catalens.errors import CatalensError
+from catalens.ports import MetricsSink
 from catalens.service.errors import http_status_for
 from catalens.service.requests import HttpRequest
 from catalens.service.search import SearchResponse
-from catalens.service.telemetry import MetricsSink, NullMetrics
+from catalens.service.telemetry import NullMetrics
 
 OPENAPI_RESOURCE = "openapi.json"
 INDEX_VERSION_HEADER = "X-Catalens-Index-Version"

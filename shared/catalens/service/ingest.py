@@ -21,22 +21,31 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from catalens.errors import CatalensError, ImageError, memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
-from catalens.ports import BlobNotFoundError, BlobStore
+from catalens.ports import (
+    BlobNotFoundError,
+    BlobStore,
+    CatalogObject,
+    CatalogReader,
+    Embedder,
+    IndexReader,
+    IndexWriter,
+    MetricsSink,
+)
 from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.fields import parse_product_fields, parse_sidecar
 from catalens.service.notifications import NotificationError, ObjectEvent, parse_notification
 from catalens.service.requests import parse_item_id
-from catalens.service.telemetry import MetricsSink, NullMetrics
+from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -65,46 +74,6 @@ class IngestFailedError(CatalensError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class CatalogObject:
-    """An object of the catalog bucket: metadata always, body only when read (and small enough)."""
-
-    bucket: str
-    key: str
-    etag: str
-    size: int
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    content_type: str = ""
-    version_id: str | None = None
-    data: bytes | None = None
-
-
-class CatalogReader(Protocol):
-    """Read access to the catalog bucket (``catalens.adapters.s3_catalog.S3CatalogReader`` on AWS)."""
-
-    def head(self, bucket: str, key: str) -> CatalogObject | None:
-        """The object's metadata, or None when it does not exist."""
-        ...
-
-    def read(self, bucket: str, key: str, *, max_bytes: int) -> CatalogObject | None:
-        """The object with its body, or None when it does not exist; ``data`` stays None above ``max_bytes``."""
-        ...
-
-
-class IndexWriter(Protocol):
-    """What ingest needs of :class:`~catalens.index.store.IndexStore`."""
-
-    def write_item(self, record: ItemRecord, *, model_fingerprint: str = "") -> bool: ...
-
-    def delete_item(self, item_id: str, *, sequencer: str, image_key: str = "", updated_at: float = 0.0) -> bool: ...
-
-
-class EmbedderLike(Protocol):
-    card: Any
-
-    def embed(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -252,8 +221,8 @@ class IngestService:
         *,
         catalog: CatalogReader,
         index: IndexWriter,
-        embedder: EmbedderLike,
-        views: Callable[[], Any] | None = None,
+        embedder: Embedder,
+        views: Callable[[], IndexReader] | None = None,
         errors: ErrorLog | None = None,
         metrics: MetricsSink | None = None,
         config: IngestConfig | None = None,
@@ -269,7 +238,7 @@ class IngestService:
         self.config = config or IngestConfig()
         self._wall_clock = wall_clock
         self._clock = clock
-        self._fingerprint = _fingerprint(embedder.card)
+        self._fingerprint = embedder.card.fingerprint()
 
     # ------------------------------------------------------------------------------------------------ entry points
 
@@ -416,7 +385,7 @@ class IngestService:
         """
         view = self._view()
         current = view.get(item_id) if view is not None else None
-        if current is None or getattr(current, "deleted", False) or current.source_etag != etag:
+        if current is None or current.deleted or current.source_etag != etag:
             return False
         if sequencer_key(current.sequencer) < sequencer_key(sequencer):
             return False
@@ -431,7 +400,7 @@ class IngestService:
         threshold = self.config.near_duplicate_threshold
         return [{"item_id": h.item_id, "score": round(float(h.score), 4)} for h in hits if h.score >= threshold]
 
-    def _view(self) -> Any:
+    def _view(self) -> IndexReader | None:
         if self._views is None:
             return None
         try:
@@ -471,8 +440,3 @@ def _describe(exc: BaseException) -> str:
     """``Type: message`` of an unexpected error, short enough for one log line."""
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 300 else text[:299] + "…"
-
-
-def _fingerprint(card: Any) -> str:
-    fingerprint = getattr(card, "fingerprint", None)
-    return fingerprint() if callable(fingerprint) else ""

@@ -88,9 +88,6 @@ IMAGE_PART_NAMES = ("image", "file", "photo")
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 PRICE_FILTERS = ("price_min", "price_max")
 SHORTHAND_FILTERS = ("category", "brand")
-OPTION_NAMES = frozenset(
-    {"k", "offset", "user_id", "personalize", "calibrate", "explain", *SHORTHAND_FILTERS, *PRICE_FILTERS}
-)
 FILTER_PREFIX = "filter."
 
 Scalar = str | int | float | bool

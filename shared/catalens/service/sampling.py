@@ -17,21 +17,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from typing import Any, Protocol
 
 import numpy as np
 
-from catalens.service.telemetry import MetricsSink, NullMetrics
+from catalens.ports import MetricsSink, QuerySampleSink
+from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 16  # writes in flight or queued; beyond this a sample is dropped (S3 slow or down)
-
-
-class QuerySampleSink(Protocol):
-    """Where sampled query embeddings go (:class:`catalens.index.query_domain_store.QueryDomainStore` implements it)."""
-
-    def write_query_sample(self, vector: np.ndarray, *, model_fingerprint: str) -> Any: ...
 
 
 class QuerySampler:
@@ -104,7 +98,7 @@ class QuerySampler:
         try:
             self.sink.write_query_sample(sample, model_fingerprint=model_fingerprint)
         except Exception as exc:
-            code = str(getattr(exc, "code", "") or type(exc).__name__)
+            code = str(getattr(exc, "code", "") or type(exc).__name__)  # any exception: only ours carry a code
             log.warning("query sample not stored (%s): %s", code, exc, exc_info=True)
             try:
                 self.metrics.emit("QuerySampleErrors", 1, "Count", {"error": code})

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -36,50 +36,16 @@ from catalens.errors import memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
-from catalens.profiles.updater import index_space
+from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
 from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
 from catalens.service.sampling import QuerySampler
-from catalens.service.telemetry import MetricsSink, NullMetrics
+from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
-
-
-class EmbedderLike(Protocol):
-    """What the service needs of :class:`catalens.embedder.Embedder`."""
-
-    card: Any
-
-    def embed(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-class IndexViewLike(Protocol):
-    """What the service needs of :class:`catalens.index.IndexView`.
-
-    Read when present: ``query_domain`` and ``catalog_mean`` (calibration, both in index space), ``project`` (a
-    model-space query in index space), ``model_fingerprint``.
-    """
-
-    version: str
-
-    def search(self, query: np.ndarray, k: int, **kwargs: Any) -> list[Hit]: ...
-
-    def get(self, item_id: str) -> Any: ...
-
-    def vector_of(self, item_id: str) -> np.ndarray | None: ...
-
-    def __len__(self) -> int: ...
-
-
-class ProfileStoreLike(Protocol):
-    """What the service needs of :class:`catalens.profiles.updater.ProfileStore`."""
-
-    def get_async(self, user_id: str) -> Future[Any]: ...  # the ranking read, started now and collected later
-
-    def delete(self, user_id: str) -> bool | None: ...
 
 
 Reranker = Callable[..., list[Hit]]
@@ -185,10 +151,10 @@ class SearchService:
     def __init__(
         self,
         *,
-        embedder: EmbedderLike,
-        views: Callable[[], IndexViewLike],
+        embedder: Embedder,
+        views: Callable[[], IndexReader],
         limits: ImageLimits | None = None,
-        profiles: ProfileStoreLike | None = None,
+        profiles: ProfileStore | None = None,
         rerank: Reranker | None = None,
         rank_params: Any = None,
         metrics: MetricsSink | None = None,
@@ -228,7 +194,7 @@ class SearchService:
             vector = self._embed_query(request.image, timings)
             query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
             if self.calibration and options.calibrate:
-                domain = self._query_domain(view)
+                domain = view.query_domain  # in index space: the view projects the stored reference
         else:
             assert request.item_id is not None
             vector = self._vector_of(view, request.item_id)
@@ -253,15 +219,15 @@ class SearchService:
         """One item's current state: fields, image key, source ETag, near-duplicates found at ingest."""
         view = self._view()
         record = view.get(item_id)
-        if record is None or getattr(record, "deleted", False):
+        if record is None or record.deleted:
             raise ItemNotFoundError(f"no item {item_id!r} in index version {view.version}")
-        fields = dict(getattr(record, "fields", {}) or {})
+        fields = dict(record.fields)
         return {
             "item_id": item_id,
             "fields": fields,
-            "image_key": getattr(record, "image_key", ""),
-            "source_etag": getattr(record, "source_etag", ""),
-            "updated_at": getattr(record, "updated_at", 0.0),
+            "image_key": record.image_key,
+            "source_etag": record.source_etag,
+            "updated_at": record.updated_at,
             "near_duplicates": fields.get("near_duplicates", []),
             "index_version": view.version,
         }
@@ -274,7 +240,7 @@ class SearchService:
             "status": "ok",
             "index_version": view.version,
             "item_count": len(view),
-            "model": {"name": getattr(card, "name", ""), "fingerprint": _fingerprint(card)},
+            "model": {"name": card.name, "fingerprint": card.fingerprint()},
             "personalization": self.profiles is not None,
         }
 
@@ -290,13 +256,11 @@ class SearchService:
 
     # ------------------------------------------------------------------------------------------------ stages
 
-    def _view(self) -> IndexViewLike:
+    def _view(self) -> IndexReader:
         view = self._views()
-        fingerprint = getattr(view, "model_fingerprint", None)
+        fingerprint = view.model_fingerprint
         if fingerprint and fingerprint not in self._checked_fingerprints:
-            check = getattr(self.embedder.card, "check_matches", None)
-            if check is not None:
-                check(fingerprint)  # ModelError(model_mismatch) -> 503: the deployment is inconsistent
+            self.embedder.card.check_matches(fingerprint)  # ModelError(model_mismatch) -> 503: deployment inconsistent
             self._checked_fingerprints.add(fingerprint)
         return view
 
@@ -311,13 +275,13 @@ class SearchService:
         return vector
 
     @staticmethod
-    def _vector_of(view: IndexViewLike, item_id: str) -> np.ndarray:
+    def _vector_of(view: IndexReader, item_id: str) -> np.ndarray:
         vector = view.vector_of(item_id)
         if vector is None:
             raise ItemNotFoundError(f"no item {item_id!r} in index version {view.version}")
         return vector
 
-    def _check_filters(self, filters: Filters, view: IndexViewLike) -> None:
+    def _check_filters(self, filters: Filters, view: IndexReader) -> None:
         if not filters:
             return
         known = self._known_fields(view)
@@ -327,25 +291,18 @@ class SearchService:
                 f"unknown filter field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
             )
 
-    def _known_fields(self, view: IndexViewLike) -> frozenset[str]:
-        """Fields a filter may name: the standard product fields plus every field the index has columns or
-        live deltas for (cached per index version)."""
+    def _known_fields(self, view: IndexReader) -> frozenset[str]:
+        """Fields a filter may name: the standard product fields plus every field the index holds, fresh items'
+        included (cached per index version)."""
         known = self._fields_by_version.get(view.version)
         if known is None:
-            names = set(STANDARD_FIELDS)
-            snapshot = getattr(view, "snapshot", None)
-            columns = getattr(snapshot, "columns", None)
-            if columns is not None:
-                names |= set(columns.numeric) | set(columns.codes)
-            for record in getattr(view, "_delta_records", ()):  # fresh items, not yet in a snapshot
-                names |= set(record.fields)
-            known = frozenset(names)
+            known = STANDARD_FIELDS | view.field_names()
             self._fields_by_version = {view.version: known}
         return known
 
     def _answer(
         self,
-        view: IndexViewLike,
+        view: IndexReader,
         vector: np.ndarray,
         options: SearchOptions,
         exclude: set[str],
@@ -377,7 +334,7 @@ class SearchService:
             t1 = t2
         personalized = False
         if self._rerank is not None and (profile is not None or options.explain):
-            now_ms, space = self._wall_clock_ms(), index_space(view)
+            now_ms, space = self._wall_clock_ms(), view.index_space
             hits = self._rerank(hits, profile, now_ms=now_ms, space=space, limit=window, **self._rank_kwargs)
             personalized = any("boost" in hit.explain for hit in hits)
         timings.rank = (self._clock() - t1) * 1000
@@ -400,14 +357,8 @@ class SearchService:
         if self.query_samples is None:
             return
         if self._model_fingerprint is None:
-            self._model_fingerprint = _fingerprint(self.embedder.card)
+            self._model_fingerprint = self.embedder.card.fingerprint()
         self.query_samples.offer(vector, model_fingerprint=self._model_fingerprint)
-
-    @staticmethod
-    def _query_domain(view: IndexViewLike) -> QueryDomain | None:
-        """The view's query domain, in the view's index space (:attr:`catalens.index.IndexView.query_domain`
-        projects the stored reference like any query); None when the index has none."""
-        return getattr(view, "query_domain", None)
 
     def _start_profile_read(self, options: SearchOptions) -> Future[Any] | None:
         """Start reading the shopper's profile (None when this request is not personalised)."""
@@ -432,7 +383,7 @@ def calibration_pool(pool: int) -> int:
 
 
 def calibrate_hits(
-    view: IndexViewLike, domain: QueryDomain, query: np.ndarray, hits: list[Hit], *, explain: bool = False
+    view: IndexReader, domain: QueryDomain, query: np.ndarray, hits: list[Hit], *, explain: bool = False
 ) -> list[Hit] | None:
     """``hits`` (raw cosine order) re-scored with ``domain`` and re-ordered within blocks of ``CALIBRATION_POOL``.
 
@@ -440,15 +391,14 @@ def calibrate_hits(
     cosine), ``centred`` and ``hubness``. Returns None (serve plain cosine) when calibration cannot apply: no
     catalog mean, a candidate without a vector, dimensions that do not match.
     """
-    catalog_mean = getattr(view, "catalog_mean", None)
+    catalog_mean = view.catalog_mean
     if catalog_mean is None or not hits:
         return None
     vectors = _candidate_vectors(view, hits)
     if vectors is None:
         return None
-    project = getattr(view, "project", None)
     try:
-        in_index_space = project(query) if project is not None else np.asarray(query, dtype=np.float32)
+        in_index_space = view.project(query)
         calibrated, centred, hubness = domain.calibrate(in_index_space, vectors, catalog_mean)
     except ValueError:
         log.warning("query domain does not fit this index; searching uncalibrated", exc_info=True)
@@ -470,7 +420,7 @@ def calibrate_hits(
     return ranked
 
 
-def _candidate_vectors(view: IndexViewLike, hits: Sequence[Hit]) -> np.ndarray | None:
+def _candidate_vectors(view: IndexReader, hits: Sequence[Hit]) -> np.ndarray | None:
     """One index-space row per hit: the vector the hit carries, else the view's (None when one has neither)."""
     rows = []
     for hit in hits:
@@ -517,8 +467,3 @@ def _with_typed_twins(values: Sequence[Any]) -> list[Any]:
             if math.isfinite(number):
                 out.append(int(number) if number.is_integer() else number)
     return out
-
-
-def _fingerprint(card: Any) -> str:
-    fingerprint = getattr(card, "fingerprint", None)
-    return fingerprint() if callable(fingerprint) else ""

@@ -1,4 +1,4 @@
-"""Metrics as the services emit them, behind a small port so the services never depend on a metrics backend.
+"""Metrics as the services emit them: implementations of :class:`catalens.ports.MetricsSink`.
 
 On Lambda the handlers pass :class:`PowertoolsMetrics` (CloudWatch embedded metric format); tests pass
 :class:`RecordingMetrics` and read what was emitted.
@@ -9,23 +9,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-# name -> (value, unit): points recorded together, e.g. one request's outcome
-MetricGroup = Mapping[str, tuple[float, str]]
-
-
-class MetricsSink(Protocol):
-    def emit(self, name: str, value: float, unit: str = "Count", dimensions: Mapping[str, str] | None = None) -> None:
-        """Record one data point; ``dimensions`` split it (e.g. failures by reason)."""
-        ...
-
-    def emit_group(self, points: MetricGroup, dimensions: Mapping[str, str] | None = None) -> None:
-        """Record points that share their dimensions (one request's outcome) in one go."""
-        ...
+from catalens.ports import MetricGroup
 
 
 class NullMetrics:
+    """Records nothing: a service built without a sink."""
+
     def emit(self, name: str, value: float, unit: str = "Count", dimensions: Mapping[str, str] | None = None) -> None:
         return None
 

@@ -187,13 +187,13 @@ def _put_profile(dynamodb: Any, s3: Any, bucket: str, args: argparse.Namespace) 
     from catalens.adapters.dynamodb import DynamoProfileStore
     from catalens.composition import index_store
     from catalens.index.cache import IndexCache
-    from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup, index_space
+    from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup
     from catalens.settings import Settings
 
     view = IndexCache(index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3), background=False).view
     store = DynamoProfileStore(dynamodb, "bench-profiles")
     store.delete(args.user)  # a fresh profile per catalog size
-    updater = ProfileUpdater(store=store, lookup=index_lookup(view), space=lambda: index_space(view()))
+    updater = ProfileUpdater(store=store, lookup=index_lookup(view), space=lambda: view().index_space)
     now = int(time.time() * 1000)
     for n in range(20):
         updater.handle(ShopperEvent(args.user, f"bench{n}", now + n, "purchase", f"item-{n * 37:07d}"))

@@ -1,4 +1,4 @@
-"""In-memory :class:`ProfileStore` with the DynamoDB store's semantics (tests, simulation, local runs).
+"""In-memory :class:`~catalens.ports.ProfileStore` with the DynamoDB store's semantics (tests, simulation, local runs).
 
 Profiles are kept as serialised items, so every read and write goes through the same codec as
 the DynamoDB adapter.
@@ -13,8 +13,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from catalens.cooccurrence import CooccurrenceCounts
+from catalens.ports import ProfileConflictError
 from catalens.profiles.profile import RANKING_ATTRIBUTES, Profile
-from catalens.profiles.updater import ProfileConflictError
 
 
 class InMemoryProfileStore:
