@@ -31,7 +31,6 @@ from catalens.errors import CatalensError, ImageError, memory_error_as_image_err
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.ports import BlobNotFoundError, BlobStore
-from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.fields import parse_product_fields, parse_sidecar
 from catalens.service.notifications import NotificationError, ObjectEvent, parse_notification
@@ -42,10 +41,6 @@ log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
 PERMANENT_ERRORS = (ImageError, FieldError, NotificationError)
-
-# Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again): the
-# copy cosine of catalens.query_domain, where its measurement is written down (search serves such queries plain cosine).
-DEFAULT_NEAR_DUPLICATE_THRESHOLD = COPY_COSINE
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
 
@@ -121,7 +116,8 @@ class IngestConfig:
     limits
         Image safety limits (bytes before download, pixels before decode).
     near_duplicate_threshold
-        Cosine similarity at or above which another item is reported as a near-duplicate.
+        Cosine similarity at or above which another item is reported as a near-duplicate; ``None``: the model
+        card's ``copy_cosine`` (the same photo uploaded again, as measured for that model).
     near_duplicate_k
         How many neighbours to look at.
     error_prefix
@@ -131,7 +127,7 @@ class IngestConfig:
     catalog_bucket: str = ""
     catalog_prefix: str = ""
     limits: ImageLimits = field(default_factory=ImageLimits)
-    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    near_duplicate_threshold: float | None = None
     near_duplicate_k: int = 5
     error_prefix: str = "ingest-errors/"
 
@@ -429,6 +425,8 @@ class IngestService:
             return []
         hits = view.search(vector, self.config.near_duplicate_k, exclude={item_id})
         threshold = self.config.near_duplicate_threshold
+        if threshold is None:
+            threshold = self.embedder.card.copy_cosine
         return [{"item_id": h.item_id, "score": round(float(h.score), 4)} for h in hits if h.score >= threshold]
 
     def _view(self) -> Any:
