@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-$(MODEL_STAMP): $(STAMP) $(shell find shared/catalens_tools/model shared/catalens/model -name '*.py' 2>/dev/null)
+$(MODEL_STAMP): $(STAMP) $(shell find shared/catalens_tools/model shared/catalens/model -name '*.py' -o -name '*.json' 2>/dev/null)
 	$(VENV)/bin/catalens model build --out $(MODEL_DIR)
 	@touch $@
 

@@ -16,9 +16,10 @@ both fitted on a small reference sample of recent query embeddings (no photos, n
 
 Calibration is for shoppers' photos. A query that is a copy of a shop photo (a screenshot of a product page, a
 merchant checking their own photo) lives in the catalog's domain: centring it on the shoppers' mean would push it
-away from its own item. Such a query (plain cosine to its best candidate at least ``COPY_COSINE``, the cosine at
-which ingest flags near-duplicates) is served plain cosine and is not kept as a query sample. On the grocery data no
-shopper photo comes near it (the best raw cosine of any of the 2,936 photos to any catalog image is 0.78).
+away from its own item. Such a query (plain cosine to its best candidate at least the model card's ``copy_cosine``,
+the cosine at which ingest flags near-duplicates) is served plain cosine and is not kept as a query sample. On the
+grocery data no shopper photo comes near it (the best raw cosine of any of the 2,936 photos to any catalog image is
+0.78).
 
 On the grocery data (``catalens eval grocery --levers``) this lifts photo→catalog top-1 by about 0.08 with the
 serving model, with a reference of 30 to 2,640 shopper photos. Item vectors are not changed (design invariant 5:
@@ -37,14 +38,6 @@ DEFAULT_BETA = 5.0
 MAX_REFERENCE = 256
 MIN_REFERENCE = 30
 CALIBRATION_POOL = 50  # candidates re-scored (at least): the raw top-50 holds the calibrated top-k in practice
-# A photo this close (plain cosine) to a catalog photo is a copy of it: ingest flags it as a near-duplicate, search
-# serves it plain cosine. Measured with `catalens eval near-duplicates --photos 300` (serving model: ensemble + colour
-# histogram, fp32, 4 copies each): copies of a photo (re-encoded q60, halved, 8% cropped, 10% brighter) score
-# 0.88-0.996 against their original (halved p1 0.925, cropped p1 0.938); the nearest *other* photo scores p99 0.936
-# (same product; at most 0.957, near-identical shelf shots) and at most 0.893 (other products). At 0.94, 97.6% of
-# copies are caught and 0.3% of distinct photos are flagged; 0.93 would flag 1.4%, 0.95 would miss 9% of the copies.
-# (The ensemble without the colour histogram: 0.93, same trade-off; Lite1 alone: 0.92.)
-COPY_COSINE = 0.94
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -144,10 +137,13 @@ class QueryDomain:
         return (top + np.log(np.exp(logits - top).mean(axis=0))) / self.beta
 
 
-def is_catalog_copy(best_raw_cosine: float, threshold: float = COPY_COSINE) -> bool:
+def is_catalog_copy(best_raw_cosine: float, copy_cosine: float) -> bool:
     """Whether a photo query whose best plain cosine to the catalog is ``best_raw_cosine`` is a copy of a shop photo
-    (then it is searched plain and not sampled: it is not a shopper's photo)."""
-    return bool(best_raw_cosine >= threshold)
+    (then it is searched plain and not sampled: it is not a shopper's photo).
+
+    ``copy_cosine`` is the model card's: where a copy begins depends on the model that made the vectors.
+    """
+    return bool(best_raw_cosine >= copy_cosine)
 
 
 def catalog_mean(vectors: np.ndarray) -> np.ndarray:

@@ -25,7 +25,6 @@ from catalens.composition import error_log, index_store
 from catalens.errors import ImageError
 from catalens.imaging import load_and_preprocess
 from catalens.index.cache import IndexCache
-from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from catalens.settings import Settings
 from tests.integration.conftest import log_to_captured_stdout
 from tests.unit.hostile_images import Hostile, hostile_photos
@@ -282,7 +281,7 @@ def test_near_duplicate_upload_is_flagged(
     index = view(stack)
     near = index.get("copy").fields["near_duplicates"]
     assert [n["item_id"] for n in near] == ["orig"]
-    assert near[0]["score"] >= DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    assert near[0]["score"] >= module.service.embedder.card.copy_cosine  # the model's measured copy cosine
     assert "near_duplicates" not in index.get("other").fields
     assert '"NearDuplicates"' in capsys.readouterr().out
 

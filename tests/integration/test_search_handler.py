@@ -29,7 +29,6 @@ from catalens.embedder import Embedder
 from catalens.errors import ImageError
 from catalens.imaging import load_and_preprocess
 from catalens.index.records import ItemRecord
-from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import HTTP_STATUS
 from catalens.service.ingest import item_id_for_key
 from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES, MAX_QUERY_IMAGE_BYTES
@@ -493,7 +492,7 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
         return body
 
     calibrated, plain = search(), search(calibrate="false")
-    assert plain["hits"][0]["score"] < COPY_COSINE  # a shopper's photo, not a copy of the shop's
+    assert plain["hits"][0]["score"] < embedder.card.copy_cosine  # a shopper's photo, not a copy of the shop's
     assert (calibrated["calibrated"], plain["calibrated"]) == (True, False)
     raw = {hit["item_id"]: hit["score"] for hit in plain["hits"]}
     assert {hit["item_id"] for hit in calibrated["hits"]} == set(raw)  # all 8 items, re-scored

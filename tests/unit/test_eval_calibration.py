@@ -18,6 +18,7 @@ from catalens_tools.evaluation.levers import BASELINE, CONFIGS, ENSEMBLE, LeverC
 from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
 
 ITEMS, DIM = 8, 24
+COPY_COSINE = 0.94  # as a model card gives it
 
 
 class World:
@@ -51,7 +52,7 @@ def test_calibration_takes_queries_back_from_the_hub():
     queries, labels = world.photos(6)
     log, _ = world.photos(6)  # other photos of shoppers, labels thrown away
     plain = queries @ (world.catalog / np.linalg.norm(world.catalog, axis=1, keepdims=True)).T
-    calibrated = calibrated_scores(reference_domain(log), queries, world.catalog)
+    calibrated = calibrated_scores(reference_domain(log), queries, world.catalog, copy_cosine=COPY_COSINE)
     assert (calibrated.argmax(axis=1) == 0).sum() < (plain.argmax(axis=1) == 0).sum()
     assert top1(calibrated, labels) > top1(plain, labels)
 
@@ -60,7 +61,7 @@ def test_only_the_plain_top_pool_is_rescored_with_the_production_calibration():
     world = World(1)
     queries, _ = world.photos(5)
     domain = reference_domain(world.photos(5)[0])
-    scores = calibrated_scores(domain, queries, world.catalog, pool=3)
+    scores = calibrated_scores(domain, queries, world.catalog, pool=3, copy_cosine=COPY_COSINE)
     mean = catalog_mean(world.catalog)
     units = world.catalog / np.linalg.norm(world.catalog, axis=1, keepdims=True)
     for query, row in zip(queries, scores, strict=True):
@@ -68,7 +69,7 @@ def test_only_the_plain_top_pool_is_rescored_with_the_production_calibration():
         assert list(np.flatnonzero(np.isfinite(row))) == list(pool)
         np.testing.assert_allclose(row[pool], domain.calibrate(query, world.catalog[pool], mean)[0], rtol=1e-6)
     # a pool larger than the catalog re-scores every item
-    assert np.isfinite(calibrated_scores(domain, queries, world.catalog, pool=500)).all()
+    assert np.isfinite(calibrated_scores(domain, queries, world.catalog, pool=500, copy_cosine=COPY_COSINE)).all()
 
 
 def test_a_copy_of_a_catalog_photo_is_scored_plain_cosine_as_search_serves_it():
@@ -77,7 +78,7 @@ def test_a_copy_of_a_catalog_photo_is_scored_plain_cosine_as_search_serves_it():
     shopper, _ = world.photos(1)
     queries = np.vstack([units[3], shopper[3] / np.linalg.norm(shopper[3])]).astype(np.float32)
     domain = reference_domain(world.photos(5)[0])
-    scores = calibrated_scores(domain, queries, world.catalog)
+    scores = calibrated_scores(domain, queries, world.catalog, copy_cosine=COPY_COSINE)
     np.testing.assert_allclose(scores[0], units @ queries[0], rtol=1e-6)  # the copy: plain cosine, its item first
     assert scores[0].argmax() == 3
     pool = np.isfinite(scores[1])  # the shopper's photo: calibrated

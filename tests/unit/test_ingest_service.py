@@ -63,6 +63,9 @@ class MemoryCatalog:
 class StubCard:
     preprocess = PreprocessConfig()
 
+    def __init__(self, copy_cosine: float = 0.94) -> None:
+        self.copy_cosine = copy_cosine
+
     def fingerprint(self) -> str:
         return "stub"
 
@@ -302,6 +305,28 @@ def test_near_duplicates_of_other_items_are_recorded(parts: dict[str, Any]) -> N
     # Re-ingesting the same item never lists itself.
     catalog.put("a.jpg", JPEG, title="again")
     assert [n["item_id"] for n in service.handle_event(created("a.jpg", "3")).near_duplicates] == ["a-copy"]
+
+
+def test_the_near_duplicate_threshold_defaults_to_the_model_cards_copy_cosine(parts: dict[str, Any]) -> None:
+    """Where a copy begins depends on the model: unset in the config, the threshold is the card's."""
+    embedder, catalog = ColourEmbedder(), parts["catalog"]
+    service = IngestService(catalog=catalog, index=parts["service"].index, embedder=embedder, views=parts["cache"].view)
+    assert service.config.near_duplicate_threshold is None
+    catalog.put("a.jpg", JPEG)
+    service.handle_event(created("a.jpg", "1"))
+    embedder.card = StubCard(copy_cosine=0.0)  # everything is a copy: learn the score of b against a
+    catalog.put("b.jpg", encode(photo(96, 72, seed=4)))
+    (near,) = service.handle_event(created("b.jpg", "2")).near_duplicates
+    assert near["item_id"] == "a"
+    embedder.card = StubCard(copy_cosine=near["score"] + 0.001)
+    catalog.put("b.jpg", encode(photo(96, 72, seed=4)), title="above the score")
+    assert service.handle_event(created("b.jpg", "3")).near_duplicates == []
+    embedder.card = StubCard(copy_cosine=near["score"] - 0.001)
+    catalog.put("b.jpg", encode(photo(96, 72, seed=4)), title="below the score")
+    assert [n["item_id"] for n in service.handle_event(created("b.jpg", "4")).near_duplicates] == ["a"]
+    service.config = IngestConfig(near_duplicate_threshold=near["score"] + 0.001)  # an explicit one still wins
+    catalog.put("b.jpg", encode(photo(96, 72, seed=4)), title="explicit")
+    assert service.handle_event(created("b.jpg", "5")).near_duplicates == []
 
 
 # ------------------------------------------------------------------------------------------------ ids the API serves

@@ -230,6 +230,67 @@ def test_card_round_trip_and_fingerprint(model_dir: Path) -> None:
     ]
     assert len({card.fingerprint(), *(v.fingerprint() for v in variants)}) == 5
     assert replace(card, weights_source="elsewhere").fingerprint() == card.fingerprint()  # provenance only
+    # a re-measured copy cosine does not change the vectors: indexes built before it stay searchable
+    assert replace(card, copy_cosine=0.5, measured={}).fingerprint() == card.fingerprint()
+    changed = replace(card, copy_cosine=0.93, measured={"copy_cosine": {"model": card.name, "date": "2026-12-05"}})
+    assert ModelCard.from_json(changed.to_json()) == changed
+    assert json.loads(changed.to_json())["copy_cosine"] == 0.93
+
+
+def test_a_card_without_a_copy_cosine_is_refused(model_dir: Path) -> None:
+    """Every card comes from the build: one without the field is from an older build, not a model to guess for."""
+    data = json.loads(model_paths(model_dir, "efficientnet-lite0", "fp32")[1].read_text())
+    del data["copy_cosine"]
+    with pytest.raises(ModelError, match="rebuild the model") as caught:
+        ModelCard.from_dict(data)
+    assert caught.value.code == "model_card_outdated"
+    for wrong in (0.0, 1.5, "0.9", True):
+        with pytest.raises(ModelError, match="copy_cosine"):
+            ModelCard.from_dict({**data, "copy_cosine": wrong})
+
+
+def _facts(path: Path, **values: float) -> Path:
+    """A facts file with a copy cosine for each model (``_`` in the keyword for ``-``)."""
+    facts = {
+        name.replace("_", "-"): {"copy_cosine": {"value": v, "variant": "fp32", "command": "cmd", "date": "2026-12-01"}}
+        for name, v in values.items()
+    }
+    path.write_text(json.dumps(facts))
+    return path
+
+
+def test_the_build_writes_the_recorded_copy_cosine_into_the_card(tmp_path: Path) -> None:
+    facts = _facts(tmp_path / "measured.json", efficientnet_lite0=0.91, efficientnet_lite0_lite1_lite2_rmac_colour=0.94)
+    (card,) = build_models(tmp_path / "models", variants=("fp32",), facts=facts)
+    assert card.copy_cosine == 0.91
+    assert card.measured == {
+        "copy_cosine": {"model": "efficientnet-lite0", "variant": "fp32", "command": "cmd", "date": "2026-12-01"}
+    }
+    assert ModelCard.load(model_paths(tmp_path / "models", card.name, "fp32")[1]) == card
+    # only the card changes with the facts, never the model bytes
+    other_facts = _facts(tmp_path / "other.json", efficientnet_lite0=0.97)
+    assert build_fp32(facts=other_facts)[0] == build_fp32(facts=facts)[0]
+
+
+def test_a_model_nobody_measured_borrows_the_serving_models_copy_cosine_and_says_so(tmp_path: Path) -> None:
+    facts = _facts(tmp_path / "measured.json", efficientnet_lite0=0.91, efficientnet_lite0_lite1_lite2_rmac_colour=0.94)
+    _, card = build_fp32(pooling="gem", facts=facts)
+    assert (card.name, card.copy_cosine) == ("efficientnet-lite0-gem3", 0.94)
+    assert card.measured["copy_cosine"]["model"] == "efficientnet-lite0-lite1-lite2-rmac-colour"
+    with pytest.raises(ModelError, match="no copy cosine"):
+        build_fp32(pooling="gem", facts=_facts(tmp_path / "none.json", efficientnet_lite0=0.91))
+
+
+def test_the_committed_facts_hold_the_serving_models_copy_cosine(model_dir: Path) -> None:
+    """The serving model keeps the threshold it was measured at; the test model gets its own from the facts."""
+    from catalens.embedder import DEFAULT_MODEL_NAME
+    from catalens_tools.model.measured import copy_cosine_of, load_facts
+
+    value, provenance = copy_cosine_of(DEFAULT_MODEL_NAME, load_facts())
+    assert (value, provenance["model"], provenance["variant"]) == (0.94, DEFAULT_MODEL_NAME, "fp32")
+    card = ModelCard.load(model_paths(model_dir, "efficientnet-lite0", "fp32")[1])
+    assert card.copy_cosine == load_facts()["efficientnet-lite0"]["copy_cosine"]["value"]
+    assert card.measured["copy_cosine"]["model"] == "efficientnet-lite0"
 
 
 def test_check_matches_refuses_another_model(model_dir: Path) -> None:
@@ -445,6 +506,13 @@ def test_int8_stays_close_to_fp32(int8_model_dir: Path, fp32) -> None:
 
 
 @pytest.mark.slow
+def test_int8_carries_its_fp32_models_copy_cosine(int8_model_dir: Path) -> None:
+    fp32_card, int8_card = (
+        ModelCard.load(model_paths(int8_model_dir, "efficientnet-lite0", v)[1]) for v in ("fp32", "int8")
+    )
+    assert (int8_card.copy_cosine, int8_card.measured) == (fp32_card.copy_cosine, fp32_card.measured)
+
+
 def test_int8_build_is_deterministic(model_dir: Path) -> None:
     onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
     fp32_bytes, fp32_card = onnx_path.read_bytes(), ModelCard.load(card_path)

@@ -17,14 +17,14 @@ from catalens.index import IndexView, ItemRecord
 from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.records import Hit
 from catalens.index.reduce import Projection
-from catalens.query_domain import CALIBRATION_POOL, COPY_COSINE, QueryDomain
+from catalens.query_domain import CALIBRATION_POOL, QueryDomain
 from catalens.ranking import rerank
 from catalens.service.requests import SearchOptions, SearchRequest
 from catalens.service.sampling import MAX_PENDING, QuerySampler
 from catalens.service.search import SearchService, calibration_pool
 from catalens.service.telemetry import RecordingMetrics
 from tests.unit.imagefactory import encode, photo
-from tests.unit.test_search_service import StubEmbedder
+from tests.unit.test_search_service import StubCard, StubEmbedder
 
 DIM = 16
 SHELF, BACKGROUND = 14, 15  # what all shopper photos share, what all shop photos share
@@ -174,10 +174,22 @@ def test_a_photo_just_below_the_copy_cosine_is_calibrated(embedder: StubEmbedder
     view = twin_catalog()
     item = view.vector_of("item-3")
     embedder.next_vector = near = unit(item + 0.45 * axis(7))
-    assert 0.85 < float(near @ item) < COPY_COSINE
+    assert 0.85 < float(near @ item) < embedder.card.copy_cosine
     result = photo_search(SearchService(embedder=embedder, views=lambda: view), k=3)
     assert result.calibrated is True
     assert "catalog_copy" not in result.query
+
+
+def test_the_copy_cosine_is_the_model_cards(embedder: StubEmbedder) -> None:
+    """Where a copy begins depends on the model: the same photo is a copy under a card whose copy cosine it reaches."""
+    view = twin_catalog()
+    item = view.vector_of("item-3")
+    embedder.next_vector = near = unit(item + 0.45 * axis(7))
+    service = SearchService(embedder=embedder, views=lambda: view)
+    for copy_cosine, is_copy in ((float(near @ item) + 0.001, False), (float(near @ item) - 0.001, True)):
+        embedder.card = StubCard(copy_cosine=copy_cosine)
+        result = photo_search(service, k=3)
+        assert (result.calibrated, result.query.get("catalog_copy")) == (not is_copy, "item-3" if is_copy else None)
 
 
 def test_item_queries_stay_plain_cosine(view: Recording, embedder: StubEmbedder) -> None:

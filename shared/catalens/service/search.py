@@ -10,8 +10,8 @@ photos and shop photos are centred on their own domains and "hub" items pay for 
 Candidates are re-ordered within consecutive blocks of ``CALIBRATION_POOL`` raw neighbours, so the order of a
 block never depends on how deep the client pages: every page is a slice of one ranking. "More like this" (item
 queries) compares two shop photos and stays plain cosine; so does a photo query that is a copy of a catalog photo
-(plain cosine ≥ ``COPY_COSINE`` to its best candidate: the answer's ``query.catalog_copy`` names that item), and such
-a query is not sampled for the domain.
+(plain cosine ≥ the model card's ``copy_cosine`` to its best candidate: the answer's ``query.catalog_copy`` names that
+item), and such a query is not sampled for the domain.
 
 Example
 -------
@@ -322,7 +322,7 @@ class SearchService:
         t1 = self._clock()
         timings.search = (t1 - t0) * 1000
         calibrated = False
-        if query.get("type") == "image" and hits and is_catalog_copy(hits[0].score):
+        if query.get("type") == "image" and hits and is_catalog_copy(hits[0].score, self.embedder.card.copy_cosine):
             query = {**query, "catalog_copy": hits[0].item_id}
             domain = None  # the photo is in the catalog's domain already: plain cosine ranks its own item first
         if domain is not None:

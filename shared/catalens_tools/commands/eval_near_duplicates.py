@@ -6,6 +6,10 @@ apple). For a sample of grocery photos this command embeds each original and fou
 of each copy to its original (what the threshold must catch) against the cosine of each original to its nearest
 *other* photo, split into same fine class and other class (what it must not catch), with recall and false-flag rates
 at candidate thresholds.
+
+The threshold is the model's *copy cosine*; ``--record`` writes the one the rule picks (the lowest candidate that
+flags at most ``--max-false-flags`` of the distinct photos), with the rates it was chosen from, into the measured
+model facts (:mod:`catalens_tools.model.measured`), which ``catalens model build`` copies into the model card.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import argparse
 import csv
 import io
 import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from catalens_tools.cli import group
+from catalens_tools.model.measured import FACTS_PATH, record_fact
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
@@ -31,7 +38,32 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--variant", default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-false-flags",
+        type=float,
+        default=0.005,
+        help="share of distinct photos the chosen copy cosine may flag (default 0.005)",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="write the chosen copy cosine for this model into the facts file"
+    )
+    parser.add_argument("--facts", type=Path, default=FACTS_PATH, help="measured model facts (default: the committed)")
     parser.set_defaults(func=run)
+
+
+def choose_copy_cosine(at_threshold: dict[str, dict[str, float]], max_false_flags: float) -> float | None:
+    """The lowest candidate flagging at most ``max_false_flags`` of distinct photos: as many copies caught as that
+    budget allows (how the copy cosines of earlier models were chosen by hand). None when no candidate fits."""
+    fitting = [float(t) for t, rates in at_threshold.items() if rates["photos_falsely_flagged"] <= max_false_flags]
+    return min(fitting) if fitting else None
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that measured, without this machine's paths (what another checkout would type)."""
+    return (
+        f"catalens eval near-duplicates --photos {args.photos} --variant {args.variant} --seed {args.seed} "
+        f"--max-false-flags {args.max_false_flags:g} --record"
+    )
 
 
 def _copies(data: bytes) -> dict[str, bytes]:
@@ -59,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from catalens.embedder import Embedder
-    from catalens.service.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
     from catalens.settings import load_settings
 
     rows = list(csv.DictReader((args.grocery / "labels.csv").open()))
@@ -91,21 +122,45 @@ def run(args: argparse.Namespace) -> int:
         return {name: round(float(np.percentile(values, q)), 4) for name, q in quantiles.items()} | {"n": len(values)}
 
     distinct = np.concatenate([nearest_same, nearest_other])
-    report: dict[str, Any] = {
+    at_threshold = {
+        f"{t:.2f}": {
+            "copies_caught": round(float((all_copies >= t).mean()), 4),
+            "photos_falsely_flagged": round(float((distinct >= t).mean()), 4),
+        }
+        for t in THRESHOLDS
+    }
+    measurement: dict[str, Any] = {
         "photos": len(chosen),
-        "model": embedder.card.name + "." + args.variant,
         "copy_to_original": {name: summary(np.array(v)) for name, v in copy_scores.items()}
         | {"all": summary(all_copies)},
         "nearest_other_photo_same_class": summary(nearest_same),
         "nearest_other_photo_other_class": summary(nearest_other),
-        "at_threshold": {
-            f"{t:.2f}": {
-                "copies_caught": round(float((all_copies >= t).mean()), 4),
-                "photos_falsely_flagged": round(float((distinct >= t).mean()), 4),
-            }
-            for t in THRESHOLDS
-        },
-        "current_default": DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+        "at_threshold": at_threshold,
+    }
+    copy_cosine = choose_copy_cosine(at_threshold, args.max_false_flags)
+    report = {
+        "model": embedder.card.name + "." + args.variant,
+        **measurement,
+        "chosen_copy_cosine": copy_cosine,
+        "card_copy_cosine": embedder.card.copy_cosine,
     }
     print(json.dumps(report, indent=2))
+    if not args.record:
+        return 0
+    if copy_cosine is None:
+        print(
+            f"no candidate flags at most {args.max_false_flags:g} of distinct photos; nothing recorded", file=sys.stderr
+        )
+        return 1
+    fact = {
+        "value": copy_cosine,
+        "variant": args.variant,
+        "fingerprint": embedder.card.fingerprint(),
+        "command": _command_line(args),
+        "date": datetime.now(UTC).date().isoformat(),
+        "rule": f"lowest candidate flagging at most {args.max_false_flags:g} of distinct photos",
+        **measurement,
+    }
+    record_fact(embedder.card.name, "copy_cosine", fact, args.facts)
+    print(f"recorded copy cosine {copy_cosine} for {embedder.card.name} in {args.facts}", file=sys.stderr)
     return 0

@@ -104,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
     reference = MAX_REFERENCE if args.reference is None else args.reference
     result = evaluate_grocery(
-        embed_files, args.data, split=args.split, max_photos_per_class=args.max_per_class, reference=reference
+        embed_files,
+        args.data,
+        split=args.split,
+        max_photos_per_class=args.max_per_class,
+        reference=reference,
+        copy_cosine=embedder.card.copy_cosine,
     )
     card = embedder.card
     report = {

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                 "fingerprint": c.fingerprint(),
                 "dim": c.dim,
                 "pooling": c.pooling,
+                "copy_cosine": c.copy_cosine,
+                "copy_cosine_measured_on": c.measured["copy_cosine"]["model"],
             }
             for c in cards
         ],

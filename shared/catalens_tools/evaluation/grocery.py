@@ -30,6 +30,7 @@ from catalens.errors import CatalensError
 from catalens.query_domain import CALIBRATION_POOL, MAX_REFERENCE
 from catalens_tools.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
 from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
+from catalens_tools.model.measured import serving_copy_cosine
 
 __all__ = [
     "EmbedFn",
@@ -190,12 +191,13 @@ def _calibrated(
     catalog: list[GroceryImage],
     other_split_vectors: np.ndarray,
     reference: int,
+    copy_cosine: float,
 ) -> dict | None:
     """Photo → catalog with query-domain calibration; the other split's photos (no labels) are the query log."""
     domain = reference_domain(other_split_vectors, reference)
     if domain is None:
         return None
-    scores = calibrated_scores(domain, query_vectors, catalog_vectors)
+    scores = calibrated_scores(domain, query_vectors, catalog_vectors, copy_cosine=copy_cosine)
     return {
         "reference": len(domain),
         "reference_from": "the other split's photos, unlabelled",
@@ -212,6 +214,7 @@ def evaluate_grocery(
     split: str = "val",
     max_photos_per_class: int | None = None,
     reference: int = MAX_REFERENCE,
+    copy_cosine: float | None = None,
 ) -> dict:
     """Run both tasks of the protocol with ``embed_fn`` and return the metrics as a JSON-ready dict.
 
@@ -232,9 +235,13 @@ def evaluate_grocery(
         query-domain calibration fitted on at most ``reference`` photos of the other split, unlabelled, as the
         query log (:mod:`catalens_tools.evaluation.query_domain`). ``0`` leaves it out; ``"calibrated"`` is ``None``
         when the other split has fewer than ``MIN_REFERENCE`` photos (serving would not calibrate either).
+    copy_cosine
+        The model card's copy cosine (calibration serves a copy of a catalog photo plain cosine); ``None``: the
+        serving model's recorded one, for vectors that come from no built model.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    copy_cosine = serving_copy_cosine() if copy_cosine is None else copy_cosine
     data = load_grocery(data_dir)
     catalog = sorted(data.catalog, key=lambda image: str(image.path))
     queries = first_per_class(data.photos(split), max_photos_per_class)
@@ -256,7 +263,9 @@ def evaluate_grocery(
         "split": split,
         "max_photos_per_class": max_photos_per_class,
         "photo_to_catalog": photo_to_catalog(query_vectors, queries, catalog_vectors, catalog),
-        "calibrated": _calibrated(query_vectors, queries, catalog_vectors, catalog, gallery_vectors, reference)
+        "calibrated": _calibrated(
+            query_vectors, queries, catalog_vectors, catalog, gallery_vectors, reference, copy_cosine
+        )
         if reference
         else None,
         "photo_to_photo": photo_to_photo(query_vectors, queries, gallery_vectors, gallery),

@@ -34,6 +34,7 @@ from catalens.query_domain import CALIBRATION_POOL, DEFAULT_BETA, QueryDomain, c
 from catalens_tools.evaluation.features import Backbone, FeatureStore, View
 from catalens_tools.evaluation.grocery import GroceryImage, load_grocery, photo_to_catalog, photo_to_photo
 from catalens_tools.evaluation.query_domain import REFERENCE_SEED, calibrated_scores, reference_domain
+from catalens_tools.model.measured import serving_copy_cosine
 
 __all__ = [
     "CONFIGS",
@@ -348,15 +349,24 @@ class LeverStudy:
         import tempfile
 
         from catalens.embedder import Embedder
-        from catalens.model.card import model_paths
+        from catalens.errors import ModelError
+        from catalens.model.card import ModelCard, model_paths
         from catalens_tools.model.build import build_fp32, build_int8, write_model
+
+        def cached_card_is_current(path: Path, fp32_card: ModelCard) -> bool:
+            """The bytes are keyed by sha256; the measured facts are not, so a cached card may be stale."""
+            try:
+                cached = ModelCard.load(path)
+            except ModelError:  # missing, or written before cards carried the copy cosine
+                return False
+            return (cached.copy_cosine, cached.measured) == (fp32_card.copy_cosine, fp32_card.measured)
 
         key = (config.backbone.weights, config.pooling, config.built)
         if key not in self._embedders:
             fp32, fp32_card = build_fp32(config.backbone.weights, pooling=config.pooling)  # < 1 s; keys the cache
             root = self.store.cache_dir or Path(tempfile.mkdtemp(prefix="catalens-levers-"))
             model_dir = root / "models" / fp32_card.sha256[:12]
-            if not model_paths(model_dir, fp32_card.name, config.built)[1].is_file():
+            if not cached_card_is_current(model_paths(model_dir, fp32_card.name, config.built)[1], fp32_card):
                 if config.built == "int8":
                     write_model(model_dir, *build_int8(fp32, fp32_card))
                 else:
@@ -509,6 +519,11 @@ class LeverStudy:
             vectors = alpha_query_expansion(vectors, catalog, config.rerank_k)
         return vectors
 
+    def copy_cosine(self, config: LeverConfig) -> float:
+        """The copy cosine search would use: the built model's card, else (the study's own vectors) the serving
+        model's recorded one."""
+        return self.built_embedder(config).card.copy_cosine if config.built else serving_copy_cosine()
+
     def query_domain(
         self,
         config: LeverConfig,
@@ -542,7 +557,9 @@ class LeverStudy:
         queries = self.data.splits[split]
         query_vectors = query_side(self.data.rows(vectors, queries))
         domain = self.query_domain(config, split, vectors, query_side, seed) if config.query_domain else None
-        scores = calibrated_scores(domain, query_vectors, catalog) if domain is not None else None
+        scores = None
+        if domain is not None:
+            scores = calibrated_scores(domain, query_vectors, catalog, copy_cosine=self.copy_cosine(config))
         return photo_to_catalog(query_vectors, queries, catalog, catalog_labels, scores=scores), (
             len(domain) if domain is not None else 0
         )

@@ -37,23 +37,29 @@ def reference_domain(
 
 
 def calibrated_scores(
-    domain: QueryDomain, queries: np.ndarray, catalog: np.ndarray, *, pool: int = CALIBRATION_POOL
+    domain: QueryDomain,
+    queries: np.ndarray,
+    catalog: np.ndarray,
+    *,
+    copy_cosine: float,
+    pool: int = CALIBRATION_POOL,
 ) -> np.ndarray:
     """``[n_queries, n_catalog]`` scores as search returns them with calibration on.
 
     Per query: the ``pool`` best catalog entries by plain cosine get their calibrated score (their plain cosine when
-    the query is a copy of a catalog photo), every other entry ``-inf`` (search never returns it). The catalog mean
-    is of the whole catalog, as ``IndexView.catalog_mean`` is.
+    the query is a copy of a catalog photo: best plain cosine at least ``copy_cosine``, the model card's), every other
+    entry ``-inf`` (search never returns it). The catalog mean is of the whole catalog, as ``IndexView.catalog_mean``
+    is.
     """
     queries = np.asarray(queries, dtype=np.float32)
     catalog = np.asarray(catalog, dtype=np.float32)
     mean = catalog_mean(catalog)
     pool = min(pool, len(catalog))
-    raw = unit_rows(queries) @ unit_rows(catalog).T  # cosines (the copy check compares one with COPY_COSINE)
+    raw = unit_rows(queries) @ unit_rows(catalog).T  # cosines (the copy check compares one with copy_cosine)
     scores = np.full(raw.shape, -np.inf)
     for row, query in enumerate(queries):
         candidates = np.argpartition(-raw[row], pool - 1)[:pool]
-        if is_catalog_copy(raw[row, candidates].max()):  # search serves a copy of a shop photo plain cosine
+        if is_catalog_copy(raw[row, candidates].max(), copy_cosine):  # search serves a shop photo's copy plain cosine
             scores[row, candidates] = raw[row, candidates]
         else:
             scores[row, candidates] = domain.calibrate(query, catalog[candidates], mean)[0]

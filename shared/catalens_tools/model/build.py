@@ -18,6 +18,7 @@ from pathlib import Path
 from catalens.errors import ModelError
 from catalens.imaging import PreprocessConfig
 from catalens.model.card import ModelCard, model_paths, sha256_hex
+from catalens_tools.model import measured
 from catalens_tools.model.efficientnet import (
     EMBEDDING_OUTPUT,
     LOGITS_OUTPUT,
@@ -120,8 +121,9 @@ def build_fp32(
     preprocess: PreprocessConfig | None = None,
     name: str | None = None,
     with_classifier: bool = True,
+    facts: Path = measured.FACTS_PATH,
 ) -> tuple[bytes, ModelCard]:
-    """Build the fp32 model in memory; returns (onnx bytes, card)."""
+    """Build the fp32 model in memory; returns (onnx bytes, card). The card's copy cosine comes from ``facts``."""
     sources = weights_members(weights)
     paths = [source.path() for source in sources]
     state_dicts = [load_legacy_state_dict(path) for path in paths]
@@ -143,6 +145,7 @@ def build_fp32(
         )
     data = model.SerializeToString(deterministic=True)
     digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+    copy_cosine, provenance = measured.copy_cosine_of(model_name, measured.load_facts(facts))
     card = ModelCard(
         name=model_name,
         variant="fp32",
@@ -154,9 +157,11 @@ def build_fp32(
         weights_sha256=digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest(),
         opset=OPSET,
         outputs=(EMBEDDING_OUTPUT, LOGITS_OUTPUT) if with_classifier else (EMBEDDING_OUTPUT,),
+        copy_cosine=copy_cosine,
         weights_source=" + ".join(
             f"{source.distribution}: models/{path.name}" for source, path in zip(sources, paths, strict=True)
         ),
+        measured={"copy_cosine": provenance},
     )
     return data, card
 
@@ -191,8 +196,10 @@ def build_int8(
         weights_sha256=fp32_card.weights_sha256,
         opset=fp32_card.opset,
         outputs=fp32_card.outputs,
+        copy_cosine=fp32_card.copy_cosine,  # measured on fp32; int8 vectors are close enough to share it
         weights_source=fp32_card.weights_source,
         quantization=description,
+        measured=fp32_card.measured,
     )
     return data, card
 
@@ -215,6 +222,7 @@ def build_models(
     name: str | None = None,
     with_classifier: bool = True,
     calibration_images: int | None = None,
+    facts: Path = measured.FACTS_PATH,
 ) -> list[ModelCard]:
     """Build and write the requested variants; returns their cards in the order written.
 
@@ -237,12 +245,14 @@ def build_models(
         Keep the ``logits`` output (sanity checks, ``Embedder.classify``).
     calibration_images
         Number of generated calibration photos for int8.
+    facts
+        Measured model facts (:mod:`catalens_tools.model.measured`) the card's copy cosine is taken from.
     """
     unknown = set(variants) - {"fp32", "int8"}
     if unknown or not variants:
         raise ModelError(f"variants must be among fp32, int8; got {list(variants)}")
     fp32, fp32_card = build_fp32(
-        weights, pooling=pooling, preprocess=preprocess, name=name, with_classifier=with_classifier
+        weights, pooling=pooling, preprocess=preprocess, name=name, with_classifier=with_classifier, facts=facts
     )
     cards = []
     if "fp32" in variants:
