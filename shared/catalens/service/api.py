@@ -1,8 +1,8 @@
 """The search API's routes: each one parses its request, asks :class:`~catalens.service.search.SearchService`, answers.
 
-The search function's handler builds this resolver once, at init, and hands every event to it; the HTTP details
-(responses, error mapping, OpenAPI) live in :mod:`catalens.service.http`, who may personalise or erase for a shopper
-in :class:`~catalens.service.shopper_tokens.ShopperAuth`.
+The search function's handler builds this resolver once, at init, and hands every event to it. The HTTP details
+(responses, error mapping, OpenAPI) live in :mod:`catalens.service.http`; who may personalise or erase for a shopper
+is :class:`~catalens.service.shopper_tokens.ShopperAuth`'s decision.
 """
 
 from __future__ import annotations
