@@ -122,3 +122,30 @@ def test_an_empty_catalog_says_how_to_add_photos(stack: StackClient, browser) ->
     assert "CATALOG=" in summary
     assert "below" not in summary
     page.close()
+
+
+def test_an_older_answer_that_arrives_last_does_not_replace_the_newer_one(stack: StackClient, browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.info["web_url"])
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('products in the catalog')")
+    held = []
+
+    def hold_plain_searches(route) -> None:  # the plain search is answered only after the explained one
+        if "explain=true" in route.request.url:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/search*", hold_plain_searches)
+    page.evaluate(DROP_FILE, ["#drop", base64.b64encode(photo_bytes(41, base="coffee.png")).decode(), "cup.jpg"])
+    for _ in range(100):  # the route handler runs while the test waits
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.check("#explain")
+    page.wait_for_selector(".card .explain:not([hidden])")
+
+    held[0].continue_()  # the stale, unexplained answer now arrives
+    page.wait_for_timeout(1500)
+    assert page.locator(".card .explain:not([hidden])").count() > 0, "a stale answer replaced the newer one"

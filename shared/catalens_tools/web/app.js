@@ -9,6 +9,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = {
   lastQuery: null, // {kind: "photo", blob} | {kind: "item", itemId}
   queryId: null,
+  searches: 0, // searches started; an answer renders only if no newer search started since (answers can overtake)
   ranks: new Map(), // item_id -> rank of the previous answer to the same query (shows re-ranking)
   categories: new Set(),
   brands: new Set(),
@@ -131,6 +132,7 @@ async function moreLikeThis(itemId) {
 async function runSearch() {
   const query = state.lastQuery;
   if (!query) return;
+  const search = ++state.searches;
   state.queryId = newId();
   const params = options();
   $("#summary").textContent = "Searching…";
@@ -146,8 +148,9 @@ async function runSearch() {
     } else {
       answer = await call(`/items/${encodeURIComponent(query.itemId)}/similar?${params}`, { headers: shopper });
     }
-    render(answer, query);
+    if (search === state.searches) render(answer, query);
   } catch (error) {
+    if (search !== state.searches) return;
     $("#summary").textContent = `Search failed: ${error.message}`;
     $("#results").replaceChildren();
   }
