@@ -422,7 +422,7 @@ def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> 
 
     work.mkdir(parents=True, exist_ok=True)
     vectors, labels = clustered_vectors(n + args.queries, args.dim, seed=args.seed)
-    queries, vectors, labels = vectors[: args.queries], vectors[args.queries :], labels[args.queries :]
+    queries, vectors, labels = vectors[: args.queries].copy(), vectors[args.queries :], labels[args.queries :]
     np.save(work / "vectors.npy", vectors)
     np.save(work / "labels.npy", labels)
     np.save(work / "queries.npy", queries)
