@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "index": index_layout(args, int(embedder.dim)),
         "requests_per_size": args.requests,
         "cpu": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "sizes": results,
         "numpy": np.__version__,
     }
