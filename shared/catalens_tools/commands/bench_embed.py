@@ -1,7 +1,9 @@
 """``catalens bench embed``: embedding throughput, model-only and end to end, against a naive pipeline.
 
-Prints JSON. Everything runs on generated photos (product-like scenes with sensor noise, saved as phone-like JPEGs
-of 1 MP and 12 MP in a temporary folder), so the numbers are reproducible on any machine. Speed is measured here,
+Measures the serving model (the card ``Settings.model_dir`` holds) unless ``--model`` names another built model for
+comparison; a smaller stand-in would report speeds the search and ingest functions never see. Prints JSON.
+Everything runs on generated photos (product-like scenes with sensor noise, saved as phone-like JPEGs of 1 MP and
+12 MP in a temporary folder), so the numbers are reproducible on any machine. Speed is measured here,
 never asserted in tests.
 """
 
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         "(full decode, no draft, a new onnxruntime session per image) measured in the same run.",
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
+    parser.add_argument("--model", default=None, help="another built model to measure (default: the serving model)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
@@ -72,37 +75,44 @@ def _cycle(items: Sequence[Any], count: int) -> list[Any]:
     return [items[i % len(items)] for i in range(count)]
 
 
-def _naive_preprocess(data: bytes) -> Any:
-    """How a typical tutorial prepares a photo: decode everything at full resolution, then resize and crop."""
+def _naive_preprocess(data: bytes, config: Any) -> Any:
+    """How a typical tutorial prepares a photo: decode everything at full resolution, then resize and crop.
+
+    Same output size and normalisation as the model's card, so only the way of getting there differs.
+    """
     import numpy as np
     from PIL import Image
 
     image = Image.open(io.BytesIO(data)).convert("RGB")  # no draft, no EXIF
-    scale = 256 / min(image.size)
+    scale = config.resize_short / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-    left, top = (image.width - 224) // 2, (image.height - 224) // 2
-    pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32)
-    return ((pixels - 127.0) / 128.0).transpose(2, 0, 1)[None]
+    size = config.size
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return ((pixels - config.mean) / config.std).transpose(2, 0, 1)[None]
 
 
-def _naive_embed(data: bytes, model_path: Path) -> Any:
+def _naive_embed(data: bytes, model_path: Path, config: Any) -> Any:
     """The tutorial pipeline: full decode, and a fresh onnxruntime session for every image."""
     import onnxruntime as ort
 
-    batch = _naive_preprocess(data)
+    batch = _naive_preprocess(data, config)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], {session.get_inputs()[0].name: batch})[0]
 
 
-def _models(model_dir: Path, variants: Sequence[str], scratch: Path) -> tuple[Path, bool]:
-    """The model directory to use; builds into ``scratch`` when the requested variants are not built yet."""
-    from catalens.model.card import model_paths
-    from catalens_tools.model.build import build_models
+def model_cards(model_dir: Path | None, variants: Sequence[str], name: str | None = None) -> dict[str, Any]:
+    """The card of each variant to measure: the serving model's unless ``name`` picks another built model.
 
-    if all(model_paths(model_dir, "efficientnet-lite0", v)[0].is_file() for v in variants):
-        return model_dir, False
-    build_models(scratch, variants=tuple(dict.fromkeys(["fp32", *variants])))
-    return scratch, True
+    Never builds a stand-in: a missing model is an error naming it, not a faster model measured in its place.
+    """
+    from catalens_tools.serving import serving_card
+
+    cards = {variant: serving_card(model_dir, variant, name) for variant in variants}
+    names = {card.name for card in cards.values()}
+    if len(names) > 1:
+        raise SystemExit(f"bench embed: the variants come from different models ({', '.join(sorted(names))})")
+    return cards
 
 
 def _model_only_rate(embedder: Any, inputs: Any, batch: int, images: int) -> float:
@@ -142,7 +152,7 @@ def _decode_ms(photos: list[bytes], config: Any) -> dict[str, float]:
 
     def naive() -> None:
         for data in photos:
-            _naive_preprocess(data)
+            _naive_preprocess(data, config)
 
     return {
         "project_decode_preprocess_ms": round(1000 / _rate(len(photos), project), 1),
@@ -150,12 +160,12 @@ def _decode_ms(photos: list[bytes], config: Any) -> dict[str, float]:
     }
 
 
-def _naive_rate(photos: list[bytes], model_path: Path) -> float:
+def _naive_rate(photos: list[bytes], model_path: Path, config: Any) -> float:
     def work() -> None:
         for data in photos:
-            _naive_embed(data, model_path)
+            _naive_embed(data, model_path, config)
 
-    return _rate(len(photos), work, warmup=lambda: _naive_embed(photos[0], model_path))
+    return _rate(len(photos), work, warmup=lambda: _naive_embed(photos[0], model_path, config))
 
 
 def _generate_photos(scratch: Path, megapixels: Sequence[int], count: int) -> dict[int, list[bytes]]:
@@ -175,25 +185,25 @@ def run(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from catalens.embedder import Embedder
-    from catalens.imaging import PreprocessConfig, load_and_preprocess
-    from catalens.model.card import ModelCard, model_paths
+    from catalens.imaging import load_and_preprocess
+    from catalens.model.card import model_paths
     from catalens.settings import load_settings
 
     started = time.perf_counter()
     load_before = round(os.getloadavg()[0], 2)
-    config = PreprocessConfig()
+    model_dir = args.model_dir or load_settings().model_dir
+    cards = model_cards(model_dir, args.variants, args.model)
+    config = next(iter(cards.values())).preprocess
     model_only: dict[str, Any] = {}
     end_to_end: dict[str, Any] = {}
     decode: dict[str, Any] = {}
     naive: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="catalens-bench-") as tmp:
         scratch = Path(tmp)
-        model_dir, built = _models(args.model_dir or load_settings().model_dir, args.variants, scratch / "models")
         photos = _generate_photos(scratch, args.megapixels, max(1, args.photos))
         inputs = np.stack([load_and_preprocess(p, config) for p in photos[args.megapixels[0]]])
-        for variant in args.variants:
-            onnx_path, card_path = model_paths(model_dir, "efficientnet-lite0", variant)
-            card, model = ModelCard.load(card_path), onnx_path.read_bytes()
+        for variant, card in cards.items():
+            model = model_paths(model_dir, card.name, variant)[0].read_bytes()
             for threads in args.threads:
                 embedder = Embedder(model, card, threads=threads)
                 for batch in args.batches:
@@ -206,11 +216,12 @@ def run(args: argparse.Namespace) -> int:
                         images = args.e2e_images_12mp if mp >= 12 else args.e2e_images
                         rates[f"{mp}MP"] = _end_to_end_rate(embedder, photos[mp], batch, images)
 
-        fp32_path = model_paths(model_dir, "efficientnet-lite0", "fp32")[0]
+        naive_card = cards.get("fp32") or next(iter(cards.values()))
+        naive_path = model_paths(model_dir, naive_card.name, naive_card.variant)[0]
         for mp in args.megapixels:
             sample = _cycle(photos[mp], max(1, args.naive_images))
             decode[f"{mp}MP"] = _decode_ms(sample, config)
-            naive_rate = _naive_rate(sample, fp32_path)
+            naive_rate = _naive_rate(sample, naive_path, config)
             same = end_to_end.get("fp32", {}).get("threads_1", {}).get("batch_1", {}).get(f"{mp}MP")
             best = max(
                 (r[f"{mp}MP"] for v in end_to_end.values() for t in v.values() for r in t.values()), default=None
@@ -230,13 +241,21 @@ def run(args: argparse.Namespace) -> int:
             "onnxruntime": ort.__version__,
             "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],  # > cpus: numbers are low
         },
-        "model_dir": "built for this run" if built else str(model_dir),
+        "model_dir": str(model_dir),
+        "model": {
+            "name": naive_card.name,
+            "dim": naive_card.dim,
+            "input_size": config.size,
+            "serving": args.model is None,
+            "fingerprints": {variant: card.fingerprint() for variant, card in cards.items()},
+        },
         "model_only": model_only,
         "end_to_end": end_to_end,
         "decode": decode,
         "naive_pipeline": naive,
         "notes": "end_to_end = JPEG bytes -> decode (Image.draft) + EXIF + resize/crop + normalise + model, one "
-        "session per configuration; naive = full decode, resize/crop, a new InferenceSession per image (fp32)",
+        "session per configuration; naive = full decode, resize/crop, a new InferenceSession per image (fp32 if "
+        "measured)",
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2))

@@ -1,12 +1,13 @@
-"""``catalens bench index``: build, size, load and single-query latency of the index, with peers.
+"""``catalens bench index``: what the index the builder writes costs, per item, at the serving dimension.
 
-For each N, on synthetic clustered vectors (a Gaussian mixture with log-normal cluster sizes,
-normalised; queries drawn from the same mixture but not indexed), prints one JSON line with the
-build time, snapshot bytes, load time from disk, p50/p99 latency on one thread of exact and
-graph search, recall@10 against exact search, filtered search at several selectivities, and, in
-the same run, pynndescent's own ``query`` and hnswlib as reference peers. Then a cold-start
-figure (fresh process -> import -> load a snapshot -> first answer) and, when the grocery photos
-and a built model are present, recall on real embeddings of augmented grocery photos.
+For each index layout (today ``float32``: unit vectors at the model's dimension, built with the builder's
+``BuildParams()``) and each N, on synthetic clustered vectors (a Gaussian mixture with log-normal cluster sizes,
+normalised; queries drawn from the same mixture but not indexed), prints one JSON line: snapshot bytes, builder
+peak RSS (the build runs in a child process), search-process RSS after loading (another child), bytes read before
+the first answer, the cold-start split (import, read, verify sha256, parse, first answer), and single-thread search
+p50/p99 with recall@10 against float32 exact search. An N that cannot fit in this machine's memory or disk is not
+tried: its line gives the estimate instead, from the per-item costs measured at the smaller sizes. ``--peers`` adds
+pynndescent's own query and hnswlib; when the grocery photos are present, recall on real embeddings follows.
 
 Speed is measured here, never asserted in tests.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,53 +35,87 @@ import numpy as np
 from catalens_tools.cli import group
 
 K = 10
+LAMBDA_MEMORY_BYTES = 10_240 * 2**20
+FIT_MARGIN = 0.85  # of the memory available: the rest is left for the page cache and whatever else runs
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A named way of storing the index, so layouts can be benchmarked side by side on the same vectors.
+
+    ``params`` turns the builder's parameters (``BuildParams()`` with the bench's seed and threads) into the ones
+    this layout builds with.
+    """
+
+    name: str
+    description: str
+    params: Callable[[Any], Any] = lambda params: params
+
+
+LAYOUTS: dict[str, Layout] = {
+    "float32": Layout("float32", "float32 unit vectors at the model's dimension, BuildParams() as compaction uses it"),
+}
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     commands = group(sub, groups, "bench", "benchmarks (print JSON)")
     parser = commands.add_parser(
         "index",
-        help="index build/size/load/latency/recall per N, with pynndescent and hnswlib as peers",
+        help="index bytes, builder and search memory, cold start, latency and recall per item and N",
         description=__doc__.split("\n\n")[1],
     )
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated catalog sizes")
-    parser.add_argument("--dim", type=int, default=256, help="vector dimension (index space)")
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated catalog sizes (1000000 allowed)")
+    parser.add_argument("--layouts", default="float32", help=f"comma-separated index layouts ({', '.join(LAYOUTS)})")
+    parser.add_argument("--dim", type=int, default=None, help="vector dimension (default: the serving model's card)")
+    parser.add_argument("--model", default=None, help="built model whose card gives --dim (default: serving model)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
     parser.add_argument("--queries", type=int, default=500, help="queries per measurement")
-    parser.add_argument("--exact-queries", type=int, default=200, help="queries timed for exact search")
+    parser.add_argument("--exact-queries", type=int, default=100, help="queries timed for forced exact search")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--build-threads", type=int, default=2, help="threads for pynndescent/hnswlib builds")
+    parser.add_argument("--graph-threshold", type=int, default=None, help="default: the builder's (GRAPH_THRESHOLD)")
     parser.add_argument("--ef", type=int, default=None, help="graph pool size (default: SearchParams.ef)")
-    parser.add_argument("--entry-points", type=int, default=None, help="entry-point budget (default: builder's)")
-    parser.add_argument(
-        "--graph-threshold", type=int, default=2, help="build the graph from this N (default: always, to compare)"
-    )
-    parser.add_argument("--no-peers", action="store_true", help="skip pynndescent query and hnswlib")
+    parser.add_argument("--cold-starts", type=int, default=3, help="fresh search processes timed per N (median)")
+    parser.add_argument("--detail", action="store_true", help="also the ef sweep and filtered search")
+    parser.add_argument("--peers", action="store_true", help="also pynndescent's own query and hnswlib")
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--hnsw-ef-construction", type=int, default=200)
-    parser.add_argument("--cold-start-size", type=int, default=100_000, help="0 to skip the cold-start figure")
+    parser.add_argument("--memory-budget", type=float, default=None, help="bytes (default: MemAvailable now)")
     parser.add_argument("--grocery", type=Path, default=None, help="grocery photos (default: ../shared/data/grocery)")
     parser.add_argument("--grocery-augment", type=int, default=1, help="augmented copies of each photo to index")
     parser.add_argument("--no-grocery", action="store_true", help="skip the real-embedding recall")
-    parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
     parser.add_argument("--keep", type=Path, default=None, help="keep snapshots in this folder (else a temp dir)")
     parser.set_defaults(func=run)
 
 
+def resolve_dim(args: argparse.Namespace) -> tuple[int, str]:
+    """(dimension, where it came from): ``--dim`` if given, else the serving model's card."""
+    if args.dim:
+        return args.dim, "--dim"
+    from catalens_tools.serving import serving_card
+
+    card = serving_card(args.model_dir, "fp32", args.model)
+    return card.dim, f"card {card.name}.{card.variant}"
+
+
 def run(args: argparse.Namespace) -> int:
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.dim, dim_source = resolve_dim(args)
+    sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
+    layouts = [LAYOUTS[name.strip()] for name in args.layouts.split(",") if name.strip()]
     with tempfile.TemporaryDirectory(prefix="catalens-bench-index-") as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        snapshot_dirs: dict[int, Path] = {}
-        for n in sizes:
-            result, snapshot_dir = bench_size(n, args, root)
-            snapshot_dirs[n] = snapshot_dir
-            _emit(result)
-        if args.cold_start_size:
-            n = args.cold_start_size
-            if n not in snapshot_dirs:
-                snapshot_dirs[n] = _write_snapshot(_synthetic_snapshot(n, args)[0], root / f"snapshot-{n}")
-            _emit(cold_start(snapshot_dirs[n], n, args.dim))
+        for layout in layouts:
+            costs = Costs()
+            for n in sizes:
+                estimate = estimate_needs(n, args, costs, root)
+                if not estimate["fits"]:
+                    _emit({"bench": "index", "layout": layout.name, "n": n, "dim": args.dim, "skipped": estimate})
+                    continue
+                result = bench_size(n, layout, args, root / f"{layout.name}-{n}")
+                result["dim_from"] = dim_source
+                costs.add(n, result)
+                _emit(result)
         if not args.no_grocery:
             _emit(grocery_recall(args))
     return 0
@@ -87,6 +125,86 @@ def _emit(result: dict[str, Any]) -> None:
     result["loadavg_1m"] = round(os.getloadavg()[0], 2)
     result["cpus"] = os.cpu_count()
     print(json.dumps(result, sort_keys=False), flush=True)
+
+
+# ---- will it fit? ------------------------------------------------------------------------------------------------
+
+
+class Costs:
+    """Bytes measured per N for one layout, to extrapolate to an N not tried."""
+
+    KEYS = ("snapshot_bytes", "builder_peak_rss_bytes", "search_rss_bytes")
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, dict[str, int]]] = []
+
+    def add(self, n: int, result: dict[str, Any]) -> None:
+        self.points.append(
+            (
+                n,
+                {
+                    "snapshot_bytes": result["snapshot"]["bytes"],
+                    "builder_peak_rss_bytes": result["builder"]["peak_rss_bytes"],
+                    "search_rss_bytes": result["search_process"]["rss_bytes"],
+                },
+            )
+        )
+
+    def predict(self, n: int) -> tuple[dict[str, int], str] | None:
+        """Linear in N through the two largest sizes measured (or proportional to the one), with the formula."""
+        if not self.points:
+            return None
+        if len(self.points) == 1:
+            n1, y1 = self.points[-1]
+            per = {k: y1[k] / n1 for k in self.KEYS}
+            return {k: int(per[k] * n) for k in self.KEYS}, f"bytes = N * (bytes per item at N={n1})"
+        (n1, y1), (n2, y2) = self.points[-2:]
+        out = {}
+        for key in self.KEYS:
+            slope = (y2[key] - y1[key]) / (n2 - n1)
+            out[key] = int(y2[key] + slope * (n - n2))
+        return out, f"bytes = a + b * N through the measured N={n1} and N={n2}"
+
+
+def _meminfo(name: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{name}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_needs(n: int, args: argparse.Namespace, costs: Costs, root: Path) -> dict[str, Any]:
+    """What measuring N would take (memory per step, disk), against what this machine has free now."""
+    vectors_bytes = (n + args.queries) * args.dim * 4
+    predicted = costs.predict(n)
+    if predicted is None:
+        needs = {key: vectors_bytes for key in Costs.KEYS}
+        formula = "lower bound: N * dim * 4 (nothing measured yet at a smaller N)"
+    else:
+        needs, formula = predicted
+    # the parent draws the vectors (the mixture sample needs about three float32 copies) before any child runs
+    needs["generate_bytes"] = 3 * vectors_bytes
+    budget = args.memory_budget or _meminfo("MemAvailable") or float("inf")
+    disk_free = shutil.disk_usage(root).free
+    disk_needed = needs["snapshot_bytes"] + vectors_bytes
+    memory_needed = max(needs["builder_peak_rss_bytes"], needs["search_rss_bytes"], needs["generate_bytes"])
+    return {
+        "fits": memory_needed <= FIT_MARGIN * budget and disk_needed <= FIT_MARGIN * disk_free,
+        "estimate": {key: int(value) for key, value in needs.items()},
+        "formula": formula,
+        "memory_needed_bytes": int(memory_needed),
+        "memory_budget_bytes": int(budget) if budget != float("inf") else None,
+        "disk_needed_bytes": int(disk_needed),
+        "disk_free_bytes": int(disk_free),
+        "search_fits_lambda_10240mb": needs["search_rss_bytes"] <= LAMBDA_MEMORY_BYTES,
+        "builder_fits_lambda_10240mb": needs["builder_peak_rss_bytes"] <= LAMBDA_MEMORY_BYTES,
+    }
+
+
+# ---- measuring -----------------------------------------------------------------------------------------------------
 
 
 class Timings(list):
@@ -137,12 +255,16 @@ def _ids(hit_lists) -> list[list[str]]:
     return [[h.item_id for h in hits] for hits in hit_lists]
 
 
+def _item_id(row: int) -> str:
+    return f"item-{row:07d}"
+
+
 def _records(vectors, labels):
     from catalens.index import ItemRecord
 
     return [
         ItemRecord(
-            item_id=f"item-{i:07d}",
+            item_id=_item_id(i),
             vector=vectors[i],
             fields={"category": f"c{int(labels[i]) % 50:02d}", "price": float(i % 1000) / 10},
             image_key=f"catalog/item-{i:07d}.jpg",
@@ -153,51 +275,8 @@ def _records(vectors, labels):
     ]
 
 
-def _synthetic_snapshot(n: int, args: argparse.Namespace, keep_index: bool = False):
-    """(snapshot, queries, build seconds, pynndescent index or None) for N synthetic items."""
-    from catalens.index import BuildParams, build_snapshot
-    from catalens.index.build import export_search_graph, nndescent
-    from catalens_tools.synthetic import clustered_vectors
-
-    vectors, labels = clustered_vectors(n + args.queries, args.dim, seed=args.seed)
-    queries, vectors, labels = vectors[: args.queries], vectors[args.queries :], labels[args.queries :]
-    records = _records(vectors, labels)
-    kept: dict[str, Any] = {}
-
-    def keeping_builder(v, **kwargs):
-        kept["index"] = nndescent(v, **kwargs)
-        return export_search_graph(kept["index"])
-
-    started = time.perf_counter()
-    snapshot = build_snapshot(
-        records,
-        model_fingerprint="bench-synthetic",
-        params=BuildParams(
-            n_jobs=args.build_threads,
-            seed=args.seed,
-            entry_points=args.entry_points,
-            graph_threshold=args.graph_threshold,
-            graph_builder=keeping_builder if keep_index else None,
-        ),
-    )
-    return snapshot, queries, time.perf_counter() - started, kept.get("index"), vectors
-
-
-def _write_snapshot(snapshot, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in snapshot.to_files().items():
-        (folder / name).write_bytes(data)
-    return folder
-
-
-def _read_snapshot_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
 def _exact_truth(vectors, queries, k: int):
-    """Row indices of the exact top-k of each query (batched, all threads)."""
-    import numpy as np
-
+    """Row indices of the float32 exact top-k of each query (batched, all threads)."""
     truth = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), 256):
         scores = queries[start : start + 256] @ vectors.T
@@ -207,70 +286,190 @@ def _exact_truth(vectors, queries, k: int):
     return truth
 
 
-def bench_size(n: int, args: argparse.Namespace, root: Path) -> tuple[dict[str, Any], Path]:
+def _proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of this process in bytes, from /proc (Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def _child_env() -> dict[str, str]:
+    """One BLAS thread (a search is single-threaded) and the same packages as this process."""
+    import catalens
+    import catalens_tools
+
+    paths = {str(Path(m.__file__).resolve().parents[1]) for m in (catalens, catalens_tools)}
+    existing = os.environ.get("PYTHONPATH", "")
+    pythonpath = os.pathsep.join([*sorted(paths), *([existing] if existing else [])])
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**os.environ, **threads, "PYTHONPATH": pythonpath}
+
+
+def _child(script: str, *argv: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env or _child_env(), check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench child failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+BUILD_SCRIPT = "import sys; from catalens_tools.commands.bench_index import build_child; build_child(sys.argv[1])"
+
+
+def build_child(spec_json: str) -> None:
+    """In a fresh process: load the vectors, build the snapshot as the layout says, write its files; print peaks."""
+    from catalens.index import BuildParams, build_snapshot
+
+    spec = json.loads(spec_json)
+    work = Path(spec["work"])
+    started = time.perf_counter()
+    vectors, labels = np.load(work / "vectors.npy"), np.load(work / "labels.npy")
+    records = _records(vectors, labels)
+    loaded = _proc_status()
+    params = LAYOUTS[spec["layout"]].params(
+        replace(BuildParams(), **{k: v for k, v in spec["params"].items() if v is not None})
+    )
+    build_started = time.perf_counter()
+    snapshot = build_snapshot(records, model_fingerprint="bench-synthetic", params=params)
+    build_seconds = time.perf_counter() - build_started
+    del records, vectors
+    folder = work / "snapshot"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in snapshot.to_files().items():
+        (folder / name).write_bytes(data)
+    status = _proc_status()
+    result = {
+        "load_records_s": round(build_started - started, 2),
+        "build_s": round(build_seconds, 2),
+        "write_s": round(time.perf_counter() - build_started - build_seconds, 2),
+        "records_rss_bytes": loaded.get("VmRSS"),
+        "peak_rss_bytes": status["VmHWM"],
+        "graph": dict(snapshot.info.get("graph") or {}) or None,
+    }
+    print(json.dumps(result))
+
+
+SEARCH_SCRIPT = textwrap.dedent(
+    """
+    import time
+    t0 = time.perf_counter()
+    import hashlib, json, pathlib, sys
+    import numpy as np
+    from catalens.index import IndexView, Snapshot
+    t1 = time.perf_counter()
+    root = pathlib.Path(sys.argv[1])
+    files = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    t2 = time.perf_counter()
+    meta = json.loads(files["snapshot.json"])
+    bad = [n for n, e in meta["files"].items() if hashlib.sha256(files[n]).hexdigest() != e["sha256"]]
+    assert not bad, bad
+    t3 = time.perf_counter()
+    snapshot = Snapshot.from_files(files, verify=False)
+    t4 = time.perf_counter()
+    view = IndexView(snapshot)
+    query = np.random.default_rng(1).standard_normal(snapshot.model_dim).astype(np.float32)
+    hits = view.search(query, 10)
+    t5 = time.perf_counter()
+    heavy = [m for m in ("numba", "pynndescent", "scipy", "sklearn") if m in sys.modules]
+    lines = [line.split() for line in open("/proc/self/status") if line[:5] in ("VmRSS", "VmHWM")]
+    status = {line[0].rstrip(":"): int(line[1]) * 1024 for line in lines}
+    out = {"import_s": t1 - t0, "read_s": t2 - t1, "verify_sha256_s": t3 - t2, "parse_s": t4 - t3,
+           "first_answer_s": t5 - t4, "total_s": t5 - t0, "bytes_read": sum(len(b) for b in files.values()),
+           "rss_bytes": status["VmRSS"], "peak_rss_bytes": status["VmHWM"], "hits": len(hits), "heavy_modules": heavy}
+    if sys.argv[2] != "cold":
+        from catalens_tools.commands.bench_index import measure_search
+        out["measured"] = measure_search(snapshot, json.loads(sys.argv[2]))
+    print(json.dumps(out))
+    """
+)
+
+
+def measure_search(snapshot, spec: dict[str, Any]) -> dict[str, Any]:
+    """Single-thread latency and recall@10 against float32 exact (in the search child, after the cold start)."""
     from threadpoolctl import threadpool_limits
 
-    from catalens.index import IndexView, SearchParams, Snapshot
-    from catalens.index.build import GRAPH_THRESHOLD
+    from catalens.index import IndexView, SearchParams
 
-    result: dict[str, Any] = {"bench": "index", "n": n, "dim": args.dim, "queries": args.queries}
-    result["default_strategy"] = "graph" if n >= GRAPH_THRESHOLD else "exact"
-    snapshot, queries, build_seconds, pynnd_index, input_vectors = _synthetic_snapshot(
-        n, args, keep_index=not args.no_peers
-    )
-    result["build_seconds"] = round(build_seconds, 2)
-    result["graph"] = dict(snapshot.info.get("graph") or {}) or None
-
-    folder = _write_snapshot(snapshot, root / f"snapshot-{n}")
-    result["snapshot_bytes"] = sum(p.stat().st_size for p in folder.iterdir())
-    result["snapshot_files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.stat().st_size > 1e6}
-    started = time.perf_counter()
-    files = _read_snapshot_files(folder)
-    read_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    loaded = Snapshot.from_files(files)
-    parse_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    Snapshot.from_files(files, verify=False)
-    parse_unverified = time.perf_counter() - started
-    result["load"] = {
-        "read_files_s": round(read_seconds, 4),
-        "from_files_verified_s": round(parse_seconds, 4),
-        "from_files_unverified_s": round(parse_unverified, 4),
-        "note": "files just written: page cache warm",
-    }
-    del snapshot, files
-
-    params = SearchParams(ef=args.ef) if args.ef else SearchParams()
-    view = IndexView(loaded, params=params)
-    truth_rows = _exact_truth(loaded.vectors, queries, K)
-    truth = [[loaded.item_id(int(r)) for r in row] for row in truth_rows]
-    query_list = list(queries)
-
+    params = SearchParams(ef=spec["ef"]) if spec.get("ef") else SearchParams()
+    view = IndexView(snapshot, params=params)
+    queries = list(np.load(spec["queries"]))
+    truth = [[_item_id(int(r)) for r in row] for row in np.load(spec["truth"])]
+    out: dict[str, Any] = {"strategy": "graph" if snapshot.graph is not None else "exact"}
     with threadpool_limits(1):
-        timed = query_list[: args.exact_queries]
+        hits, seconds = _timed(lambda q: view.search(q, K), queries)
+        out["search"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
+        timed = queries[: spec["exact_queries"]]
         hits, seconds = _timed(lambda q: view.search(q, K, strategy="exact"), timed)
-        result["exact"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth[: len(timed)])}
-        if loaded.graph is not None:
-            hits, seconds = _timed(lambda q: view.search(q, K, strategy="graph"), query_list)
-            found = [[h.item_id for h in r] for r in hits]
-            result["graph_search"] = {**_percentiles(seconds), "recall_at_10": _recall(found, truth), "ef": params.ef}
-            searcher = loaded.graph_searcher
-            rows, seconds = _timed(lambda q: searcher.search(q, K, ef=params.ef, expand=params.expand)[0], query_list)
-            result["graph_core"] = {
-                **_percentiles(seconds),
-                "recall_at_10": _recall([[loaded.item_id(int(r)) for r in row] for row in rows], truth),
-                "note": "GraphSearcher.search alone (no Hit objects)",
-            }
-            result["graph_ef_sweep"] = _ef_sweep(searcher, loaded, query_list, truth, params.expand)
-        result["filtered"] = _filtered(loaded, query_list[: min(200, len(query_list))], params)
+        out["exact"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth[: len(timed)])}
+        searcher = snapshot.graph_searcher
+        if searcher is not None and spec.get("detail"):
+            out["graph_ef_sweep"] = _ef_sweep(searcher, snapshot, queries, truth, params.expand)
+        if spec.get("detail"):
+            out["filtered"] = _filtered(snapshot, queries[: min(200, len(queries))], params)
+    return out
 
-    if not args.no_peers and loaded.graph is not None and pynnd_index is not None:
-        result["pynndescent_query"] = _pynndescent_peer(pynnd_index, queries, truth_rows, input_vectors, loaded)
-    del pynnd_index
-    if not args.no_peers:
-        result["hnswlib"] = _hnswlib_peer(input_vectors, queries, truth_rows, loaded, args)
-    return result, folder
+
+def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One JSON line for N items of ``layout``: build in one child, search in others, truth computed here."""
+    from catalens_tools.synthetic import clustered_vectors
+
+    work.mkdir(parents=True, exist_ok=True)
+    vectors, labels = clustered_vectors(n + args.queries, args.dim, seed=args.seed)
+    queries, vectors, labels = vectors[: args.queries].copy(), vectors[args.queries :], labels[args.queries :]
+    np.save(work / "vectors.npy", vectors)
+    np.save(work / "labels.npy", labels)
+    np.save(work / "queries.npy", queries)
+    np.save(work / "truth.npy", _exact_truth(vectors, queries, K))
+    del vectors, labels
+
+    result: dict[str, Any] = {"bench": "index", "layout": layout.name, "n": n, "dim": args.dim}
+    result["queries"] = args.queries
+    params = {"seed": args.seed, "n_jobs": args.build_threads, "graph_threshold": args.graph_threshold}
+    spec = {"work": str(work), "layout": layout.name, "params": params}
+    built = _child(BUILD_SCRIPT, json.dumps(spec), env={**os.environ, "PYTHONPATH": _child_env()["PYTHONPATH"]})
+    folder = work / "snapshot"
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    result["snapshot"] = {
+        "bytes": size,
+        "bytes_per_item": round(size / n, 1),
+        "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.stat().st_size > 1e6},
+    }
+    result["builder"] = {
+        **built,
+        "peak_rss_per_item": round(built["peak_rss_bytes"] / n, 1),
+        "note": "peak RSS (VmHWM) of a child process holding the records, building and writing the files",
+    }
+
+    measure = {"queries": str(work / "queries.npy"), "truth": str(work / "truth.npy")}
+    measure |= {"exact_queries": args.exact_queries, "ef": args.ef, "detail": args.detail}
+    runs = [_child(SEARCH_SCRIPT, str(folder), json.dumps(measure))]
+    runs += [_child(SEARCH_SCRIPT, str(folder), "cold") for _ in range(max(0, args.cold_starts - 1))]
+    first = runs[0]
+    measured = first.pop("measured")
+    result["search_process"] = {
+        "rss_bytes": first["rss_bytes"],
+        "rss_per_item": round(first["rss_bytes"] / n, 1),
+        "peak_rss_bytes": first["peak_rss_bytes"],
+        "heavy_modules": first["heavy_modules"],
+        "note": "RSS of a fresh process after loading the snapshot and answering once",
+    }
+    result["bytes_read_before_first_answer"] = first["bytes_read"]
+    split = ("import_s", "read_s", "verify_sha256_s", "parse_s", "first_answer_s", "total_s")
+    result["cold_start"] = {key: round(statistics.median(r[key] for r in runs), 4) for key in split}
+    result["cold_start"] |= {"runs": len(runs), "note": "median; local disk, page cache warm (not S3); 1 thread"}
+    result.update(measured)
+    if args.peers:
+        result.update(_peers(work, args))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def _ef_sweep(searcher, snapshot, queries, truth, expand: int) -> list[dict[str, Any]]:
@@ -311,24 +510,35 @@ def _filtered(snapshot, queries, params) -> list[dict[str, Any]]:
     return out
 
 
-def _pynndescent_peer(index, queries, truth_rows, input_vectors, snapshot) -> list[dict[str, Any]]:
-    """pynndescent's own single-query search (1 thread), recall against the same exact truth."""
+def _peers(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """pynndescent's own query and hnswlib on the same vectors, queries and float32 exact truth."""
+    from catalens.index.build import nndescent
+
+    vectors = np.load(work / "vectors.npy")
+    queries = np.load(work / "queries.npy")
+    truth = [[_item_id(int(r)) for r in row] for row in np.load(work / "truth.npy")]
+    index = nndescent(vectors, seed=args.seed, n_jobs=args.build_threads)
+    out = {"pynndescent_query": _pynndescent_peer(index, queries, truth)}
+    del index
+    out["hnswlib"] = _hnswlib_peer(vectors, queries, truth, args)
+    return out
+
+
+def _pynndescent_peer(index, queries, truth) -> list[dict[str, Any]]:
+    """pynndescent's own single-query search (1 thread); it answers in input order, as the truth is."""
     import numba
-    import numpy as np
 
     numba.set_num_threads(1)
-    # truth_rows are snapshot rows; pynndescent answers in input order: map through item ids.
-    truth = [[snapshot.item_id(int(r)) for r in row] for row in truth_rows]
     out = []
     for epsilon in (0.1, 0.2, 0.3):
         index.query(queries[:5], k=K, epsilon=epsilon)  # compile outside the timing
         found, seconds = _timed(lambda q, e=epsilon: index.query(q[None, :], k=K, epsilon=e)[0][0], list(queries))
-        ids = [[f"item-{int(i):07d}" for i in np.asarray(row)] for row in found]
+        ids = [[_item_id(int(i)) for i in np.asarray(row)] for row in found]
         out.append({"epsilon": epsilon, **_percentiles(seconds), "recall_at_10": _recall(ids, truth)})
     return out
 
 
-def _hnswlib_peer(input_vectors, queries, truth_rows, snapshot, args) -> dict[str, Any]:
+def _hnswlib_peer(input_vectors, queries, truth, args) -> dict[str, Any]:
     import hnswlib
 
     n, dim = input_vectors.shape
@@ -338,12 +548,11 @@ def _hnswlib_peer(input_vectors, queries, truth_rows, snapshot, args) -> dict[st
     index.add_items(input_vectors, num_threads=args.build_threads)
     build_seconds = time.perf_counter() - started
     index.set_num_threads(1)
-    truth = [[snapshot.item_id(int(r)) for r in row] for row in truth_rows]
     sweep = []
     for ef in (16, 32, 64, 128, 256):
         index.set_ef(ef)
         found, seconds = _timed(lambda q: index.knn_query(q, k=K)[0][0], list(queries))
-        ids = [[f"item-{int(i):07d}" for i in row] for row in found]
+        ids = [[_item_id(int(i)) for i in row] for row in found]
         sweep.append({"ef": ef, **_percentiles(seconds), "recall_at_10": _recall(ids, truth)})
     good = [s for s in sweep if s["recall_at_10"] >= 0.99]
     return {
@@ -353,55 +562,6 @@ def _hnswlib_peer(input_vectors, queries, truth_rows, snapshot, args) -> dict[st
         "index_bytes": int(index.get_current_count() * (dim * 4 + args.hnsw_m * 2 * 4 + 8)),
         "first_ef_with_recall_0.99": good[0] if good else None,
         "sweep": sweep,
-    }
-
-
-COLD_START_SCRIPT = textwrap.dedent(
-    """
-    import time
-    t0 = time.perf_counter()
-    import json, pathlib, sys
-    import numpy as np
-    from catalens.index import IndexView, Snapshot
-    t1 = time.perf_counter()
-    root = pathlib.Path(sys.argv[1])
-    files = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
-    t2 = time.perf_counter()
-    snapshot = Snapshot.from_files(files)
-    t3 = time.perf_counter()
-    view = IndexView(snapshot)
-    query = np.random.default_rng(1).standard_normal(snapshot.model_dim).astype(np.float32)
-    hits = view.search(query, 10)
-    t4 = time.perf_counter()
-    heavy = [m for m in ("numba", "pynndescent", "scipy", "sklearn") if m in sys.modules]
-    print(json.dumps({"import_s": t1 - t0, "read_s": t2 - t1, "from_files_s": t3 - t2, "first_search_s": t4 - t3,
-                      "in_process_s": t4 - t0, "hits": len(hits), "heavy_modules": heavy}))
-    """
-)
-
-
-def cold_start(folder: Path, n: int, dim: int) -> dict[str, Any]:
-    """Fresh interpreter -> import the query path -> load the snapshot from disk -> first answer."""
-    runs = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    for _ in range(3):
-        started = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", COLD_START_SCRIPT, str(folder)], capture_output=True, text=True, check=True, env=env
-        )
-        wall = time.perf_counter() - started
-        inner = json.loads(out.stdout.strip().splitlines()[-1])
-        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in inner.items()}
-        runs.append({"wall_s": round(wall, 3), **rounded})
-    return {
-        "bench": "index-cold-start",
-        "n": n,
-        "dim": dim,
-        "snapshot_bytes": sum(p.stat().st_size for p in folder.iterdir()),
-        "wall_s_median": statistics.median(r["wall_s"] for r in runs),
-        "runs": runs,
-        "note": "wall = process spawn to printed answer, 1 BLAS thread; snapshot read from local disk (page cache "
-        "warm), not S3",
     }
 
 
@@ -431,7 +591,9 @@ def _augment(image, rng):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _grocery_vectors(grocery: Path, model_dir: Path | None, augment: int, n_queries: int, seed: int, threads: int):
+def _grocery_vectors(
+    grocery: Path, model_dir: Path | None, augment: int, n_queries: int, seed: int, threads: int, name: str | None
+):
     """(index vectors, index photo ids, index labels, query vectors, query photo ids, query labels, card, seconds)."""
     import csv
 
@@ -439,7 +601,7 @@ def _grocery_vectors(grocery: Path, model_dir: Path | None, augment: int, n_quer
     from catalens.imaging import decode_image, preprocess
     from catalens.settings import load_settings
 
-    embedder = Embedder.from_dir(model_dir or load_settings().model_dir, "fp32", threads=threads)
+    embedder = Embedder.from_dir(model_dir or load_settings().model_dir, "fp32", threads=threads, name=name)
     config = embedder.card.preprocess
     with (grocery / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -519,7 +681,7 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
                 fingerprint, model_name, embed_seconds = str(saved["fp"]), str(saved["model"]), None
         else:
             *arrays, card, embed_seconds = _grocery_vectors(
-                grocery, args.model_dir, args.grocery_augment, 500, args.seed, args.build_threads
+                grocery, args.model_dir, args.grocery_augment, 500, args.seed, args.build_threads, args.model
             )
             fingerprint, model_name = card.fingerprint(), f"{card.name}.{card.variant}"
             if cache is not None:

@@ -1,11 +1,12 @@
 """``catalens bench search``: warm latency of the real search handler, event in → response out, in-process.
 
-For each catalog size a synthetic index is built (clustered unit vectors in a 256-d index space, lifted into the
-model's space through a fixed orthonormal projection, so the query path projects the embedded photo exactly as a PCA
-snapshot would; a neighbour graph above the builder's threshold), published through the index protocol into an
-in-process moto S3, and ``functions/search/app.py`` is imported as Lambda would at a cold start. Then one 1 MP JPEG
-query, sent as API Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call,
-plus the handler's own breakdown (decode, embed, search, rank) from the response body. ``--user`` also times the
+For each catalog size a synthetic index is built as the builder builds it (clustered unit vectors at the serving
+model's dimension, ``BuildParams()``: no projection, a neighbour graph above the builder's threshold; ``--index-dim``
+instead lifts clustered vectors of that dimension into the model's space through a fixed orthonormal projection, as a
+PCA snapshot would, for comparison), published through the index protocol into an in-process moto S3, and
+``functions/search/app.py`` is imported as Lambda would at a cold start. Then one 1 MP JPEG query, sent as API
+Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call, plus the
+handler's own breakdown (decode, embed, search, rank) from the response body. ``--user`` also times the
 same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
 through the real store; plain and personalised requests alternate, and the report gives the overhead.
 """
@@ -21,13 +22,13 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from catalens_tools.cli import group
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-INDEX_DIM = 256
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -44,6 +45,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="built models (default: Settings.model_dir)")
     parser.add_argument("--variant", default=None, help="fp32 or int8 (default: Settings.model_variant)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--index-dim", type=int, default=None, help="project to this index dimension (default: none, as the builder)"
+    )
     parser.add_argument("--user", default=None, help="also time the query personalised for this shopper (moto profile)")
     parser.set_defaults(func=run)
 
@@ -83,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "query": {"megapixels": args.megapixels, "jpeg_bytes": len(query), "k": args.k},
         "model": {"variant": variant, "dim": int(embedder.dim), "onnx_threads": settings.onnx_threads},
-        "index": {"dim": INDEX_DIM, "projection": "orthonormal model->index (as a PCA snapshot)"},
+        "index": index_layout(args, int(embedder.dim)),
         "requests_per_size": args.requests,
         "cpu": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "sizes": results,
         "numpy": np.__version__,
     }
@@ -137,22 +142,47 @@ def _query_jpeg(megapixels: float, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, args: argparse.Namespace) -> float:
-    """Build the snapshot (graph above the builder's threshold) and swap it in with the real protocol."""
+def index_layout(args: argparse.Namespace, model_dim: int) -> dict[str, Any]:
+    """What index the bench builds: the builder's (model space, ``BuildParams()``) unless ``--index-dim``."""
+    from catalens.index.build import GRAPH_THRESHOLD
+
+    if args.index_dim:
+        projection = "orthonormal model->index (as a PCA snapshot)"
+        return {"dim": args.index_dim, "projection": projection, "as_builder": False}
+    return {"dim": model_dim, "projection": None, "graph_from_items": GRAPH_THRESHOLD, "as_builder": True}
+
+
+def build_params(args: argparse.Namespace, model_dim: int) -> tuple[Any, Any]:
+    """(BuildParams, basis or None): the builder's defaults, plus a fixed projection when ``--index-dim`` asks."""
     import numpy as np
 
-    from catalens.composition import index_store
-    from catalens.index.build import BuildParams, build_snapshot
-    from catalens.index.records import ItemRecord
+    from catalens.index.build import BuildParams
     from catalens.index.reduce import Projection
+
+    params = BuildParams(n_jobs=args.build_threads, seed=args.seed)
+    if not args.index_dim:
+        return params, None
+    rng = np.random.default_rng(args.seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((model_dim, args.index_dim)).astype(np.float32))
+    projection = Projection("pca", np.zeros(model_dim, np.float32), basis, np.ones(args.index_dim, np.float32))
+    return replace(params, projection=projection), basis
+
+
+def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, args: argparse.Namespace) -> float:
+    """Build the snapshot as the builder does and swap it in with the real protocol."""
+    from catalens.composition import index_store
+    from catalens.index.build import build_snapshot
+    from catalens.index.records import ItemRecord
     from catalens.settings import Settings
     from catalens_tools.synthetic import clustered_vectors
 
-    rng = np.random.default_rng(args.seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((embedder.dim, INDEX_DIM)).astype(np.float32))
-    projection = Projection("pca", np.zeros(embedder.dim, np.float32), basis, np.ones(INDEX_DIM, np.float32))
-    index_vectors, labels = clustered_vectors(size, INDEX_DIM, seed=args.seed)
-    model_vectors = index_vectors @ basis.T  # lifted: projecting gives index_vectors back
+    params, basis = build_params(args, int(embedder.dim))
+    if basis is None:
+        model_vectors, labels = clustered_vectors(size, int(embedder.dim), seed=args.seed)
+    else:
+        index_vectors, labels = clustered_vectors(size, args.index_dim, seed=args.seed)
+        model_vectors = index_vectors @ basis.T  # lifted: projecting gives index_vectors back
+        del index_vectors
 
     def records() -> Any:
         for i in range(size):
@@ -164,7 +194,7 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
             records(),
             model_fingerprint=model_fingerprint,
             version=version,
-            params=BuildParams(projection=projection, n_jobs=args.build_threads, seed=args.seed),
+            params=params,
         )
 
     store = index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3)

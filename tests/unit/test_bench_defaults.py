@@ -1,0 +1,96 @@
+"""The benchmarks measure what serves: their defaults come from the serving model's card, never a stand-in."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from catalens.embedder import DEFAULT_MODEL_NAME
+from catalens.index.build import GRAPH_THRESHOLD, BuildParams
+from catalens.model.card import ModelCard, model_paths
+from catalens_tools.cli import build_parser, main
+
+SERVING_DIM = 3984
+
+
+@pytest.fixture(scope="module")
+def serving_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test model under its own name (a stand-in) and, beside it, a card under the serving model's name."""
+    out = tmp_path_factory.mktemp("serving-models")
+    onnx, card_path = model_paths(model_dir, "efficientnet-lite0", "fp32")
+    shutil.copy(onnx, out / onnx.name)
+    shutil.copy(card_path, out / card_path.name)
+    serving = replace(ModelCard.load(card_path), name=DEFAULT_MODEL_NAME, dim=SERVING_DIM)
+    serving_onnx, serving_card = model_paths(out, DEFAULT_MODEL_NAME, "fp32")
+    shutil.copy(onnx, serving_onnx)
+    serving_card.write_text(serving.to_json())
+    return out
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+def test_bench_index_defaults_to_the_serving_dimension_and_the_builders_layout(serving_dir: Path) -> None:
+    from catalens_tools.commands.bench_index import LAYOUTS, resolve_dim
+
+    args = _args("bench", "index", "--model-dir", str(serving_dir))
+    assert resolve_dim(args) == (SERVING_DIM, f"card {DEFAULT_MODEL_NAME}.fp32")
+    assert args.layouts == "float32"
+    assert args.graph_threshold is None
+    assert not args.peers
+    assert LAYOUTS["float32"].params(BuildParams()) == BuildParams()
+    assert _args("bench", "index", "--dim", "16").dim == 16
+
+
+def test_bench_embed_defaults_to_the_serving_model(serving_dir: Path) -> None:
+    from catalens_tools.commands.bench_embed import model_cards
+
+    cards = model_cards(serving_dir, ["fp32"])
+    assert cards["fp32"].name == DEFAULT_MODEL_NAME
+    assert cards["fp32"].dim == SERVING_DIM
+    assert model_cards(serving_dir, ["fp32"], "efficientnet-lite0")["fp32"].name == "efficientnet-lite0"
+
+
+def test_bench_search_builds_as_the_builder_does() -> None:
+    from catalens_tools.commands.bench_search import build_params, index_layout
+
+    args = _args("bench", "search")
+    params, basis = build_params(args, SERVING_DIM)
+    assert basis is None
+    assert replace(params, n_jobs=None, seed=0) == BuildParams()
+    assert index_layout(args, SERVING_DIM) == {
+        "dim": SERVING_DIM,
+        "projection": None,
+        "graph_from_items": GRAPH_THRESHOLD,
+        "as_builder": True,
+    }
+    params, basis = build_params(_args("bench", "search", "--index-dim", "8"), 32)
+    assert basis.shape == (32, 8)
+    assert params.projection is not None
+
+
+def test_bench_index_reports_per_item_costs_and_skips_what_cannot_fit(capsys) -> None:
+    """Smoke test at a tiny size (numbers never asserted), and a size over the memory budget is estimated, not run."""
+    argv = ["bench", "index", "--sizes", "300,100000000", "--dim", "16", "--queries", "20", "--exact-queries", "5"]
+    argv += ["--cold-starts", "1", "--no-grocery", "--memory-budget", "1e9"]
+    assert main(argv) == 0
+    measured, skipped = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert measured["n"] == 300
+    assert measured["dim"] == 16
+    assert measured["layout"] == "float32"
+    assert measured["snapshot"]["bytes_per_item"] > 16 * 4
+    assert measured["builder"]["peak_rss_per_item"] > 0
+    assert measured["search_process"]["rss_per_item"] > 0
+    assert measured["bytes_read_before_first_answer"] == measured["snapshot"]["bytes"]
+    assert set(measured["cold_start"]) >= {"import_s", "read_s", "verify_sha256_s", "first_answer_s"}
+    assert measured["search"]["recall_at_10"] > 0.9
+    assert measured["search_process"]["heavy_modules"] == []
+    assert skipped["n"] == 100_000_000
+    assert skipped["skipped"]["fits"] is False
+    assert "N=300" in skipped["skipped"]["formula"]
