@@ -19,7 +19,7 @@ import boto3
 import numpy as np
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from catalens.composition import error_log, index_store
 from catalens.errors import ImageError
@@ -27,7 +27,7 @@ from catalens.imaging import load_and_preprocess
 from catalens.index.cache import IndexCache
 from catalens.settings import Settings
 from tests.integration.conftest import log_to_captured_stdout
-from tests.unit.hostile_images import Hostile, hostile_photos
+from tests.unit.hostile_images import HANDLER_EXAMPLES, Hostile, hostile_photos
 from tests.unit.imagefactory import encode, photo, png_bomb
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -368,13 +368,7 @@ def test_every_failed_record_leaves_one_structured_line_with_its_reason(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the pixel check refuses them next
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@HANDLER_EXAMPLES
 @given(photo=hostile_photos())
 def test_any_hostile_photo_is_indexed_or_recorded_and_never_poisons_its_batch(
     stack: Stack, ingest: Any, photo: Hostile

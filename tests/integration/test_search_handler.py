@@ -21,7 +21,7 @@ import boto3
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from PIL import Image
 
 from catalens.composition import index_store
@@ -33,7 +33,7 @@ from catalens.service.errors import HTTP_STATUS
 from catalens.service.ingest import item_id_for_key
 from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES, MAX_QUERY_IMAGE_BYTES
 from catalens.settings import Settings
-from tests.unit.hostile_images import Hostile, hostile_photos
+from tests.unit.hostile_images import HANDLER_EXAMPLES, Hostile, hostile_photos
 from tests.unit.imagefactory import encode, photo
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -844,13 +844,7 @@ def test_the_document_asks_for_the_key_wherever_the_template_does() -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the pixel check refuses them next
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@HANDLER_EXAMPLES
 @given(photo=hostile_photos())
 def test_any_hostile_photo_query_is_answered_200_or_a_typed_4xx(
     catalog: dict[str, bytes], call: Any, photo: Hostile

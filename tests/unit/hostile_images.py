@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -37,6 +38,15 @@ ANIMATED = {"PNG", "GIF", "WEBP"}
 WITH_EXIF = {"JPEG", "PNG", "WEBP"}
 MAX_SIDE = {"WEBP": 16383, "JPEG": 65535, "GIF": 65535}
 ALPHA_MODES = {"LA", "PA", "RGBA"}
+
+# Through a real handler each example costs a moto round trip: few, the same on every run, nothing stored on disk.
+HANDLER_EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @dataclass(frozen=True)
