@@ -21,13 +21,12 @@ from catalens.errors import CatalensError
 from catalens.index.deltas import SnapshotCoverage
 from catalens.index.store import IndexStore
 from catalens.ports import MetricsSink
+from catalens.service.requests import read_flag
 from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("schedule", "threshold", "manual")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 
 
 class BuildRequestError(CatalensError):
@@ -64,11 +63,10 @@ def parse_build_request(payload: Any) -> BuildRequest:
 
 
 def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise BuildRequestError(f"force must be true or false, got {_kind(value)} {str(value)[:40]!r}")
+    flag = read_flag(value)
+    if flag is None:
+        raise BuildRequestError(f"force must be true or false, got {_kind(value)} {str(value)[:40]!r}")
+    return flag
 
 
 def _kind(value: Any) -> str:

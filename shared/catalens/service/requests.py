@@ -489,14 +489,22 @@ def _parse_int(value: Any, name: str, low: int, high: int) -> int:
     return value
 
 
-def _parse_bool(value: Any, name: str) -> bool:
+def read_flag(value: Any) -> bool | None:
+    """A JSON boolean, or the words a query string or a hand-typed payload says one with; None for anything else."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
         return True
     if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
         return False
-    raise RequestError(f"{name} must be true or false, got {_short(repr(value), 40)}", code="invalid_parameter")
+    return None
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    flag = read_flag(value)
+    if flag is None:
+        raise RequestError(f"{name} must be true or false, got {_short(repr(value), 40)}", code="invalid_parameter")
+    return flag
 
 
 def _parse_id(value: Any, name: str, max_length: int = MAX_ID_LENGTH) -> str:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from catalens.service.requests import LAMBDA_INVOKE_PAYLOAD_BYTES
 from catalens_tools.local.runtime import LOCAL_ACCOUNT, describe
 from catalens_tools.local.server import ensure_port_free
 
@@ -51,7 +52,7 @@ log = logging.getLogger("catalens_tools.local")
 
 API_PREFIX = "/api"
 MAX_API_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
-MAX_LAMBDA_EVENT_BYTES = 6 * 1024 * 1024  # synchronous invoke payload limit ("smaller than 6291456 bytes")
+MAX_LAMBDA_EVENT_BYTES = LAMBDA_INVOKE_PAYLOAD_BYTES  # the product sizes its photo limit by the same number
 API_KEY_HEADER = "x-api-key"
 
 # API Gateway's own answers: response type -> (default status, the product's error code, API Gateway's message).
