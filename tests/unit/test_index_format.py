@@ -185,7 +185,9 @@ def build_snapshots() -> str:
     first = build_snapshot(
         [record(i, seq=10 + i) for i in range(8)] + [record(20, seq=5, deleted=True)],
         model_fingerprint=FINGERPRINT,
-        params=BuildParams(projection=projection, graph_threshold=4, entry_points=1, graph_builder=ring_graph),
+        params=BuildParams(
+            layout="float32", projection=projection, graph_threshold=4, entry_points=1, graph_builder=ring_graph
+        ),
         now=START,
     )
     second = build_snapshot(
@@ -197,7 +199,7 @@ def build_snapshots() -> str:
         ],
         model_fingerprint=FINGERPRINT,
         previous=first,
-        params=BuildParams(graph_threshold=1_000, tombstone_ttl_seconds=10.0),
+        params=BuildParams(layout="float32", graph_threshold=1_000, tombstone_ttl_seconds=10.0),
         now=START + 40,
     )
     files = {f"first/{name}": data for name, data in first.to_files().items()}
@@ -212,6 +214,8 @@ def store_objects() -> str:
     store = IndexStore(blob, "index/", retry=RetryPolicy(base_delay=0.0), wall_clock=lambda: now[0])
 
     def build(records: Iterator[ItemRecord], **kwargs: object):
+        # format 1 (float32) is what every release reads; the compact format's PCA is not bit-exact across BLAS
+        kwargs["params"] = BuildParams(layout="float32")
         return build_snapshot(records, now=now[0], **kwargs)
 
     for i in range(6):

@@ -30,9 +30,11 @@ def _snapshot(n: int = 120, **settings) -> Snapshot:
     return build_snapshot(records, model_fingerprint="fp", params=BuildParams(**settings))
 
 
-@pytest.mark.parametrize("reduce_dim", [None, 8])
-def test_round_trip_gives_identical_search_results(reduce_dim):
-    snapshot = _snapshot(reduce_dim=reduce_dim)
+@pytest.mark.parametrize(
+    "settings", [{"layout": "compact"}, {"layout": "float32"}, {"layout": "float32", "reduce_dim": 8}]
+)
+def test_round_trip_gives_identical_search_results(settings):
+    snapshot = _snapshot(**settings)
     loaded = Snapshot.from_files(snapshot.to_files())
     assert loaded.version == snapshot.version
     assert loaded.model_fingerprint == "fp"
@@ -51,8 +53,9 @@ def test_round_trip_gives_identical_search_results(reduce_dim):
     assert loaded.to_files() == snapshot.to_files()
 
 
-def test_every_array_loads_with_plain_numpy_and_no_pickle():
-    files = _snapshot(reduce_dim=8).to_files()
+@pytest.mark.parametrize("settings", [{"layout": "compact"}, {"layout": "float32", "reduce_dim": 8}])
+def test_every_array_loads_with_plain_numpy_and_no_pickle(settings):
+    files = _snapshot(**settings).to_files()
     meta = json.loads(files["snapshot.json"])
     assert set(meta["files"]) | {"snapshot.json"} == set(files)
     for name, data in files.items():
@@ -61,27 +64,40 @@ def test_every_array_loads_with_plain_numpy_and_no_pickle():
             assert array.dtype != object
         else:
             json.loads(data)
-    assert meta["projection"]["kind"] == "pca"
+    if settings["layout"] == "compact":
+        assert meta["format"] == "catalens-index/2"
+        assert meta["vectors"]["coarse"]["kind"] == "pca"
+    else:
+        assert meta["format"] == "catalens-index/1"
+        assert meta["projection"]["kind"] == "pca"
     assert meta["count"] == 120
 
 
 def test_loaded_arrays_are_read_only():
-    loaded = Snapshot.from_files(_snapshot().to_files())
+    loaded = Snapshot.from_files(_snapshot(layout="float32").to_files())
     with pytest.raises(ValueError, match="read-only"):
         loaded.vectors[0, 0] = 1.0
+    compact = Snapshot.from_files(_snapshot().to_files())
+    for array in (compact.table.chunks[0], compact.table.coarse_codes, compact.table.slots):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 1
 
 
-def test_missing_truncated_or_altered_files_are_refused():
-    files = _snapshot().to_files()
-    missing = {k: v for k, v in files.items() if k != "vectors.npy"}
-    with pytest.raises(SnapshotError, match=r"missing vectors\.npy"):
+@pytest.mark.parametrize(
+    ("layout", "name"),
+    [("float32", "vectors.npy"), ("compact", "full-chunk.00000.npy"), ("compact", "coarse.codes.npy")],
+)
+def test_missing_truncated_or_altered_files_are_refused(layout, name):
+    files = dict(_snapshot(layout=layout).to_files())
+    missing = {k: v for k, v in files.items() if k != name}
+    with pytest.raises(SnapshotError, match=f"missing {name}"):
         Snapshot.from_files(missing)
     with pytest.raises(SnapshotError, match="bytes"):
-        Snapshot.from_files({**files, "vectors.npy": files["vectors.npy"][:-4]})
-    altered = bytearray(files["vectors.npy"])
+        Snapshot.from_files({**files, name: files[name][:-4]})
+    altered = bytearray(files[name])
     altered[-1] ^= 0xFF
     with pytest.raises(SnapshotError, match="sha256"):
-        Snapshot.from_files({**files, "vectors.npy": bytes(altered)})
+        Snapshot.from_files({**files, name: bytes(altered)})
     with pytest.raises(SnapshotError, match=r"snapshot\.json"):
         Snapshot.from_files({k: v for k, v in files.items() if k != "snapshot.json"})
 
@@ -103,3 +119,27 @@ def test_unknown_format_is_refused():
     meta["format"] = "something-else/9"
     with pytest.raises(SnapshotError, match="unknown snapshot format"):
         Snapshot.from_files({**files, "snapshot.json": json.dumps(meta).encode()})
+
+
+def test_a_first_stage_snapshot_answers_without_its_chunks_and_takes_them_later():
+    snapshot = _snapshot(400)
+    files = dict(snapshot.to_files())
+    chunk_names = snapshot.chunk_files()
+    assert chunk_names
+    assert all(name.startswith("full-chunk.") for name in chunk_names)
+    first = Snapshot.from_files({k: v for k, v in files.items() if k not in chunk_names}, first_stage=True)
+    assert first.stage == "first"
+    with pytest.raises(SnapshotError, match="missing full-chunk"):
+        Snapshot.from_files({k: v for k, v in files.items() if k not in chunk_names})
+    queries = np.random.default_rng(5).standard_normal((20, DIM)).astype(np.float32)
+    # the first stage alone already finds the best item for most queries
+    agree = sum(
+        IndexView(first).search(q, 1)[0].item_id == IndexView(snapshot).search(q, 1)[0].item_id for q in queries
+    )
+    assert agree >= 14
+    full = first.with_full_vectors({name: files[name] for name in chunk_names})
+    assert full.stage == "full"
+    for q in queries:
+        assert [(h.item_id, h.score) for h in IndexView(full).search(q, 5)] == [
+            (h.item_id, h.score) for h in IndexView(snapshot).search(q, 5)
+        ]

@@ -8,7 +8,13 @@ import pytest
 from catalens.errors import ModelError
 from catalens.index import BuildParams, Filter, IndexView, ItemRecord, build_snapshot
 
+# Compacted vectors are int8: within a few thousandths of the float32 ones (docs/design.md, invariant 5).
+COMPACT_ATOL = 0.01
+
 DIM = 16
+# Tests that compare with float32 brute force to the last tie use float32 snapshots; the compact layout's own
+# agreement with float32 is tested below, at a width where int8 steps are small beside score gaps.
+EXACT = BuildParams(layout="float32")
 FP = "model-fp"
 
 
@@ -60,7 +66,7 @@ def test_empty_index_returns_no_hits():
 
 def test_snapshot_plus_deltas_equals_brute_force_over_the_final_state():
     base = _catalog(300)
-    snapshot = build_snapshot(base, model_fingerprint=FP)
+    snapshot = build_snapshot(base, model_fingerprint=FP, params=EXACT)
     extra = _vectors(40, seed=9)
     deltas = [_record(f"new-{i}", extra[i], "0200", category="shoes", price=1.0) for i in range(20)]
     deltas += [_record(f"item-{i:04d}", extra[20 + i], "0200", category="bags", price=2.0) for i in range(20)]
@@ -103,7 +109,7 @@ def test_out_of_order_create_and_delete_resolve_by_sequencer():
     assert hit.score == pytest.approx(1.0, abs=1e-6)
     # a delta older than the snapshot row is ignored
     view = IndexView(snapshot, [_record("a", x[1], "0f")])
-    np.testing.assert_allclose(view.vector_of("a"), x[0], atol=1e-6)
+    np.testing.assert_allclose(view.vector_of("a"), x[0], atol=COMPACT_ATOL)
     # sequencers compare as zero-padded hex, not as strings: "9" < "0A"
     view = IndexView(snapshot, [_record("a", None, "0A", deleted=True), _record("a", x[1], "9")])
     assert view.get("a") is not None  # 0x0A (deleted) < 0x10 (snapshot): both deltas are stale
@@ -123,14 +129,14 @@ def test_filter_is_applied_before_top_k_is_cut():
     query = _unit(np.ones(DIM))
     near = [_record(f"near-{i}", query + 0.01 * _vectors(1, i)[0], "1", colour="red") for i in range(50)]
     far = [_record(f"far-{i}", -query + 0.3 * _vectors(1, 100 + i)[0], "1", colour="blue") for i in range(8)]
-    view = IndexView(build_snapshot(near + far, model_fingerprint=FP), [])
+    view = IndexView(build_snapshot(near + far, model_fingerprint=FP, params=EXACT), [])
     hits = view.search(query, 5, filters=Filter.equals("colour", "blue"))
     assert len(hits) == 5
     assert all(h.item_id.startswith("far-") for h in hits)
     assert [h.item_id for h in hits] == _brute_force(far, query, 5)
     # the same through a delta
     late = _record("far-late", -query, "2", colour="blue")
-    hits = IndexView(build_snapshot(near + far, model_fingerprint=FP), [late]).search(
+    hits = IndexView(build_snapshot(near + far, model_fingerprint=FP, params=EXACT), [late]).search(
         query, 20, filters=Filter.equals("colour", "blue")
     )
     assert sorted(h.item_id for h in hits) == sorted([f"far-{i}" for i in range(8)] + ["far-late"])
@@ -139,7 +145,7 @@ def test_filter_is_applied_before_top_k_is_cut():
 def test_filters_on_price_range_and_sets_match_brute_force():
     base = _catalog(300)
     deltas = [_record("d-1", _vectors(1, 77)[0], "0200", category="hats", price=12.0)]
-    view = IndexView(build_snapshot(base, model_fingerprint=FP), deltas)
+    view = IndexView(build_snapshot(base, model_fingerprint=FP, params=EXACT), deltas)
     flt = Filter.parse({"category": ["hats", "bags"], "price": {"gte": 10, "lt": 20}})
     for query in _vectors(5, seed=8):
         expected = _brute_force(base + deltas, query, 10, keep=lambda r: flt.matches(r.fields))
@@ -163,13 +169,13 @@ def test_get_vector_of_len_and_version():
     item = view.get("item-0003")
     assert item.fields == base[3].fields
     assert item.sequencer == "0100"
-    np.testing.assert_allclose(view.vector_of("item-0003"), _unit(base[3].vector), atol=1e-6)
+    np.testing.assert_allclose(view.vector_of("item-0003"), _unit(base[3].vector), atol=COMPACT_ATOL)
     assert view.get("nope") is None
     assert view.vector_of("nope") is None
     updated = IndexView(snapshot, [_record("item-0003", base[4].vector, "0200", category="x")])
     assert updated.version != snapshot.version
     assert updated.get("item-0003").fields == {"category": "x"}
-    np.testing.assert_allclose(updated.vector_of("item-0003"), _unit(base[4].vector), atol=1e-6)
+    np.testing.assert_allclose(updated.vector_of("item-0003"), _unit(base[4].vector), atol=COMPACT_ATOL)
     assert len(updated) == 20
 
 
@@ -192,9 +198,31 @@ def test_deltas_over_an_empty_snapshot_are_searchable():
 
 
 def test_view_names_its_model_space_and_fields():
-    snapshot = build_snapshot(_catalog(5), model_fingerprint=FP, params=BuildParams(reduce_dim=4))
+    snapshot = build_snapshot(_catalog(5), model_fingerprint=FP, params=BuildParams(layout="float32", reduce_dim=4))
     view = IndexView(snapshot, [_record("d", _vectors(1)[0], "0200", colour="red")])
     assert view.model_fingerprint == FP
     assert view.index_space == f"{FP}/{snapshot.projection.fingerprint}"
     assert view.field_names() == {"category", "price", "colour"}
     assert IndexView(None).index_space == ""
+
+
+def test_a_compact_snapshot_answers_like_float32_search():
+    rng = np.random.default_rng(11)
+    dim = 512
+    # like image embeddings: most variance on fewer axes than the first stage keeps, plus isotropic noise
+    basis = rng.standard_normal((96, dim)).astype(np.float32)
+    x = rng.standard_normal((3000, 96)).astype(np.float32) @ basis + 3 * rng.standard_normal((3000, dim))
+    x = x.astype(np.float32)
+    centres = x[rng.choice(3000, 20, replace=False)]
+    records = [_record(f"item-{i:04d}", x[i], "10") for i in range(len(x))]
+    compact = IndexView(build_snapshot(records, model_fingerprint=FP))
+    exact = IndexView(build_snapshot(records, model_fingerprint=FP, params=EXACT))
+    assert compact.snapshot.table.layout == "compact"
+    found = 0
+    for q in centres + 3 * rng.standard_normal((20, dim)).astype(np.float32):
+        truth = {h.item_id: h.score for h in exact.search(q, 10)}
+        hits = compact.search(q, 10)
+        found += sum(h.item_id in truth for h in hits)
+        for hit in hits:  # scores are the float32 cosine to within int8 rounding
+            assert abs(hit.score - float(exact.vector_of(hit.item_id) @ (q / np.linalg.norm(q)))) < 0.01
+    assert found / 200 >= 0.99

@@ -262,7 +262,9 @@ def test_with_a_projection_the_domain_is_projected_like_the_queries(embedder: St
     rng = np.random.default_rng(11)
     rotation, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
     projection = Projection("pca", np.zeros(DIM, np.float32), rotation.astype(np.float32), np.ones(DIM, np.float32))
-    snapshot = build_snapshot(catalog_records(), model_fingerprint="stub-fp", params=BuildParams(projection=projection))
+    snapshot = build_snapshot(
+        catalog_records(), model_fingerprint="stub-fp", params=BuildParams(layout="float32", projection=projection)
+    )
     rotated = IndexView(snapshot, [], query_domain=reference())
     plain_space = IndexView(None, catalog_records(), query_domain=reference())
 

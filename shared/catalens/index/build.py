@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from catalens.errors import ModelError
+from catalens.index.compact import CompactRows, compact_rows
 from catalens.index.filters import build_columns
 from catalens.index.graph import NeighbourGraph
 from catalens.index.records import ItemRecord, is_newer
 from catalens.index.reduce import Projection, fit_projection, normalise
 from catalens.index.snapshot import RecordTable, Snapshot
+from catalens.index.vectors import CHUNK_ROWS, COARSE_DIM, DenseVectors, Layout
 
 # Below this many items exact search beats the graph walk, or is close enough that a graph is not
 # worth its build time; measured with `catalens bench index` (see the index notes in the report).
@@ -75,9 +77,17 @@ class BuildParams:
 
     Parameters
     ----------
+    layout:
+        ``compact`` (the default): int8 full vectors in slot chunks plus an int8 PCA first stage of
+        ``coarse_dim`` axes (:mod:`catalens.index.vectors`), ~4.4 KB per item at 3,984 dims and scores within
+        ~1e-3 of float32; ``float32``: unit float32 vectors (15.9 KB per item), the layout benchmarks compare
+        with. A compaction may change the layout (the item vectors' space stays the model's, so profiles keep).
+    coarse_dim, chunk_rows:
+        Compact layout, first build only (later compactions keep the previous ones): first-stage axes and slots
+        per full-vector chunk.
     reduce_dim, whiten, projection:
-        First build only: fit PCA (or PCA-whitening) to ``reduce_dim`` axes on the record vectors,
-        or use the given ``projection``. Default: no reduction (index space = model space). A
+        float32 layout, first build only: fit PCA (or PCA-whitening) to ``reduce_dim`` axes on the record
+        vectors, or use the given ``projection``. Default: no reduction (index space = model space). A
         compaction keeps the previous snapshot's projection (profiles hold index-space vectors);
         to change it, rebuild from all item records with ``previous=None``.
     graph_threshold:
@@ -96,6 +106,9 @@ class BuildParams:
         keeps the pynndescent index, to time pynndescent's own ``query`` beside ours.
     """
 
+    layout: Layout = "compact"
+    coarse_dim: int = COARSE_DIM
+    chunk_rows: int = CHUNK_ROWS
     reduce_dim: int | None = None
     whiten: bool = False
     projection: Projection | None = None
@@ -126,10 +139,11 @@ class _Rows:
     """The live items in row order: ids, index-space vectors, documents, and the graph over them (if any)."""
 
     item_ids: list[str]
-    vectors: np.ndarray
+    vectors: np.ndarray  # float32 unit rows the first stage scores (the graph's input)
     documents: list[dict[str, Any]]
     graph: NeighbourGraph | None = None
     graph_info: Mapping[str, Any] = field(default_factory=dict)
+    compact: CompactRows | None = None  # the compact layout's codes, slots and chunks, in the same row order
 
 
 def build_snapshot(
@@ -161,13 +175,27 @@ def build_snapshot(
 
     Deterministic: the same inputs, ``params`` and ``now`` give the same snapshot.
     """
+    if previous is None and params.layout == "compact" and (params.reduce_dim or params.projection):
+        raise ValueError("the compact layout keeps vectors in model space: reduce_dim and projection are float32 only")
     _check_compatible(previous, model_fingerprint, params)
     states, model_dim = _resolve_states(records, previous)
     now = time.time() if now is None else now
     live_ids = sorted(item_id for item_id, state in states.items() if not state.deleted)
     tombstones = _kept_tombstones(states, now, params.tombstone_ttl_seconds)
-    projection = _index_projection(previous, params, [states[i] for i in live_ids])
-    rows = _index_rows(live_ids, states, previous, projection, model_dim)
+    compact_previous = previous is not None and previous.table.layout == "compact"
+    # A reduced index space (a float32 snapshot with a projection) stays float32 until a rebuild; an empty first
+    # build has nothing to learn a codec from.
+    reduced = previous is not None and previous.projection is not None
+    if params.layout == "compact" and not reduced and (live_ids or compact_previous):
+        projection = None
+        compact = compact_rows(
+            live_ids, states, previous, coarse_dim=params.coarse_dim, chunk_rows=params.chunk_rows, seed=params.seed
+        )
+        documents = [_document_of(states[item_id], previous) for item_id in live_ids]
+        rows = _Rows(list(live_ids), compact.first_stage(), documents, compact=compact)
+    else:
+        projection = _index_projection(previous, params, [states[i] for i in live_ids])
+        rows = _index_rows(live_ids, states, previous, projection, model_dim)
     rows = _with_search_graph(rows, params)
     return _assemble(rows, tombstones, model_fingerprint, model_dim, projection, previous, version, params, now)
 
@@ -182,6 +210,12 @@ def _check_compatible(previous: Snapshot | None, model_fingerprint: str, params:
             f"not {model_fingerprint}; rebuild the index from the item vectors",
             code="model_mismatch",
         )
+    if params.layout == "compact" and (params.reduce_dim is not None or params.projection is not None):
+        raise ValueError("the compact layout keeps vectors in model space: reduce_dim and projection are float32 only")
+    if params.layout == "float32" and previous.table.layout == "compact" and previous.table.stage != "full":
+        raise ValueError("converting a compact snapshot needs its full-vector chunks loaded")
+    if previous.table.layout == "compact" or params.layout == "compact":
+        return
     if params.reduce_dim is not None or params.projection is not None:
         current = previous.projection.output_dim if previous.projection is not None else None
         if params.reduce_dim != current or (
@@ -229,6 +263,10 @@ def _kept_tombstones(states: Mapping[str, _State], now: float, ttl_seconds: floa
     )
 
 
+def _document_of(state: _State, previous: Snapshot | None) -> dict[str, Any]:
+    return previous.records.document(state.row) if state.record is None else _document(state.record)
+
+
 def _index_projection(previous: Snapshot | None, params: BuildParams, live: list[_State]) -> Projection | None:
     """The model → index space map: the previous one (profiles hold index-space vectors), given, fitted, or none."""
     if previous is not None:
@@ -257,7 +295,7 @@ def _index_rows(
     for position, item_id in enumerate(live_ids):
         state = states[item_id]
         if state.record is None:
-            vectors[position] = previous.vectors[state.row]
+            vectors[position] = previous.table.rows(np.array([state.row]))[0]
             documents.append(previous.records.document(state.row))
         else:
             fresh_rows.append(position)
@@ -300,6 +338,7 @@ def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
         documents=[rows.documents[i] for i in order],
         graph=graph,
         graph_info=graph_info,
+        compact=rows.compact.reordered(order) if rows.compact is not None else None,
     )
 
 
@@ -329,7 +368,7 @@ def _assemble(
         model_dim=model_dim,
         item_ids=item_ids,
         id_order=np.argsort(item_ids, kind="stable").astype(np.int64),
-        vectors=rows.vectors,
+        table=rows.compact.table() if rows.compact is not None else DenseVectors(rows.vectors),
         records=RecordTable.encode(rows.documents),
         columns=build_columns([doc["fields"] for doc in rows.documents]),
         tombstones=tombstones,
@@ -341,6 +380,7 @@ def _assemble(
             "created_at": now,
             "seed": params.seed,
             "graph": dict(rows.graph_info),
+            **({"chunks_reused": rows.compact.chunks_reused} if rows.compact is not None else {}),
             "fields": sorted({name for doc in rows.documents for name in doc["fields"]}),
         },
     )

@@ -92,20 +92,27 @@ class GraphSearcher:
     Parameters
     ----------
     vectors:
-        float32[n, d], unit-norm rows in index space; the score is the dot product.
+        float32[n, d], unit-norm rows; the score is the dot product. Or int8 codes with ``scale``: a row is
+        ``code * scale`` (a compact snapshot's first stage), scored by gathering codes against ``query * scale``.
     graph:
         The neighbour graph over the same rows, with entry points.
+    scale:
+        Per-axis step of int8 ``vectors`` (None for float32 rows).
     """
 
-    def __init__(self, vectors: np.ndarray, graph: NeighbourGraph) -> None:
+    def __init__(self, vectors: np.ndarray, graph: NeighbourGraph, *, scale: np.ndarray | None = None) -> None:
         if graph.n_vertices != vectors.shape[0]:
             raise ValueError(f"graph has {graph.n_vertices} vertices but there are {vectors.shape[0]} vectors")
         self._vectors = vectors
         self._indptr = graph.indptr.astype(np.int64, copy=False)
         self._indices = graph.indices.astype(np.int32, copy=False)
         self._entries = graph.entry_points.astype(np.int64, copy=False)
-        # A contiguous copy makes scoring entry points (all, or a group's slice) a single BLAS call.
-        self._entry_vectors = np.ascontiguousarray(vectors[self._entries])
+        self._scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+        # A contiguous float32 copy makes scoring entry points (all, or a group's slice) a single BLAS call.
+        entry_vectors = vectors[self._entries]
+        if self._scale is not None:
+            entry_vectors = entry_vectors.astype(np.float32) * self._scale
+        self._entry_vectors = np.ascontiguousarray(entry_vectors, dtype=np.float32)
         self._group_ptr = None if graph.entry_group_ptr is None else graph.entry_group_ptr.astype(np.int64)
         self._centroids = graph.entry_centroids
         self._scratch = _Scratch()
@@ -173,6 +180,8 @@ class GraphSearcher:
         ef = max(ef, k)
         pool_size = ef if allowed is None else max(pool or 4 * ef, ef)
         vectors, indptr, indices = self._vectors, self._indptr, self._indices
+        # int8 rows times the scaled query: numpy casts the gathered codes to float32 for one BLAS call
+        row_query = query if self._scale is None else (query * self._scale).astype(np.float32)
         stamps, scratch = self._stamps()
         base = scratch.next_base
         entries, entry_scores = self._seed_entries(query, probe)
@@ -209,7 +218,7 @@ class GraphSearcher:
             counter += neighbours.size
             stamps[neighbours] = fresh_stamps
             neighbours = neighbours[stamps[neighbours] == fresh_stamps]  # drop repeats
-            scores = vectors[neighbours] @ query
+            scores = vectors[neighbours] @ row_query
 
             pool_rows = np.concatenate((pool_rows, neighbours))
             pool_scores = np.concatenate((pool_scores, scores))

@@ -24,7 +24,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -35,8 +35,11 @@ from catalens.index.filters import Columns, Filter, canonical_json
 from catalens.index.graph import GraphSearcher, NeighbourGraph
 from catalens.index.records import IndexedItem, ItemRecord
 from catalens.index.reduce import Projection, normalise
+from catalens.index.vectors import CompactVectors, DenseVectors, Stage, VectorTable, is_chunk_file
 
-FORMAT = "catalens-index/1"
+FORMAT = "catalens-index/1"  # float32 vectors: what every release reads
+COMPACT_FORMAT = "catalens-index/2"  # compact vectors (catalens.index.vectors): readers from this release on
+FORMATS = (FORMAT, COMPACT_FORMAT)
 META_FILE = "snapshot.json"
 _MASK_CACHE_SIZE = 32
 
@@ -82,7 +85,7 @@ class Snapshot:
     model_dim: int
     item_ids: np.ndarray  # bytes (UTF-8) dtype "S", [n], in row order
     id_order: np.ndarray  # int64[n]: rows sorted by item id
-    vectors: np.ndarray  # float32[n, d_index], unit norm
+    table: VectorTable  # the item vectors, float32 or compact (catalens.index.vectors)
     records: RecordTable
     columns: Columns
     tombstones: tuple[ItemRecord, ...] = ()
@@ -91,15 +94,18 @@ class Snapshot:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vectors", np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if isinstance(self.table, np.ndarray):
+            object.__setattr__(self, "table", DenseVectors(self.table))
         n = self.item_ids.shape[0]
-        if self.vectors.ndim != 2 or self.vectors.shape[0] != n or len(self.records) != n or self.id_order.size != n:
+        if len(self.table) != n or len(self.records) != n or self.id_order.size != n:
             raise SnapshotError("snapshot arrays disagree on the number of items")
         if self.graph is not None and self.graph.n_vertices != n:
             raise SnapshotError("snapshot graph does not match its vectors")
+        if self.projection is not None and self.table.layout == "compact":
+            raise SnapshotError("a compact snapshot keeps index space = model space (no projection)")
         expected_dim = self.projection.output_dim if self.projection is not None else self.model_dim
-        if n and self.vectors.shape[1] != expected_dim:
-            raise SnapshotError(f"snapshot vectors have {self.vectors.shape[1]} dims, expected {expected_dim}")
+        if n and self.table.dim != expected_dim:
+            raise SnapshotError(f"snapshot vectors have {self.table.dim} dims, expected {expected_dim}")
         object.__setattr__(self, "_mask_cache", OrderedDict())
         object.__setattr__(self, "_mask_lock", threading.Lock())
 
@@ -111,6 +117,18 @@ class Snapshot:
     def dim(self) -> int:
         """Dimensionality of index space (after the projection, if any)."""
         return self.projection.output_dim if self.projection is not None else self.model_dim
+
+    @property
+    def stage(self) -> Stage:
+        """``full`` when every vector is loaded; ``first`` while a compact snapshot answers from its first stage."""
+        return self.table.stage
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every row's vector as float32[n, d] (tools and tests: a compact snapshot decodes all of them)."""
+        if isinstance(self.table, DenseVectors):
+            return self.table.vectors
+        return self.table.rows(np.arange(len(self)))
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -154,7 +172,7 @@ class Snapshot:
         doc = self.records.document(row)
         return IndexedItem(
             item_id=self.item_id(row),
-            vector=self.vectors[row],
+            vector=self.table.rows(np.array([row]))[0],
             fields=doc["fields"],
             image_key=doc["image_key"],
             source_etag=doc["source_etag"],
@@ -178,7 +196,13 @@ class Snapshot:
 
     @cached_property
     def graph_searcher(self) -> GraphSearcher | None:
-        return GraphSearcher(self.vectors, self.graph) if self.graph is not None else None
+        if self.graph is None:
+            return None
+        return GraphSearcher(self.table.first_stage, self.graph, scale=self.table.first_stage_scale)
+
+    def with_table(self, table: VectorTable) -> Snapshot:
+        """The same version with its vectors in another stage (a staged load adds the full chunks)."""
+        return replace(self, table=table)
 
     def filter_mask(self, flt: Filter) -> np.ndarray:
         """bool[n]: rows whose fields pass ``flt`` (cached per filter; read-only)."""
@@ -208,15 +232,21 @@ class Snapshot:
         return mask
 
     # ---- serialisation ---------------------------------------------------------------
-    def to_files(self) -> dict[str, bytes]:
-        """Serialise to ``{file name: bytes}``: ``.npy`` arrays plus ``snapshot.json`` (written last)."""
+    def to_files(self) -> SnapshotFiles:
+        """Serialise to ``{file name: bytes}``: ``.npy`` arrays plus ``snapshot.json`` (written last).
+
+        The mapping serialises each file when it is read, so writing a 1M-item snapshot holds one file's bytes at
+        a time rather than a second copy of the whole snapshot.
+        """
         arrays: dict[str, np.ndarray] = {
             "item_ids.npy": self.item_ids,
             "id_order.npy": self.id_order,
-            "vectors.npy": self.vectors,
             "records.npy": self.records.blob,
             "record_offsets.npy": self.records.offsets,
+            **self.table.arrays(),
         }
+        if isinstance(self.table, CompactVectors):
+            arrays.update(self.table.chunk_arrays())
         for name, column in self.columns.arrays().items():
             arrays[f"column.{_safe_name(name)}.npy"] = column
         if self.projection is not None:
@@ -225,10 +255,11 @@ class Snapshot:
         if self.graph is not None:
             for name, array in self.graph.arrays().items():
                 arrays[f"graph.{name}.npy"] = array
-        files = {name: _npy_bytes(array) for name, array in arrays.items()}
-        files["tombstones.json"] = canonical_json([_tombstone_doc(t) for t in self.tombstones]).encode()
+        files = SnapshotFiles(arrays)
+        files.add("tombstones.json", canonical_json([_tombstone_doc(t) for t in self.tombstones]).encode())
+        compact = isinstance(self.table, CompactVectors)
         meta = {
-            "format": FORMAT,
+            "format": COMPACT_FORMAT if compact else FORMAT,
             "version": self.version,
             "model_fingerprint": self.model_fingerprint,
             "model_dim": self.model_dim,
@@ -248,20 +279,23 @@ class Snapshot:
                 "arrays": sorted(self.graph.arrays()),
             },
             "info": dict(self.info),
-            "files": {
-                name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                for name, data in sorted(files.items())
-            },
+            "files": {name: files.describe(name) for name in sorted(files)},
         }
-        files[META_FILE] = json.dumps(meta, sort_keys=True, indent=1).encode()
+        if compact:  # format 1 snapshots keep their bytes: an older reader can still load a float32 version
+            meta["vectors"] = self.table.describe()
+        files.add(META_FILE, json.dumps(meta, sort_keys=True, indent=1).encode())
         return files
 
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes], *, verify: bool = True) -> Snapshot:
+    def from_files(
+        cls, files: Mapping[str, bytes | memoryview], *, verify: bool = True, first_stage: bool = False
+    ) -> Snapshot:
         """Load from the mapping written by :meth:`to_files` (bytes, or memoryviews of them).
 
         ``verify`` checks each file's sha256 against ``snapshot.json`` (a few hundred MB/s);
-        sizes and presence are always checked, so a half-written version is refused.
+        sizes and presence are always checked, so a half-written version is refused. With ``first_stage`` a
+        compact snapshot may come without its full-vector chunks (:func:`~catalens.index.vectors.is_chunk_file`):
+        it then answers from its first stage until :meth:`with_full_vectors` adds them.
         """
         if META_FILE not in files:
             raise SnapshotError(f"snapshot has no {META_FILE}")
@@ -269,10 +303,12 @@ class Snapshot:
             meta = json.loads(bytes(files[META_FILE]))
         except ValueError as exc:
             raise SnapshotError(f"{META_FILE} is not valid JSON: {exc}") from exc
-        if meta.get("format") != FORMAT:
-            raise SnapshotError(f"unknown snapshot format {meta.get('format')!r} (expected {FORMAT!r})")
+        if meta.get("format") not in FORMATS:
+            raise SnapshotError(f"unknown snapshot format {meta.get('format')!r} (expected one of {FORMATS})")
         for name, expected in meta["files"].items():
             if name not in files:
+                if first_stage and is_chunk_file(name):
+                    continue
                 raise SnapshotError(f"snapshot {meta.get('version')} is missing {name}")
             data = files[name]
             if len(data) != expected["bytes"]:
@@ -296,16 +332,24 @@ class Snapshot:
             names = meta["graph"].get("arrays", ["entry_points", "indices", "indptr"])
             graph = NeighbourGraph(**{name: array(f"graph.{name}.npy") for name in names})
         tombstones = tuple(_tombstone_from_doc(doc) for doc in json.loads(bytes(files["tombstones.json"])))
-        vectors = array("vectors.npy")
-        if vectors.ndim == 1:  # an empty snapshot saved as shape (0,)
-            vectors = vectors.reshape(0, meta["dim"])
+        table: VectorTable
+        if meta["format"] == COMPACT_FORMAT:
+            try:
+                table = CompactVectors.from_parts(meta["vectors"], array, list(files))
+            except ValueError as exc:
+                raise SnapshotError(f"snapshot {meta.get('version')}: {exc}") from exc
+        else:
+            vectors = array("vectors.npy")
+            if vectors.ndim == 1:  # an empty snapshot saved as shape (0,)
+                vectors = vectors.reshape(0, meta["dim"])
+            table = DenseVectors(vectors)
         return cls(
             version=meta["version"],
             model_fingerprint=meta["model_fingerprint"],
             model_dim=int(meta["model_dim"]),
             item_ids=array("item_ids.npy"),
             id_order=array("id_order.npy"),
-            vectors=vectors,
+            table=table,
             records=RecordTable(array("records.npy"), array("record_offsets.npy")),
             columns=columns,
             tombstones=tombstones,
@@ -314,9 +358,74 @@ class Snapshot:
             info=meta.get("info", {}),
         )
 
+    def with_full_vectors(self, files: Mapping[str, bytes | memoryview]) -> Snapshot:
+        """This first-stage snapshot with its full-vector chunks (``chunk file name -> bytes``, verified by the
+        caller against the manifest), the second stage of a staged load."""
+        if not isinstance(self.table, CompactVectors) or self.table.stage == "full":
+            return self
+        try:
+            return self.with_table(
+                self.table.with_chunks([_npy_view(files[name], name) for name in self.chunk_files()])
+            )
+        except (KeyError, ValueError) as exc:
+            raise SnapshotError(f"snapshot {self.version}: full-vector chunks do not fit: {exc}") from exc
+
+    def chunk_files(self) -> list[str]:
+        """Names of the files the first stage answers without (empty for a float32 snapshot)."""
+        if not isinstance(self.table, CompactVectors):
+            return []
+        from catalens.index.vectors import chunk_file
+
+        return [chunk_file(i) for i in range(self.table.n_chunks)]
+
     def nbytes(self) -> int:
         """Total size of the serialised snapshot, in bytes."""
-        return sum(len(data) for data in self.to_files().values())
+        files = self.to_files()
+        return sum(files.size(name) for name in files)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the arrays a search process holds for this snapshot (what its memory grows by)."""
+        total = self.item_ids.nbytes + self.id_order.nbytes + self.records.blob.nbytes + self.records.offsets.nbytes
+        total += sum(a.nbytes for a in self.columns.arrays().values())
+        total += sum(a.nbytes for a in self.table.arrays().values())
+        if isinstance(self.table, CompactVectors) and self.table.chunks is not None:
+            total += sum(c.nbytes for c in self.table.chunks)
+        if self.graph is not None:
+            total += sum(a.nbytes for a in self.graph.arrays().values())
+        return int(total)
+
+
+class SnapshotFiles(Mapping[str, bytes]):
+    """A snapshot's files by name, each serialised when it is read (and sized and hashed once, for the metadata)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self._sources: dict[str, np.ndarray | bytes] = dict(arrays)
+        self._described: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        self._sources[name] = data
+
+    def __getitem__(self, name: str) -> bytes:
+        source = self._sources[name]
+        return source if isinstance(source, bytes) else _npy_bytes(source)
+
+    def __iter__(self):
+        return iter(self._sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        if name not in self._described:
+            data = self[name]
+            self._described[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return self._described[name]
+
+    def size(self, name: str) -> int:
+        source = self._sources[name]
+        if isinstance(source, bytes):
+            return len(source)
+        return self.describe(name)["bytes"]
 
 
 def _safe_name(name: str) -> str:

@@ -34,6 +34,10 @@ from catalens.query_domain import QueryDomain
 
 Strategy = Literal["auto", "exact", "graph"]
 
+# A compact snapshot re-scores max(2k, k + RERANK_EXTRA) first-stage candidates with its full vectors
+# (`catalens bench index`: recall@10 against float32 exact, see docs/operations.md).
+RERANK_EXTRA = 48
+
 log = logging.getLogger(__name__)
 
 # Per snapshot, the float64 sum of its vectors: views are rebuilt whenever the deltas change, and each one's
@@ -46,7 +50,7 @@ def _snapshot_sum(snapshot: Snapshot) -> np.ndarray:
     with _snapshot_sums_lock:
         total = _snapshot_sums.get(snapshot)
     if total is None:
-        total = snapshot.vectors.sum(axis=0, dtype=np.float64)
+        total = snapshot.table.total()
         with _snapshot_sums_lock:
             _snapshot_sums[snapshot] = total
     return total
@@ -269,7 +273,7 @@ class IndexView:
         if self.snapshot is None:
             return None
         row = self.snapshot.row_of(item_id)
-        return None if row is None else self.snapshot.vectors[row]
+        return None if row is None else self.snapshot.table.rows(np.array([row]))[0]
 
     def project(self, query: np.ndarray) -> np.ndarray:
         """A model-space vector in this view's index space (unit norm)."""
@@ -307,7 +311,7 @@ class IndexView:
         if self._snapshot_space and len(self.snapshot):
             total += _snapshot_sum(self.snapshot)
             if self._hidden_rows.size:
-                total -= self.snapshot.vectors[self._hidden_rows].sum(axis=0, dtype=np.float64)
+                total -= self.snapshot.table.rows(self._hidden_rows).sum(axis=0, dtype=np.float64)
         if len(self._delta_vectors):
             total += self._delta_vectors.sum(axis=0, dtype=np.float64)
         mean = (total / self._len).astype(np.float32)
@@ -365,7 +369,8 @@ class IndexView:
         score, item_id, source, position = candidate
         if source == 0:
             doc = self.snapshot.records.document(position)
-            return Hit(item_id, score, doc["fields"], doc["image_key"], vector=self.snapshot.vectors[position])
+            vector = self.snapshot.table.rows(np.array([position]))[0]
+            return Hit(item_id, score, doc["fields"], doc["image_key"], vector=vector)
         record = self._delta_records[position]
         return Hit(item_id, score, record.fields, record.image_key, vector=self._delta_vectors[position])
 
@@ -417,18 +422,23 @@ class IndexView:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         excluded_rows = snapshot.rows_of(list(exclude)) if exclude else np.empty(0, np.int64)
         excluded_rows = np.unique(excluded_rows[excluded_rows >= 0])
+        table = snapshot.table
+        # A compact table scores a wider pool on its first stage and re-scores it with the full vectors.
+        pool_k = max(2 * k, k + RERANK_EXTRA) if table.reranks else k
+        first_query = table.first_stage_query(q)
         searcher = snapshot.graph_searcher
         use_graph = searcher is not None and (
             strategy == "graph" or (strategy == "auto" and n_allowed > self.params.filtered_exact_below)
         )
+        rows = scores = None
         if use_graph:
-            want = k + int(excluded_rows.size)
+            want = pool_k + int(excluded_rows.size)
             pool = None
             if allowed is not None and n_allowed < len(snapshot):
                 # the walk passes through rows the filter rejects: keep proportionally more candidates
                 pool = min(self.params.max_ef, math.ceil(4 * self.params.ef * len(snapshot) / n_allowed))
             rows, scores = searcher.search(
-                q,
+                first_query,
                 want,
                 ef=max(self.params.ef, want),
                 expand=self.params.expand,
@@ -441,10 +451,17 @@ class IndexView:
                 rows, scores = rows[keep], scores[keep]
             excluded_allowed = int(excluded_rows.size if allowed is None else np.count_nonzero(allowed[excluded_rows]))
             reachable = min(k, n_allowed - excluded_allowed)
-            if rows.size >= reachable:
-                return rows[:k], scores[:k]
-            # The walk found fewer allowed rows than exist: answer exactly rather than short.
-        return _exact(snapshot.vectors, q, k, allowed_rows, excluded_rows)
+            if rows.size < reachable:
+                rows = scores = None  # the walk found fewer allowed rows than exist: answer exactly rather than short
+        if rows is None:
+            scale = table.first_stage_scale
+            row_query = first_query if scale is None else (first_query * scale).astype(np.float32)
+            rows, scores = _exact(table.first_stage, row_query, pool_k, allowed_rows, excluded_rows)
+        if table.reranks and rows.size:  # before the chunks load, rows() rebuilds approximate vectors
+            scores = table.rows(rows) @ q
+            top = _top_k(scores, k)
+            return rows[top], scores[top]
+        return rows[:k], scores[:k]
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

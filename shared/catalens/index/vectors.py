@@ -1,0 +1,368 @@
+"""How a snapshot holds its item vectors: as float32, or compact (int8, searched through a small first stage).
+
+At the serving dimension (3,984) a float32 vector is 15.9 KB, so a million items do not fit one search Lambda.
+The compact layout keeps, per item:
+
+* a **first stage**: the item's vector projected by a PCA the builder learned from the catalog (256 axes by
+  default), renormalised and stored as int8 with one scale per axis (256 B), plus the projection's length before
+  renormalising (float16, 2 B, to rebuild an approximate full vector from it). The graph walk and small exact
+  scans score these;
+* the **full vector** as int8 with one scale per model dimension (3,984 B), in chunk files of
+  :data:`CHUNK_ROWS` *slots*. An item keeps its slot across compactions, so a chunk none of whose items changed
+  keeps its bytes: the builder copies it instead of uploading it, and a search process swapping versions shares
+  it instead of loading it again.
+
+A search scores a candidate pool on the first stage and re-ranks it with the full vectors, so its answers and
+scores match float32 search (scores within ~1e-3 of the float32 cosines). Until the full chunks are loaded
+(the first seconds after a cold start) the table answers from the first stage alone: :attr:`stage` says which.
+
+Both layouts implement one small interface (:class:`VectorTable`); only numpy is imported (query path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from catalens.index.reduce import Projection, normalise
+
+FULL_SAMPLE = 8192  # rows a codec is learned from once the catalog has them (PCA + scales: seconds)
+CHUNK_ROWS = 4096  # slots per full-vector chunk: 16.3 MB at 3,984 dims, small enough to copy or share alone
+COARSE_DIM = 256
+CHUNK_PREFIX = "full-chunk."  # the files a cold start can answer without (loaded in the background)
+
+Layout = Literal["float32", "compact"]
+Stage = Literal["first", "full"]
+
+
+def chunk_file(index: int) -> str:
+    return f"{CHUNK_PREFIX}{index:05d}.npy"
+
+
+def is_chunk_file(name: str) -> bool:
+    """True for the files of a snapshot a search can start without (the full-vector chunks)."""
+    return name.startswith(CHUNK_PREFIX)
+
+
+class VectorTable(Protocol):
+    """Item vectors by snapshot row, as the search reads them."""
+
+    layout: Layout
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def stage(self) -> Stage: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def first_stage(self) -> np.ndarray:
+        """The rows the first stage scores (float32 unit rows, or int8 codes), in snapshot row order."""
+        ...
+
+    @property
+    def first_stage_scale(self) -> np.ndarray | None:
+        """Per-axis scale of int8 first-stage codes (None when they are float32)."""
+        ...
+
+    def first_stage_query(self, query: np.ndarray) -> np.ndarray:
+        """An index-space query (unit, float32[dim]) in first-stage space (unit)."""
+        ...
+
+    @property
+    def reranks(self) -> bool:
+        """True when first-stage scores are approximate and a pool must be re-scored with :meth:`rows`."""
+        ...
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32[len(rows), dim]: the rows' vectors in index space (the best this stage has)."""
+        ...
+
+    def total(self) -> np.ndarray:
+        """float64[dim]: the sum of every row's vector (the catalog mean's numerator)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class Quantiser:
+    """Symmetric int8 quantisation with one step per axis: ``x ≈ code * step``.
+
+    Fitted once (the largest magnitude seen per axis over a sample) and then kept by every compaction, so an
+    unchanged item gets the same bytes in every version; values beyond the fitted range saturate at ±127.
+    """
+
+    step: np.ndarray  # float32[d]
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, *, headroom: float = 1.0) -> Quantiser:
+        """Steps that map ``headroom`` × the sample's largest magnitude per axis to ±127."""
+        peak = np.abs(np.asarray(sample, dtype=np.float32)).max(axis=0) * np.float32(headroom)
+        return cls(np.maximum(peak / 127.0, np.float32(1e-8)).astype(np.float32))
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(np.asarray(x, dtype=np.float32) / self.step), -127, 127).astype(np.int8)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float32) * self.step
+
+
+@dataclass(frozen=True, eq=False)
+class DenseVectors:
+    """float32 unit rows in index space: exact, 4 bytes per dimension."""
+
+    vectors: np.ndarray
+    layout: Layout = field(default="float32", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vectors", np.ascontiguousarray(self.vectors, dtype=np.float32))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def stage(self) -> Stage:
+        return "full"
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def first_stage(self) -> np.ndarray:
+        return self.vectors
+
+    @property
+    def first_stage_scale(self) -> np.ndarray | None:
+        return None
+
+    def first_stage_query(self, query: np.ndarray) -> np.ndarray:
+        return query
+
+    @property
+    def reranks(self) -> bool:
+        return False
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.vectors[rows]
+
+    @cached_property
+    def _total(self) -> np.ndarray:
+        return self.vectors.sum(axis=0, dtype=np.float64)
+
+    def total(self) -> np.ndarray:
+        return self._total
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"vectors.npy": self.vectors}
+
+    def describe(self) -> dict[str, Any]:
+        return {"layout": "float32"}
+
+
+@dataclass(frozen=True, eq=False)
+class CompactVectors:
+    """int8 full vectors in slot chunks plus an int8 PCA first stage; see the module docstring."""
+
+    coarse: Projection  # model/index space -> first-stage space (kind "pca")
+    coarse_quantiser: Quantiser
+    coarse_codes: np.ndarray  # int8[n, c], unit rows before quantising
+    coarse_lengths: np.ndarray  # float16[n]: |(x - mean) @ components| before renormalising
+    slots: np.ndarray  # int32[n]: row -> slot of its full vector
+    full_quantiser: Quantiser
+    full_total: np.ndarray  # float64[d]: sum of the decoded full vectors of all rows
+    chunk_rows: int = CHUNK_ROWS
+    chunks: tuple[np.ndarray, ...] | None = None  # int8[<=chunk_rows, d] each; None until loaded
+    fitted_rows: int = FULL_SAMPLE  # rows the codec was learned from (CompactCodec.outgrown)
+    layout: Layout = field(default="compact", init=False)
+
+    def __post_init__(self) -> None:
+        n = self.coarse_codes.shape[0]
+        if self.coarse_lengths.shape != (n,) or self.slots.shape != (n,):
+            raise ValueError("compact vector arrays disagree on the number of rows")
+        if self.coarse_codes.ndim != 2 or self.coarse_codes.shape[1] != self.coarse.output_dim:
+            raise ValueError("first-stage codes do not match the first-stage projection")
+        if self.full_quantiser.step.shape != (self.coarse.input_dim,):
+            raise ValueError("full-vector scale does not match the model dimension")
+        if self.chunks is not None:
+            for chunk in self.chunks:
+                if chunk.ndim != 2 or chunk.shape[1] != self.dim or chunk.shape[0] > self.chunk_rows:
+                    raise ValueError("a full-vector chunk has the wrong shape")
+            capacity = sum(chunk.shape[0] for chunk in self.chunks[:-1]) if self.chunks else 0
+            if n and (capacity + (self.chunks[-1].shape[0] if self.chunks else 0)) <= int(self.slots.max()):
+                raise ValueError("a row's slot lies beyond the full-vector chunks")
+            if any(chunk.shape[0] != self.chunk_rows for chunk in self.chunks[:-1]):
+                raise ValueError("only the last full-vector chunk may be short")
+
+    @property
+    def dim(self) -> int:
+        return self.coarse.input_dim
+
+    @property
+    def stage(self) -> Stage:
+        return "full" if self.chunks is not None else "first"
+
+    def __len__(self) -> int:
+        return int(self.coarse_codes.shape[0])
+
+    @property
+    def n_chunks(self) -> int:
+        return chunks_for(int(self.slots.max()) + 1 if len(self) else 0, self.chunk_rows)
+
+    @property
+    def first_stage(self) -> np.ndarray:
+        return self.coarse_codes
+
+    @property
+    def first_stage_scale(self) -> np.ndarray | None:
+        return self.coarse_quantiser.step
+
+    def first_stage_query(self, query: np.ndarray) -> np.ndarray:
+        return self.coarse.apply(query)
+
+    @property
+    def reranks(self) -> bool:
+        return True
+
+    def with_chunks(self, chunks: Sequence[np.ndarray]) -> CompactVectors:
+        """The same table with its full vectors (the second stage of a load)."""
+        if len(chunks) != self.n_chunks:
+            raise ValueError(f"expected {self.n_chunks} full-vector chunks, got {len(chunks)}")
+        return replace(self, chunks=tuple(chunks))
+
+    def without_chunks(self) -> CompactVectors:
+        return replace(self, chunks=None)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.chunks is None:
+            return self._approximate(rows)
+        slots = self.slots[rows]
+        chunk_of, offset = np.divmod(slots, self.chunk_rows)
+        out = np.empty((rows.size, self.dim), dtype=np.int8)
+        chunks = self.chunks
+        for i, (c, o) in enumerate(zip(chunk_of.tolist(), offset.tolist(), strict=True)):
+            out[i] = chunks[c][o]
+        return self.full_quantiser.decode(out)
+
+    def _approximate(self, rows: np.ndarray) -> np.ndarray:
+        """Full vectors rebuilt from the first stage (PCA inverse), unit norm: what answers before the chunks load."""
+        coarse = self.coarse_quantiser.decode(self.coarse_codes[rows]) * self.coarse_lengths[rows, None].astype(
+            np.float32
+        )
+        rebuilt = (coarse / self.coarse.scale) @ self.coarse.components.T + self.coarse.mean
+        return normalise(rebuilt)
+
+    def total(self) -> np.ndarray:
+        return self.full_total
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every file but the chunks, which :meth:`chunk_arrays` gives (they load in a later stage)."""
+        out = {
+            "coarse.codes.npy": self.coarse_codes,
+            "coarse.lengths.npy": self.coarse_lengths,
+            "coarse.step.npy": self.coarse_quantiser.step,
+            "slots.npy": self.slots,
+            "full.step.npy": self.full_quantiser.step,
+            "full.total.npy": self.full_total,
+        }
+        for name, array in self.coarse.arrays().items():
+            out[f"coarse.{name}.npy"] = array
+        return out
+
+    def chunk_arrays(self) -> dict[str, np.ndarray]:
+        if self.chunks is None:
+            raise ValueError("the full-vector chunks are not loaded")
+        return {chunk_file(i): chunk for i, chunk in enumerate(self.chunks)}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "layout": "compact",
+            "coarse": self.coarse.describe(),
+            "chunk_rows": self.chunk_rows,
+            "chunks": self.n_chunks,
+            "fitted_rows": self.fitted_rows,
+        }
+
+    @classmethod
+    def from_parts(cls, description: Mapping[str, Any], array: Any, names: Sequence[str]) -> CompactVectors:
+        """Rebuild from :meth:`describe` and a ``name -> array`` loader; the chunks only when all are present."""
+        coarse = Projection.from_parts(
+            description["coarse"], {name: array(f"coarse.{name}.npy") for name in ("mean", "components", "scale")}
+        )
+        table = cls(
+            coarse=coarse,
+            coarse_quantiser=Quantiser(array("coarse.step.npy")),
+            coarse_codes=array("coarse.codes.npy"),
+            coarse_lengths=array("coarse.lengths.npy"),
+            slots=array("slots.npy"),
+            full_quantiser=Quantiser(array("full.step.npy")),
+            full_total=array("full.total.npy"),
+            chunk_rows=int(description["chunk_rows"]),
+            fitted_rows=int(description.get("fitted_rows", FULL_SAMPLE)),
+        )
+        wanted = [chunk_file(i) for i in range(int(description["chunks"]))]
+        if wanted and all(name in names for name in wanted):
+            table = table.with_chunks([array(name) for name in wanted])
+        elif not wanted:
+            table = table.with_chunks([])
+        return table
+
+
+def chunks_for(slot_count: int, chunk_rows: int) -> int:
+    return -(-slot_count // chunk_rows)
+
+
+@dataclass
+class CompactCodec:
+    """What a compaction keeps from the previous compact snapshot: the first-stage projection and both scales.
+
+    ``fitted_rows`` is the size of the sample it was learned from: a codec learned from a young, small catalog is
+    learned again once the catalog has doubled (up to :data:`FULL_SAMPLE` rows), then kept for good.
+    """
+
+    coarse: Projection
+    coarse_quantiser: Quantiser
+    full_quantiser: Quantiser
+    fitted_rows: int
+
+    @classmethod
+    def of(cls, table: CompactVectors) -> CompactCodec:
+        return cls(table.coarse, table.coarse_quantiser, table.full_quantiser, table.fitted_rows)
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, coarse_dim: int, *, seed: int = 0) -> CompactCodec:
+        """Learn the first-stage PCA and both quantisers from a sample of unit vectors.
+
+        A small sample may not have seen an axis's largest values: its steps get 50% headroom (values beyond
+        saturate), and the first stage has at most as many axes as rows.
+        """
+        from catalens.index.reduce import Projection, fit_projection
+
+        sample = normalise(sample)
+        rows, d = sample.shape
+        dim = max(1, min(coarse_dim, d, rows - 1))
+        if rows >= 2:
+            coarse = fit_projection(sample, dim, seed=seed)
+        else:  # one vector: a single axis along it
+            coarse = Projection("pca", np.zeros(d, np.float32), sample.T.copy(), np.ones(1, np.float32))
+        headroom = 1.0 if rows >= FULL_SAMPLE else 1.5
+        projected = coarse.apply(sample)
+        return cls(coarse, Quantiser.fit(projected, headroom=headroom), Quantiser.fit(sample, headroom=headroom), rows)
+
+    def outgrown(self, live_rows: int) -> bool:
+        """True when a catalog of ``live_rows`` should learn its codec again (it has doubled since a small fit)."""
+        return self.fitted_rows < FULL_SAMPLE and live_rows >= 2 * max(self.fitted_rows, 1)
+
+    def encode_first_stage(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 codes, float16 lengths) of unit vectors in the first stage."""
+        centred = (np.asarray(vectors, dtype=np.float32) - self.coarse.mean) @ self.coarse.components
+        centred *= self.coarse.scale
+        lengths = np.linalg.norm(centred, axis=1)
+        unit = centred / np.maximum(lengths, np.float32(1e-12))[:, None]
+        return self.coarse_quantiser.encode(unit), lengths.astype(np.float16)
