@@ -153,13 +153,21 @@ def _randomized_axes(centred: np.ndarray, dim: int, seed: int, power: int = 2) -
     """(variances[dim], components float64[d, dim], total variance) of centred rows by randomized SVD."""
     n, d = centred.shape
     rng = np.random.default_rng(seed)
-    basis = centred @ rng.standard_normal((d, dim + 16)).astype(np.float32)
+    basis = _orthonormal(centred @ rng.standard_normal((d, dim + 16)).astype(np.float32))
     for _ in range(power):
-        basis, _ = np.linalg.qr(basis)
-        basis, _ = np.linalg.qr(centred.T @ basis)
-        basis = centred @ basis
-    basis, _ = np.linalg.qr(basis)
+        basis = _orthonormal(centred @ _orthonormal(centred.T @ basis))
     _, singular, vt = np.linalg.svd((basis.T @ centred).astype(np.float64), full_matrices=False)
     denominator = max(1, n - 1)
     total = float(np.einsum("ij,ij->", centred, centred, dtype=np.float64)) / denominator
     return singular[:dim] ** 2 / denominator, vt[:dim].T.copy(), total
+
+
+def _orthonormal(columns: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns' span via the eigen-decomposition of their small Gram matrix.
+
+    Equivalent to a thin QR here and several times faster on a busy machine (one BLAS product and a k×k eigh).
+    """
+    gram = columns.T.astype(np.float64) @ columns.astype(np.float64)
+    values, vectors = np.linalg.eigh(gram)
+    keep = values > values.max() * 1e-10
+    return (columns @ (vectors[:, keep] / np.sqrt(values[keep])).astype(columns.dtype)).astype(np.float32)
