@@ -70,6 +70,12 @@ class ConflictError(BlobStoreError):
     retryable = True
 
 
+class BlobSizeError(BlobStoreError):
+    """An object's size is not the size the caller made room for (:meth:`BlobStore.get_into`); nothing was read."""
+
+    code = "blob_size_mismatch"
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     """What a listing or a HEAD tells about an object (no body)."""
@@ -102,8 +108,10 @@ class BlobStore(Protocol):
         equals ``if_none_match_etag``."""
         ...
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
-        """Write an object and return its new ETag.
+    def put(
+        self, key: str, data: bytes | memoryview, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Write an object and return its new ETag (``data`` may be a memoryview: a slice of a larger file).
 
         ``if_none_match=True`` writes only when the key does not exist; ``if_match=etag`` only when
         the current object has that ETag (a missing key fails too). A lost condition raises
@@ -121,6 +129,23 @@ class BlobStore(Protocol):
 
     def head(self, key: str) -> BlobInfo:
         """Metadata of an object without its body. Raises :class:`BlobNotFoundError`."""
+        ...
+
+    def copy(self, source_key: str, dest_key: str) -> str:
+        """Copy an object inside the store (S3 CopyObject: no body travels through the caller); the new ETag.
+
+        Unchanged index files of a new version are copied instead of uploaded again. Sources are at most 5 GiB
+        (one CopyObject; the index writes larger files in parts). Raises :class:`BlobNotFoundError` when the
+        source is missing.
+        """
+        ...
+
+    def get_into(self, key: str, out: memoryview) -> int:
+        """Read an object's body straight into ``out`` (writable, exactly the object's size); the size read.
+
+        Large files are assembled part by part in one preallocated buffer, so no part exists twice in memory.
+        Raises :class:`BlobNotFoundError`, and :class:`BlobSizeError` when the object is not ``len(out)`` bytes.
+        """
         ...
 
 

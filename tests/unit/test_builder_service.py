@@ -49,13 +49,17 @@ def test_later_runs_compact_only_when_there_is_something_new_or_when_forced() ->
     store.write_item(record(0, updated_at=1.0), model_fingerprint="m")
     first = run_build(store, BuildRequest("schedule"))
     assert run_build(store, BuildRequest("threshold")) == {**first, "trigger": "threshold", "noop": True,
-        "deltas_included": 0, "build_seconds": 0.0, "attempts": 1}  # fmt: skip
+        "deltas_included": 0, "build_seconds": 0.0, "attempts": 1,
+        "bytes_uploaded": 0, "objects_uploaded": 0}  # fmt: skip
     store.write_item(record(1, updated_at=2.0), model_fingerprint="")  # a delta without fingerprint joins the index
     second = run_build(store, BuildRequest("schedule"))
     forced = run_build(store, BuildRequest("manual", force=True))
     assert (second["deltas_included"], second["items"]) == (1, 2)
     assert forced["noop"] is False
     assert forced["version"] != second["version"]
+    assert first["bytes_uploaded"] > 0
+    assert first["bytes_copied"] == 0
+    assert forced["bytes_copied"] > 0  # a forced rebuild of the same items copies what did not change
 
 
 def write_query_samples(store: IndexStore, n: int, *, fingerprint: str = "m", offset: int = 0) -> None:

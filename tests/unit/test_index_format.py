@@ -21,6 +21,7 @@ from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord
 from catalens.index.reduce import Projection
 from catalens.index.store import IndexStore
+from catalens.index.transport import PART_SIZE
 from catalens.query_domain import MIN_REFERENCE
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 
@@ -128,6 +129,62 @@ f9da40759ad3f060  index/versions/00000002-000000000000/snapshot/tombstones.json
 345fd703abbca6a2  index/versions/00000002-000000000000/snapshot/vectors.npy
 """
 
+# Version files above the part size are stored as ``<name>.part-NNNNN`` objects and their manifest entries list the
+# parts (catalens.index.transport). Pinned with a 256-byte part size so the tiny test files split; the objects of
+# files that fit one part, the deltas and the query objects are the same bytes as in GOLDEN_STORE.
+PARTS_SIZE = 256
+GOLDEN_STORE_IN_PARTS = """
+6a4d7d0dab72c0d9  index/manifest.json
+4590cf65166ef3bc  index/versions/00000001-000000000000/ledger.json.part-00000
+dc4def2f036806e1  index/versions/00000001-000000000000/ledger.json.part-00001
+7fd2f7063896d75f  index/versions/00000001-000000000000/snapshot/column.cat_category.046b3d46.npy
+7631a0b68229b197  index/versions/00000001-000000000000/snapshot/column.cat_title.6c00ed47.npy
+65d60bda4018f0a5  index/versions/00000001-000000000000/snapshot/column.num_price.b1621a13.npy
+6d08883eb5b05b9d  index/versions/00000001-000000000000/snapshot/id_order.npy
+b6df0ca47991bf35  index/versions/00000001-000000000000/snapshot/item_ids.npy
+2f4efba6894891e4  index/versions/00000001-000000000000/snapshot/record_offsets.npy
+25135d60fed23657  index/versions/00000001-000000000000/snapshot/records.npy.part-00000
+5ee3c1c86a6b820c  index/versions/00000001-000000000000/snapshot/records.npy.part-00001
+3b66e6d29e724b3f  index/versions/00000001-000000000000/snapshot/records.npy.part-00002
+f718e8ee3a74fe88  index/versions/00000001-000000000000/snapshot/records.npy.part-00003
+f82d133f49afa291  index/versions/00000001-000000000000/snapshot/records.npy.part-00004
+87f87b8e55a96d79  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00000
+5d14b486adb3e707  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00001
+559cf9b977aef775  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00002
+08311267a8f84651  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00003
+df458e5431a48167  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00004
+d562c5911ee97ba4  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00005
+61ff77a2ca7e43d2  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00006
+49acf112e15da7b1  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00007
+8539e815ca440d71  index/versions/00000001-000000000000/snapshot/tombstones.json
+3a3603e4ad665dc6  index/versions/00000001-000000000000/snapshot/vectors.npy.part-00000
+de66d9ae6e13a94d  index/versions/00000001-000000000000/snapshot/vectors.npy.part-00001
+72409134c793adb3  index/versions/00000002-000000000000/ledger.json.part-00000
+705848a38b6e3ebc  index/versions/00000002-000000000000/ledger.json.part-00001
+b0a61c449e8af03a  index/versions/00000002-000000000000/snapshot/column.cat_category.046b3d46.npy
+bdad22b13216ce0a  index/versions/00000002-000000000000/snapshot/column.cat_title.6c00ed47.npy
+5683136039adb6e6  index/versions/00000002-000000000000/snapshot/column.num_price.b1621a13.npy
+e24087dfc0efa40c  index/versions/00000002-000000000000/snapshot/id_order.npy
+ac6305433c95317a  index/versions/00000002-000000000000/snapshot/item_ids.npy
+841d9adc97cd110e  index/versions/00000002-000000000000/snapshot/record_offsets.npy
+b3d01772740a5900  index/versions/00000002-000000000000/snapshot/records.npy.part-00000
+5ee3c1c86a6b820c  index/versions/00000002-000000000000/snapshot/records.npy.part-00001
+2b7303f441fde3ef  index/versions/00000002-000000000000/snapshot/records.npy.part-00002
+65ea85b0b2f0c7ad  index/versions/00000002-000000000000/snapshot/records.npy.part-00003
+3a35d60a16e9a228  index/versions/00000002-000000000000/snapshot/records.npy.part-00004
+87f87b8e55a96d79  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00000
+de42b9d393b452fa  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00001
+460137fefad3ce69  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00002
+48ad075d8f610ce9  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00003
+9b127f5ac35f52ec  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00004
+efa952e487d1e25c  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00005
+001e3dba458c052d  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00006
+938b2eac29101476  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00007
+f9da40759ad3f060  index/versions/00000002-000000000000/snapshot/tombstones.json
+d512c1a3f2649d25  index/versions/00000002-000000000000/snapshot/vectors.npy.part-00000
+4e141e52872d3bb2  index/versions/00000002-000000000000/snapshot/vectors.npy.part-00001
+"""
+
 
 def signs(i: int) -> np.ndarray:
     """A ±1 vector per item (bits of ``i``): exact under any normalisation or projection below."""
@@ -207,11 +264,13 @@ def build_snapshots() -> str:
     return listing(files)
 
 
-def store_objects() -> str:
+def store_objects(part_size: int = PART_SIZE) -> str:
     """Every object an index holds after ingest, two compactions, a query-domain refresh and a rollback."""
     now = [START]
     blob = MemoryBlobStore(clock=lambda: datetime.fromtimestamp(now[0], UTC))
-    store = IndexStore(blob, "index/", retry=RetryPolicy(base_delay=0.0), wall_clock=lambda: now[0])
+    store = IndexStore(
+        blob, "index/", retry=RetryPolicy(base_delay=0.0), wall_clock=lambda: now[0], part_size=part_size
+    )
 
     def build(records: Iterator[ItemRecord], **kwargs: object):
         # format 1 (float32) is what every release reads; the compact format's PCA is not bit-exact across BLAS
@@ -241,3 +300,27 @@ def test_snapshot_files_are_byte_for_byte_the_pre_split_format(frozen_timers: No
 
 def test_store_objects_are_byte_for_byte_the_pre_split_format(frozen_timers: None, counted_uuids: None) -> None:
     assert store_objects() == GOLDEN_STORE.lstrip("\n")
+
+
+def test_store_objects_in_parts_are_byte_for_byte_the_parts_format(frozen_timers: None, counted_uuids: None) -> None:
+    objects = store_objects(part_size=PARTS_SIZE).splitlines(keepends=True)
+    pinned = [line for line in objects if "index/versions/" in line or line.endswith("index/manifest.json\n")]
+    assert "".join(pinned) == GOLDEN_STORE_IN_PARTS.lstrip("\n")
+    unsplit = GOLDEN_STORE.lstrip("\n").splitlines(keepends=True)
+    assert [line for line in objects if ".part-" not in line and line not in pinned] == [
+        line for line in unsplit if "index/versions/" not in line and not line.endswith("index/manifest.json\n")
+    ]
+    assert [line for line in objects if "index/versions/" in line and ".part-" not in line] == [
+        line for line in unsplit if any(line.endswith(f"/{name}\n") for name in _UNSPLIT_NAMES)
+    ]
+
+
+_UNSPLIT_NAMES = (  # the version files below PARTS_SIZE keep their keys and bytes
+    "column.cat_category.046b3d46.npy",
+    "column.cat_title.6c00ed47.npy",
+    "column.num_price.b1621a13.npy",
+    "id_order.npy",
+    "item_ids.npy",
+    "record_offsets.npy",
+    "tombstones.json",
+)

@@ -400,7 +400,7 @@ class CountingBlob:
         self.blocked = threading.Event()
         self.fail = False
 
-    def get(self, key: str, if_none_match_etag: str | None = None) -> Blob:
+    def _before_get(self, key: str) -> None:
         if self.fail:
             raise OSError("network down")
         self.gets.append(key)
@@ -411,10 +411,22 @@ class CountingBlob:
         if self.block_prefix and key.startswith(self.block_prefix):
             self.blocked.set()
             assert self.release.wait(30), "test never released the blocked load"
+
+    def get(self, key: str, if_none_match_etag: str | None = None) -> Blob:
+        self._before_get(key)
         return self.inner.get(key, if_none_match_etag)
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def get_into(self, key: str, out: memoryview) -> int:
+        self._before_get(key)
+        return self.inner.get_into(key, out)
+
+    def put(
+        self, key: str, data: bytes | memoryview, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         return self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
+
+    def copy(self, source_key: str, dest_key: str) -> str:
+        return self.inner.copy(source_key, dest_key)
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
         if self.fail:
@@ -641,8 +653,16 @@ class CrashingBlob:
     def get(self, key: str, if_none_match_etag: str | None = None) -> Blob:
         return self.inner.get(key, if_none_match_etag)
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def get_into(self, key: str, out: memoryview) -> int:
+        return self.inner.get_into(key, out)
+
+    def put(
+        self, key: str, data: bytes | memoryview, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         return self._mutate(lambda: self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match))  # type: ignore[return-value]
+
+    def copy(self, source_key: str, dest_key: str) -> str:
+        return self._mutate(lambda: self.inner.copy(source_key, dest_key))  # type: ignore[return-value]
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
         return self.inner.list(prefix)

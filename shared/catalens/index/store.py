@@ -18,9 +18,9 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from catalens.index.deltas import (
     Coverage,
@@ -49,7 +49,8 @@ from catalens.index.layout import (
 from catalens.index.manifest import DEFAULT_RETRY, Manifest, ManifestStore, RetryPolicy, VersionEntry
 from catalens.index.query_domain_store import QUERY_SAMPLE_MAX_AGE_DAYS, QueryDomainStore
 from catalens.index.records import ItemRecord
-from catalens.ports import BlobNotFoundError, BlobStore, ConflictError, PreconditionFailedError, delete_all
+from catalens.index.transport import PART_SIZE, Buffer, TransferStats, fetch_files, objects_by_sha256, write_files
+from catalens.ports import BlobStore, ConflictError, PreconditionFailedError, delete_all
 
 if TYPE_CHECKING:
     from catalens.index.build import BuildParams
@@ -60,16 +61,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+FileSelection = Collection[str] | Callable[[str], bool]
+"""Which snapshot files to fetch: their names (``"full.3.npy"``), or a predicate over the names."""
+
+
 @dataclass(frozen=True)
 class LoadedVersion:
-    """A whole, verified version in memory."""
+    """A verified version in memory: its snapshot, and the buffers the snapshot's arrays view (by file name).
+
+    ``files`` lets the next load share unchanged buffers instead of fetching them again (:attr:`reusable`).
+    """
 
     entry: VersionEntry
     snapshot: Snapshot
+    files: Mapping[str, memoryview] = field(default_factory=dict)
 
     @property
     def coverage(self) -> SnapshotCoverage:
         return SnapshotCoverage(self.snapshot)
+
+    @property
+    def reusable(self) -> dict[str, memoryview]:
+        """sha256 → buffer of every snapshot file held: the ``reuse`` argument of the next load."""
+        return {self.entry.files[SNAPSHOT_DIR + name]["sha256"]: view for name, view in self.files.items()}
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,10 @@ class CompactionResult:
     attempts: int
     build_seconds: float
     noop: bool = False
+    bytes_uploaded: int = 0  # what writing the version sent to the store
+    bytes_copied: int = 0  # what it copied inside the store instead (files unchanged since the previous version)
+    objects_uploaded: int = 0
+    objects_copied: int = 0
 
 
 @dataclass
@@ -108,7 +126,10 @@ class IndexStore:
     retry:
         Bounded, jittered retries of manifest swaps (412/409) and of 409 on delta writes.
     fetch_workers:
-        Threads fetching deltas and version files in parallel (S3 latency, not CPU, is the limit).
+        Threads fetching deltas and version files, and writing version files, in parallel (S3 latency, not CPU,
+        is the limit).
+    part_size:
+        Version files larger than this are stored as several objects of this size (:mod:`catalens.index.transport`).
     wall_clock, sleep:
         Injected by tests.
 
@@ -124,6 +145,7 @@ class IndexStore:
         keep_versions: int = 5,
         retry: RetryPolicy = DEFAULT_RETRY,
         fetch_workers: int = 16,
+        part_size: int = PART_SIZE,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -136,6 +158,9 @@ class IndexStore:
         self.keep_versions = keep_versions
         self.retry = retry
         self.fetch_workers = max(1, fetch_workers)
+        if part_size < 1:
+            raise ValueError("part_size must be at least 1 byte")
+        self.part_size = part_size
         self._wall_clock = wall_clock
         self._sleep = sleep
         self.manifests = ManifestStore(blob, prefix)
@@ -195,36 +220,83 @@ class IndexStore:
         """
         return self.manifests.read(if_none_match_etag)
 
-    def load_version(self, entry: VersionEntry) -> LoadedVersion:
-        """Fetch a version's snapshot files, verify each against the manifest entry, and decode them."""
+    def load_version(
+        self,
+        entry: VersionEntry,
+        *,
+        names: FileSelection | None = None,
+        reuse: Mapping[str, Buffer] | None = None,
+    ) -> LoadedVersion:
+        """Fetch a version's snapshot files (:meth:`fetch_version_files`), verified, and decode them.
+
+        ``names`` selects the files handed to ``Snapshot.from_files`` (default: all), which must accept that
+        subset; ``reuse`` (sha256 → bytes already in memory, e.g. ``current.reusable``) shares unchanged files'
+        buffers instead of fetching them, so a swap holds each unchanged file once.
+        """
         from catalens.index.snapshot import Snapshot, SnapshotError
 
-        names = [name for name in entry.files if name.startswith(SNAPSHOT_DIR)]
-        files = self._fetch({name: self.version_key(entry.version, name) for name in names})
-        for name, data in files.items():
-            if data is None:
-                raise CorruptIndexError(f"version {entry.version}: file {name!r} named by the manifest is missing")
-            _verify(entry, name, data)
+        files = self.fetch_version_files(entry, names, reuse=reuse)
         try:
-            # Every file was just checked against the manifest's sha256; the snapshot's own hashes would
+            # Every part was just checked against the manifest's sha256; the snapshot's own hashes would
             # only hash the same bytes again (sizes and presence it still checks).
-            snapshot = Snapshot.from_files(
-                {name[len(SNAPSHOT_DIR) :]: data for name, data in files.items()}, verify=False
-            )
+            snapshot = Snapshot.from_files(files, verify=False)
         except SnapshotError as exc:
             raise CorruptIndexError(f"version {entry.version}: {exc}") from exc
         if len(snapshot) != entry.items:
             raise CorruptIndexError(f"version {entry.version}: {len(snapshot)} items, manifest says {entry.items}")
-        return LoadedVersion(entry=entry, snapshot=snapshot)
+        return LoadedVersion(entry=entry, snapshot=snapshot, files=files)
+
+    def fetch_version_files(
+        self,
+        entry: VersionEntry,
+        names: FileSelection | None = None,
+        *,
+        reuse: Mapping[str, Buffer] | None = None,
+        hash_in_fetch_threads: bool = True,
+    ) -> dict[str, memoryview]:
+        """A version's snapshot files as read-only memoryviews, by the names ``Snapshot.from_files`` takes.
+
+        The building block of staged loading: fetch the first stage (e.g. ``names={"snapshot.json", "ids.npy",
+        ...}``), answer from it, then fetch the rest (``names=lambda n: n.startswith("full.")``) in the background
+        and merge the two dicts. Each call GETs its files' parts on ``fetch_workers`` threads into one
+        preallocated buffer per file, checks every part's sha256 in the thread that fetched it, and returns
+        nothing unless all are whole (:class:`CorruptIndexError` for a missing, short or altered part; an unknown
+        name in a collection is a :class:`CorruptIndexError` too: the caller expected a file the version lacks).
+        A file whose sha256 is a key of ``reuse`` is not fetched; its buffer is shared. ``hash_in_fetch_threads``
+        is for benchmarks only.
+        """
+        snapshot_names = [name[len(SNAPSHOT_DIR) :] for name in entry.files if name.startswith(SNAPSHOT_DIR)]
+        if names is None:
+            selected = snapshot_names
+        elif callable(names):
+            selected = [name for name in snapshot_names if names(name)]
+        else:
+            unknown = sorted(set(names) - set(snapshot_names))
+            if unknown:
+                raise CorruptIndexError(f"version {entry.version}: no file(s) {unknown} in its manifest entry")
+            selected = [name for name in snapshot_names if name in names]
+        return fetch_files(
+            self.blob,
+            {name: entry.files[SNAPSHOT_DIR + name] for name in selected},
+            lambda name: self.version_key(entry.version, SNAPSHOT_DIR + name),
+            workers=self.fetch_workers,
+            reuse=reuse,
+            hash_in_fetch_threads=hash_in_fetch_threads,
+            label=f"version {entry.version}: ",
+        )
 
     def load_ledger(self, entry: VersionEntry) -> Ledger:
         """The small per-item ledger of a version (GC reads these instead of whole snapshots)."""
-        try:
-            data = self.blob.get(self.version_key(entry.version, LEDGER_NAME)).data
-        except BlobNotFoundError as exc:
-            raise CorruptIndexError(f"version {entry.version}: ledger named by the manifest is missing") from exc
-        _verify(entry, LEDGER_NAME, data)
-        return Ledger.from_bytes(data)
+        if LEDGER_NAME not in entry.files:
+            raise CorruptIndexError(f"version {entry.version}: its manifest entry names no ledger")
+        data = fetch_files(
+            self.blob,
+            {LEDGER_NAME: entry.files[LEDGER_NAME]},
+            lambda name: self.version_key(entry.version, name),
+            workers=self.fetch_workers,
+            label=f"version {entry.version}: ",
+        )[LEDGER_NAME]
+        return Ledger.from_bytes(bytes(data))
 
     def list_deltas(self) -> dict[str, DeltaKey]:
         """Every delta object (full key → what its name says), from one LIST of the deltas prefix."""
@@ -327,7 +399,18 @@ class IndexStore:
             )
             build_seconds = time.perf_counter() - started
             now = self._wall_clock()
-            entry = self._write_version(version, snapshot, generation, sorted(usable), now)
+            entry, transfer = self._write_version(
+                version, snapshot, generation, sorted(usable), now, previous=manifest.current
+            )
+            log.info(
+                "version %s written: %d bytes uploaded (%d objects), %d copied from %s (%d objects)",
+                version,
+                transfer.bytes_uploaded,
+                transfer.objects_uploaded,
+                transfer.bytes_copied,
+                manifest.current.version if manifest.current else None,
+                transfer.objects_copied,
+            )
             published = Manifest(
                 generation=generation,
                 current=entry,
@@ -344,6 +427,10 @@ class IndexStore:
                     deltas_skipped=skipped,
                     attempts=attempt + 1,
                     build_seconds=build_seconds,
+                    bytes_uploaded=transfer.bytes_uploaded,
+                    bytes_copied=transfer.bytes_copied,
+                    objects_uploaded=transfer.objects_uploaded,
+                    objects_copied=transfer.objects_copied,
                 )
             log.info("manifest changed while compacting (attempt %d); rebuilding from the new one", attempt + 1)
             self.retry.pause(attempt, self._sleep)
@@ -449,15 +536,31 @@ class IndexStore:
         return [key for (key, _), done in zip(parsed_keys, covered, strict=True) if done], len(listing)
 
     def _write_version(
-        self, version: str, snapshot: Snapshot, generation: int, included_keys: Sequence[str], now: float
-    ) -> VersionEntry:
-        """Write every file of a new version under a fresh name (If-None-Match); the manifest comes after."""
-        files = {SNAPSHOT_DIR + name: data for name, data in snapshot.to_files().items()}
+        self,
+        version: str,
+        snapshot: Snapshot,
+        generation: int,
+        included_keys: Sequence[str],
+        now: float,
+        *,
+        previous: VersionEntry | None = None,
+    ) -> tuple[VersionEntry, TransferStats]:
+        """Write every file of a new version under a fresh name (If-None-Match, in parts, in parallel); the manifest
+        comes after. What ``previous`` already stores with the same sha256 is copied server-side, not uploaded."""
+        files: dict[str, Buffer] = {SNAPSHOT_DIR + name: data for name, data in snapshot.to_files().items()}
         files[LEDGER_NAME] = Ledger.from_snapshot(snapshot).to_bytes()
-        meta: dict[str, dict[str, Any]] = {}
-        for name, data in sorted(files.items()):
-            self.blob.put(self.version_key(version, name), data, if_none_match=True)
-            meta[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        sources = (
+            objects_by_sha256(previous.files, lambda name: self.version_key(previous.version, name)) if previous else {}
+        )
+        written, transfer = write_files(
+            self.blob,
+            files,
+            lambda name: self.version_key(version, name),
+            part_size=self.part_size,
+            previous=sources,
+            workers=self.fetch_workers,
+        )
+        meta = {name: written[name] for name in sorted(written)}
         digest = hashlib.sha256("\n".join(included_keys).encode("utf-8")).hexdigest()
         return VersionEntry(
             version=version,
@@ -469,7 +572,7 @@ class IndexStore:
             files=meta,
             deltas_included=len(included_keys),
             deltas_digest=digest,
-        )
+        ), transfer
 
     def _fetch(self, keys: Mapping[str, str]) -> dict[str, bytes | None]:
         return fetch_all(self.blob, keys, workers=self.fetch_workers)
@@ -489,9 +592,3 @@ def make_view(
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
     return IndexView(loaded.snapshot if loaded else None, records, query_domain=query_domain)
-
-
-def _verify(entry: VersionEntry, name: str, data: bytes) -> None:
-    expected = entry.files[name]
-    if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
-        raise CorruptIndexError(f"version {entry.version}: file {name!r} does not match the manifest's checksum")

@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from catalens.ports import Blob, BlobInfo, BlobNotFoundError, NotModifiedError, PreconditionFailedError
+from catalens.ports import (
+    Blob,
+    BlobInfo,
+    BlobNotFoundError,
+    BlobSizeError,
+    NotModifiedError,
+    PreconditionFailedError,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,9 @@ class MemoryBlobStore:
             raise NotModifiedError(f"object {key!r} still has ETag {stored.etag}")
         return Blob(key=key, data=stored.data, etag=stored.etag, last_modified=stored.last_modified)
 
-    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+    def put(
+        self, key: str, data: bytes | memoryview, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         data = bytes(data)
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
         with self._lock:
@@ -83,3 +92,21 @@ class MemoryBlobStore:
         if stored is None:
             raise BlobNotFoundError(f"no object at key {key!r}")
         return BlobInfo(key=key, etag=stored.etag, size=len(stored.data), last_modified=stored.last_modified)
+
+    def copy(self, source_key: str, dest_key: str) -> str:
+        with self._lock:
+            stored = self._objects.get(source_key)
+            if stored is None:
+                raise BlobNotFoundError(f"no object at key {source_key!r} to copy")
+            self._objects[dest_key] = _Stored(data=stored.data, etag=stored.etag, last_modified=self._clock())
+        return stored.etag
+
+    def get_into(self, key: str, out: memoryview) -> int:
+        with self._lock:
+            stored = self._objects.get(key)
+        if stored is None:
+            raise BlobNotFoundError(f"no object at key {key!r}")
+        if len(stored.data) != len(out):
+            raise BlobSizeError(f"object {key!r} has {len(stored.data)} bytes, the caller expected {len(out)}")
+        out[:] = stored.data
+        return len(stored.data)
