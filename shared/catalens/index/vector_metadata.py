@@ -13,7 +13,9 @@ a few keys, named when the index is created, are non-filterable. An item is stor
 
 :func:`vector_filter` turns the index's :class:`~catalens.index.filters.Filter` into S3 Vectors' filter document
 with the same meaning (a missing field fails, a list field matches when an element does, ranges hold numbers
-only, ``True`` is not ``1``).
+only, ``True`` is not ``1``). One difference remains: a range on a *list* of numbers never matches in the in-Lambda
+index, while S3 Vectors compares its elements (the filter language cannot say "not a list"); the API ranges only
+``price``, which is a number.
 """
 
 from __future__ import annotations
