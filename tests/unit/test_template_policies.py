@@ -369,7 +369,12 @@ def test_with_s3_vectors_each_function_gets_only_the_vector_actions_it_calls(tra
     index_arn = f"arn:aws:s3vectors:{resolver.region}:{resolver.account_id}:bucket/{bucket}/index/items"
     assert resolver.get_att("VectorIndex", "IndexArn") == index_arn
     vector_actions = {
-        "IngestFunction": {"s3vectors:GetVectors", "s3vectors:PutVectors", "s3vectors:DeleteVectors"},
+        "IngestFunction": {  # QueryVectors: the near-duplicate check before a write
+            "s3vectors:GetVectors",
+            "s3vectors:PutVectors",
+            "s3vectors:DeleteVectors",
+            "s3vectors:QueryVectors",
+        },
         "SearchFunction": {"s3vectors:QueryVectors", "s3vectors:GetVectors"},
         "ProfilesFunction": {"s3vectors:GetVectors"},
         "IndexBuilderFunction": {"s3vectors:ListVectors", "s3vectors:GetVectors"},
