@@ -322,6 +322,7 @@ class S3VectorsView:
     Item vectors are the model's unit vectors (no projection): the index space is the model's.
     """
 
+    version: str  # the stats' write count: changes with every write, so per-version caches stay right
     max_candidates: int | None = MAX_TOP_K
     """QueryVectors returns at most 100 neighbours: search pages at most this deep (the API says so in a 400)."""
 
