@@ -11,7 +11,8 @@ configuration once everything is built (their lines come out as the function's J
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
@@ -23,7 +24,7 @@ from catalens.embedder import Embedder
 from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
-from catalens.ports import MetricsSink, ProfileStore
+from catalens.ports import IndexReader, IndexWriter, MetricsSink, ProfileStore
 from catalens.profiles import ProfileUpdater, index_lookup
 from catalens.service.api import search_api
 from catalens.service.builder import IndexBuilder
@@ -35,6 +36,9 @@ from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
 from catalens.service.shopper_tokens import ShopperAuth, ShopperKeysUnavailableError
 from catalens.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from catalens.adapters.s3vectors import S3VectorsIndex
 
 ERROR_MARKERS_DIR = "ingest-errors/"  # under the index prefix: the ingest role may write there, GC never looks
 
@@ -60,6 +64,47 @@ def index_store(settings: Settings, s3_client: Any) -> IndexStore:
     return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix)
 
 
+def vector_index(
+    settings: Settings, s3_client: Any, s3vectors_client: Any = None, *, calibrate: bool = False
+) -> S3VectorsIndex:
+    """The S3 Vectors index (``INDEX_BACKEND=s3vectors``), with its tombstones and stats in the index bucket.
+
+    With ``calibrate`` its views carry the query domain the manifest names for the index's model.
+    """
+    from catalens.adapters.s3vectors import S3VectorsIndex
+    from catalens.index.query_domain_store import ManifestQueryDomains
+
+    if not settings.vector_bucket or not settings.vector_index:
+        raise ValueError("INDEX_BACKEND=s3vectors needs VECTOR_BUCKET and VECTOR_INDEX")
+    store = index_store(settings, s3_client)
+    return S3VectorsIndex(
+        boto3.client("s3vectors") if s3vectors_client is None else s3vectors_client,
+        vector_bucket=settings.vector_bucket,
+        index_name=settings.vector_index,
+        blob=store.blob,
+        prefix=settings.index_prefix,
+        ttl_seconds=settings.manifest_ttl_seconds,
+        query_domain=ManifestQueryDomains(store.queries) if calibrate else None,
+    )
+
+
+def index_backend(
+    settings: Settings,
+    s3_client: Any,
+    s3vectors_client: Any = None,
+    *,
+    background_loads: bool = False,
+    calibrate: bool = False,
+) -> tuple[IndexWriter, Callable[[], IndexReader]]:
+    """What ingest writes through and where readers get the current view, for ``settings.index_backend``."""
+    if settings.index_backend == "s3vectors":
+        index = vector_index(settings, s3_client, s3vectors_client, calibrate=calibrate)
+        return index, index.view
+    store = index_store(settings, s3_client)
+    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
+    return store, cache.view
+
+
 def error_log(settings: Settings, s3_client: Any) -> ErrorLog:
     """Error markers of failed photos: ``<index prefix>ingest-errors/<bucket>/<key>.json`` in the index bucket."""
     return ErrorLog(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix + ERROR_MARKERS_DIR)
@@ -75,6 +120,7 @@ def build_ingest_service(
     settings: Settings | None = None,
     *,
     s3_client: Any = None,
+    s3vectors_client: Any = None,
     metrics: MetricsSink | None = None,
     embedder: Embedder | None = None,
     config: IngestConfig | None = None,
@@ -83,13 +129,12 @@ def build_ingest_service(
     """The ingest service: catalog bucket in, index deltas and error markers out."""
     settings = settings or load_settings()
     s3_client = boto3.client("s3") if s3_client is None else s3_client
-    store = index_store(settings, s3_client)
-    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=False)
+    writer, views = index_backend(settings, s3_client, s3vectors_client)
     service = IngestService(
         catalog=S3CatalogReader(s3_client),
-        index=store,
+        index=writer,
         embedder=embedder or load_embedder(settings),
-        views=cache.view,
+        views=views,
         errors=error_log(settings, s3_client),
         metrics=metrics,
         config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
@@ -115,6 +160,7 @@ def build_search_service(
     *,
     s3_client: Any = None,
     dynamodb_client: Any = None,
+    s3vectors_client: Any = None,
     embedder: Embedder | None = None,
     metrics: MetricsSink | None = None,
     background_loads: bool = True,
@@ -128,14 +174,17 @@ def build_search_service(
 
     settings = settings or load_settings()
     profiles = load_profile_store(settings, boto3.client("dynamodb") if dynamodb_client is None else dynamodb_client)
-    store = index_store(settings, boto3.client("s3") if s3_client is None else s3_client)
-    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
+    s3_client = boto3.client("s3") if s3_client is None else s3_client
+    store = index_store(settings, s3_client)
+    _, views = index_backend(
+        settings, s3_client, s3vectors_client, background_loads=background_loads, calibrate=settings.query_calibration
+    )
     samples = None
     if settings.query_sample_rate > 0:
         samples = QuerySampler(store.queries, rate=settings.query_sample_rate, metrics=metrics)
     return SearchService(
         embedder=embedder or load_embedder(settings),
-        views=cache.view,
+        views=views,
         limits=query_image_limits(settings),
         profiles=profiles,
         rerank=rerank,
@@ -184,6 +233,7 @@ def build_profile_stream(
     *,
     dynamodb_client: Any = None,
     s3_client: Any = None,
+    s3vectors_client: Any = None,
     metrics: MetricsSink | None = None,
     logger: Logger | None = None,
 ) -> ProfileStream:
@@ -196,18 +246,16 @@ def build_profile_stream(
 
     settings = settings or load_settings()
     dynamodb = boto3.client("dynamodb") if dynamodb_client is None else dynamodb_client
-    index = IndexCache(
-        index_store(settings, boto3.client("s3") if s3_client is None else s3_client),
-        ttl_seconds=settings.manifest_ttl_seconds,
-    )
+    s3_client = boto3.client("s3") if s3_client is None else s3_client
+    _, views = index_backend(settings, s3_client, s3vectors_client, background_loads=True)
     cooccurrence = None
     if settings.cooccurrence_table:
         cooccurrence = DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table)
     updater = ProfileUpdater(
         store=DynamoProfileStore(dynamodb, settings.profiles_table, cooccurrence_table=settings.cooccurrence_table),
-        lookup=index_lookup(index.view),
+        lookup=index_lookup(views),
         cooccurrence=cooccurrence,
-        space=lambda: index.view().index_space,
+        space=lambda: views().index_space,
     )
     stream = ProfileStream(updater, metrics=metrics, annotate=logger.append_keys if logger is not None else None)
     share_logging(logger)
@@ -218,12 +266,18 @@ def build_index_builder(
     settings: Settings | None = None,
     *,
     s3_client: Any = None,
+    s3vectors_client: Any = None,
     metrics: MetricsSink | None = None,
     logger: Logger | None = None,
 ) -> IndexBuilder:
-    """The builder function's service over the S3 index."""
+    """The builder function's service over the S3 index; under S3 Vectors it only refreshes the query domain (and
+    recounts the index's stats when forced): S3 Vectors builds its own index."""
     settings = settings or load_settings()
-    store = index_store(settings, boto3.client("s3") if s3_client is None else s3_client)
-    builder = IndexBuilder(store, gc_grace_seconds=settings.gc_grace_seconds, metrics=metrics)
+    s3_client = boto3.client("s3") if s3_client is None else s3_client
+    store = index_store(settings, s3_client)
+    vectors = None
+    if settings.index_backend == "s3vectors":
+        vectors = vector_index(settings, s3_client, s3vectors_client)
+    builder = IndexBuilder(store, gc_grace_seconds=settings.gc_grace_seconds, metrics=metrics, vectors=vectors)
     share_logging(logger)
     return builder

@@ -217,6 +217,10 @@ class IndexReader(Protocol):
     version: str
     """Names the snapshot and the delta set; a cache key for whatever a service derives from the view."""
 
+    max_candidates: int | None
+    """How many hits one :meth:`search` can return at most (None: no limit). S3 Vectors answers at most 100
+    neighbours a query, so search pages no deeper there and asks for no larger first-stage pool."""
+
     def __len__(self) -> int:
         """Live items (snapshot rows the deltas leave visible, plus live deltas)."""
         ...

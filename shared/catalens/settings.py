@@ -56,6 +56,18 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
 
 
+INDEX_BACKENDS = ("lambda", "s3vectors")
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration. Defaults suit the local stack; template.yaml sets them on Lambda."""
@@ -78,6 +90,9 @@ class Settings:
     query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
     shopper_token_parameter: str = ""  # SSM SecureString holding the shopper-token keys; "" verifies no token
     trust_unsigned_user_ids: bool = False  # template TrustUnsignedUserIds: accept a bare user_id (server to server)
+    index_backend: str = "lambda"  # template IndexBackend: "lambda" (snapshot + deltas in S3) or "s3vectors"
+    vector_bucket: str = ""  # the S3 Vectors bucket and index (index_backend "s3vectors")
+    vector_index: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -101,6 +116,9 @@ class Settings:
             query_calibration=_bool(env, "QUERY_CALIBRATION", True),
             shopper_token_parameter=env.get("SHOPPER_TOKEN_PARAMETER", ""),
             trust_unsigned_user_ids=_bool(env, "TRUST_UNSIGNED_USER_IDS", False),
+            index_backend=_choice(env, "INDEX_BACKEND", "lambda", INDEX_BACKENDS),
+            vector_bucket=env.get("VECTOR_BUCKET", ""),
+            vector_index=env.get("VECTOR_INDEX", ""),
         )
 
 

@@ -279,6 +279,8 @@ class Resolver:
             "AWS::Logs::LogGroup": "LogGroupName",
             "AWS::SNS::Topic": "TopicName",
             "AWS::CloudWatch::Alarm": "AlarmName",
+            "AWS::S3Vectors::VectorBucket": "VectorBucketName",
+            "AWS::S3Vectors::Index": "IndexName",
         }.get(kind)
         properties = resource.get("Properties", {}) or {}
         if explicit and properties.get(explicit) is not None:
@@ -316,6 +318,10 @@ class Resolver:
         region, account = self.region, self.account_id
         known: dict[tuple[str, str], Callable[[], Any]] = {
             ("AWS::S3::Bucket", "Arn"): lambda: f"arn:aws:s3:::{name}",
+            ("AWS::S3Vectors::VectorBucket", "VectorBucketArn"): lambda: (
+                f"arn:aws:s3vectors:{region}:{account}:bucket/{name}"
+            ),
+            ("AWS::S3Vectors::Index", "IndexArn"): lambda: self._index_arn(logical_id, name),
             ("AWS::S3::Bucket", "DomainName"): lambda: f"{name}.s3.amazonaws.com",
             ("AWS::SQS::Queue", "Arn"): lambda: f"arn:aws:sqs:{region}:{account}:{name}",
             ("AWS::SQS::Queue", "QueueName"): lambda: name,
@@ -339,6 +345,10 @@ class Resolver:
         if (kind, attribute) not in known:
             raise TemplateError(f"cannot resolve !GetAtt {logical_id}.{attribute} ({kind}) before it is created")
         return known[(kind, attribute)]()
+
+    def _index_arn(self, logical_id: str, name: str) -> str:
+        bucket_arn = self.resolve(self._resource(logical_id)["Properties"]["VectorBucketArn"])
+        return f"{bucket_arn}/index/{name}"
 
     def _resource(self, logical_id: str) -> dict[str, Any]:
         try:
@@ -533,6 +543,8 @@ def provision(
         "AWS::DynamoDB::Table": _create_table,
         "AWS::S3::Bucket": _create_bucket,
         "AWS::S3::BucketPolicy": _apply_bucket_policy,
+        "AWS::S3Vectors::VectorBucket": _create_vector_bucket,
+        "AWS::S3Vectors::Index": _create_vector_index,
         RANDOM_SECURE_PARAMETER: _put_random_secure_parameter,
     }
     wanted = [
@@ -678,6 +690,34 @@ def _put_random_secure_parameter(
     stack.names[logical_id] = name
     stack.resolver.set_attribute(logical_id, "Ref", name)
     stack.resolver.set_attribute(logical_id, "ParameterName", name)
+
+
+# ---- S3 Vectors (IndexBackend s3vectors)
+def _create_vector_bucket(stack: ProvisionedStack, logical_id: str, resource: dict[str, Any], client: Any) -> None:
+    props = stack.resolve(resource.get("Properties", {}) or {})
+    name = stack.resolver.physical_name(logical_id)
+    encryption = props.get("EncryptionConfiguration", {})
+    kwargs = {"encryptionConfiguration": {"sseType": encryption["SseType"]}} if "SseType" in encryption else {}
+    client("s3vectors").create_vector_bucket(vectorBucketName=name, **kwargs)
+    stack.names[logical_id] = name
+
+
+def _create_vector_index(stack: ProvisionedStack, logical_id: str, resource: dict[str, Any], client: Any) -> None:
+    props = stack.resolve(resource["Properties"])
+    name = stack.resolver.physical_name(logical_id)
+    metadata = props.get("MetadataConfiguration", {})
+    kwargs = {}
+    if metadata.get("NonFilterableMetadataKeys"):
+        kwargs["metadataConfiguration"] = {"nonFilterableMetadataKeys": list(metadata["NonFilterableMetadataKeys"])}
+    client("s3vectors").create_index(
+        vectorBucketArn=props["VectorBucketArn"],
+        indexName=name,
+        dataType=props["DataType"],
+        dimension=int(props["Dimension"]),
+        distanceMetric=props["DistanceMetric"],
+        **kwargs,
+    )
+    stack.names[logical_id] = name
 
 
 # ---- S3

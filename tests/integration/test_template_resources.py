@@ -20,6 +20,8 @@ from catalens.index.records import ItemRecord
 from catalens.settings import Settings
 from catalens_tools.provision import api_spec, function_specs, load_template, provision
 
+from .conftest import AWS_REGION
+
 REGION = "us-east-1"
 
 
@@ -227,3 +229,33 @@ def test_index_builder_without_any_deltas_builds_nothing(
     assert outcome["noop"] is True
     s3 = boto3.client("s3", region_name=REGION)
     assert s3.list_objects_v2(Bucket=template_stack.names["IndexBucket"]).get("KeyCount") == 0
+
+
+def test_with_s3_vectors_the_template_wires_ingest_search_and_builder_to_one_vector_index(moto_aws: None) -> None:
+    from catalens.composition import index_backend, vector_index
+    from catalens.service.builder import IndexBuilder
+    from catalens_tools.local import moto_fixes
+
+    moto_fixes.make_s3vectors_queryable()
+    session = boto3.Session(region_name=AWS_REGION)
+    stack = provision(session, load_template(), stack_name="catalens-vec", parameters={"IndexBackend": "s3vectors"})
+    specs = function_specs(stack)
+    client = session.client("s3vectors")
+    index = client.get_index(vectorBucketName=stack.names["VectorBucket"], indexName="items")["index"]
+    assert (index["dimension"], index["distanceMetric"]) == (3984, "cosine")
+    s3 = session.client("s3")
+    vector = np.zeros(3984, dtype=np.float32)
+    vector[7] = 1.0
+    ingest = Settings.from_env(specs["IngestFunction"].environment)
+    writer, _ = index_backend(ingest, s3, client)
+    record = ItemRecord("sku-1", vector, {"category": "hats"}, "sku-1.jpg", "etag-1", "0A")
+    assert writer.write_item(record, model_fingerprint="fp") is True
+    search = Settings.from_env(specs["SearchFunction"].environment)
+    _, views = index_backend(search, s3, client)
+    hits = views().search(vector, 5)
+    assert [(hit.item_id, round(hit.score, 5)) for hit in hits] == [("sku-1", 1.0)]
+    builder = Settings.from_env(specs["IndexBuilderFunction"].environment)
+    outcome = IndexBuilder(index_store(builder, s3), vectors=vector_index(builder, s3, client)).handle(
+        {"trigger": "manual", "force": True}
+    )
+    assert (outcome["backend"], outcome["recounted"], outcome["items"]) == ("s3vectors", True, 1)

@@ -209,6 +209,13 @@ def test_the_index_store_implements_the_index_writer_and_its_queries_the_sample_
     assert_implements(ports.QuerySampleSink, store.queries)
 
 
+def test_the_s3_vectors_index_implements_the_writer_and_its_views_the_reader() -> None:
+    from catalens.adapters.s3vectors import S3VectorsIndex, S3VectorsView
+
+    assert_implements(ports.IndexWriter, S3VectorsIndex)
+    assert_implements(ports.IndexReader, S3VectorsView)
+
+
 def test_blob_stores_implement_the_blob_store() -> None:
     assert_implements(ports.BlobStore, MemoryBlobStore())
     assert_implements(ports.BlobStore, S3BlobStore)

@@ -43,3 +43,12 @@ def test_shopper_token_settings_default_to_refusing_unsigned_user_ids() -> None:
     )
     with pytest.raises(ValueError, match="TRUST_UNSIGNED_USER_IDS"):
         Settings.from_env({"TRUST_UNSIGNED_USER_IDS": "maybe"})
+
+
+def test_the_index_backend_is_lambda_unless_s3vectors_is_named() -> None:
+    assert Settings.from_env({}).index_backend == "lambda"
+    env = {"INDEX_BACKEND": "s3vectors", "VECTOR_BUCKET": "vectors", "VECTOR_INDEX": "items"}
+    settings = Settings.from_env(env)
+    assert (settings.index_backend, settings.vector_bucket, settings.vector_index) == ("s3vectors", "vectors", "items")
+    with pytest.raises(ValueError, match="INDEX_BACKEND must be one of lambda, s3vectors"):
+        Settings.from_env({"INDEX_BACKEND": "faiss"})

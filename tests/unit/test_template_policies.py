@@ -361,3 +361,41 @@ def test_shopper_tokens_are_verified_with_one_free_secure_parameter(transformed:
     preflight = resources["SearchApi"]["Properties"]["Body"]["paths"]["/search"]["options"]
     headers = preflight["x-amazon-apigateway-integration"]["responses"]["default"]["responseParameters"]
     assert "X-Shopper-Token" in headers["method.response.header.Access-Control-Allow-Headers"]
+
+
+def test_with_s3_vectors_each_function_gets_only_the_vector_actions_it_calls(transformed: dict) -> None:
+    resolver = Resolver(transformed, stack_name=STACK, parameters={"IndexBackend": "s3vectors"})
+    bucket = resolver.physical_name("VectorBucket")
+    index_arn = f"arn:aws:s3vectors:{resolver.region}:{resolver.account_id}:bucket/{bucket}/index/items"
+    assert resolver.get_att("VectorIndex", "IndexArn") == index_arn
+    vector_actions = {
+        "IngestFunction": {  # QueryVectors: the near-duplicate check before a write
+            "s3vectors:GetVectors",
+            "s3vectors:PutVectors",
+            "s3vectors:DeleteVectors",
+            "s3vectors:QueryVectors",
+        },
+        "SearchFunction": {"s3vectors:QueryVectors", "s3vectors:GetVectors"},
+        "ProfilesFunction": {"s3vectors:GetVectors"},
+        "IndexBuilderFunction": {"s3vectors:ListVectors", "s3vectors:GetVectors"},
+    }
+    expected = expected_grants(resolver)
+    for function, wanted in expected.items():
+        actual = grants(transformed, resolver, role_of(transformed, function))
+        extra = {(action, index_arn, repr([])) for action in vector_actions.get(function, set())}
+        assert actual == wanted | extra, function
+    variables = transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"]
+    env = resolver.resolve(variables)
+    assert (env["INDEX_BACKEND"], env["VECTOR_BUCKET"], env["VECTOR_INDEX"]) == ("s3vectors", bucket, "items")
+    index = transformed["Resources"]["VectorIndex"]["Properties"]
+    assert (resolver.resolve(index["Dimension"]), index["DistanceMetric"]) == ("3984", "cosine")
+    assert index["MetadataConfiguration"]["NonFilterableMetadataKeys"] == ["_record"]
+
+
+def test_the_default_backend_creates_no_vector_resources_and_grants_no_vector_action(transformed: dict) -> None:
+    resolver = Resolver(transformed, stack_name=STACK)
+    assert not resolver.is_created("VectorBucket")
+    assert not resolver.is_created("VectorIndex")
+    env = resolver.resolve(transformed["Resources"]["SearchFunction"]["Properties"]["Environment"]["Variables"])
+    assert env["INDEX_BACKEND"] == "lambda"
+    assert "VECTOR_BUCKET" not in env

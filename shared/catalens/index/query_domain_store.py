@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 import uuid
 import zipfile
@@ -26,7 +27,7 @@ import numpy as np
 from catalens.index.errors import CorruptIndexError, InvalidRecordError, ManifestConflictError
 from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, fetch_all, iso_time
 from catalens.index.manifest import DEFAULT_RETRY, Manifest, ManifestStore, QueryDomainEntry, RetryPolicy
-from catalens.ports import BlobNotFoundError, BlobStore
+from catalens.ports import BlobNotFoundError, BlobStore, NotModifiedError
 from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
 
 log = logging.getLogger(__name__)
@@ -155,23 +156,32 @@ class QueryDomainStore:
         return domain
 
     def refresh_query_domain(
-        self, *, max_reference: int = MAX_REFERENCE, beta: float = DEFAULT_BETA, now: float | None = None
+        self,
+        *,
+        max_reference: int = MAX_REFERENCE,
+        beta: float = DEFAULT_BETA,
+        now: float | None = None,
+        model_fingerprint: str | None = None,
     ) -> QueryDomainEntry | None:
         """Build the reference from the newest samples of the current model and make the manifest name it.
 
         Returns None when there is no current version or fewer than ``MIN_REFERENCE`` usable samples (the manifest
-        is left as it is); otherwise the entry the manifest now names. An unchanged reference is not swapped
-        again. The object is written before the manifest names it; the swap is the manifest's usual If-Match
-        write, redone from a fresh read on a lost race (bounded, jittered).
+        is left as it is); otherwise the entry the manifest now names. ``model_fingerprint`` names the model when
+        the index is not the manifest's (S3 Vectors: the manifest then names no version, only the domain). An
+        unchanged reference is not swapped again. The object is written before the manifest names it; the swap is
+        the manifest's usual If-Match write, redone from a fresh read on a lost race (bounded, jittered).
         """
         now = self._wall_clock() if now is None else now
         built: tuple[str, QueryDomain] | None = None  # (model fingerprint, domain) of the samples read
         written: str | None = None  # sha256 of the reference object written by this call
         for attempt in range(self.retry.attempts):
             manifest, etag = self.manifests.read()
-            if manifest.current is None:
+            if model_fingerprint is not None:
+                fingerprint = model_fingerprint
+            elif manifest.current is None:
                 return None
-            fingerprint = manifest.current.model_fingerprint
+            else:
+                fingerprint = manifest.current.model_fingerprint
             if built is None or built[0] != fingerprint:
                 samples = self.recent_query_samples(
                     model_fingerprint=fingerprint, limit=QUERY_SAMPLE_READ_FACTOR * max_reference, now=now
@@ -210,16 +220,19 @@ class QueryDomainStore:
             self.retry.pause(attempt, self._sleep)
         raise ManifestConflictError(f"query-domain refresh lost the manifest race {self.retry.attempts} times")
 
-    def query_domain_of(self, manifest: Manifest) -> QueryDomain | None:
-        """The query domain ``manifest`` names for its current version, or None (none, another model's, or bad).
+    def query_domain_of(self, manifest: Manifest, *, model_fingerprint: str | None = None) -> QueryDomain | None:
+        """The query domain ``manifest`` names for its current version (or for ``model_fingerprint``, the model of
+        an index the manifest does not hold), or None (none, another model's, or bad).
 
         Never raises for a missing or corrupt reference: it is logged and searches go uncalibrated.
         """
         entry = manifest.query_domain
-        if entry is None or manifest.current is None:
+        if model_fingerprint is None and manifest.current is not None:
+            model_fingerprint = manifest.current.model_fingerprint
+        if entry is None or model_fingerprint is None:
             return None
-        if entry.model_fingerprint != manifest.current.model_fingerprint:
-            current = manifest.current.model_fingerprint
+        if entry.model_fingerprint != model_fingerprint:
+            current = model_fingerprint
             log.info("query domain of model %s, the index's is %s: not applied", entry.model_fingerprint, current)
             return None
         try:
@@ -300,3 +313,37 @@ def decode_query_reference(data: bytes) -> np.ndarray:
     if reference.ndim != 2:
         raise ValueError(f"reference has shape {reference.shape}, expected [R, d]")
     return reference.astype(np.float32)
+
+
+class ManifestQueryDomains:
+    """The query domain of an index the manifest does not hold (S3 Vectors), for a given model fingerprint.
+
+    Called when a reader refreshes (every few seconds): a conditional GET of the manifest, so the reference is
+    loaded again only when the manifest names another one.
+    """
+
+    def __init__(self, queries: QueryDomainStore) -> None:
+        self.queries = queries
+        self._etag: str | None = None
+        self._manifest: Manifest | None = None
+        self._loaded: tuple[QueryDomainEntry | None, str, QueryDomain | None] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, model_fingerprint: str) -> QueryDomain | None:
+        with self._lock:
+            try:
+                manifest, etag = self.queries.manifests.read(if_none_match_etag=self._etag)
+                self._manifest, self._etag = manifest, etag
+            except NotModifiedError:
+                manifest = self._manifest
+            except Exception:  # calibration is an optimisation: keep what we had
+                log.warning("manifest unreadable; keeping the query domain already loaded", exc_info=True)
+                manifest = self._manifest
+            if manifest is None:
+                return None
+            entry = manifest.query_domain
+            if self._loaded is not None and self._loaded[:2] == (entry, model_fingerprint):
+                return self._loaded[2]
+            domain = self.queries.query_domain_of(manifest, model_fingerprint=model_fingerprint)
+            self._loaded = (entry, model_fingerprint, domain)
+            return domain

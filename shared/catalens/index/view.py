@@ -121,6 +121,7 @@ class IndexView:
     """
 
     version: str  # the snapshot's version, plus a digest of the deltas over it
+    max_candidates: int | None = None  # exact or graph search returns as many hits as asked for
 
     def __init__(
         self,

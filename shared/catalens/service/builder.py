@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalens.errors import CatalensError
 from catalens.index.deltas import SnapshotCoverage
@@ -23,6 +23,9 @@ from catalens.index.store import IndexStore
 from catalens.ports import MetricsSink
 from catalens.service.requests import read_flag
 from catalens.service.telemetry import NullMetrics
+
+if TYPE_CHECKING:
+    from catalens.adapters.s3vectors import S3VectorsIndex
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +101,33 @@ def run_build(index: IndexStore, request: BuildRequest, *, gc_grace_seconds: flo
     return {"trigger": trigger, **asdict(result), "query_domain": query_domain, "gc": asdict(garbage)}
 
 
-def refresh_query_domain(index: IndexStore) -> dict[str, Any]:
+def run_vector_build(
+    index: IndexStore, vectors: S3VectorsIndex, request: BuildRequest, *, gc_grace_seconds: float = 3600.0
+) -> dict[str, Any]:
+    """One builder run beside an S3 Vectors index: S3 Vectors indexes each vector as it is put, so there is nothing
+    to compact. The run refreshes the query domain for the model the index holds, recounts the index's stats when
+    forced (a full read of the index: see :meth:`~catalens.adapters.s3vectors.S3VectorsIndex.recount`), and
+    collects old query samples and references."""
+    trigger = request.trigger
+    outcome: dict[str, Any] = {"trigger": trigger, "backend": "s3vectors"}
+    if request.force:
+        stats = vectors.recount()
+        outcome["recounted"] = True
+    else:
+        stats, _ = vectors.read_stats()
+    outcome["items"] = stats.count
+    if not stats.model_fingerprint:
+        return {**outcome, "noop": True, "reason": "the vector index holds no item yet"}
+    outcome["query_domain"] = refresh_query_domain(index, model_fingerprint=stats.model_fingerprint)
+    outcome["gc"] = asdict(index.gc(gc_grace_seconds))
+    return outcome
+
+
+def refresh_query_domain(index: IndexStore, *, model_fingerprint: str | None = None) -> dict[str, Any]:
     """Refresh the query-domain reference; what happened, for the run's result and logs (never raises)."""
     try:
         before, _ = index.read_manifest()
-        entry = index.queries.refresh_query_domain()
+        entry = index.queries.refresh_query_domain(model_fingerprint=model_fingerprint)
     except Exception as exc:  # calibration is an optimisation: the compaction above stands
         log.warning("query-domain refresh failed", exc_info=True)
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
@@ -136,8 +161,16 @@ class IndexBuilder:
     A run's points (:func:`run_metrics`) are recorded by ``trigger``.
     """
 
-    def __init__(self, store: IndexStore, *, gc_grace_seconds: float = 3600.0, metrics: MetricsSink | None = None):
+    def __init__(
+        self,
+        store: IndexStore,
+        *,
+        gc_grace_seconds: float = 3600.0,
+        metrics: MetricsSink | None = None,
+        vectors: S3VectorsIndex | None = None,
+    ):
         self.store = store
+        self.vectors = vectors
         self.gc_grace_seconds = gc_grace_seconds
         self.metrics = metrics or NullMetrics()
 
@@ -149,7 +182,10 @@ class IndexBuilder:
             log.error("builder invoked with an unreadable payload", extra={"code": exc.code, "reason": str(exc)})
             self.metrics.emit("InvalidInvocations", 1)
             raise
-        outcome = run_build(self.store, request, gc_grace_seconds=self.gc_grace_seconds)
+        if self.vectors is not None:
+            outcome = run_vector_build(self.store, self.vectors, request, gc_grace_seconds=self.gc_grace_seconds)
+        else:
+            outcome = run_build(self.store, request, gc_grace_seconds=self.gc_grace_seconds)
         self.metrics.emit_group(run_metrics(outcome), {"trigger": request.trigger})
         log.info("index builder run", extra=outcome)
         return outcome

@@ -41,6 +41,12 @@ class UnknownFilterError(RequestError):
     code = "unknown_filter"
 
 
+class PageTooDeepError(RequestError):
+    """The page reaches deeper than the index backend can answer (S3 Vectors: the first 100 results)."""
+
+    code = "page_too_deep"
+
+
 class FieldError(CatalensError):
     """A product field (object metadata or sidecar JSON) is invalid; recorded against the photo at ingest."""
 
@@ -57,6 +63,7 @@ class ItemIdError(FieldError):
 # Stable code -> HTTP status. Image codes come from catalens.imaging.
 HTTP_STATUS: dict[str, int] = {
     "bad_request": 400,
+    "page_too_deep": 400,
     "invalid_json": 400,
     "invalid_base64": 400,
     "invalid_multipart": 400,

@@ -30,6 +30,7 @@ import numpy as np
 from catalens.errors import CatalensError, ImageError, memory_error_as_image_error
 from catalens.imaging import ImageLimits, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
+from catalens.index.vector_metadata import VectorRecordError
 from catalens.ports import (
     BlobNotFoundError,
     BlobStore,
@@ -49,7 +50,7 @@ from catalens.service.telemetry import NullMetrics
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
-PERMANENT_ERRORS = (ImageError, FieldError, NotificationError)
+PERMANENT_ERRORS = (ImageError, FieldError, NotificationError, VectorRecordError)
 
 Action = Literal["indexed", "deleted", "unchanged", "skipped"]
 

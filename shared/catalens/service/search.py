@@ -39,7 +39,7 @@ from catalens.index.records import Hit
 from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
 from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
-from catalens.service.errors import ItemNotFoundError, UnknownFilterError
+from catalens.service.errors import ItemNotFoundError, PageTooDeepError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
 from catalens.service.requests import Filters, SearchOptions, SearchRequest
 from catalens.service.sampling import QuerySampler
@@ -313,10 +313,17 @@ class SearchService:
         domain: QueryDomain | None = None,
     ) -> SearchResponse:
         window = options.offset + options.k
+        cap = view.max_candidates
+        if cap is not None and window > cap:
+            raise PageTooDeepError(
+                f"offset + k is {window}; this index answers the first {cap} results only (offset + k <= {cap})"
+            )
         profile = self._profile(profile_read, timings)
         pool = first_stage_k(options.k, options.offset) if profile is not None else window
         if domain is not None:
             pool = calibration_pool(pool)
+        if cap is not None:
+            pool = min(pool, cap)  # a smaller pool to re-rank or calibrate, never a shorter page
         t0 = self._clock()
         hits = view.search(vector, pool, filters=to_index_filter(options.filters), exclude=exclude)
         t1 = self._clock()

@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         help="builder schedule (default: the template's)",
     )
     parser.add_argument(
+        "--index-backend",
+        choices=("lambda", "s3vectors"),
+        default="lambda",
+        help="the template's IndexBackend: lambda (default) or s3vectors (moto's S3 Vectors); switching needs --fresh",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="handlers' logs (INFO) in the terminal instead of .catalens/logs/"
     )
     parser.set_defaults(func=run)
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         compaction_interval_seconds=args.compact_every,
         log_level="INFO" if args.verbose else "WARNING",
         capture_function_output=not args.verbose,
+        index_backend=args.index_backend,
     )
     if args.catalog is not None and not args.catalog.expanduser().is_dir():
         print(f"catalens local: catalog folder {args.catalog} does not exist", file=sys.stderr)

@@ -22,6 +22,14 @@ elsewhere see plain moto. Each fix makes the emulator do what AWS documents:
    writes removes those artefacts without hiding a lost update of ours: an updater's read and its conditional write
    are separate operations, and other writes still interleave between them.
 
+6. **S3 Vectors answers ``QueryVectors``** (:func:`make_s3vectors_queryable`). moto 5.2 creates vector buckets and
+   indexes and stores vectors but has no ``QueryVectors``. The fix adds it as AWS documents it: an exact search by
+   the index's ``distanceMetric`` (cosine: distance = 1 − cosine; euclidean: the L2 distance), ``topK`` 1..100,
+   the documented metadata filter operators (:mod:`catalens_tools.local.vector_query`), ``returnDistance`` and
+   ``returnMetadata``, and AWS's errors (``NotFoundException`` for a missing index, ``ValidationException`` for a
+   bad ``topK``, query dimension or filter). Exact where AWS is approximate: a test that passes here asserts what
+   an exact index answers. The integration tests apply it too.
+
 (ingest also accepts moto's raw shape — it falls back to ``eventTime`` — and its tests cover both shapes.)
 """
 
@@ -85,11 +93,19 @@ def make_dynamodb_operations_atomic() -> None:
     )
 
 
+def make_s3vectors_queryable() -> None:
+    """Teach moto's S3 Vectors ``QueryVectors`` (idempotent); in-process and server mode both route through it."""
+    from catalens_tools.local.vector_query import install
+
+    install()
+
+
 def apply() -> None:
     """Install the fixes (idempotent)."""
     global _applied
     make_s3_requests_atomic()
     make_dynamodb_operations_atomic()
+    make_s3vectors_queryable()
     with _lock:
         if _applied:
             return

@@ -56,6 +56,7 @@ CATALOG_PREFIX = ""  # ingest takes the item id from the key: photos at the buck
 STACK_NAME = "catalens-local"
 SHOPPER_TOKEN_KEYS = "ShopperTokenKeys"  # the template's custom resource holding the shopper-token key
 SHOPPER_TOKEN_KEY_FILE = "shopper-token-key"
+VECTORS_FILE = "vectors.jsonl"  # the S3 Vectors index's vectors, saved with the state (IndexBackend s3vectors)
 RATE = re.compile(r"^rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)$")
 
 # Powertools' Logger puts a filter on every root handler that drops records whose logger name *contains* its service
@@ -151,6 +152,7 @@ class LocalConfig:
     upload_workers: int = 4
     quiet: bool = False  # no progress bar / banner (tests)
     capture_function_output: bool = True  # handlers' stdout (JSON logs, EMF) to <data dir>/logs/functions.log
+    index_backend: str = "lambda"  # the template's IndexBackend: "lambda" or "s3vectors" (moto's, with QueryVectors)
 
 
 @dataclass
@@ -185,6 +187,14 @@ class StackInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def model_dimension(model_dir: Path, variant: str) -> int:
+    """The serving model's vector dimension, from its card (what the S3 Vectors index is created with)."""
+    cards = sorted(model_dir.glob(f"*.{variant}.card.json"))
+    if not cards:
+        raise LocalStackError(f"no model card *.{variant}.card.json in {model_dir}")
+    return int(json.loads(cards[0].read_text())["dim"])
 
 
 def check_model(model_dir: Path, variant: str) -> None:
@@ -269,12 +279,16 @@ class LocalStack:
         endpoint = self.server.endpoint_url
         self._set_aws_environment(endpoint)
         session = boto3.Session(region_name=LOCAL_REGION)
+        parameters = {"IndexBackend": self.config.index_backend}
+        if self.config.index_backend == "s3vectors":
+            parameters["VectorDimension"] = str(model_dimension(model_dir, variant))
         self.stack = cfn.provision(
             session,
             cfn.load_template(self.config.template),
             stack_name=STACK_NAME,
             endpoint_url=endpoint,
             secure_values={SHOPPER_TOKEN_KEYS: self.shopper_token_key},  # kept in the data dir, like the API key
+            parameters=parameters,
         )
         self.specs = cfn.function_specs(self.stack)
         self.api = cfn.api_spec(self.stack)
@@ -289,6 +303,7 @@ class LocalStack:
         if state.exists:
             try:
                 result = state.restore(self.s3, self.ddb, self._buckets(), self._tables())
+                self._restore_vectors(state.root)
             except Exception as exc:
                 raise LocalStackError(
                     f"could not restore the saved state in {state.root} ({describe(exc)}); "
@@ -415,6 +430,36 @@ class LocalStack:
     @property
     def ddb(self) -> Any:
         return self._client("dynamodb")
+
+    def _vector_index(self) -> dict[str, str] | None:
+        """Where the S3 Vectors index is (IndexBackend s3vectors), else None."""
+        names = self.stack.names
+        if "VectorBucket" not in names:
+            return None
+        return {"vectorBucketName": names["VectorBucket"], "indexName": names["VectorIndex"]}
+
+    def _save_vectors(self, root: Path) -> None:
+        """The vectors beside the saved buckets (``vectors.jsonl``): moto keeps them in memory only."""
+        where = self._vector_index()
+        target = root / VECTORS_FILE
+        if where is None:
+            target.unlink(missing_ok=True)
+            return
+        client = self._client("s3vectors")
+        with target.open("w") as out:
+            for page in client.get_paginator("list_vectors").paginate(**where, returnData=True, returnMetadata=True):
+                for vector in page.get("vectors", []):
+                    out.write(json.dumps(vector) + "\n")
+
+    def _restore_vectors(self, root: Path) -> None:
+        where = self._vector_index()
+        source = root / VECTORS_FILE
+        if where is None or not source.is_file():
+            return
+        client = self._client("s3vectors")
+        vectors = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        for start in range(0, len(vectors), 500):  # PutVectors takes at most 500
+            client.put_vectors(**where, vectors=vectors[start : start + 500])
 
     def _buckets(self) -> dict[str, str]:
         return {lid: name for lid, name in self.stack.names.items() if lid in ("IndexBucket", "CatalogBucket")}
@@ -813,6 +858,7 @@ class LocalStack:
                     extra={"catalog": getattr(self, "loaded_catalog", None) or self._previous_catalog()},
                 )
                 self._say(f"saved {result.objects} objects ({result.copied} new) and {result.items} table items")
+                self._save_vectors(self.data_dir / "state")
             except Exception as exc:  # a failed save must not hide the shutdown
                 print(f"catalens local: could not save the state: {type(exc).__name__}: {exc}", file=sys.stderr)
         (self.data_dir / "stack.json").unlink(missing_ok=True)
