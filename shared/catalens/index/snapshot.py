@@ -440,9 +440,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+_NPY_HEADER_MAX = 65_546  # magic + version + length + the largest header .npy format 2 writes here
+
+
 def _npy_view(data: bytes | memoryview, name: str) -> np.ndarray:
     """A read-only array over the bytes of a ``.npy`` file, without copying; object arrays refused."""
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(memoryview(data)[:_NPY_HEADER_MAX])  # the header only: BytesIO copies what it is given
     try:
         major, _minor = np.lib.format.read_magic(stream)
         if major == 1:
