@@ -95,13 +95,14 @@ def index_backend(
     *,
     background_loads: bool = False,
     calibrate: bool = False,
+    staged: bool = True,
 ) -> tuple[IndexWriter, Callable[[], IndexReader]]:
     """What ingest writes through and where readers get the current view, for ``settings.index_backend``."""
     if settings.index_backend == "s3vectors":
         index = vector_index(settings, s3_client, s3vectors_client, calibrate=calibrate)
         return index, index.view
     store = index_store(settings, s3_client)
-    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads)
+    cache = IndexCache(store, ttl_seconds=settings.manifest_ttl_seconds, background=background_loads, staged=staged)
     return store, cache.view
 
 
@@ -247,7 +248,8 @@ def build_profile_stream(
     settings = settings or load_settings()
     dynamodb = boto3.client("dynamodb") if dynamodb_client is None else dynamodb_client
     s3_client = boto3.client("s3") if s3_client is None else s3_client
-    _, views = index_backend(settings, s3_client, s3vectors_client, background_loads=True)
+    # profiles store item vectors: never the approximate ones a first stage answers with
+    _, views = index_backend(settings, s3_client, s3vectors_client, background_loads=True, staged=False)
     cooccurrence = None
     if settings.cooccurrence_table:
         cooccurrence = DynamoCooccurrenceStore(dynamodb, settings.cooccurrence_table)

@@ -226,6 +226,12 @@ class IndexReader(Protocol):
         ...
 
     @property
+    def stage(self) -> str:
+        """``full``; or ``first`` while the index answers from its first stage alone (a cold start's first seconds:
+        scores approximate, the full vectors still loading)."""
+        ...
+
+    @property
     def model_fingerprint(self) -> str | None:
         """Fingerprint of the model the snapshot was built with (None without a snapshot): search refuses to
         compare its model's vectors with another model's."""

@@ -41,10 +41,12 @@ def test_bench_index_defaults_to_the_serving_dimension_and_the_builders_layout(s
 
     args = _args("bench", "index", "--model-dir", str(serving_dir))
     assert resolve_dim(args) == (SERVING_DIM, f"card {DEFAULT_MODEL_NAME}.fp32")
-    assert args.layouts == "float32"
+    # the builder's layout first, the float32 one beside it in the same run
+    assert args.layouts.split(",") == ["compact", "float32"]
     assert args.graph_threshold is None
     assert not args.peers
-    assert LAYOUTS["float32"].params(BuildParams()) == BuildParams()
+    assert LAYOUTS["compact"].params(BuildParams()) == BuildParams()
+    assert LAYOUTS["float32"].params(BuildParams()).layout == "float32"
     assert _args("bench", "index", "--dim", "16").dim == 16
 
 
@@ -80,17 +82,27 @@ def test_bench_index_reports_per_item_costs_and_skips_what_cannot_fit(capsys) ->
     argv = ["bench", "index", "--sizes", "300,100000000", "--dim", "16", "--queries", "20", "--exact-queries", "5"]
     argv += ["--cold-starts", "1", "--no-grocery", "--memory-budget", "1e9"]
     assert main(argv) == 0
-    measured, skipped = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert measured["n"] == 300
-    assert measured["dim"] == 16
-    assert measured["layout"] == "float32"
-    assert measured["snapshot"]["bytes_per_item"] > 16 * 4
-    assert measured["builder"]["peak_rss_per_item"] > 0
-    assert measured["search_process"]["rss_per_item"] > 0
-    assert measured["bytes_read_before_first_answer"] == measured["snapshot"]["bytes"]
-    assert set(measured["cold_start"]) >= {"import_s", "read_s", "verify_sha256_s", "first_answer_s"}
-    assert measured["search"]["recall_at_10"] > 0.9
-    assert measured["search_process"]["heavy_modules"] == []
-    assert skipped["n"] == 100_000_000
-    assert skipped["skipped"]["fits"] is False
-    assert "N=300" in skipped["skipped"]["formula"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["layout"], line["n"]) for line in lines] == [
+        ("compact", 300),
+        ("compact", 100_000_000),
+        ("float32", 300),
+        ("float32", 100_000_000),
+    ]
+    compact, _, dense, _ = lines
+    for measured in (compact, dense):
+        assert measured["dim"] == 16
+        assert measured["builder"]["peak_rss_per_item"] > 0
+        assert measured["compaction"]["peak_rss_per_item"] > 0
+        assert measured["search_process"]["rss_per_item"] > 0
+        assert set(measured["cold_start"]) >= {"import_s", "read_s", "verify_sha256_s", "first_answer_s"}
+        assert measured["search"]["recall_at_10"] > 0.9
+        assert measured["search_process"]["heavy_modules"] == []
+    assert dense["snapshot"]["bytes_per_item"] > 16 * 4
+    # float32 reads everything before it answers; compact answers from its first stage and loads the chunks after
+    assert dense["bytes_read_before_first_answer"] == dense["snapshot"]["bytes"]
+    assert compact["bytes_read_before_first_answer"] < compact["snapshot"]["bytes"]
+    assert compact["first_answer_stage"] == "first"
+    for skipped in lines[1::2]:
+        assert skipped["skipped"]["fits"] is False
+        assert "N=300" in skipped["skipped"]["formula"]

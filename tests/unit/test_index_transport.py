@@ -228,7 +228,7 @@ def test_a_compaction_writes_parts_copies_what_did_not_change_and_loads_whole(pa
     manifest, _ = store.read_manifest()
     entry = manifest.current
     assert entry is not None
-    vectors = entry.files["snapshot/vectors.npy"]
+    vectors = entry.files["snapshot/full-chunk.00000.npy"]  # the int8 full vectors: the largest file
     assert len(vectors["parts"]) == -(-vectors["size"] // 4096)
     assert (first.bytes_uploaded, first.bytes_copied) == (sum(m["size"] for m in entry.files.values()), 0)
 
@@ -281,10 +281,10 @@ def test_a_corrupt_or_missing_part_refuses_the_version(parted_store: IndexStore)
     store.compact(build, model_fingerprint="m")
     entry = store.read_manifest()[0].current
     assert entry is not None
-    key = store.version_key(entry.version, "snapshot/vectors.npy.part-00001")
+    key = store.version_key(entry.version, "snapshot/full-chunk.00000.npy.part-00001")
     good = store.blob.get(key).data
     store.blob.put(key, bytes(reversed(good)))
-    with pytest.raises(CorruptIndexError, match=r"part 1 of file 'vectors\.npy'"):
+    with pytest.raises(CorruptIndexError, match=r"part 1 of file 'full-chunk\.00000\.npy'"):
         store.load_version(entry)
     store.blob.delete(key)
     with pytest.raises(CorruptIndexError, match="missing"):

@@ -339,6 +339,10 @@ class S3VectorsView:
         return self.stats.count
 
     @property
+    def stage(self) -> str:
+        return "full"  # S3 Vectors answers from the whole index from the first request on
+
+    @property
     def model_fingerprint(self) -> str | None:
         return self.stats.model_fingerprint or None
 

@@ -13,6 +13,14 @@ GC, after a grace period, once every retained version covers them). The swap is 
 assignment of a whole, verified state, so a reader sees a whole version or the previous one
 (invariant 2).
 
+A compact version loads in two stages (docs/design.md, "The index at catalog scale"): the first stage (ids, records,
+columns, graph, int8 first-stage codes: well under 1 KB per item) is fetched, checked and answering before the full
+vectors; those (int8 chunks, ~4 KB per item) follow on a background thread, and until they are in, answers come
+from vectors rebuilt from the first stage and say so (``stage`` of the view, ``index.stage`` in the API). A new
+version shares every chunk whose sha256 the version in memory already holds; when what it would add beside the
+old one passes ``swap_headroom`` of the old one's bytes, the old version is let go first and the new one answers
+from its first stage until its chunks are in: a swap never holds two versions' worth of vectors.
+
 The query-domain reference the manifest names is loaded the same way (by the loader thread, verified against its
 sha256) when the manifest's entry changes, and handed to every view. A missing or corrupt reference is logged and
 the views go without it: calibration is an optimisation, never a reason for a search to fail.
@@ -28,8 +36,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from catalens.index.deltas import Delta, DeltaKey, SnapshotCoverage
+from catalens.index.layout import SNAPSHOT_DIR
 from catalens.index.manifest import Manifest, QueryDomainEntry
 from catalens.index.store import IndexStore, LoadedVersion, make_view
+from catalens.index.vectors import is_chunk_file
 from catalens.ports import NotModifiedError
 
 if TYPE_CHECKING:
@@ -66,6 +76,8 @@ class CacheStats:
     deltas_fetched: int = 0
     refresh_errors: int = 0
     query_domains_loaded: int = 0
+    full_vectors_loaded: int = 0  # second stages completed
+    swaps_through_first_stage: int = 0  # swaps that let the old version go before the new one's chunks were in
 
 
 class IndexCache:
@@ -87,6 +99,12 @@ class IndexCache:
         from the cached view. The common refresh (a 304 and one LIST page) fits, so a photo uploaded
         a moment ago is found by the next search; a slow one (many delta pages, S3 hiccup) does not
         hold the answer up.
+    swap_headroom:
+        How much a new version may add beside the one in memory, as a share of its bytes, before the swap goes
+        through the first stage instead (the old version released first): memory stays under 1 + this.
+    staged:
+        False for readers that must never see first-stage vectors (the profile stream stores item vectors):
+        every version then loads whole before it answers.
     """
 
     def __init__(
@@ -97,11 +115,15 @@ class IndexCache:
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
         refresh_wait_seconds: float = 0.25,
+        swap_headroom: float = 0.3,
+        staged: bool = True,
     ) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.background = background
         self.refresh_wait_seconds = refresh_wait_seconds
+        self.swap_headroom = swap_headroom
+        self.staged = staged
         self.stats = CacheStats()
         self._clock = clock
         self._state: _State | None = None
@@ -110,6 +132,8 @@ class IndexCache:
         self._swap_lock = threading.Lock()  # guards compare-and-swap of _state
         self._loader: threading.Thread | None = None
         self._refresher: threading.Thread | None = None
+        self._completer: threading.Thread | None = None
+        self._shared_chunks: dict[str, memoryview] = {}  # old chunks a first-stage swap still shares
 
     # ---- public
 
@@ -147,10 +171,11 @@ class IndexCache:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait for a background revalidation and version load to finish (tests, shutdown). True when idle."""
-        for thread in (self._refresher, self._loader, self._loader):  # a refresh may start a load
+        for attribute in ("_refresher", "_loader", "_loader", "_completer"):  # a refresh may start a load, and a
+            thread = getattr(self, attribute)  # load the second stage
             if thread is not None:
                 thread.join(timeout)
-        return not any(t is not None and t.is_alive() for t in (self._refresher, self._loader))
+        return not any(t is not None and t.is_alive() for t in (self._refresher, self._loader, self._completer))
 
     # ---- internals
 
@@ -214,12 +239,13 @@ class IndexCache:
 
     def _load(self, manifest: Manifest, etag: str | None) -> _State:
         """A whole state for ``manifest``: verified version files, its query domain, then the deltas its snapshot
-        does not cover. What the current state already holds for the same version or entry is reused."""
+        does not cover. What the current state already holds for the same version or entry is reused. A compact
+        version may come back at its first stage; :meth:`_complete` brings its full vectors."""
         current = self._state
         if current is not None and current.version == (manifest.current.version if manifest.current else None):
             loaded = current.loaded
         else:
-            loaded = self.store.load_version(manifest.current) if manifest.current else None
+            loaded = self._load_version(manifest.current, current) if manifest.current else None
             self.stats.versions_loaded += 1 if loaded else 0
         if current is not None and current.domain_entry == manifest.query_domain:
             domain = current.query_domain
@@ -233,6 +259,80 @@ class IndexCache:
         view = make_view(loaded, deltas.values(), query_domain=domain)
         return _State(manifest.generation, etag, loaded, deltas, view, manifest.query_domain, domain)
 
+    def _load_version(self, entry, current: _State | None) -> LoadedVersion:
+        """The version's first stage, plus its full vectors when they fit beside the version in memory.
+
+        A cold start (nothing in memory) returns the first stage alone and answers from it at once. A swap shares
+        every file the old version already holds (by sha256) and loads the rest too when that adds at most
+        ``swap_headroom`` of the old version's bytes; otherwise it returns the first stage, and installing it lets
+        the old version go before the chunks come. Either way :meth:`_complete` runs for a first stage.
+        """
+        from catalens.index.errors import CorruptIndexError
+        from catalens.index.snapshot import Snapshot, SnapshotError
+
+        held = current.loaded.reusable if current is not None and current.loaded is not None else {}
+        files = self.store.fetch_version_files(entry, lambda name: not is_chunk_file(name), reuse=held)
+        try:
+            snapshot = Snapshot.from_files(files, verify=False, first_stage=True)
+        except SnapshotError as exc:
+            raise CorruptIndexError(f"version {entry.version}: {exc}") from exc
+        if len(snapshot) != entry.items:
+            raise CorruptIndexError(f"version {entry.version}: {len(snapshot)} items, manifest says {entry.items}")
+        loaded = LoadedVersion(entry=entry, snapshot=snapshot, files=files)
+        if snapshot.stage == "full":
+            return loaded
+        held_bytes = sum(len(view) for view in held.values())
+        added = sum(len(view) for name, view in files.items() if _sha256(entry, name) not in held)
+        added += sum(
+            int(meta["size"])
+            for name, meta in entry.files.items()
+            if is_chunk_file(name.rsplit("/", 1)[-1]) and meta["sha256"] not in held
+        )
+        if not self.staged or (held_bytes and added <= self.swap_headroom * held_bytes):
+            return self._with_full_vectors(loaded, held)
+        if held_bytes:
+            self.stats.swaps_through_first_stage += 1
+        return loaded
+
+    def _with_full_vectors(self, loaded: LoadedVersion, reuse) -> LoadedVersion:
+        chunks = self.store.fetch_version_files(loaded.entry, is_chunk_file, reuse=reuse)
+        snapshot = loaded.snapshot.with_full_vectors(chunks)
+        self.stats.full_vectors_loaded += 1
+        return LoadedVersion(entry=loaded.entry, snapshot=snapshot, files={**loaded.files, **chunks})
+
+    def _complete(self, state: _State) -> None:
+        """Bring the full vectors of a first-stage state (on a thread when ``background``), then swap them in."""
+        loaded = state.loaded
+        if loaded is None or loaded.snapshot.stage == "full":
+            return
+        # Chunks the previous version held are shared when the sha256 matches; only those are kept alive here.
+        reuse = {sha: view for sha, view in self._shared_chunks.items()}
+        self._shared_chunks = {}
+
+        def run() -> None:
+            try:
+                full = self._with_full_vectors(loaded, reuse)
+            except Exception:
+                self.stats.refresh_errors += 1
+                log.warning(
+                    "loading the full vectors of %s failed; answering from its first stage",
+                    loaded.entry.version,
+                    exc_info=True,
+                )
+                return
+            with self._swap_lock:
+                now = self._state
+                if now is None or now.loaded is not loaded:
+                    return  # another version came meanwhile
+                view = make_view(full, now.deltas.values(), query_domain=now.query_domain)
+                self._state = replace(now, loaded=full, view=view)
+
+        if not self.background:
+            run()
+            return
+        self._completer = threading.Thread(target=run, name=f"index-full-{loaded.entry.version}", daemon=True)
+        self._completer.start()
+
     def _install(self, new: _State, *, only_if_newer: bool) -> _State:
         with self._swap_lock:
             current = self._state
@@ -240,8 +340,18 @@ class IndexCache:
                 return current
             if current is not None:
                 new = _carry_newer_deltas(current, new)
+                if new.loaded is not None and new.loaded.snapshot.stage == "first" and current.loaded is not None:
+                    # keep only the old chunks the new version shares; the rest goes with the old state
+                    wanted = {meta["sha256"] for meta in new.loaded.entry.files.values()}
+                    self._shared_chunks = {sha: view for sha, view in current.loaded.reusable.items() if sha in wanted}
             self._state = new
-            return new
+        if (
+            new.loaded is not None
+            and new.loaded.snapshot.stage == "first"
+            and (current is None or current.loaded is not new.loaded)
+        ):
+            self._complete(new)
+        return new
 
 
 def _carry_newer_deltas(current: _State, new: _State) -> _State:
@@ -258,3 +368,8 @@ def _carry_newer_deltas(current: _State, new: _State) -> _State:
         return new
     deltas = {**new.deltas, **kept}
     return replace(new, deltas=deltas, view=make_view(new.loaded, deltas.values(), query_domain=new.query_domain))
+
+
+def _sha256(entry, name: str) -> str | None:
+    meta = entry.files.get(SNAPSHOT_DIR + name)
+    return meta["sha256"] if meta else None

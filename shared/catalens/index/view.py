@@ -202,6 +202,11 @@ class IndexView:
         return self._len
 
     @property
+    def stage(self) -> str:
+        """``full``, or ``first`` while a compact snapshot's full vectors are still loading (approximate scores)."""
+        return self.snapshot.stage if self.snapshot is not None else "full"
+
+    @property
     def model_fingerprint(self) -> str | None:
         """Fingerprint of the model the snapshot was built with (None without a snapshot)."""
         return self.snapshot.model_fingerprint if self.snapshot is not None else None

@@ -85,6 +85,7 @@ class SearchResponse:
     calibrated: bool = False
     explain: bool = False
     query: dict[str, Any] = field(default_factory=dict)
+    index_stage: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class SearchResponse:
             "k": self.k,
             "offset": self.offset,
             "index_version": self.index_version,
+            "index": {"version": self.index_version, "stage": self.index_stage},
             "item_count": self.item_count,
             "personalized": self.personalized,
             "calibrated": self.calibrated,
@@ -239,6 +241,7 @@ class SearchService:
         return {
             "status": "ok",
             "index_version": view.version,
+            "index": {"version": view.version, "stage": view.stage},
             "item_count": len(view),
             "model": {"name": card.name, "fingerprint": card.fingerprint()},
             "personalization": self.profiles is not None,
@@ -357,6 +360,7 @@ class SearchService:
             calibrated=calibrated,
             explain=options.explain,
             query=query,
+            index_stage=view.stage,
         )
 
     def _offer_sample(self, vector: np.ndarray) -> None:

@@ -7,8 +7,9 @@ mixture but not indexed), prints one JSON line: snapshot bytes, builder peak RSS
 compaction folding 1,000 changes into it (child processes), search-process RSS after loading (another child), bytes
 read before the first answer, the cold-start split (import, read, verify sha256 on parallel threads, parse, first
 answer, then the full vectors), and single-thread search p50/p99 with recall@10 against float32 exact search. An N
-that cannot fit in this machine's memory or disk is not tried: its line gives the estimate instead, from the per-item costs measured at the smaller sizes. ``--peers`` adds
-pynndescent's own query and hnswlib; when the grocery photos are present, recall on real embeddings follows.
+that cannot fit in this machine's memory or disk is not tried: its line gives the estimate instead, from the
+per-item costs measured at the smaller sizes. ``--peers`` adds pynndescent's own query and hnswlib; when the grocery
+photos are present, recall on real embeddings follows.
 
 Speed is measured here, never asserted in tests.
 """
