@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from catalens.errors import ModelError
 from catalens.index.compact import CompactRows, compact_rows
-from catalens.index.filters import build_columns
+from catalens.index.filters import build_columns, canonical_json
 from catalens.index.graph import NeighbourGraph
 from catalens.index.records import ItemRecord, is_newer
 from catalens.index.reduce import Projection, fit_projection, normalise
@@ -140,7 +140,7 @@ class _Rows:
 
     item_ids: list[str]
     vectors: np.ndarray  # float32 unit rows the first stage scores (the graph's input)
-    documents: list[dict[str, Any]]
+    documents: RowDocuments
     graph: NeighbourGraph | None = None
     graph_info: Mapping[str, Any] = field(default_factory=dict)
     compact: CompactRows | None = None  # the compact layout's codes, slots and chunks, in the same row order
@@ -191,7 +191,7 @@ def build_snapshot(
         compact = compact_rows(
             live_ids, states, previous, coarse_dim=params.coarse_dim, chunk_rows=params.chunk_rows, seed=params.seed
         )
-        documents = [_document_of(states[item_id], previous) for item_id in live_ids]
+        documents = RowDocuments.of(live_ids, states, previous)
         rows = _Rows(list(live_ids), compact.first_stage(), documents, compact=compact)
     else:
         projection = _index_projection(previous, params, [states[i] for i in live_ids])
@@ -263,8 +263,72 @@ def _kept_tombstones(states: Mapping[str, _State], now: float, ttl_seconds: floa
     )
 
 
-def _document_of(state: _State, previous: Snapshot | None) -> dict[str, Any]:
-    return previous.records.document(state.row) if state.record is None else _document(state.record)
+class RowDocuments(Sequence[dict[str, Any]]):
+    """Each row's document (fields, image key, etag, sequencer, time), decoded only when read.
+
+    A row kept from the previous snapshot is its row number there (its canonical JSON is copied byte for byte into
+    the new record table); a fresh one is its document. At a million items, a list of decoded dicts would cost
+    about 1 KB per item of builder memory; this costs a few bytes.
+    """
+
+    def __init__(self, sources: list[int | dict[str, Any]], previous: Snapshot | None) -> None:
+        self._sources = sources
+        self._previous = previous
+
+    @classmethod
+    def of(cls, live_ids: Sequence[str], states: Mapping[str, _State], previous: Snapshot | None) -> RowDocuments:
+        sources: list[int | dict[str, Any]] = []
+        for item_id in live_ids:
+            state = states[item_id]
+            sources.append(state.row if state.record is None else _document(state.record))
+        return cls(sources, previous)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        source = self._sources[row]
+        return self._previous.records.document(source) if isinstance(source, int) else source
+
+    def raw(self, row: int) -> bytes:
+        """The row's canonical JSON (what RecordTable.encode would write for it)."""
+        source = self._sources[row]
+        if isinstance(source, int):
+            offsets = self._previous.records.offsets
+            return self._previous.records.blob[int(offsets[source]) : int(offsets[source + 1])].tobytes()
+        return canonical_json(source).encode()
+
+    def reordered(self, order: np.ndarray) -> RowDocuments:
+        return RowDocuments([self._sources[i] for i in order.tolist()], self._previous)
+
+    def record_table(self) -> RecordTable:
+        """The rows' record table, written one row at a time into one preallocated array."""
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        for row in range(len(self)):
+            offsets[row + 1] = offsets[row] + len(self.raw(row))
+        blob = np.empty(int(offsets[-1]), dtype=np.uint8)
+        for row in range(len(self)):
+            blob[offsets[row] : offsets[row + 1]] = np.frombuffer(self.raw(row), dtype=np.uint8)
+        return RecordTable(blob, offsets)
+
+
+class _Fields(Sequence[Mapping[str, Any]]):
+    """The ``fields`` of each row, decoded on each read (build_columns passes over them a few times)."""
+
+    def __init__(self, documents: RowDocuments) -> None:
+        self._documents = documents
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        return self._documents[row]["fields"]
+
+    def __iter__(self):
+        for row in range(len(self._documents)):
+            yield self._documents[row]["fields"]
 
 
 def _index_projection(previous: Snapshot | None, params: BuildParams, live: list[_State]) -> Projection | None:
@@ -290,21 +354,21 @@ def _index_rows(
     (already in index space), new records are projected (or normalised) together in one matmul."""
     index_dim = projection.output_dim if projection is not None else model_dim
     vectors = np.empty((len(live_ids), index_dim), dtype=np.float32)
-    documents: list[dict[str, Any]] = []
+    sources: list[int | dict[str, Any]] = []
     fresh_rows, fresh_vectors = [], []
     for position, item_id in enumerate(live_ids):
         state = states[item_id]
         if state.record is None:
             vectors[position] = previous.table.rows(np.array([state.row]))[0]
-            documents.append(previous.records.document(state.row))
+            sources.append(state.row)
         else:
             fresh_rows.append(position)
             fresh_vectors.append(np.asarray(state.record.vector, dtype=np.float32))
-            documents.append(_document(state.record))
+            sources.append(_document(state.record))
     if fresh_rows:
         stacked = np.stack(fresh_vectors)
         vectors[fresh_rows] = projection.apply(stacked) if projection is not None else normalise(stacked)
-    return _Rows(list(live_ids), vectors, documents)
+    return _Rows(list(live_ids), vectors, RowDocuments(sources, previous))
 
 
 def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
@@ -335,7 +399,7 @@ def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
     return _Rows(
         item_ids=[rows.item_ids[i] for i in order],
         vectors=vectors,
-        documents=[rows.documents[i] for i in order],
+        documents=rows.documents.reordered(order),
         graph=graph,
         graph_info=graph_info,
         compact=rows.compact.reordered(order) if rows.compact is not None else None,
@@ -360,7 +424,7 @@ def _assemble(
         raise ValueError("item ids may not contain NUL characters")
     generation = previous.generation + 1 if previous is not None else 1
     if version is None:
-        digest = _content_digest(model_fingerprint, projection, rows.item_ids, rows.documents, tombstones)
+        digest = _content_digest(model_fingerprint, projection, item_ids, rows.documents, tombstones)
         version = f"{generation:08d}-{digest}"
     return Snapshot(
         version=version,
@@ -369,8 +433,8 @@ def _assemble(
         item_ids=item_ids,
         id_order=np.argsort(item_ids, kind="stable").astype(np.int64),
         table=rows.compact.table() if rows.compact is not None else DenseVectors(rows.vectors),
-        records=RecordTable.encode(rows.documents),
-        columns=build_columns([doc["fields"] for doc in rows.documents]),
+        records=rows.documents.record_table(),
+        columns=build_columns(_Fields(rows.documents)),
         tombstones=tombstones,
         projection=projection,
         graph=rows.graph,
@@ -381,7 +445,7 @@ def _assemble(
             "seed": params.seed,
             "graph": dict(rows.graph_info),
             **({"chunks_reused": rows.compact.chunks_reused} if rows.compact is not None else {}),
-            "fields": sorted({name for doc in rows.documents for name in doc["fields"]}),
+            "fields": sorted({name for fields in _Fields(rows.documents) for name in fields}),
         },
     )
 
@@ -405,14 +469,16 @@ def _document(record: ItemRecord) -> dict[str, Any]:
 def _content_digest(
     model_fingerprint: str,
     projection: Projection | None,
-    live_ids: list[str],
-    documents: list[Mapping[str, Any]],
+    item_ids: np.ndarray,
+    documents: RowDocuments,
     tombstones: tuple[ItemRecord, ...],
 ) -> str:
+    """A short hash of what the version holds, over the items in id order (UTF-8 bytes sort as the strings do)."""
     digest = hashlib.sha256(model_fingerprint.encode())
     digest.update((projection.fingerprint if projection is not None else "-").encode())
-    for item_id, doc in sorted(zip(live_ids, documents, strict=True)):
-        digest.update(f"+{item_id}\0{doc['sequencer']}\0{doc['source_etag']}\0".encode())
+    for row in np.argsort(item_ids, kind="stable").tolist():
+        doc = documents[row]
+        digest.update(f"+{item_ids[row].decode()}\0{doc['sequencer']}\0{doc['source_etag']}\0".encode())
     for tombstone in tombstones:
         digest.update(f"-{tombstone.item_id}\0{tombstone.sequencer}\0".encode())
     return digest.hexdigest()[:12]
@@ -432,12 +498,14 @@ def build_search_graph(
 
 
 def nndescent(vectors: np.ndarray, *, n_neighbors: int = DEFAULT_NEIGHBOURS, seed: int = 0, n_jobs: int | None = None):
-    """A prepared pynndescent index over unit-norm ``vectors`` (dot-product metric)."""
+    """A prepared pynndescent index over unit-norm ``vectors`` (Euclidean: the order of the dot product)."""
     import pynndescent  # the only import of pynndescent in the package; lazy on purpose
 
+    # Euclidean distance orders unit vectors exactly as the dot product does, and pynndescent copies the data to
+    # normalise it for "dot": at a million 256-d rows that copy is 1 KB per item of builder memory.
     index = pynndescent.NNDescent(
         np.ascontiguousarray(vectors, dtype=np.float32),
-        metric="dot",
+        metric="euclidean",
         n_neighbors=min(n_neighbors, vectors.shape[0] - 1),
         random_state=seed,
         n_jobs=n_jobs,

@@ -157,17 +157,21 @@ def compact_rows(
             kept_rows = np.array([states[live_ids[i]].row for i in kept.tolist()], dtype=np.int64)
             coarse_codes[kept] = prev_table.coarse_codes[kept_rows]
             coarse_lengths[kept] = prev_table.coarse_lengths[kept_rows]
-    written: dict[int, np.ndarray] = {}  # slot -> full-vector codes
+    # Chunks first (a previous chunk as it is, or a patched copy), then every fresh vector's codes written straight
+    # into its slot: never a second copy of the full vectors, even on a first build of a million items.
     fresh_array = np.asarray(fresh, dtype=np.int64)
+    base = None if refit else prev_table  # a new codec rewrites every chunk
+    chunks, reused = _chunks(base, slots[fresh_array], used_before, taken, slot_count, chunk_rows, codec)
     for start in range(0, fresh_array.size, _ENCODE_BLOCK):
         block = fresh_array[start : start + _ENCODE_BLOCK]
         vectors = normalise(np.stack([source_vector(live_ids[i]) for i in block.tolist()]))
         coarse_codes[block], coarse_lengths[block] = codec.encode_first_stage(vectors)
-        for i, codes in zip(block.tolist(), codec.full_quantiser.encode(vectors), strict=True):
-            written[int(slots[i])] = codes
-
-    base = None if refit else prev_table  # a new codec rewrites every chunk
-    chunks, reused = _chunks(base, written, used_before, taken, slot_count, chunk_rows, codec)
+        chunk_of, offset = np.divmod(slots[block], chunk_rows)
+        for code_row, c, o in zip(
+            codec.full_quantiser.encode(vectors), chunk_of.tolist(), offset.tolist(), strict=True
+        ):
+            chunks[c][o] = code_row
+    chunks = tuple(chunks)
     total = np.zeros(codec.coarse.input_dim, dtype=np.float64)
     for chunk in chunks:
         total += chunk.sum(axis=0, dtype=np.int64)
@@ -202,19 +206,18 @@ def _should_refit(codec: CompactCodec, live_ids: Sequence[str], states: Mapping[
 
 def _chunks(
     prev_table: CompactVectors | None,
-    written: Mapping[int, np.ndarray],
+    written: np.ndarray,
     used_before: np.ndarray,
     taken: np.ndarray,
     slot_count: int,
     chunk_rows: int,
     codec: CompactCodec,
-) -> tuple[tuple[np.ndarray, ...], int]:
-    """The new version's chunks: a previous chunk as it is when none of its slots changed, else a patched copy."""
+) -> tuple[list[np.ndarray], int]:
+    """The new version's chunks: a previous chunk as it is when none of its slots changed, else a patched copy with
+    freed slots zeroed (the caller writes the ``written`` slots into it)."""
     d = codec.coarse.input_dim
     prev_chunks = prev_table.chunks if prev_table is not None else ()
-    by_chunk: dict[int, list[int]] = {}
-    for slot in written:
-        by_chunk.setdefault(slot // chunk_rows, []).append(slot)
+    dirty = set((np.asarray(written, dtype=np.int64) // chunk_rows).tolist())
     chunks: list[np.ndarray] = []
     reused = 0
     for index in range(chunks_for(slot_count, chunk_rows)):
@@ -222,7 +225,7 @@ def _chunks(
         length = min(chunk_rows, slot_count - start)
         previous = prev_chunks[index] if index < len(prev_chunks) else None
         freed = np.flatnonzero(used_before[start : start + chunk_rows] & ~taken[start : start + chunk_rows])
-        if previous is not None and previous.shape[0] == length and not freed.size and index not in by_chunk:
+        if previous is not None and previous.shape[0] == length and not freed.size and index not in dirty:
             chunks.append(previous)
             reused += 1
             continue
@@ -231,7 +234,5 @@ def _chunks(
             keep = min(length, previous.shape[0])
             chunk[:keep] = previous[:keep]
         chunk[freed[freed < length]] = 0
-        for slot in by_chunk.get(index, ()):
-            chunk[slot - start] = written[slot]
         chunks.append(chunk)
-    return tuple(chunks), reused
+    return chunks, reused
