@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A swap may hold the new version's changed files beside the old version up to this share of its bytes; past it the
+# old version goes first (the template's memory sizes count on it: catalens_tools.sizing).
+DEFAULT_SWAP_HEADROOM = 0.3
+
 
 @dataclass(frozen=True)
 class _State:
@@ -115,7 +119,7 @@ class IndexCache:
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
         refresh_wait_seconds: float = 0.25,
-        swap_headroom: float = 0.3,
+        swap_headroom: float = DEFAULT_SWAP_HEADROOM,
         staged: bool = True,
     ) -> None:
         self.store = store
