@@ -49,12 +49,16 @@ __all__ = [
     "ImageLimits",
     "ImageTooLargeError",
     "ImageTooSmallError",
+    "InvalidRegionError",
     "NotAnImageError",
+    "PreparedQuery",
     "PreprocessConfig",
+    "Region",
     "TruncatedImageError",
     "UnsupportedImageError",
     "decode_image",
     "load_and_preprocess",
+    "load_region_and_preprocess",
     "preprocess",
     "to_rgb",
 ]
@@ -134,6 +138,12 @@ class BlankImageError(ImageError):
     """Every pixel is fully transparent: there is nothing in the picture to describe."""
 
     code = "blank_image"
+
+
+class InvalidRegionError(ImageError):
+    """A search region that is malformed, lies outside the photo, or is too small to show a product."""
+
+    code = "invalid_region"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -376,6 +386,26 @@ def decode_image(
         A subclass whose ``code`` is one of ``empty_image``, ``image_too_large``, ``not_an_image``,
         ``unsupported_image``, ``decompression_bomb``, ``image_too_small``, ``truncated_image``, ``blank_image``.
     """
+    return _decode(data, target_short_side, limits, None)[0]
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size the photo has once its EXIF orientation is applied (read from the header, before decoding)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # hostile EXIF: _apply_exif_orientation keeps the stored pixels too
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _decode(
+    data: bytes, target_short_side: int | None, limits: ImageLimits, region: Region | None
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int] | None]:
+    """Decode, upright and convert; with ``region``, also cut it out (decoded finely enough for the region alone).
+
+    Returns the image, the photo's upright size as sent, and the region's box in those pixels (None without one).
+    """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise EmptyImageError("image is empty (0 bytes)")
@@ -386,8 +416,16 @@ def decode_image(
     image = _open(data)  # reads the header only
     _check_pixels(image, limits)
     fmt = image.format or "image"
+    drafts = target_short_side is not None and fmt in ("JPEG", "MPO")
+    # A JPEG's EXIF is in its header; other formats may keep it after the pixels (reading it would decode them), but
+    # they are never drafted, so their decoded size is the size sent.
+    upright = _upright_size(image) if drafts else None
+    box = region.to_pixels(*upright, min_side=limits.min_side) if region is not None and upright else None
+    if box is not None and upright is not None and target_short_side is not None:
+        # the region, not the photo, must keep the model's short side: decode correspondingly finer
+        target_short_side = math.ceil(target_short_side * min(upright) / min(box[2] - box[0], box[3] - box[1]))
     try:
-        if target_short_side is not None and fmt in ("JPEG", "MPO"):
+        if drafts:
             # draft picks the largest DCT scale whose output is still >= the requested size in both dimensions,
             # so asking for (t, t) keeps the short side >= t. EXIF orientation does not change the short side.
             image.draft("RGB", (target_short_side, target_short_side))
@@ -398,7 +436,99 @@ def decode_image(
         raise DecompressionBombImageError(f"{fmt} frame is too large to decode safely: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise TruncatedImageError(f"{fmt} data is truncated or damaged: {exc}") from exc
-    return rgb
+    if upright is None:
+        upright = rgb.size
+        box = region.to_pixels(*upright, min_side=limits.min_side) if region is not None else None
+    if box is not None:
+        rgb = crop_scaled(rgb, box, upright)
+    return rgb, upright, box
+
+
+def crop_scaled(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """``box`` (pixels of a photo of ``size``) cut out of ``image``, the same photo decoded at any scale."""
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    left, top = math.floor(box[0] * scale_x), math.floor(box[1] * scale_y)
+    right = max(left + 1, min(image.width, math.ceil(box[2] * scale_x)))
+    bottom = max(top + 1, min(image.height, math.ceil(box[3] * scale_y)))
+    return image.crop((left, top, right, bottom))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Regions
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box in a photo, ``left, top, right, bottom``: a search that looks at part of the photo only.
+
+    Either every value is in ``[0, 1]`` (fractions of the photo's width and height) or they are pixels of the photo
+    as sent, upright (its EXIF orientation applied). No pixel box can be mistaken for fractions: a box whose values
+    are all at most 1 would be at most one pixel wide, far under the smallest region a product can show in.
+    """
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @classmethod
+    def from_values(cls, values: object) -> Region:
+        """Four finite numbers ``>= 0`` with ``left < right`` and ``top < bottom``, else :class:`InvalidRegionError`."""
+        if not isinstance(values, list | tuple) or len(values) != 4:
+            raise InvalidRegionError("region must be four numbers: left,top,right,bottom (pixels or fractions 0..1)")
+        numbers = []
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InvalidRegionError(f"region values must be finite numbers, got {str(value)[:40]!r}")
+            if value < 0:
+                raise InvalidRegionError(f"region values must be >= 0, got {value}")
+            numbers.append(float(value))
+        left, top, right, bottom = numbers
+        if not (left < right and top < bottom):
+            raise InvalidRegionError(
+                f"region needs left < right and top < bottom, got {left:g},{top:g},{right:g},{bottom:g}"
+            )
+        return cls(left, top, right, bottom)
+
+    @property
+    def normalized(self) -> bool:
+        """True when the box is given as fractions of the photo's sides."""
+        return max(self.left, self.top, self.right, self.bottom) <= 1.0
+
+    def to_pixels(self, width: int, height: int, *, min_side: int = 1) -> tuple[int, int, int, int]:
+        """The box in pixels of a ``width``×``height`` photo; outside the photo or too small is an error."""
+        if self.normalized:
+            box = (self.left * width, self.top * height, self.right * width, self.bottom * height)
+        else:
+            if self.right > width or self.bottom > height:
+                raise InvalidRegionError(
+                    f"region {self.left:g},{self.top:g},{self.right:g},{self.bottom:g} reaches outside the photo "
+                    f"({width}×{height} px, upright)"
+                )
+            box = (self.left, self.top, self.right, self.bottom)
+        left, top, right, bottom = (round(value) for value in box)
+        if min(right - left, bottom - top) < min_side:
+            raise InvalidRegionError(
+                f"region is {right - left}×{bottom - top} px of a {width}×{height} photo; both sides must be at "
+                f"least {min_side} px to show a product"
+            )
+        return left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query photo ready for the model, and where in the photo it was taken from (for the answer to show)."""
+
+    tensor: np.ndarray
+    box: tuple[int, int, int, int]  # pixels of the photo as sent, upright
+    size: tuple[int, int]  # the photo's width and height, upright
+
+    def describe(self, source: str) -> dict[str, object]:
+        """The answer's ``query.region``: the box in pixels and in fractions, the photo's size, where it came from."""
+        width, height = self.size
+        left, top, right, bottom = self.box
+        fractions = [round(left / width, 4), round(top / height, 4), round(right / width, 4), round(bottom / height, 4)]
+        return {"source": source, "box": list(self.box), "normalized": fractions, "image_size": [width, height]}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -480,3 +610,15 @@ def load_and_preprocess(data: bytes, config: PreprocessConfig, limits: ImageLimi
     """Photo bytes → model input; the single function ingest and query both call."""
     image = decode_image(data, target_short_side=config.decode_short_side, limits=limits)
     return preprocess(image, config)
+
+
+def load_region_and_preprocess(
+    data: bytes, config: PreprocessConfig, limits: ImageLimits = ImageLimits(), region: Region | None = None
+) -> PreparedQuery:
+    """Photo bytes → model input of ``region`` (the whole photo when None, exactly as :func:`load_and_preprocess`).
+
+    The region is cut out first and then prepared like any photo (short side resized, centre crop), so a box drawn
+    around a product is embedded as that product's own photo would be.
+    """
+    image, size, box = _decode(data, config.decode_short_side, limits, region)
+    return PreparedQuery(preprocess(image, config), box or (0, 0, *size), size)

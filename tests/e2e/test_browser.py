@@ -79,6 +79,31 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     artifacts.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(artifacts / "search-by-photo.png"))
 
+    # drag a box on the photo: the search looks at that part only, and the page draws the box the answer names
+    preview = page.locator("#query-preview").bounding_box()
+    assert preview is not None
+    with page.expect_response(lambda r: r.request.method == "POST" and "region=" in r.url) as boxed:
+        page.mouse.move(preview["x"] + preview["width"] * 0.1, preview["y"] + preview["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(preview["x"] + preview["width"] * 0.3, preview["y"] + preview["height"] * 0.4, steps=4)
+        page.mouse.move(preview["x"] + preview["width"] * 0.6, preview["y"] + preview["height"] * 0.7, steps=4)
+        page.mouse.up()
+    assert boxed.value.status == 200
+    region = boxed.value.json()["query"]["region"]
+    assert region["source"] == "request"
+    assert [round(v, 1) for v in region["normalized"]] == [0.1, 0.2, 0.6, 0.7]
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('the box you drew')")
+    drawn = page.locator("#region-box").bounding_box()
+    assert drawn is not None
+    assert abs(drawn["x"] - (preview["x"] + 0.1 * preview["width"])) < 4
+    assert abs(drawn["width"] - 0.5 * preview["width"]) < 4
+    page.screenshot(path=str(artifacts / "search-a-region.png"))
+    with page.expect_response(lambda r: r.request.method == "POST" and "/api/search" in r.url) as whole:
+        page.click("#region-clear")
+    assert "region=" not in whole.value.url
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('like your photo')")
+    assert page.locator("#region-box").is_hidden()
+
     # a shopper: the page gets a token from the shop's stand-in backend and sends it, never a bare user_id
     with page.expect_request(lambda r: r.method == "POST" and "/api/search" in r.url) as searched:
         page.select_option("#shopper", "alice")

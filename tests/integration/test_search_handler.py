@@ -185,6 +185,50 @@ def test_raw_jpeg_query_finds_its_item_with_timings(catalog: dict[str, bytes], c
     assert headers["x-catalens-index-version"] == body["index_version"]
 
 
+def test_a_region_of_a_side_by_side_photo_finds_the_product_in_it(catalog: dict[str, bytes], call: Any) -> None:
+    left, right = Image.open(io.BytesIO(catalog["sku-2"])), Image.open(io.BytesIO(catalog["sku-5"]))
+    shelf = Image.new("RGB", (640, 240))
+    shelf.paste(left, (0, 0))
+    shelf.paste(right, (320, 0))
+    body = encode(shelf, quality=95)
+    found = {}
+    for name, region in (("left", "0,0,320,240"), ("right", "0.5,0,1,1")):
+        event = rest_event(
+            "POST", "/search", body=body, content_type="image/jpeg", base64_body=True, query={"region": region}
+        )
+        status, answer, _ = call(event)
+        assert status == 200, answer
+        found[name] = answer["hits"][0]["item_id"]
+        assert answer["query"]["region"]["source"] == "request"
+        assert answer["query"]["region"]["image_size"] == [640, 240]
+    assert found == {"left": "sku-2", "right": "sku-5"}
+    as_json = json.dumps({"image": base64.b64encode(body).decode(), "region": [320, 0, 640, 240], "k": 1})
+    status, answer, _ = call(rest_event("POST", "/search", body=as_json, content_type="application/json"))
+    assert (status, answer["hits"][0]["item_id"], answer["query"]["region"]["box"]) == (
+        200,
+        "sku-5",
+        [320, 0, 640, 240],
+    )
+
+
+@pytest.mark.parametrize("region", ["0,0,641,240", "0,0,20,240", "5,5,1,1", "left half", "0.5,0,0.5,1", "0,0,10e9,1"])
+def test_a_bad_region_is_a_typed_400_and_the_next_search_is_served(
+    catalog: dict[str, bytes], call: Any, region: str
+) -> None:
+    body = encode(photo(640, 240, seed=9))
+    event = rest_event(
+        "POST", "/search", body=body, content_type="image/jpeg", base64_body=True, query={"region": region}
+    )
+    status, answer, _ = call(event)
+    assert (status, answer["code"]) == (400, "invalid_region")
+    assert set(answer) == {"code", "message"}
+    assert "region" in answer["message"]
+    good = rest_event("POST", "/search", body=catalog["sku-1"], content_type="image/jpeg", base64_body=True)
+    status, answer, _ = call(good)
+    assert (status, answer["hits"][0]["item_id"]) == (200, "sku-1")
+    assert answer["query"]["region"]["source"] == "full"
+
+
 def test_delta_items_are_found_as_well_as_snapshot_items(catalog: dict[str, bytes], call: Any) -> None:
     for item_id in ("sku-1", "sku-7"):  # sku-7 is a delta written after the compaction
         status, body, _ = call(

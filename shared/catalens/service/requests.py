@@ -15,7 +15,9 @@ Accepted bodies of ``POST /search``:
 
 Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), ``offset`` (0..),
 ``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category``, ``brand``, ``price_min``, ``price_max``,
-and any indexed field as ``filter.<field>`` (JSON: ``"filters": {"<field>": value-or-list}``).
+and any indexed field as ``filter.<field>`` (JSON: ``"filters": {"<field>": value-or-list}``). Photo queries also take
+``region``: ``left,top,right,bottom`` (pixels of the upright photo, or fractions 0..1; JSON: a list of four numbers)
+or ``full`` (the whole photo, as without one).
 
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
 ...     "headers": {"Content-Type": "application/json"}, "body": '{"item_id": "a1", "k": 3}'})
@@ -36,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalens.imaging import Region
 from catalens.service.errors import PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
 
 DEFAULT_K = 12
@@ -89,6 +92,8 @@ FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 PRICE_FILTERS = ("price_min", "price_max")
 SHORTHAND_FILTERS = ("category", "brand")
 FILTER_PREFIX = "filter."
+REGION_FULL = "full"  # the whole photo (its centre crop), as a search without a region
+REGION_WORDS = (REGION_FULL,)
 
 Scalar = str | int | float | bool
 
@@ -193,11 +198,16 @@ class SearchOptions:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """A query (exactly one of ``image`` bytes or ``item_id``) and its options."""
+    """A query (exactly one of ``image`` bytes or ``item_id``) and its options.
+
+    ``region`` (photo queries only): a :class:`~catalens.imaging.Region` to search, one of ``REGION_WORDS``, or None
+    for the default.
+    """
 
     image: bytes | None = None
     item_id: str | None = None
     options: SearchOptions = field(default_factory=SearchOptions)
+    region: Region | str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,7 +254,38 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
             f"the image is {len(image)} bytes; the limit is {max_image_bytes} ({_mib(max_image_bytes)})",
             code="image_too_large",
         )
-    return SearchRequest(image=image, item_id=item_id, options=parse_options(params))
+    region = parse_region(params.pop("region")) if "region" in params else None
+    if region is not None and item_id is not None:
+        raise RequestError("region applies to photo queries, not to an item_id", code="invalid_region")
+    return SearchRequest(image=image, item_id=item_id, options=parse_options(params), region=region)
+
+
+def parse_region(value: Any) -> Region | str:
+    """``region`` as sent: a word of ``REGION_WORDS``, ``"left,top,right,bottom"`` or (JSON) a list of four numbers.
+
+    Whether the box fits the photo is known only once the photo's header is read
+    (:meth:`~catalens.imaging.Region.to_pixels`); here only its shape is checked. Errors are ``invalid_region``.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in REGION_WORDS:
+            return text
+        parts = [part.strip() for part in text.split(",")]
+        numbers: list[Any] = []
+        for part in parts:
+            if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?", part):
+                raise RequestError(
+                    f"region must be {' or '.join(REGION_WORDS)} or left,top,right,bottom (pixels of the upright "
+                    f"photo, or fractions 0..1), got {_short(repr(value), 60)}",
+                    code="invalid_region",
+                )
+            numbers.append(float(part))
+        return Region.from_values(numbers)
+    if isinstance(value, list):
+        return Region.from_values(value)
+    raise RequestError(
+        "region must be a string (a word or left,top,right,bottom) or a list of four numbers", code="invalid_region"
+    )
 
 
 def parse_query_options(query: Mapping[str, tuple[str, ...]]) -> SearchOptions:

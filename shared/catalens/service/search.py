@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from catalens.errors import memory_error_as_image_error
-from catalens.imaging import ImageLimits, load_and_preprocess
+from catalens.imaging import ImageLimits, PreparedQuery, Region, load_region_and_preprocess
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
 from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
@@ -191,8 +191,9 @@ class SearchService:
         exclude: set[str] = set()
         domain: QueryDomain | None = None
         if request.image is not None:
-            vector = self._embed_query(request.image, timings)
-            query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
+            prepared, source = self._prepare_query(request.image, request.region, timings)
+            vector = self._embed_query(prepared, len(request.image), timings)
+            query: dict[str, Any] = {"type": "image", "bytes": len(request.image), "region": prepared.describe(source)}
             if self.calibration and options.calibrate:
                 domain = view.query_domain  # in index space: the view projects the stored reference
         else:
@@ -264,14 +265,20 @@ class SearchService:
             self._checked_fingerprints.add(fingerprint)
         return view
 
-    def _embed_query(self, image: bytes, timings: Timings) -> np.ndarray:
+    def _prepare_query(self, image: bytes, region: Region | str | None, timings: Timings) -> tuple[PreparedQuery, str]:
+        """Decode and preprocess the photo, or the region of it the request names; says where the box came from."""
         t0 = self._clock()
+        box = region if isinstance(region, Region) else None
         with memory_error_as_image_error(len(image)):
-            tensor = load_and_preprocess(image, self.embedder.card.preprocess, self.limits)
-            t1 = self._clock()
-            vector = self.embedder.embed(tensor[np.newaxis])[0]
-        timings.decode = (t1 - t0) * 1000
-        timings.embed = (self._clock() - t1) * 1000
+            prepared = load_region_and_preprocess(image, self.embedder.card.preprocess, self.limits, box)
+        timings.decode = (self._clock() - t0) * 1000
+        return prepared, "request" if box is not None else "full"
+
+    def _embed_query(self, prepared: PreparedQuery, nbytes: int, timings: Timings) -> np.ndarray:
+        t0 = self._clock()
+        with memory_error_as_image_error(nbytes):
+            vector = self.embedder.embed(prepared.tensor[np.newaxis])[0]
+        timings.embed = (self._clock() - t0) * 1000
         return vector
 
     @staticmethod

@@ -8,6 +8,7 @@ const $ = (selector) => document.querySelector(selector);
 
 const state = {
   lastQuery: null, // {kind: "photo", blob} | {kind: "item", itemId}
+  region: null, // the box drawn on the photo, [left, top, right, bottom] as fractions of its sides; null: whole photo
   queryId: null,
   searches: 0, // searches started; an answer renders only if no newer search started since (answers can overtake)
   ranks: new Map(), // item_id -> rank of the previous answer to the same query (shows re-ranking)
@@ -114,6 +115,9 @@ async function searchPhoto(blob) {
   preview.src = URL.createObjectURL(small);
   preview.hidden = false;
   $("#drop").classList.add("has-photo");
+  $("#region-help").hidden = false;
+  state.region = null;
+  $("#region-box").hidden = true;
   state.lastQuery = { kind: "photo", blob: small };
   state.ranks = new Map();
   await runSearch();
@@ -124,6 +128,8 @@ async function moreLikeThis(itemId) {
   state.ranks = new Map();
   $("#query-preview").src = "";
   $("#query-preview").hidden = true;
+  $("#region-box").hidden = true;
+  $("#region-help").hidden = true;
   $("#drop").classList.remove("has-photo");
   await runSearch();
   window.scrollTo({ top: 0, behavior: "smooth" });
@@ -140,6 +146,7 @@ async function runSearch() {
     let answer;
     const shopper = await shopperHeaders();
     if (query.kind === "photo") {
+      if (state.region) params.set("region", state.region.map((v) => v.toFixed(4)).join(","));
       answer = await call(`/search?${params}`, {
         method: "POST",
         body: query.blob,
@@ -170,7 +177,10 @@ function idleSummary(itemCount) {
 function render(answer, query) {
   const hits = answer.hits || [];
   const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
-  const what = query.kind === "item" ? `“${query.itemId}”` : "your photo";
+  const region = answer.query && answer.query.region;
+  const what =
+    query.kind === "item" ? `“${query.itemId}”` : region && region.source === "request" ? "the box you drew" : "your photo";
+  showRegion(region);
   $("#summary").textContent =
     `${hits.length} products like ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
@@ -195,6 +205,67 @@ function render(answer, query) {
   }
   fillDatalist("#categories", state.categories);
   fillDatalist("#brands", state.brands);
+}
+
+// The box the answer says was searched, drawn over the preview (its fractions fit the preview at any size).
+function showRegion(region) {
+  const box = $("#region-box");
+  if (!region || region.source === "full" || $("#query-preview").hidden) {
+    box.hidden = true;
+    return;
+  }
+  placeBox(box, region.normalized);
+}
+
+function placeBox(box, [left, top, right, bottom]) {
+  const img = $("#query-preview");
+  const width = img.clientWidth;
+  const height = img.clientHeight;
+  Object.assign(box.style, {
+    left: `${left * width}px`,
+    top: `${top * height}px`,
+    width: `${(right - left) * width}px`,
+    height: `${(bottom - top) * height}px`,
+  });
+  box.hidden = false;
+}
+
+// Drag a box on the preview: the search then looks at that part of the photo only (region=l,t,r,b as fractions).
+function wireRegionDrawing() {
+  const holder = $("#query-photo");
+  const img = $("#query-preview");
+  let start = null;
+  const at = (event) => {
+    const rect = img.getBoundingClientRect();
+    const x = Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+    const y = Math.min(1, Math.max(0, (event.clientY - rect.top) / rect.height));
+    return [x, y];
+  };
+  const boxOf = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+  holder.addEventListener("pointerdown", (event) => {
+    if (img.hidden || event.button !== 0) return;
+    event.preventDefault();
+    start = at(event);
+    holder.setPointerCapture(event.pointerId);
+  });
+  holder.addEventListener("pointermove", (event) => {
+    if (start) placeBox($("#drag-box"), boxOf(start, at(event)));
+  });
+  holder.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const box = boxOf(start, at(event));
+    start = null;
+    $("#drag-box").hidden = true;
+    if (box[2] - box[0] < 0.02 || box[3] - box[1] < 0.02) return; // a click, not a box
+    state.region = box;
+    state.ranks = new Map();
+    runSearch();
+  });
+  $("#region-clear").addEventListener("click", () => {
+    state.region = null;
+    state.ranks = new Map();
+    runSearch();
+  });
 }
 
 function fillDatalist(selector, values) {
@@ -429,6 +500,7 @@ function firstImage(list) {
 }
 
 function wire() {
+  wireRegionDrawing();
   const drop = $("#drop");
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => {
