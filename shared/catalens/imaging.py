@@ -34,6 +34,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -522,6 +523,7 @@ class PreparedQuery:
     tensor: np.ndarray
     box: tuple[int, int, int, int]  # pixels of the photo as sent, upright
     size: tuple[int, int]  # the photo's width and height, upright
+    located: bool = False  # the box was found in the photo (main subject), not named by the request
 
     def describe(self, source: str) -> dict[str, object]:
         """The answer's ``query.region``: the box in pixels and in fractions, the photo's size, where it came from."""
@@ -612,13 +614,35 @@ def load_and_preprocess(data: bytes, config: PreprocessConfig, limits: ImageLimi
     return preprocess(image, config)
 
 
+Locator = Callable[[Image.Image], "tuple[int, int, int, int] | None"]
+"""Finds a box in a decoded photo (its own pixels), or None to keep the whole photo (:mod:`catalens.subject`)."""
+
+
 def load_region_and_preprocess(
-    data: bytes, config: PreprocessConfig, limits: ImageLimits = ImageLimits(), region: Region | None = None
+    data: bytes,
+    config: PreprocessConfig,
+    limits: ImageLimits = ImageLimits(),
+    region: Region | None = None,
+    *,
+    locate: Locator | None = None,
 ) -> PreparedQuery:
     """Photo bytes → model input of ``region`` (the whole photo when None, exactly as :func:`load_and_preprocess`).
 
     The region is cut out first and then prepared like any photo (short side resized, centre crop), so a box drawn
-    around a product is embedded as that product's own photo would be.
+    around a product is embedded as that product's own photo would be. Without a region, ``locate`` may choose one
+    on the decoded photo (``PreparedQuery.located`` says it did).
     """
     image, size, box = _decode(data, config.decode_short_side, limits, region)
-    return PreparedQuery(preprocess(image, config), box or (0, 0, *size), size)
+    located = False
+    if box is None and locate is not None:
+        found = locate(image)
+        if found is not None:
+            scale_x, scale_y = size[0] / image.width, size[1] / image.height
+            box = (
+                max(0, round(found[0] * scale_x)),
+                max(0, round(found[1] * scale_y)),
+                min(size[0], round(found[2] * scale_x)),
+                min(size[1], round(found[3] * scale_y)),
+            )
+            image, located = image.crop(found), True
+    return PreparedQuery(preprocess(image, config), box or (0, 0, *size), size, located)

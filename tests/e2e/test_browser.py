@@ -104,6 +104,28 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     page.wait_for_function("document.querySelector('#summary').textContent.includes('like your photo')")
     assert page.locator("#region-box").is_hidden()
 
+    # the main subject: the page asks for region=auto and draws the box the detector chose (if any stood apart)
+    with page.expect_response(lambda r: r.request.method == "POST" and "region=auto" in r.url) as subject:
+        page.check("#subject")
+    assert subject.value.status == 200
+    if subject.value.json()["query"]["region"]["source"] == "subject":
+        page.wait_for_selector("#region-box:not([hidden])")
+        assert "main subject" in page.locator("#summary").inner_text()
+    page.uncheck("#subject")
+
+    # the predicted category is shown; "predicted category only" filters to it (category=auto)
+    predicted = whole.value.json()["category"]["name"]
+    assert predicted
+    page.wait_for_function(
+        "(text) => document.querySelector('#summary').textContent.includes(text)", arg=f"looks like {predicted}"
+    )
+    with page.expect_response(lambda r: r.request.method == "POST" and "category=auto" in r.url) as auto:
+        page.check("#f-auto")
+    assert auto.value.json()["query"]["category_filter"] == predicted
+    assert {hit["fields"]["category"] for hit in auto.value.json()["hits"]} == {predicted}
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('only that category')")
+    page.uncheck("#f-auto")
+
     # a shopper: the page gets a token from the shop's stand-in backend and sends it, never a bare user_id
     with page.expect_request(lambda r: r.method == "POST" and "/api/search" in r.url) as searched:
         page.select_option("#shopper", "alice")

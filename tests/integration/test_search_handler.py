@@ -211,6 +211,52 @@ def test_a_region_of_a_side_by_side_photo_finds_the_product_in_it(catalog: dict[
     )
 
 
+def test_a_photo_answer_predicts_its_category_and_category_auto_filters_to_it(
+    catalog: dict[str, bytes], call: Any
+) -> None:
+    photo_event = rest_event(
+        "POST", "/search", body=catalog["sku-3"], content_type="image/jpeg", base64_body=True, query={"k": "8"}
+    )
+    status, answer, _ = call(photo_event)
+    assert status == 200
+    assert answer["category"]["name"] == "hats"  # sku-3's own category
+    assert 0 < answer["category"]["confidence"] <= 1
+    auto = rest_event(
+        "POST",
+        "/search",
+        body=catalog["sku-3"],
+        content_type="image/jpeg",
+        base64_body=True,
+        query={"category": "auto"},
+    )
+    status, answer, _ = call(auto)
+    assert status == 200
+    assert answer["query"]["category_filter"] == "hats"
+    assert {hit["fields"]["category"] for hit in answer["hits"]} == {"hats"}
+    status, similar, _ = call(rest_event("GET", "/items/sku-1/similar", query={"category": "auto"}))
+    assert status == 200
+    assert "category" not in similar
+    assert {hit["fields"]["category"] for hit in similar["hits"]} == {CATEGORIES[1]}
+
+
+def test_region_auto_names_the_box_it_searched(catalog: dict[str, bytes], call: Any) -> None:
+    shelf = Image.new("RGB", (640, 480), (240, 240, 240))
+    shelf.paste(Image.open(io.BytesIO(catalog["sku-4"])).resize((200, 150)), (220, 160))
+    event = rest_event(
+        "POST", "/search", body=encode(shelf), content_type="image/jpeg", base64_body=True, query={"region": "auto"}
+    )
+    status, answer, _ = call(event)
+    assert status == 200
+    region = answer["query"]["region"]
+    assert region["source"] == "subject"
+    left, top, right, bottom = region["box"]
+    assert left <= 230
+    assert top <= 170
+    assert right >= 410
+    assert bottom >= 300  # the pasted product, with a margin
+    assert answer["hits"][0]["item_id"] == "sku-4"
+
+
 @pytest.mark.parametrize("region", ["0,0,641,240", "0,0,20,240", "5,5,1,1", "left half", "0.5,0,0.5,1", "0,0,10e9,1"])
 def test_a_bad_region_is_a_typed_400_and_the_next_search_is_served(
     catalog: dict[str, bytes], call: Any, region: str

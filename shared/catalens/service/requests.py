@@ -14,10 +14,10 @@ Accepted bodies of ``POST /search``:
 - ``multipart/form-data``: a file part named ``image`` (or ``file``/``photo``) plus text parts for options.
 
 Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), ``offset`` (0..),
-``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category``, ``brand``, ``price_min``, ``price_max``,
-and any indexed field as ``filter.<field>`` (JSON: ``"filters": {"<field>": value-or-list}``). Photo queries also take
-``region``: ``left,top,right,bottom`` (pixels of the upright photo, or fractions 0..1; JSON: a list of four numbers)
-or ``full`` (the whole photo, as without one).
+``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category`` (``auto``: the predicted one),
+``brand``, ``price_min``, ``price_max``, and any indexed field as ``filter.<field>`` (JSON: ``"filters":
+{"<field>": value-or-list}``). Photo queries also take ``region``: ``left,top,right,bottom`` (pixels of the upright
+photo, or fractions 0..1; JSON: a list of four numbers), ``auto`` (the main subject) or ``full`` (the whole photo).
 
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
 ...     "headers": {"Content-Type": "application/json"}, "body": '{"item_id": "a1", "k": 3}'})
@@ -92,8 +92,10 @@ FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 PRICE_FILTERS = ("price_min", "price_max")
 SHORTHAND_FILTERS = ("category", "brand")
 FILTER_PREFIX = "filter."
-REGION_FULL = "full"  # the whole photo (its centre crop), as a search without a region
-REGION_WORDS = (REGION_FULL,)
+AUTO_CATEGORY, AUTO_CATEGORY_FIELD = "auto", "category"
+REGION_FULL = "full"  # the whole photo (its centre crop)
+REGION_AUTO = "auto"  # the photo's main subject (catalens.subject), when it has one apart from its surroundings
+REGION_WORDS = (REGION_AUTO, REGION_FULL)
 
 Scalar = str | int | float | bool
 
@@ -194,6 +196,7 @@ class SearchOptions:
     personalize: bool = True
     calibrate: bool = True  # False: plain cosine for a photo query even where the index has a query domain
     explain: bool = False
+    category_auto: bool = False  # category=auto: only the predicted category (item queries: the item's own)
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,9 @@ def parse_options(params: Mapping[str, Any]) -> SearchOptions:
     personalize = _parse_bool(remaining.pop("personalize", True), "personalize")
     calibrate = _parse_bool(remaining.pop("calibrate", True), "calibrate")
     explain = _parse_bool(remaining.pop("explain", False), "explain")
-    filters = _parse_filters(remaining)
+    filters, category_auto = _auto_category(_parse_filters(remaining))
     return SearchOptions(
+        category_auto=category_auto,
         k=k,
         offset=offset,
         filters=filters,
@@ -485,6 +489,17 @@ def _parse_filters(params: dict[str, Any]) -> Filters:
             )
         equals[name] = tuple(_parse_filter_value(v, name) for v in values)
     return Filters(equals=equals, price_min=price_min, price_max=price_max)
+
+
+def _auto_category(filters: Filters) -> tuple[Filters, bool]:
+    """``category=auto`` is no filter value but a wish: only the category search predicts (taken out of ``filters``)."""
+    values = filters.equals.get(AUTO_CATEGORY_FIELD)
+    if not values or not any(isinstance(v, str) and v.strip().lower() == AUTO_CATEGORY for v in values):
+        return filters, False
+    if len(values) > 1:
+        raise RequestError("category=auto cannot be combined with other categories", code="invalid_filter")
+    equals = {name: value for name, value in filters.equals.items() if name != AUTO_CATEGORY_FIELD}
+    return Filters(equals=equals, price_min=filters.price_min, price_max=filters.price_max), True
 
 
 def _parse_filter_value(value: Any, name: str) -> Scalar:

@@ -101,7 +101,8 @@ function options() {
   // the shopper travels in the X-Shopper-Token header (shopperHeaders), never as a bare user_id
   if (!$("#personalize").checked) params.set("personalize", "false");
   if ($("#explain").checked) params.set("explain", "true");
-  if ($("#f-category").value.trim()) params.set("category", $("#f-category").value.trim());
+  if ($("#f-auto").checked) params.set("category", "auto");
+  else if ($("#f-category").value.trim()) params.set("category", $("#f-category").value.trim());
   if ($("#f-brand").value.trim()) params.set("brand", $("#f-brand").value.trim());
   if ($("#f-min").value) params.set("price_min", $("#f-min").value);
   if ($("#f-max").value) params.set("price_max", $("#f-max").value);
@@ -147,6 +148,7 @@ async function runSearch() {
     const shopper = await shopperHeaders();
     if (query.kind === "photo") {
       if (state.region) params.set("region", state.region.map((v) => v.toFixed(4)).join(","));
+      else if ($("#subject").checked) params.set("region", "auto");
       answer = await call(`/search?${params}`, {
         method: "POST",
         body: query.blob,
@@ -178,13 +180,20 @@ function render(answer, query) {
   const hits = answer.hits || [];
   const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
   const region = answer.query && answer.query.region;
+  const source = region ? region.source : null;
   const what =
-    query.kind === "item" ? `“${query.itemId}”` : region && region.source === "request" ? "the box you drew" : "your photo";
+    query.kind === "item"
+      ? `“${query.itemId}”`
+      : { request: "the box you drew", subject: "the main subject of your photo" }[source] || "your photo";
   showRegion(region);
+  const guess = answer.category;
+  const filtered = answer.query && "category_filter" in answer.query;
   $("#summary").textContent =
     `${hits.length} products like ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
     (answer.calibrated ? " · calibrated to shoppers' photos" : "") +
+    (guess ? ` · looks like ${guess.name} (${Math.round(guess.confidence * 100)}%)` : "") +
+    (filtered ? (answer.query.category_filter ? " · only that category" : " · no category to filter to") : "") +
     ` · index ${answer.index_version || "—"} (${answer.item_count ?? "?"} items)` +
     (took !== null ? ` · ${took.toFixed(0)} ms` : "") +
     (hits.length ? " · pick a product below and ask for more like it" : "");
@@ -263,6 +272,7 @@ function wireRegionDrawing() {
   });
   $("#region-clear").addEventListener("click", () => {
     state.region = null;
+    $("#subject").checked = false;
     state.ranks = new Map();
     runSearch();
   });
@@ -537,6 +547,11 @@ function wire() {
     runSearch();
   });
   $("#explain").addEventListener("change", runSearch);
+  $("#f-auto").addEventListener("change", runSearch);
+  $("#subject").addEventListener("change", () => {
+    state.region = null; // the detector chooses the box now
+    runSearch();
+  });
   $("#personalize").addEventListener("change", runSearch);
   $("#shopper").addEventListener("change", async () => {
     state.ranks = new Map();
