@@ -614,6 +614,31 @@ def load_and_preprocess(data: bytes, config: PreprocessConfig, limits: ImageLimi
     return preprocess(image, config)
 
 
+def load_windows_and_preprocess(
+    data: bytes,
+    config: PreprocessConfig,
+    limits: ImageLimits,
+    windows_for: Callable[[int, int], list[tuple[int, int, int, int]]],
+    smallest_share: float,
+) -> tuple[list[PreparedQuery], tuple[int, int]]:
+    """Model inputs of several windows of one photo, decoded once, finely enough for windows whose side is
+    ``smallest_share`` of the photo's short side. ``windows_for(width, height)`` names them in the photo's upright
+    pixels; returns one :class:`PreparedQuery` per window and the photo's upright size."""
+    target = math.ceil(config.decode_short_side / smallest_share)
+    image, size, _ = _decode(data, target, limits, None)
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    prepared = []
+    for box in windows_for(*size):
+        crop = (
+            math.floor(box[0] * scale_x),
+            math.floor(box[1] * scale_y),
+            max(math.floor(box[0] * scale_x) + 1, math.ceil(box[2] * scale_x)),
+            max(math.floor(box[1] * scale_y) + 1, math.ceil(box[3] * scale_y)),
+        )
+        prepared.append(PreparedQuery(preprocess(image.crop(crop), config), box, size, located=True))
+    return prepared, size
+
+
 Locator = Callable[[Image.Image], "tuple[int, int, int, int] | None"]
 """Finds a box in a decoded photo (its own pixels), or None to keep the whole photo (:mod:`catalens.subject`)."""
 

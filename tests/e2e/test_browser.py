@@ -126,6 +126,17 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     page.wait_for_function("document.querySelector('#summary').textContent.includes('only that category')")
     page.uncheck("#f-auto")
 
+    # several products: groups=2 answers one list per product found, and the page draws their numbered boxes
+    with page.expect_response(lambda r: r.request.method == "POST" and "groups=2" in r.url) as grouped:
+        page.select_option("#groups", "2")
+    found = grouped.value.json()["groups"]
+    assert 1 <= len(found) <= 2
+    page.wait_for_selector(".group-head")
+    assert page.locator(".region-box.group").count() == len(found)
+    assert page.locator(".group-head").first.inner_text().startswith("Product 1 in your photo")
+    page.screenshot(path=str(artifacts / "groups.png"))
+    page.select_option("#groups", "")
+
     # a shopper: the page gets a token from the shop's stand-in backend and sends it, never a bare user_id
     with page.expect_request(lambda r: r.method == "POST" and "/api/search" in r.url) as searched:
         page.select_option("#shopper", "alice")

@@ -257,6 +257,24 @@ def test_region_auto_names_the_box_it_searched(catalog: dict[str, bytes], call: 
     assert answer["hits"][0]["item_id"] == "sku-4"
 
 
+def test_groups_find_two_products_placed_in_one_photo(catalog: dict[str, bytes], call: Any) -> None:
+    shelf = Image.new("RGB", (800, 600), (128, 128, 128))
+    # each product's centre square where a window lies (side 0.4 of 600 px, slid by half its side)
+    for item_id, spot in (("sku-2", (0, 0)), ("sku-6", (560, 360))):
+        product = Image.open(io.BytesIO(catalog[item_id]))
+        shelf.paste(product.crop((40, 0, 280, 240)), spot)
+    event = rest_event(
+        "POST", "/search", body=encode(shelf), content_type="image/jpeg", base64_body=True, query={"groups": "2"}
+    )
+    status, answer, _ = call(event)
+    assert status == 200, answer
+    assert answer["timings_ms"]["groups"] > 0
+    firsts = {group["hits"][0]["item_id"]: group["region"] for group in answer["groups"]}
+    assert set(firsts) == {"sku-2", "sku-6"}
+    assert firsts["sku-2"]["box"][0] < 400 < firsts["sku-6"]["box"][0]  # each list belongs to its own box
+    assert all(group["region"]["source"] == "group" for group in answer["groups"])
+
+
 @pytest.mark.parametrize("region", ["0,0,641,240", "0,0,20,240", "5,5,1,1", "left half", "0.5,0,0.5,1", "0,0,10e9,1"])
 def test_a_bad_region_is_a_typed_400_and_the_next_search_is_served(
     catalog: dict[str, bytes], call: Any, region: str

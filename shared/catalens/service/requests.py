@@ -17,7 +17,8 @@ Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), `
 ``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category`` (``auto``: the predicted one),
 ``brand``, ``price_min``, ``price_max``, and any indexed field as ``filter.<field>`` (JSON: ``"filters":
 {"<field>": value-or-list}``). Photo queries also take ``region``: ``left,top,right,bottom`` (pixels of the upright
-photo, or fractions 0..1; JSON: a list of four numbers), ``auto`` (the main subject) or ``full`` (the whole photo).
+photo, or fractions 0..1; JSON: a list of four numbers), ``auto`` (the main subject) or ``full`` (the whole photo);
+and ``groups`` (1..5): also one result list per distinct product found in the photo.
 
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
 ...     "headers": {"Content-Type": "application/json"}, "body": '{"item_id": "a1", "k": 3}'})
@@ -38,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalens.groups import MAX_GROUPS
 from catalens.imaging import Region
 from catalens.service.errors import PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
 
@@ -211,6 +213,7 @@ class SearchRequest:
     item_id: str | None = None
     options: SearchOptions = field(default_factory=SearchOptions)
     region: Region | str | None = None
+    groups: int | None = None  # photo queries: also search up to this many distinct product regions
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -260,7 +263,11 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
     region = parse_region(params.pop("region")) if "region" in params else None
     if region is not None and item_id is not None:
         raise RequestError("region applies to photo queries, not to an item_id", code="invalid_region")
-    return SearchRequest(image=image, item_id=item_id, options=parse_options(params), region=region)
+    groups = _parse_int(params.pop("groups"), "groups", 1, MAX_GROUPS) if "groups" in params else None
+    if groups is not None and item_id is not None:
+        raise RequestError("groups applies to photo queries, not to an item_id", code="invalid_parameter")
+    options = parse_options(params)
+    return SearchRequest(image=image, item_id=item_id, options=options, region=region, groups=groups)
 
 
 def parse_region(value: Any) -> Region | str:

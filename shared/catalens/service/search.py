@@ -42,7 +42,14 @@ from catalens.category import (
     predict_category,
 )
 from catalens.errors import memory_error_as_image_error
-from catalens.imaging import ImageLimits, PreparedQuery, Region, load_region_and_preprocess
+from catalens.groups import WINDOW_SIDES, candidate_windows, select_groups
+from catalens.imaging import (
+    ImageLimits,
+    PreparedQuery,
+    Region,
+    load_region_and_preprocess,
+    load_windows_and_preprocess,
+)
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
 from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
@@ -72,6 +79,7 @@ class Timings:
     calibrate: float = 0.0
     rank: float = 0.0
     profile: float = 0.0
+    groups: float = 0.0  # groups=N: finding and searching the product regions
     total: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
@@ -97,9 +105,12 @@ class SearchResponse:
     explain: bool = False
     query: dict[str, Any] = field(default_factory=dict)
     category: dict[str, Any] | None = None  # the predicted category, shown in photo answers (null: no guess)
+    groups: list[dict[str, Any]] | None = None  # groups=N: one result list per product region found
 
     def to_dict(self) -> dict[str, Any]:
         photo = {"category": self.category} if self.query.get("type") == "image" else {}
+        if self.groups is not None:
+            photo["groups"] = self.groups
         return photo | {
             "hits": [hit_to_dict(hit, explain=self.explain) for hit in self.hits],
             "k": self.k,
@@ -226,6 +237,11 @@ class SearchService:
         response = self._answer(
             view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category
         )
+        if request.image is not None and request.groups:
+            t0 = self._clock()
+            response.groups = self._groups(view, request.image, request.groups, options, domain)
+            timings.groups = (self._clock() - t0) * 1000
+            timings.total = (self._clock() - started) * 1000
         if request.image is not None and "catalog_copy" not in response.query:
             self._offer_sample(vector)  # a copy of a shop photo is not a shopper's photo: it would skew the domain
         outcome = {
@@ -235,6 +251,38 @@ class SearchService:
         }
         self.metrics.emit_group(outcome, {"kind": "photo" if request.image is not None else "item"})
         return response
+
+    def _groups(
+        self, view: IndexReader, image: bytes, groups: int, options: SearchOptions, domain: QueryDomain | None
+    ) -> list[dict[str, Any]]:
+        """Up to ``groups`` distinct products in the photo, each with its box, its hits and its category.
+
+        Windows tile the photo (:func:`catalens.groups.candidate_windows`); each is embedded, and the windows whose
+        best catalog match is strongest, and not the same product or place as a better one, are searched in full.
+        """
+        with memory_error_as_image_error(len(image)):
+            windows, _ = load_windows_and_preprocess(
+                image, self.embedder.card.preprocess, self.limits, candidate_windows, min(WINDOW_SIDES)
+            )
+            vectors = self.embedder.embed(np.stack([window.tensor for window in windows]))
+        best = [view.search(vector, 1) for vector in vectors]
+        scores = [hits[0].score if hits else -1.0 for hits in best]
+        items = [hits[0].item_id if hits else None for hits in best]
+        chosen = select_groups([window.box for window in windows], scores, items, groups)
+        found = []
+        for index in chosen:
+            query = {"type": "image", "region": windows[index].describe("group")}
+            answer = self._answer(view, vectors[index], options, set(), Timings(), self._clock(), query, None, domain)
+            found.append(
+                {
+                    "region": answer.query["region"],
+                    "score": _finite(scores[index]),
+                    "category": answer.category,
+                    "calibrated": answer.calibrated,
+                    "hits": [hit_to_dict(hit, explain=options.explain) for hit in answer.hits],
+                }
+            )
+        return found
 
     def similar(self, item_id: str, options: SearchOptions) -> SearchResponse:
         """Items that look like an indexed item (the item itself left out)."""

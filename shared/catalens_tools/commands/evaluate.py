@@ -18,6 +18,7 @@ it once a query log exists; the other split's photos, labels unread, are the log
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -68,6 +69,15 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         metavar="JSON",
         help="main-subject detector settings to try, e.g. '{\"margin\": 1.4}' (catalens.subject.SubjectParams)",
     )
+    parser.add_argument(
+        "--composites",
+        type=int,
+        default=60,
+        metavar="N",
+        help="grouped-results benchmark on N composites of this split's photos with 2-3 catalog products placed "
+        "in each (default 60; 0: off)",
+    )
+    parser.add_argument("--groups", type=int, default=3, help="regions asked for per composite (default 3)")
     parser.add_argument(
         "--no-cache",
         action="store_true",
@@ -168,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         copy_cosine=embedder.card.copy_cosine,
         photo_variants=variants,
     )
+    if args.composites:
+        result["composites"] = _composite_benchmark(args, embedder, cached_embed, cache_dir, model_key, reference)
     report = {
         "protocol": "grocery",
         "model": {"name": card.name, "variant": card.variant, "fingerprint": card.fingerprint(), "dim": card.dim},
@@ -179,6 +191,50 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     sys.stderr.write(rows_table(result["rows"], result["split"]))
     return 0
+
+
+def _composite_benchmark(
+    args: argparse.Namespace, embedder: Any, embed: Callable, cache_dir: Path | None, model_key: str, reference: int
+) -> dict:
+    """The grouped-results benchmark on composites of this split's photos (catalens_tools.evaluation.composites)."""
+    import numpy as np
+    from PIL import Image
+
+    from catalens.groups import WINDOW_SIDES, candidate_windows
+    from catalens_tools.evaluation.cache import VectorCache
+    from catalens_tools.evaluation.composites import evaluate_composites, make_composites, window_vectors
+    from catalens_tools.evaluation.grocery import load_grocery
+    from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
+
+    data = load_grocery(args.data)
+    catalog = sorted(data.catalog, key=lambda image: str(image.path))
+    composites = make_composites(data.photos(args.split), catalog, args.composites, seed=0)
+    catalog_vectors = embed([image.path for image in catalog])
+    other = data.photos("train" if args.split == "val" else "val")
+    domain = reference_domain(embed([image.path for image in other]), reference) if reference else None
+
+    def rank(vectors: np.ndarray) -> np.ndarray:
+        if domain is None:
+            return vectors @ catalog_vectors.T
+        return calibrated_scores(domain, vectors, catalog_vectors, copy_cosine=embedder.card.copy_cosine)
+
+    cache = VectorCache.for_model(cache_dir, model_key, "composites-v1-" + "-".join(f"{s:g}" for s in WINDOW_SIDES))
+    windows = []
+    for composite in composites:
+        size = Image.open(io.BytesIO(composite.data)).size
+        boxes = candidate_windows(*size)
+        keys = [f"{composite.key}#{j}" for j in range(len(boxes))]
+        stored = cache.get(keys)
+        if any(vector is None for vector in stored):
+            boxes, vectors = window_vectors([composite], embedder.embed, embedder.card.preprocess)[0]
+            cache.put(dict(zip(keys, vectors, strict=True)))
+        else:
+            vectors = np.stack(stored)
+        windows.append((boxes, vectors))
+    report = evaluate_composites(composites, windows, catalog_vectors, rank, groups=args.groups)
+    report["scoring"] = "calibrated" if domain is not None else "plain"
+    report["split"] = args.split
+    return report
 
 
 def rows_table(rows: list[dict], split: str) -> str:

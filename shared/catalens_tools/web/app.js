@@ -149,6 +149,7 @@ async function runSearch() {
     if (query.kind === "photo") {
       if (state.region) params.set("region", state.region.map((v) => v.toFixed(4)).join(","));
       else if ($("#subject").checked) params.set("region", "auto");
+      if ($("#groups").value) params.set("groups", $("#groups").value);
       answer = await call(`/search?${params}`, {
         method: "POST",
         body: query.blob,
@@ -201,6 +202,19 @@ function render(answer, query) {
   grid.replaceChildren();
   const previous = state.ranks;
   state.ranks = new Map();
+  showGroups(answer.groups || []);
+  (answer.groups || []).forEach((group, number) => {
+    const head = Object.assign(document.createElement("h3"), { className: "group-head" });
+    head.textContent =
+      `Product ${number + 1} in your photo` + (group.category ? ` · looks like ${group.category.name}` : "");
+    grid.appendChild(head);
+    group.hits.forEach((hit, rank) => grid.appendChild(card(hit, rank, null)));
+  });
+  if (answer.groups) {
+    const head = Object.assign(document.createElement("h3"), { className: "group-head" });
+    head.textContent = answer.groups.length ? "The whole photo" : "No separate products found · the whole photo";
+    grid.appendChild(head);
+  }
   hits.forEach((hit, rank) => {
     state.ranks.set(hit.item_id, rank);
     grid.appendChild(card(hit, rank, previous.has(hit.item_id) ? previous.get(hit.item_id) - rank : null));
@@ -224,6 +238,19 @@ function showRegion(region) {
     return;
   }
   placeBox(box, region.normalized);
+}
+
+// groups=N: one numbered box per product region the answer found.
+function showGroups(groups) {
+  const holder = $("#query-photo");
+  holder.querySelectorAll(".region-box.group").forEach((node) => node.remove());
+  if ($("#query-preview").hidden) return;
+  groups.forEach((group, number) => {
+    const box = Object.assign(document.createElement("div"), { className: "region-box group" });
+    box.appendChild(Object.assign(document.createElement("span"), { textContent: String(number + 1) }));
+    holder.appendChild(box);
+    placeBox(box, group.region.normalized);
+  });
 }
 
 function placeBox(box, [left, top, right, bottom]) {
@@ -548,6 +575,7 @@ function wire() {
   });
   $("#explain").addEventListener("change", runSearch);
   $("#f-auto").addEventListener("change", runSearch);
+  $("#groups").addEventListener("change", runSearch);
   $("#subject").addEventListener("change", () => {
     state.region = null; // the detector chooses the box now
     runSearch();
