@@ -649,6 +649,26 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
             "invalid_parameter",
         ),
         (
+            rest_event("POST", "/search", body='{"image": "/9j/AAAA", "groups": 6}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event("POST", "/search", body='{"item_id": "sku-1", "groups": 2}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event(
+                "POST",
+                "/search",
+                body='{"item_id": "sku-1", "category": ["auto", "hats"]}',
+                content_type="application/json",
+            ),
+            400,
+            "invalid_filter",
+        ),
+        (
             rest_event(
                 "POST",
                 "/search",
