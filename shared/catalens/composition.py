@@ -191,6 +191,7 @@ def build_search_service(
         rerank=rerank,
         metrics=metrics,
         calibration=settings.query_calibration,
+        main_subject=settings.main_subject,
         query_samples=samples,
     )
 

@@ -34,6 +34,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -49,12 +50,16 @@ __all__ = [
     "ImageLimits",
     "ImageTooLargeError",
     "ImageTooSmallError",
+    "InvalidRegionError",
     "NotAnImageError",
+    "PreparedQuery",
     "PreprocessConfig",
+    "Region",
     "TruncatedImageError",
     "UnsupportedImageError",
     "decode_image",
     "load_and_preprocess",
+    "load_region_and_preprocess",
     "preprocess",
     "to_rgb",
 ]
@@ -134,6 +139,12 @@ class BlankImageError(ImageError):
     """Every pixel is fully transparent: there is nothing in the picture to describe."""
 
     code = "blank_image"
+
+
+class InvalidRegionError(ImageError):
+    """A search region that is malformed, lies outside the photo, or is too small to show a product."""
+
+    code = "invalid_region"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -376,6 +387,26 @@ def decode_image(
         A subclass whose ``code`` is one of ``empty_image``, ``image_too_large``, ``not_an_image``,
         ``unsupported_image``, ``decompression_bomb``, ``image_too_small``, ``truncated_image``, ``blank_image``.
     """
+    return _decode(data, target_short_side, limits, None)[0]
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size the photo has once its EXIF orientation is applied (read from the header, before decoding)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # hostile EXIF: _apply_exif_orientation keeps the stored pixels too
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _decode(
+    data: bytes, target_short_side: int | None, limits: ImageLimits, region: Region | None
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int] | None]:
+    """Decode, upright and convert; with ``region``, also cut it out (decoded finely enough for the region alone).
+
+    Returns the image, the photo's upright size as sent, and the region's box in those pixels (None without one).
+    """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise EmptyImageError("image is empty (0 bytes)")
@@ -386,8 +417,16 @@ def decode_image(
     image = _open(data)  # reads the header only
     _check_pixels(image, limits)
     fmt = image.format or "image"
+    drafts = target_short_side is not None and fmt in ("JPEG", "MPO")
+    # A JPEG's EXIF is in its header; other formats may keep it after the pixels (reading it would decode them), but
+    # they are never drafted, so their decoded size is the size sent.
+    upright = _upright_size(image) if drafts else None
+    box = region.to_pixels(*upright, min_side=limits.min_side) if region is not None and upright else None
+    if box is not None and upright is not None and target_short_side is not None:
+        # the region, not the photo, must keep the model's short side: decode correspondingly finer
+        target_short_side = math.ceil(target_short_side * min(upright) / min(box[2] - box[0], box[3] - box[1]))
     try:
-        if target_short_side is not None and fmt in ("JPEG", "MPO"):
+        if drafts:
             # draft picks the largest DCT scale whose output is still >= the requested size in both dimensions,
             # so asking for (t, t) keeps the short side >= t. EXIF orientation does not change the short side.
             image.draft("RGB", (target_short_side, target_short_side))
@@ -398,7 +437,100 @@ def decode_image(
         raise DecompressionBombImageError(f"{fmt} frame is too large to decode safely: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise TruncatedImageError(f"{fmt} data is truncated or damaged: {exc}") from exc
-    return rgb
+    if upright is None:
+        upright = rgb.size
+        box = region.to_pixels(*upright, min_side=limits.min_side) if region is not None else None
+    if box is not None:
+        rgb = crop_scaled(rgb, box, upright)
+    return rgb, upright, box
+
+
+def crop_scaled(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    """``box`` (pixels of a photo of ``size``) cut out of ``image``, the same photo decoded at any scale."""
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    left, top = math.floor(box[0] * scale_x), math.floor(box[1] * scale_y)
+    right = max(left + 1, min(image.width, math.ceil(box[2] * scale_x)))
+    bottom = max(top + 1, min(image.height, math.ceil(box[3] * scale_y)))
+    return image.crop((left, top, right, bottom))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Regions
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box in a photo, ``left, top, right, bottom``: a search that looks at part of the photo only.
+
+    Either every value is in ``[0, 1]`` (fractions of the photo's width and height) or they are pixels of the photo
+    as sent, upright (its EXIF orientation applied). No pixel box can be mistaken for fractions: a box whose values
+    are all at most 1 would be at most one pixel wide, far under the smallest region a product can show in.
+    """
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @classmethod
+    def from_values(cls, values: object) -> Region:
+        """Four finite numbers ``>= 0`` with ``left < right`` and ``top < bottom``, else :class:`InvalidRegionError`."""
+        if not isinstance(values, list | tuple) or len(values) != 4:
+            raise InvalidRegionError("region must be four numbers: left,top,right,bottom (pixels or fractions 0..1)")
+        numbers = []
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InvalidRegionError(f"region values must be finite numbers, got {str(value)[:40]!r}")
+            if value < 0:
+                raise InvalidRegionError(f"region values must be >= 0, got {value}")
+            numbers.append(float(value))
+        left, top, right, bottom = numbers
+        if not (left < right and top < bottom):
+            raise InvalidRegionError(
+                f"region needs left < right and top < bottom, got {left:g},{top:g},{right:g},{bottom:g}"
+            )
+        return cls(left, top, right, bottom)
+
+    @property
+    def normalized(self) -> bool:
+        """True when the box is given as fractions of the photo's sides."""
+        return max(self.left, self.top, self.right, self.bottom) <= 1.0
+
+    def to_pixels(self, width: int, height: int, *, min_side: int = 1) -> tuple[int, int, int, int]:
+        """The box in pixels of a ``width``×``height`` photo; outside the photo or too small is an error."""
+        if self.normalized:
+            box = (self.left * width, self.top * height, self.right * width, self.bottom * height)
+        else:
+            if self.right > width or self.bottom > height:
+                raise InvalidRegionError(
+                    f"region {self.left:g},{self.top:g},{self.right:g},{self.bottom:g} reaches outside the photo "
+                    f"({width}×{height} px, upright)"
+                )
+            box = (self.left, self.top, self.right, self.bottom)
+        left, top, right, bottom = (round(value) for value in box)
+        if min(right - left, bottom - top) < min_side:
+            raise InvalidRegionError(
+                f"region is {right - left}×{bottom - top} px of a {width}×{height} photo; both sides must be at "
+                f"least {min_side} px to show a product"
+            )
+        return left, top, right, bottom
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query photo ready for the model, and where in the photo it was taken from (for the answer to show)."""
+
+    tensor: np.ndarray
+    box: tuple[int, int, int, int]  # pixels of the photo as sent, upright
+    size: tuple[int, int]  # the photo's width and height, upright
+    located: bool = False  # the box was found in the photo (main subject), not named by the request
+
+    def describe(self, source: str) -> dict[str, object]:
+        """The answer's ``query.region``: the box in pixels and in fractions, the photo's size, where it came from."""
+        width, height = self.size
+        left, top, right, bottom = self.box
+        fractions = [round(left / width, 4), round(top / height, 4), round(right / width, 4), round(bottom / height, 4)]
+        return {"source": source, "box": list(self.box), "normalized": fractions, "image_size": [width, height]}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -480,3 +612,62 @@ def load_and_preprocess(data: bytes, config: PreprocessConfig, limits: ImageLimi
     """Photo bytes → model input; the single function ingest and query both call."""
     image = decode_image(data, target_short_side=config.decode_short_side, limits=limits)
     return preprocess(image, config)
+
+
+def load_windows_and_preprocess(
+    data: bytes,
+    config: PreprocessConfig,
+    limits: ImageLimits,
+    windows_for: Callable[[int, int], list[tuple[int, int, int, int]]],
+    smallest_share: float,
+) -> tuple[list[PreparedQuery], tuple[int, int]]:
+    """Model inputs of several windows of one photo, decoded once, finely enough for windows whose side is
+    ``smallest_share`` of the photo's short side. ``windows_for(width, height)`` names them in the photo's upright
+    pixels; returns one :class:`PreparedQuery` per window and the photo's upright size."""
+    target = math.ceil(config.decode_short_side / smallest_share)
+    image, size, _ = _decode(data, target, limits, None)
+    scale_x, scale_y = image.width / size[0], image.height / size[1]
+    prepared = []
+    for box in windows_for(*size):
+        crop = (
+            math.floor(box[0] * scale_x),
+            math.floor(box[1] * scale_y),
+            max(math.floor(box[0] * scale_x) + 1, math.ceil(box[2] * scale_x)),
+            max(math.floor(box[1] * scale_y) + 1, math.ceil(box[3] * scale_y)),
+        )
+        prepared.append(PreparedQuery(preprocess(image.crop(crop), config), box, size, located=True))
+    return prepared, size
+
+
+Locator = Callable[[Image.Image], "tuple[int, int, int, int] | None"]
+"""Finds a box in a decoded photo (its own pixels), or None to keep the whole photo (:mod:`catalens.subject`)."""
+
+
+def load_region_and_preprocess(
+    data: bytes,
+    config: PreprocessConfig,
+    limits: ImageLimits = ImageLimits(),
+    region: Region | None = None,
+    *,
+    locate: Locator | None = None,
+) -> PreparedQuery:
+    """Photo bytes → model input of ``region`` (the whole photo when None, exactly as :func:`load_and_preprocess`).
+
+    The region is cut out first and then prepared like any photo (short side resized, centre crop), so a box drawn
+    around a product is embedded as that product's own photo would be. Without a region, ``locate`` may choose one
+    on the decoded photo (``PreparedQuery.located`` says it did).
+    """
+    image, size, box = _decode(data, config.decode_short_side, limits, region)
+    located = False
+    if box is None and locate is not None:
+        found = locate(image)
+        if found is not None:
+            scale_x, scale_y = size[0] / image.width, size[1] / image.height
+            box = (
+                max(0, round(found[0] * scale_x)),
+                max(0, round(found[1] * scale_y)),
+                min(size[0], round(found[2] * scale_x)),
+                min(size[1], round(found[3] * scale_y)),
+            )
+            image, located = image.crop(found), True
+    return PreparedQuery(preprocess(image, config), box or (0, 0, *size), size, located)

@@ -88,6 +88,7 @@ class Settings:
     gc_grace_seconds: int = 3600  # index builder: files no retained version needs are deleted once this old
     query_sample_rate: float = 0.25  # share of photo query embeddings kept for query-domain calibration (0: none)
     query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
+    main_subject: bool = False  # photo queries without a region search their main subject (docs/evaluation.md)
     shopper_token_parameter: str = ""  # SSM SecureString holding the shopper-token keys; "" verifies no token
     trust_unsigned_user_ids: bool = False  # template TrustUnsignedUserIds: accept a bare user_id (server to server)
     index_backend: str = "lambda"  # template IndexBackend: "lambda" (snapshot + deltas in S3) or "s3vectors"
@@ -114,6 +115,7 @@ class Settings:
             gc_grace_seconds=_int(env, "CATALENS_GC_GRACE_SECONDS", 3600),
             query_sample_rate=_fraction(env, "QUERY_SAMPLE_RATE", 0.25),
             query_calibration=_bool(env, "QUERY_CALIBRATION", True),
+            main_subject=_bool(env, "MAIN_SUBJECT", False),
             shopper_token_parameter=env.get("SHOPPER_TOKEN_PARAMETER", ""),
             trust_unsigned_user_ids=_bool(env, "TRUST_UNSIGNED_USER_IDS", False),
             index_backend=_choice(env, "INDEX_BACKEND", "lambda", INDEX_BACKENDS),

@@ -79,6 +79,64 @@ def test_drop_a_photo_see_cards_and_upload_as_merchant(
     artifacts.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(artifacts / "search-by-photo.png"))
 
+    # drag a box on the photo: the search looks at that part only, and the page draws the box the answer names
+    preview = page.locator("#query-preview").bounding_box()
+    assert preview is not None
+    with page.expect_response(lambda r: r.request.method == "POST" and "region=" in r.url) as boxed:
+        page.mouse.move(preview["x"] + preview["width"] * 0.1, preview["y"] + preview["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(preview["x"] + preview["width"] * 0.3, preview["y"] + preview["height"] * 0.4, steps=4)
+        page.mouse.move(preview["x"] + preview["width"] * 0.6, preview["y"] + preview["height"] * 0.7, steps=4)
+        page.mouse.up()
+    assert boxed.value.status == 200
+    region = boxed.value.json()["query"]["region"]
+    assert region["source"] == "request"
+    assert [round(v, 1) for v in region["normalized"]] == [0.1, 0.2, 0.6, 0.7]
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('the box you drew')")
+    drawn = page.locator("#region-box").bounding_box()
+    assert drawn is not None
+    assert abs(drawn["x"] - (preview["x"] + 0.1 * preview["width"])) < 4
+    assert abs(drawn["width"] - 0.5 * preview["width"]) < 4
+    page.screenshot(path=str(artifacts / "search-a-region.png"))
+    with page.expect_response(lambda r: r.request.method == "POST" and "/api/search" in r.url) as whole:
+        page.click("#region-clear")
+    assert "region=" not in whole.value.url
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('like your photo')")
+    assert page.locator("#region-box").is_hidden()
+
+    # the main subject: the page asks for region=auto and draws the box the detector chose (if any stood apart)
+    with page.expect_response(lambda r: r.request.method == "POST" and "region=auto" in r.url) as subject:
+        page.check("#subject")
+    assert subject.value.status == 200
+    if subject.value.json()["query"]["region"]["source"] == "subject":
+        page.wait_for_selector("#region-box:not([hidden])")
+        assert "main subject" in page.locator("#summary").inner_text()
+    page.uncheck("#subject")
+
+    # the predicted category is shown; "predicted category only" filters to it (category=auto)
+    predicted = whole.value.json()["category"]["name"]
+    assert predicted
+    page.wait_for_function(
+        "(text) => document.querySelector('#summary').textContent.includes(text)", arg=f"looks like {predicted}"
+    )
+    with page.expect_response(lambda r: r.request.method == "POST" and "category=auto" in r.url) as auto:
+        page.check("#f-auto")
+    assert auto.value.json()["query"]["category_filter"] == predicted
+    assert {hit["fields"]["category"] for hit in auto.value.json()["hits"]} == {predicted}
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('only that category')")
+    page.uncheck("#f-auto")
+
+    # several products: groups=2 answers one list per product found, and the page draws their numbered boxes
+    with page.expect_response(lambda r: r.request.method == "POST" and "groups=2" in r.url) as grouped:
+        page.select_option("#groups", "2")
+    found = grouped.value.json()["groups"]
+    assert 1 <= len(found) <= 2
+    page.wait_for_selector(".group-head")
+    assert page.locator(".region-box.group").count() == len(found)
+    assert page.locator(".group-head").first.inner_text().startswith("Product 1 in your photo")
+    page.screenshot(path=str(artifacts / "groups.png"))
+    page.select_option("#groups", "")
+
     # a shopper: the page gets a token from the shop's stand-in backend and sends it, never a bare user_id
     with page.expect_request(lambda r: r.method == "POST" and "/api/search" in r.url) as searched:
         page.select_option("#shopper", "alice")

@@ -185,6 +185,114 @@ def test_raw_jpeg_query_finds_its_item_with_timings(catalog: dict[str, bytes], c
     assert headers["x-catalens-index-version"] == body["index_version"]
 
 
+def test_a_region_of_a_side_by_side_photo_finds_the_product_in_it(catalog: dict[str, bytes], call: Any) -> None:
+    left, right = Image.open(io.BytesIO(catalog["sku-2"])), Image.open(io.BytesIO(catalog["sku-5"]))
+    shelf = Image.new("RGB", (640, 240))
+    shelf.paste(left, (0, 0))
+    shelf.paste(right, (320, 0))
+    body = encode(shelf, quality=95)
+    found = {}
+    for name, region in (("left", "0,0,320,240"), ("right", "0.5,0,1,1")):
+        event = rest_event(
+            "POST", "/search", body=body, content_type="image/jpeg", base64_body=True, query={"region": region}
+        )
+        status, answer, _ = call(event)
+        assert status == 200, answer
+        found[name] = answer["hits"][0]["item_id"]
+        assert answer["query"]["region"]["source"] == "request"
+        assert answer["query"]["region"]["image_size"] == [640, 240]
+    assert found == {"left": "sku-2", "right": "sku-5"}
+    as_json = json.dumps({"image": base64.b64encode(body).decode(), "region": [320, 0, 640, 240], "k": 1})
+    status, answer, _ = call(rest_event("POST", "/search", body=as_json, content_type="application/json"))
+    assert (status, answer["hits"][0]["item_id"], answer["query"]["region"]["box"]) == (
+        200,
+        "sku-5",
+        [320, 0, 640, 240],
+    )
+
+
+def test_a_photo_answer_predicts_its_category_and_category_auto_filters_to_it(
+    catalog: dict[str, bytes], call: Any
+) -> None:
+    photo_event = rest_event(
+        "POST", "/search", body=catalog["sku-3"], content_type="image/jpeg", base64_body=True, query={"k": "8"}
+    )
+    status, answer, _ = call(photo_event)
+    assert status == 200
+    assert answer["category"]["name"] == "hats"  # sku-3's own category
+    assert 0 < answer["category"]["confidence"] <= 1
+    auto = rest_event(
+        "POST",
+        "/search",
+        body=catalog["sku-3"],
+        content_type="image/jpeg",
+        base64_body=True,
+        query={"category": "auto"},
+    )
+    status, answer, _ = call(auto)
+    assert status == 200
+    assert answer["query"]["category_filter"] == "hats"
+    assert {hit["fields"]["category"] for hit in answer["hits"]} == {"hats"}
+    status, similar, _ = call(rest_event("GET", "/items/sku-1/similar", query={"category": "auto"}))
+    assert status == 200
+    assert "category" not in similar
+    assert {hit["fields"]["category"] for hit in similar["hits"]} == {CATEGORIES[1]}
+
+
+def test_region_auto_names_the_box_it_searched(catalog: dict[str, bytes], call: Any) -> None:
+    shelf = Image.new("RGB", (640, 480), (240, 240, 240))
+    shelf.paste(Image.open(io.BytesIO(catalog["sku-4"])).resize((200, 150)), (220, 160))
+    event = rest_event(
+        "POST", "/search", body=encode(shelf), content_type="image/jpeg", base64_body=True, query={"region": "auto"}
+    )
+    status, answer, _ = call(event)
+    assert status == 200
+    region = answer["query"]["region"]
+    assert region["source"] == "subject"
+    left, top, right, bottom = region["box"]
+    assert left <= 230
+    assert top <= 170
+    assert right >= 410
+    assert bottom >= 300  # the pasted product, with a margin
+    assert answer["hits"][0]["item_id"] == "sku-4"
+
+
+def test_groups_find_two_products_placed_in_one_photo(catalog: dict[str, bytes], call: Any) -> None:
+    shelf = Image.new("RGB", (800, 600), (128, 128, 128))
+    # each product's centre square where a window lies (side 0.4 of 600 px, slid by half its side)
+    for item_id, spot in (("sku-2", (0, 0)), ("sku-6", (560, 360))):
+        product = Image.open(io.BytesIO(catalog[item_id]))
+        shelf.paste(product.crop((40, 0, 280, 240)), spot)
+    event = rest_event(
+        "POST", "/search", body=encode(shelf), content_type="image/jpeg", base64_body=True, query={"groups": "2"}
+    )
+    status, answer, _ = call(event)
+    assert status == 200, answer
+    assert answer["timings_ms"]["groups"] > 0
+    firsts = {group["hits"][0]["item_id"]: group["region"] for group in answer["groups"]}
+    assert set(firsts) == {"sku-2", "sku-6"}
+    assert firsts["sku-2"]["box"][0] < 400 < firsts["sku-6"]["box"][0]  # each list belongs to its own box
+    assert all(group["region"]["source"] == "group" for group in answer["groups"])
+
+
+@pytest.mark.parametrize("region", ["0,0,641,240", "0,0,20,240", "5,5,1,1", "left half", "0.5,0,0.5,1", "0,0,10e9,1"])
+def test_a_bad_region_is_a_typed_400_and_the_next_search_is_served(
+    catalog: dict[str, bytes], call: Any, region: str
+) -> None:
+    body = encode(photo(640, 240, seed=9))
+    event = rest_event(
+        "POST", "/search", body=body, content_type="image/jpeg", base64_body=True, query={"region": region}
+    )
+    status, answer, _ = call(event)
+    assert (status, answer["code"]) == (400, "invalid_region")
+    assert set(answer) == {"code", "message"}
+    assert "region" in answer["message"]
+    good = rest_event("POST", "/search", body=catalog["sku-1"], content_type="image/jpeg", base64_body=True)
+    status, answer, _ = call(good)
+    assert (status, answer["hits"][0]["item_id"]) == (200, "sku-1")
+    assert answer["query"]["region"]["source"] == "full"
+
+
 def test_delta_items_are_found_as_well_as_snapshot_items(catalog: dict[str, bytes], call: Any) -> None:
     for item_id in ("sku-1", "sku-7"):  # sku-7 is a delta written after the compaction
         status, body, _ = call(
@@ -539,6 +647,26 @@ def test_photo_queries_are_calibrated_once_the_builder_made_a_query_domain(
             rest_event("POST", "/search", body='{"item_id": "sku-1", "k": 101}', content_type="application/json"),
             400,
             "invalid_parameter",
+        ),
+        (
+            rest_event("POST", "/search", body='{"image": "/9j/AAAA", "groups": 6}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event("POST", "/search", body='{"item_id": "sku-1", "groups": 2}', content_type="application/json"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            rest_event(
+                "POST",
+                "/search",
+                body='{"item_id": "sku-1", "category": ["auto", "hats"]}',
+                content_type="application/json",
+            ),
+            400,
+            "invalid_filter",
         ),
         (
             rest_event(

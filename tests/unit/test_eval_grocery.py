@@ -241,12 +241,21 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
 # The real model: the command end to end, and plausible numbers on a subset of the real photos
 
 
-def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir, capsys):
+def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir, capsys, tmp_path):
     from catalens_tools.cli import main
 
-    status = main(["eval", "grocery", "--data", str(tiny_grocery), "--model-dir", str(model_dir), "--variant", "fp32"])
+    command = ["eval", "grocery", "--data", str(tiny_grocery), "--model-dir", str(model_dir), "--variant", "fp32"]
+    status = main([*command, "--cache-dir", str(tmp_path)])
     assert status == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    names = [row["name"] for row in report["rows"]]
+    assert names == ["whole crop (default)", "main subject", "main subject, catalog cropped too"]
+    assert report["rows"][0]["plain"]["top1"] == report["photo_to_catalog"]["top1"]
+    assert 0 <= report["rows"][1]["plain_category"]["ece"] <= 1
+    assert "| main subject | plain |" in captured.err  # the rows as a table
+    assert len(list(tmp_path.glob("*.whole.npz"))) == 1  # vectors kept for the next run, per model and mode
+    assert len(list(tmp_path.glob("*.subject-*.npz"))) == 1
     assert report["model"]["variant"] == "fp32"
     assert report["model"]["dim"] == 1280
     assert report["embedding"]["images"] == 40
@@ -259,7 +268,7 @@ def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir
 def test_eval_grocery_command_names_a_missing_folder(tmp_path, model_dir, capsys):
     from catalens_tools.cli import main
 
-    status = main(["eval", "grocery", "--data", str(tmp_path), "--model-dir", str(model_dir)])
+    status = main(["eval", "grocery", "--data", str(tmp_path), "--model-dir", str(model_dir), "--no-cache"])
     assert status == 2
     assert "labels.csv" in capsys.readouterr().err
 
@@ -288,3 +297,23 @@ def test_real_photos_retrieve_far_above_chance(grocery_dir, model_dir):
     assert 0.2 <= to_catalog["packages"]["top1"] <= 0.7
     assert 0.3 <= to_photo["recall@1"] <= 0.75
     assert 0.3 <= to_photo["mAP"] <= 0.75
+
+
+def test_the_vector_cache_embeds_each_photo_once_and_survives_a_restart(tmp_path):
+    from catalens_tools.evaluation.cache import VectorCache
+
+    calls = []
+
+    def embed(paths):
+        calls.append(list(paths))
+        return np.array([[float(len(str(p)))] * 2 for p in paths], dtype=np.float32)
+
+    first = VectorCache.for_model(tmp_path, "model.fp32.abc", "whole").wrap(embed)
+    first([Path("a"), Path("bb")])
+    again = VectorCache.for_model(tmp_path, "model.fp32.abc", "whole").wrap(embed)
+    vectors = again([Path("bb"), Path("ccc"), Path("a")])
+    assert calls == [[Path("a"), Path("bb")], [Path("ccc")]]
+    assert vectors[:, 0].tolist() == [2.0, 3.0, 1.0]
+    other_mode = VectorCache.for_model(tmp_path, "model.fp32.abc", "subject-v1").wrap(embed)
+    other_mode([Path("a")])
+    assert calls[-1] == [Path("a")]  # another mode is another file

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from catalens.category import NEIGHBOURS
 from catalens.index import IndexView, ItemRecord
 from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.records import Hit
@@ -119,7 +120,8 @@ def test_a_hub_that_wins_plain_cosine_loses_after_calibration(view: Recording, e
     assert ids(calibrated)[0] == "item-3"
     assert ids(calibrated).index("hub") > ids(plain).index("hub")
     assert calibrated.to_dict()["calibrated"] is True
-    assert view.searched_with == [3, CALIBRATION_POOL]  # the calibrated search asked for a whole pool
+    # a photo query reads at least the neighbours that vote for its category; the calibrated one a whole pool
+    assert view.searched_with == [NEIGHBOURS, CALIBRATION_POOL]
 
 
 def test_the_setting_off_or_no_query_domain_gives_the_plain_order(view: Recording, embedder: StubEmbedder) -> None:
@@ -132,7 +134,7 @@ def test_the_setting_off_or_no_query_domain_gives_the_plain_order(view: Recordin
     for result in (switched_off, without, unusable):
         assert result.calibrated is False
         assert [(h.item_id, h.score) for h in result.hits] == [(h.item_id, h.score) for h in plain.hits]
-    assert no_domain.searched_with == [5]  # no domain: no wider pool either
+    assert no_domain.searched_with == [NEIGHBOURS]  # no domain: no calibration pool, only the category's neighbours
 
 
 def test_a_domain_that_does_not_fit_the_index_serves_plain_cosine(view: Recording, embedder: StubEmbedder) -> None:

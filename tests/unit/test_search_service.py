@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from catalens.errors import ModelError
-from catalens.imaging import PreprocessConfig
+from catalens.imaging import InvalidRegionError, PreprocessConfig, Region
 from catalens.index import IndexView, ItemRecord, Snapshot, build_snapshot
 from catalens.index.records import Hit
 from catalens.profiles import ProfileUpdater, ShopperEvent, index_lookup
@@ -101,6 +101,28 @@ def test_photo_query_ranks_by_cosine_and_reports_timings(view: IndexView, embedd
     assert result.timings.embed > 0
     assert "embed;dur=" in result.timings.server_timing()
     assert embedder.calls == 1
+
+
+def test_a_photo_answer_names_the_box_it_searched(view: IndexView, embedder: StubEmbedder) -> None:
+    service = service_for(view, embedder)
+    whole = service.search(SearchRequest(image=JPEG, options=SearchOptions(k=1)))
+    assert whole.query["region"] == {
+        "source": "full",
+        "box": [0, 0, 128, 96],
+        "normalized": [0.0, 0.0, 1.0, 1.0],
+        "image_size": [128, 96],
+    }
+    part = service.search(SearchRequest(image=JPEG, region=Region(0, 0, 0.5, 1)))
+    assert part.query["region"]["source"] == "request"
+    assert part.query["region"]["box"] == [0, 0, 64, 96]
+    assert service.search(SearchRequest(image=JPEG, region="full")).query["region"]["source"] == "full"
+
+
+def test_a_box_outside_the_photo_is_refused_and_nothing_is_searched(view: IndexView, embedder: StubEmbedder) -> None:
+    metrics = RecordingMetrics()
+    with pytest.raises(InvalidRegionError, match="outside the photo"):
+        service_for(view, embedder, metrics=metrics).search(SearchRequest(image=JPEG, region=Region(0, 0, 200, 96)))
+    assert embedder.calls == 0
 
 
 def test_item_query_excludes_the_item_and_needs_no_embedding(view: IndexView, embedder: StubEmbedder) -> None:

@@ -71,6 +71,7 @@ HTTP_STATUS: dict[str, int] = {
     "unknown_parameter": 400,
     "missing_image": 400,
     "ambiguous_query": 400,
+    "invalid_region": 400,
     "unknown_filter": 400,
     "invalid_filter": 400,
     "invalid_image": 400,

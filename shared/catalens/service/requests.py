@@ -14,8 +14,11 @@ Accepted bodies of ``POST /search``:
 - ``multipart/form-data``: a file part named ``image`` (or ``file``/``photo``) plus text parts for options.
 
 Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), ``offset`` (0..),
-``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category``, ``brand``, ``price_min``, ``price_max``,
-and any indexed field as ``filter.<field>`` (JSON: ``"filters": {"<field>": value-or-list}``).
+``user_id``, ``personalize``, ``calibrate``, ``explain``, filters ``category`` (``auto``: the predicted one),
+``brand``, ``price_min``, ``price_max``, and any indexed field as ``filter.<field>`` (JSON: ``"filters":
+{"<field>": value-or-list}``). Photo queries also take ``region``: ``left,top,right,bottom`` (pixels of the upright
+photo, or fractions 0..1; JSON: a list of four numbers), ``auto`` (the main subject) or ``full`` (the whole photo);
+and ``groups`` (1..5): also one result list per distinct product found in the photo.
 
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
 ...     "headers": {"Content-Type": "application/json"}, "body": '{"item_id": "a1", "k": 3}'})
@@ -36,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalens.groups import MAX_GROUPS
+from catalens.imaging import Region
 from catalens.service.errors import PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
 
 DEFAULT_K = 12
@@ -89,6 +94,10 @@ FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 PRICE_FILTERS = ("price_min", "price_max")
 SHORTHAND_FILTERS = ("category", "brand")
 FILTER_PREFIX = "filter."
+AUTO_CATEGORY, AUTO_CATEGORY_FIELD = "auto", "category"
+REGION_FULL = "full"  # the whole photo (its centre crop)
+REGION_AUTO = "auto"  # the photo's main subject (catalens.subject), when it has one apart from its surroundings
+REGION_WORDS = (REGION_AUTO, REGION_FULL)
 
 Scalar = str | int | float | bool
 
@@ -189,15 +198,22 @@ class SearchOptions:
     personalize: bool = True
     calibrate: bool = True  # False: plain cosine for a photo query even where the index has a query domain
     explain: bool = False
+    category_auto: bool = False  # category=auto: only the predicted category (item queries: the item's own)
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """A query (exactly one of ``image`` bytes or ``item_id``) and its options."""
+    """A query (exactly one of ``image`` bytes or ``item_id``) and its options.
+
+    ``region`` (photo queries only): a :class:`~catalens.imaging.Region` to search, one of ``REGION_WORDS``, or None
+    for the default.
+    """
 
     image: bytes | None = None
     item_id: str | None = None
     options: SearchOptions = field(default_factory=SearchOptions)
+    region: Region | str | None = None
+    groups: int | None = None  # photo queries: also search up to this many distinct product regions
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,7 +260,42 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
             f"the image is {len(image)} bytes; the limit is {max_image_bytes} ({_mib(max_image_bytes)})",
             code="image_too_large",
         )
-    return SearchRequest(image=image, item_id=item_id, options=parse_options(params))
+    region = parse_region(params.pop("region")) if "region" in params else None
+    if region is not None and item_id is not None:
+        raise RequestError("region applies to photo queries, not to an item_id", code="invalid_region")
+    groups = _parse_int(params.pop("groups"), "groups", 1, MAX_GROUPS) if "groups" in params else None
+    if groups is not None and item_id is not None:
+        raise RequestError("groups applies to photo queries, not to an item_id", code="invalid_parameter")
+    options = parse_options(params)
+    return SearchRequest(image=image, item_id=item_id, options=options, region=region, groups=groups)
+
+
+def parse_region(value: Any) -> Region | str:
+    """``region`` as sent: a word of ``REGION_WORDS``, ``"left,top,right,bottom"`` or (JSON) a list of four numbers.
+
+    Whether the box fits the photo is known only once the photo's header is read
+    (:meth:`~catalens.imaging.Region.to_pixels`); here only its shape is checked. Errors are ``invalid_region``.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in REGION_WORDS:
+            return text
+        parts = [part.strip() for part in text.split(",")]
+        numbers: list[Any] = []
+        for part in parts:
+            if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?", part):
+                raise RequestError(
+                    f"region must be {' or '.join(REGION_WORDS)} or left,top,right,bottom (pixels of the upright "
+                    f"photo, or fractions 0..1), got {_short(repr(value), 60)}",
+                    code="invalid_region",
+                )
+            numbers.append(float(part))
+        return Region.from_values(numbers)
+    if isinstance(value, list):
+        return Region.from_values(value)
+    raise RequestError(
+        "region must be a string (a word or left,top,right,bottom) or a list of four numbers", code="invalid_region"
+    )
 
 
 def parse_query_options(query: Mapping[str, tuple[str, ...]]) -> SearchOptions:
@@ -275,8 +326,9 @@ def parse_options(params: Mapping[str, Any]) -> SearchOptions:
     personalize = _parse_bool(remaining.pop("personalize", True), "personalize")
     calibrate = _parse_bool(remaining.pop("calibrate", True), "calibrate")
     explain = _parse_bool(remaining.pop("explain", False), "explain")
-    filters = _parse_filters(remaining)
+    filters, category_auto = _auto_category(_parse_filters(remaining))
     return SearchOptions(
+        category_auto=category_auto,
         k=k,
         offset=offset,
         filters=filters,
@@ -444,6 +496,17 @@ def _parse_filters(params: dict[str, Any]) -> Filters:
             )
         equals[name] = tuple(_parse_filter_value(v, name) for v in values)
     return Filters(equals=equals, price_min=price_min, price_max=price_max)
+
+
+def _auto_category(filters: Filters) -> tuple[Filters, bool]:
+    """``category=auto`` is no filter value but a wish: only the category search predicts (taken out of ``filters``)."""
+    values = filters.equals.get(AUTO_CATEGORY_FIELD)
+    if not values or not any(isinstance(v, str) and v.strip().lower() == AUTO_CATEGORY for v in values):
+        return filters, False
+    if len(values) > 1:
+        raise RequestError("category=auto cannot be combined with other categories", code="invalid_filter")
+    equals = {name: value for name, value in filters.equals.items() if name != AUTO_CATEGORY_FIELD}
+    return Filters(equals=equals, price_min=filters.price_min, price_max=filters.price_max), True
 
 
 def _parse_filter_value(value: Any, name: str) -> Scalar:

@@ -27,13 +27,29 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from catalens.category import (
+    CALIBRATED_TEMPERATURE,
+    CATEGORY_FIELD,
+    NEIGHBOURS,
+    PLAIN_TEMPERATURE,
+    CategoryGuess,
+    category_of,
+    predict_category,
+)
 from catalens.errors import memory_error_as_image_error
-from catalens.imaging import ImageLimits, load_and_preprocess
+from catalens.groups import WINDOW_SIDES, candidate_windows, select_groups
+from catalens.imaging import (
+    ImageLimits,
+    PreparedQuery,
+    Region,
+    load_region_and_preprocess,
+    load_windows_and_preprocess,
+)
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
 from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
@@ -41,9 +57,10 @@ from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, PageTooDeepError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
-from catalens.service.requests import Filters, SearchOptions, SearchRequest
+from catalens.service.requests import REGION_AUTO, Filters, SearchOptions, SearchRequest
 from catalens.service.sampling import QuerySampler
 from catalens.service.telemetry import NullMetrics
+from catalens.subject import main_subject_box
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +72,14 @@ Reranker = Callable[..., list[Hit]]
 class Timings:
     """Milliseconds spent per stage of one request; reported in the body and in ``Server-Timing``."""
 
-    decode: float = 0.0
+    decode: float = 0.0  # decode + preprocess, main-subject detection included
+    locate: float = 0.0  # of which finding the main subject
     embed: float = 0.0
     search: float = 0.0
     calibrate: float = 0.0
     rank: float = 0.0
     profile: float = 0.0
+    groups: float = 0.0  # groups=N: finding and searching the product regions
     total: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
@@ -86,9 +105,14 @@ class SearchResponse:
     explain: bool = False
     query: dict[str, Any] = field(default_factory=dict)
     index_stage: str = "full"
+    category: dict[str, Any] | None = None  # the predicted category, shown in photo answers (null: no guess)
+    groups: list[dict[str, Any]] | None = None  # groups=N: one result list per product region found
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        photo = {"category": self.category} if self.query.get("type") == "image" else {}
+        if self.groups is not None:
+            photo["groups"] = self.groups
+        return photo | {
             "hits": [hit_to_dict(hit, explain=self.explain) for hit in self.hits],
             "k": self.k,
             "offset": self.offset,
@@ -148,6 +172,9 @@ class SearchService:
     query_samples
         Keeps a random share of photo query embeddings (in the background) for the builder to fit the query
         domain on; None keeps none.
+    main_subject
+        Photo queries without a region search their main subject (:mod:`catalens.subject`) when one stands apart
+        (``Settings.main_subject``); ``region=auto`` asks for it anyway, ``region=full`` not.
     """
 
     def __init__(
@@ -164,6 +191,7 @@ class SearchService:
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         calibration: bool = True,
         query_samples: QuerySampler | None = None,
+        main_subject: bool = False,
     ) -> None:
         self.embedder = embedder
         self._views = views
@@ -178,6 +206,7 @@ class SearchService:
         self.metrics = metrics or NullMetrics()
         self.calibration = calibration
         self.query_samples = query_samples
+        self.main_subject = main_subject
         self._model_fingerprint: str | None = None
 
     # ------------------------------------------------------------------------------------------------ queries
@@ -193,8 +222,9 @@ class SearchService:
         exclude: set[str] = set()
         domain: QueryDomain | None = None
         if request.image is not None:
-            vector = self._embed_query(request.image, timings)
-            query: dict[str, Any] = {"type": "image", "bytes": len(request.image)}
+            prepared, source = self._prepare_query(request.image, request.region, timings)
+            vector = self._embed_query(prepared, len(request.image), timings)
+            query: dict[str, Any] = {"type": "image", "bytes": len(request.image), "region": prepared.describe(source)}
             if self.calibration and options.calibrate:
                 domain = view.query_domain  # in index space: the view projects the stored reference
         else:
@@ -202,7 +232,18 @@ class SearchService:
             vector = self._vector_of(view, request.item_id)
             exclude.add(request.item_id)
             query = {"type": "item", "item_id": request.item_id}
-        response = self._answer(view, vector, options, exclude, timings, started, query, profile_read, domain)
+        auto_category = None
+        if request.item_id is not None and options.category_auto:  # more like this: the item's own category
+            record = view.get(request.item_id)
+            auto_category = category_of(record.fields) if record is not None else None
+        response = self._answer(
+            view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category
+        )
+        if request.image is not None and request.groups:
+            t0 = self._clock()
+            response.groups = self._groups(view, request.image, request.groups, options, domain)
+            timings.groups = (self._clock() - t0) * 1000
+            timings.total = (self._clock() - started) * 1000
         if request.image is not None and "catalog_copy" not in response.query:
             self._offer_sample(vector)  # a copy of a shop photo is not a shopper's photo: it would skew the domain
         outcome = {
@@ -212,6 +253,38 @@ class SearchService:
         }
         self.metrics.emit_group(outcome, {"kind": "photo" if request.image is not None else "item"})
         return response
+
+    def _groups(
+        self, view: IndexReader, image: bytes, groups: int, options: SearchOptions, domain: QueryDomain | None
+    ) -> list[dict[str, Any]]:
+        """Up to ``groups`` distinct products in the photo, each with its box, its hits and its category.
+
+        Windows tile the photo (:func:`catalens.groups.candidate_windows`); each is embedded, and the windows whose
+        best catalog match is strongest, and not the same product or place as a better one, are searched in full.
+        """
+        with memory_error_as_image_error(len(image)):
+            windows, _ = load_windows_and_preprocess(
+                image, self.embedder.card.preprocess, self.limits, candidate_windows, min(WINDOW_SIDES)
+            )
+            vectors = self.embedder.embed(np.stack([window.tensor for window in windows]))
+        best = [view.search(vector, 1) for vector in vectors]
+        scores = [hits[0].score if hits else -1.0 for hits in best]
+        items = [hits[0].item_id if hits else None for hits in best]
+        chosen = select_groups([window.box for window in windows], scores, items, groups)
+        found = []
+        for index in chosen:
+            query = {"type": "image", "region": windows[index].describe("group")}
+            answer = self._answer(view, vectors[index], options, set(), Timings(), self._clock(), query, None, domain)
+            found.append(
+                {
+                    "region": answer.query["region"],
+                    "score": _finite(scores[index]),
+                    "category": answer.category,
+                    "calibrated": answer.calibrated,
+                    "hits": [hit_to_dict(hit, explain=options.explain) for hit in answer.hits],
+                }
+            )
+        return found
 
     def similar(self, item_id: str, options: SearchOptions) -> SearchResponse:
         """Items that look like an indexed item (the item itself left out)."""
@@ -267,14 +340,36 @@ class SearchService:
             self._checked_fingerprints.add(fingerprint)
         return view
 
-    def _embed_query(self, image: bytes, timings: Timings) -> np.ndarray:
+    def _prepare_query(self, image: bytes, region: Region | str | None, timings: Timings) -> tuple[PreparedQuery, str]:
+        """Decode and preprocess the photo, the region of it the request names or its main subject; says where the
+        box came from (``request``, ``subject`` or ``full``)."""
         t0 = self._clock()
+        box = region if isinstance(region, Region) else None
+        wants_subject = region == REGION_AUTO or (region is None and self.main_subject)
+        spent: list[float] = []
+
+        def locate(decoded: Any) -> tuple[int, int, int, int] | None:
+            started = self._clock()
+            try:
+                return main_subject_box(decoded)
+            finally:
+                spent.append(self._clock() - started)
+
         with memory_error_as_image_error(len(image)):
-            tensor = load_and_preprocess(image, self.embedder.card.preprocess, self.limits)
-            t1 = self._clock()
-            vector = self.embedder.embed(tensor[np.newaxis])[0]
-        timings.decode = (t1 - t0) * 1000
-        timings.embed = (self._clock() - t1) * 1000
+            prepared = load_region_and_preprocess(
+                image, self.embedder.card.preprocess, self.limits, box, locate=locate if wants_subject else None
+            )
+        timings.decode = (self._clock() - t0) * 1000
+        timings.locate = sum(spent) * 1000
+        if box is not None:
+            return prepared, "request"
+        return prepared, "subject" if prepared.located else "full"
+
+    def _embed_query(self, prepared: PreparedQuery, nbytes: int, timings: Timings) -> np.ndarray:
+        t0 = self._clock()
+        with memory_error_as_image_error(nbytes):
+            vector = self.embedder.embed(prepared.tensor[np.newaxis])[0]
+        timings.embed = (self._clock() - t0) * 1000
         return vector
 
     @staticmethod
@@ -314,6 +409,7 @@ class SearchService:
         query: dict[str, Any],
         profile_read: Future[Any] | None = None,
         domain: QueryDomain | None = None,
+        auto_category: str | None = None,
     ) -> SearchResponse:
         window = options.offset + options.k
         cap = view.max_candidates
@@ -323,25 +419,27 @@ class SearchService:
             )
         profile = self._profile(profile_read, timings)
         pool = first_stage_k(options.k, options.offset) if profile is not None else window
-        if domain is not None:
-            pool = calibration_pool(pool)
-        if cap is not None:
-            pool = min(pool, cap)  # a smaller pool to re-rank or calibrate, never a shorter page
-        t0 = self._clock()
-        hits = view.search(vector, pool, filters=to_index_filter(options.filters), exclude=exclude)
+        photo = query.get("type") == "image"
+        filters = options.filters
+        guess: CategoryGuess | None = None
+        guessed = False
+        if photo and (filters or options.category_auto):
+            # the guess says what the photo shows, whatever the shopper filters for: the unfiltered neighbours vote
+            neighbours, plain_or_calibrated, _ = self._ranked(view, vector, NEIGHBOURS, None, exclude, domain, timings)
+            guess, guessed = self._guess(neighbours, plain_or_calibrated), True
+            auto_category = guess.name if guess is not None else None
+        if options.category_auto:
+            query = {**query, "category_filter": auto_category}
+            if auto_category is not None:
+                filters = replace(filters, equals={**filters.equals, CATEGORY_FIELD: (auto_category,)})
+        if photo:
+            pool = max(pool, NEIGHBOURS)
+        hits, calibrated, query = self._ranked(
+            view, vector, pool, filters, exclude, domain, timings, explain=options.explain, query=query
+        )
+        if photo and not guessed:
+            guess = self._guess(hits, calibrated)
         t1 = self._clock()
-        timings.search = (t1 - t0) * 1000
-        calibrated = False
-        if query.get("type") == "image" and hits and is_catalog_copy(hits[0].score, self.embedder.card.copy_cosine):
-            query = {**query, "catalog_copy": hits[0].item_id}
-            domain = None  # the photo is in the catalog's domain already: plain cosine ranks its own item first
-        if domain is not None:
-            recalibrated = calibrate_hits(view, domain, vector, hits, explain=options.explain)
-            if recalibrated is not None:
-                hits, calibrated = recalibrated, True
-            t2 = self._clock()
-            timings.calibrate = (t2 - t1) * 1000
-            t1 = t2
         personalized = False
         if self._rerank is not None and (profile is not None or options.explain):
             now_ms, space = self._wall_clock_ms(), view.index_space
@@ -361,6 +459,52 @@ class SearchService:
             explain=options.explain,
             query=query,
             index_stage=view.stage,
+            category=guess.to_dict() if guess is not None else None,
+        )
+
+    def _ranked(
+        self,
+        view: IndexReader,
+        vector: np.ndarray,
+        pool: int,
+        filters: Filters,
+        exclude: set[str],
+        domain: QueryDomain | None,
+        timings: Timings,
+        *,
+        explain: bool = False,
+        query: dict[str, Any] | None = None,
+    ) -> tuple[list[Hit], bool, dict[str, Any]]:
+        """The first ``pool`` hits (calibrated when ``domain`` applies), whether they are, and the query description
+        (a photo that copies a catalog photo is named there and ranked by plain cosine). Adds to the timings."""
+        query = query if query is not None else {"type": "image"}
+        if domain is not None:
+            pool = calibration_pool(pool)
+        cap = view.max_candidates
+        if cap is not None:
+            pool = min(pool, cap)  # a smaller pool to re-rank or calibrate, never a shorter page
+        t0 = self._clock()
+        hits = view.search(vector, pool, filters=to_index_filter(filters), exclude=exclude)
+        t1 = self._clock()
+        timings.search += (t1 - t0) * 1000
+        calibrated = False
+        if query.get("type") == "image" and hits and is_catalog_copy(hits[0].score, self.embedder.card.copy_cosine):
+            query = {**query, "catalog_copy": hits[0].item_id}
+            domain = None  # the photo is in the catalog's domain already: plain cosine ranks its own item first
+        if domain is not None:
+            recalibrated = calibrate_hits(view, domain, vector, hits, explain=explain)
+            if recalibrated is not None:
+                hits, calibrated = recalibrated, True
+            timings.calibrate += (self._clock() - t1) * 1000
+        return hits, calibrated, query
+
+    @staticmethod
+    def _guess(hits: Sequence[Hit], calibrated: bool) -> CategoryGuess | None:
+        """The category the best hits vote for, with the temperature fitted for their kind of score."""
+        temperature = CALIBRATED_TEMPERATURE if calibrated else PLAIN_TEMPERATURE
+        top = hits[:NEIGHBOURS]
+        return predict_category(
+            [hit.score for hit in top], [category_of(hit.fields) for hit in top], temperature=temperature
         )
 
     def _offer_sample(self, vector: np.ndarray) -> None:

@@ -6,7 +6,9 @@ instead lifts clustered vectors of that dimension into the model's space through
 PCA snapshot would, for comparison), published through the index protocol into an in-process moto S3, and
 ``functions/search/app.py`` is imported as Lambda would at a cold start. Then one 1 MP JPEG query, sent as API
 Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call, plus the
-handler's own breakdown (decode, embed, search, rank) from the response body. ``--user`` also times the
+handler's own breakdown (decode, locate, embed, search, rank) from the response body. The same query with
+``region=auto`` (main subject) is timed alternately too, and its overhead over plain reported (``--no-subject``: not);
+``--groups N`` times ``groups=N`` the same way. ``--user`` also times the
 same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
 through the real store; plain and personalised requests alternate, and the report gives the overhead.
 """
@@ -49,6 +51,10 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         "--index-dim", type=int, default=None, help="project to this index dimension (default: none, as the builder)"
     )
     parser.add_argument("--user", default=None, help="also time the query personalised for this shopper (moto profile)")
+    parser.add_argument(
+        "--no-subject", action="store_true", help="leave out timing region=auto (main-subject search) beside plain"
+    )
+    parser.add_argument("--groups", type=int, default=0, metavar="N", help="also time groups=N (default: not)")
     parser.set_defaults(func=run)
 
 
@@ -242,6 +248,10 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
     variants = {"plain": {"k": str(args.k)}}
     if args.user:
         variants["personalized"] = {"k": str(args.k), "user_id": args.user}
+    if not args.no_subject:
+        variants["subject"] = {"k": str(args.k), "region": "auto"}
+    if args.groups:
+        variants["groups"] = {"k": str(args.k), "groups": str(args.groups)}
     latencies: dict[str, list[float]] = {name: [] for name in variants}
     stages: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     item_count = 0
@@ -273,6 +283,15 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
         result["personalization_overhead_ms"] = {
             stat: round(personal[f"{stat}_ms"] - result[f"{stat}_ms"], 2) for stat in ("p50", "mean")
         }
+    for name in ("subject", "groups"):  # region=auto (main subject) and groups=N against the plain search
+        if name not in variants:
+            continue
+        measured = _summary(latencies[name], stages[name])
+        result[name] = measured
+        result[f"{name}_overhead_ms"] = {
+            stat: round(measured[f"{stat}_ms"] - result[f"{stat}_ms"], 2) for stat in ("p50", "mean")
+        }
+        result[f"{name}_overhead_share"] = round(measured["p50_ms"] / result["p50_ms"] - 1, 3)
     return result
 
 

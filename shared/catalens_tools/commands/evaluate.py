@@ -18,10 +18,13 @@ it once a query log exists; the other split's photos, labels unread, are the log
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from catalens_tools.cli import group
 
@@ -57,6 +60,30 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         "the query log (default 256; 0: off)",
     )
     parser.add_argument("--name", default=None, help="model name in the model folder (default: the default model)")
+    parser.add_argument(
+        "--no-subject", action="store_true", help="leave out the main-subject rows (they embed every photo again)"
+    )
+    parser.add_argument(
+        "--subject-params",
+        default=None,
+        metavar="JSON",
+        help="main-subject detector settings to try, e.g. '{\"margin\": 1.4}' (catalens.subject.SubjectParams)",
+    )
+    parser.add_argument(
+        "--composites",
+        type=int,
+        default=60,
+        metavar="N",
+        help="grouped-results benchmark on N composites of this split's photos with 2-3 catalog products placed "
+        "in each (default 60; 0: off)",
+    )
+    parser.add_argument("--groups", type=int, default=3, help="regions asked for per composite (default 3)")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="embed every photo afresh (default: vectors are kept per model in --cache-dir, "
+        "~/.cache/catalens/grocery without --levers)",
+    )
     levers = parser.add_argument_group("lever study (--levers)")
     levers.add_argument("--levers", action="store_true", help="evaluate every retrieval configuration in one table")
     levers.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/catalens/levers)")
@@ -85,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from catalens.embedder import Embedder
+    from catalens.imaging import ImageLimits, load_region_and_preprocess
     from catalens.query_domain import MAX_REFERENCE
     from catalens.settings import load_settings
-    from catalens_tools.evaluation.grocery import evaluate_grocery
+    from catalens.subject import SubjectParams, main_subject_box
+    from catalens_tools.evaluation.cache import DEFAULT_CACHE_DIR, VectorCache
+    from catalens_tools.evaluation.grocery import SUBJECT_CATALOG_ROW, SUBJECT_ROW, evaluate_grocery
 
     settings = load_settings()
     model_dir = args.model_dir or settings.model_dir
@@ -102,16 +132,54 @@ def run(args: argparse.Namespace) -> int:
             chunks.append(embedder.embed_images(batch))
         return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
 
+    def embed_subjects(params: SubjectParams) -> Callable[[list[Path]], np.ndarray]:
+        """Each photo's main subject (the whole photo when none stands apart), as search would embed it."""
+        preprocess, limits = embedder.card.preprocess, ImageLimits()
+
+        def locate(image: Any) -> tuple[int, int, int, int] | None:
+            return main_subject_box(image, params)
+
+        def embed(paths: list[Path]) -> np.ndarray:
+            chunks = []
+            for start in range(0, len(paths), args.batch):
+                tensors = [
+                    load_region_and_preprocess(path.read_bytes(), preprocess, limits, locate=locate).tensor
+                    for path in paths[start : start + args.batch]
+                ]
+                chunks.append(embedder.embed(np.stack(tensors)))
+            return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), dtype=np.float32)
+
+        return embed
+
+    card = embedder.card
+    model_key = f"{card.name}.{card.variant}.{card.fingerprint()}"
+    cache_dir = None if args.no_cache else (args.cache_dir or DEFAULT_CACHE_DIR)
+    root = Path(args.data).resolve()
+
+    def cached(mode: str, embed: Callable[[list[Path]], np.ndarray]) -> Callable[[list[Path]], np.ndarray]:
+        cache = VectorCache.for_model(cache_dir, model_key, mode)
+        return cache.wrap(embed, key=lambda path: str(Path(path).resolve().relative_to(root)))
+
+    cached_embed = cached("whole", embed_files)
+    variants = {}
+    if not args.no_subject:
+        params = SubjectParams(**json.loads(args.subject_params)) if args.subject_params else SubjectParams()
+        subject = cached(params.key(), embed_subjects(params))
+        variants[SUBJECT_ROW] = (subject, None)
+        variants[SUBJECT_CATALOG_ROW] = (subject, subject)
+
     reference = MAX_REFERENCE if args.reference is None else args.reference
     result = evaluate_grocery(
-        embed_files,
+        cached_embed,
         args.data,
         split=args.split,
         max_photos_per_class=args.max_per_class,
         reference=reference,
         copy_cosine=embedder.card.copy_cosine,
+        photo_variants=variants,
     )
-    card = embedder.card
+    if args.composites:
+        result["composites"] = _composite_benchmark(args, embedder, cached_embed, cache_dir, model_key, reference)
     report = {
         "protocol": "grocery",
         "model": {"name": card.name, "variant": card.variant, "fingerprint": card.fingerprint(), "dim": card.dim},
@@ -121,4 +189,71 @@ def run(args: argparse.Namespace) -> int:
     }
     json.dump(_json_safe(report), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
+    sys.stderr.write(rows_table(result["rows"], result["split"]))
     return 0
+
+
+def _composite_benchmark(
+    args: argparse.Namespace, embedder: Any, embed: Callable, cache_dir: Path | None, model_key: str, reference: int
+) -> dict:
+    """The grouped-results benchmark on composites of this split's photos (catalens_tools.evaluation.composites)."""
+    import numpy as np
+    from PIL import Image
+
+    from catalens.groups import WINDOW_SIDES, candidate_windows
+    from catalens_tools.evaluation.cache import VectorCache
+    from catalens_tools.evaluation.composites import evaluate_composites, make_composites, window_vectors
+    from catalens_tools.evaluation.grocery import load_grocery
+    from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
+
+    data = load_grocery(args.data)
+    catalog = sorted(data.catalog, key=lambda image: str(image.path))
+    composites = make_composites(data.photos(args.split), catalog, args.composites, seed=0)
+    catalog_vectors = embed([image.path for image in catalog])
+    other = data.photos("train" if args.split == "val" else "val")
+    domain = reference_domain(embed([image.path for image in other]), reference) if reference else None
+
+    def rank(vectors: np.ndarray) -> np.ndarray:
+        if domain is None:
+            return vectors @ catalog_vectors.T
+        return calibrated_scores(domain, vectors, catalog_vectors, copy_cosine=embedder.card.copy_cosine)
+
+    cache = VectorCache.for_model(cache_dir, model_key, "composites-v1-" + "-".join(f"{s:g}" for s in WINDOW_SIDES))
+    windows = []
+    for composite in composites:
+        size = Image.open(io.BytesIO(composite.data)).size
+        boxes = candidate_windows(*size)
+        keys = [f"{composite.key}#{j}" for j in range(len(boxes))]
+        stored = cache.get(keys)
+        if any(vector is None for vector in stored):
+            boxes, vectors = window_vectors([composite], embedder.embed, embedder.card.preprocess)[0]
+            cache.put(dict(zip(keys, vectors, strict=True)))
+        else:
+            vectors = np.stack(stored)
+        windows.append((boxes, vectors))
+    report = evaluate_composites(composites, windows, catalog_vectors, rank, groups=args.groups)
+    report["scoring"] = "calibrated" if domain is not None else "plain"
+    report["split"] = args.split
+    return report
+
+
+def rows_table(rows: list[dict], split: str) -> str:
+    """The comparison rows as a Markdown table (stderr; the JSON on stdout has every number)."""
+
+    def number(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "—"
+
+    head = (
+        f"| {split}: configuration | scoring | top-1 | top-5 | fruit top-1 | vegetables top-1 | packages top-1 "
+        "| category acc | category ECE |\n"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|\n"]
+    for row in rows:
+        for scoring in ("plain", "calibrated"):
+            numbers, category = row.get(scoring), row.get(f"{scoring}_category")
+            if numbers is None:
+                continue
+            cells = [numbers.get(k) for k in ("top1", "top5", "fruit_top1", "vegetables_top1", "packages_top1")]
+            cells += [category.get("accuracy"), category.get("ece")] if category else [None, None]
+            lines.append(f"| {row['name']} | {scoring} | " + " | ".join(number(c) for c in cells) + " |\n")
+    return "".join(lines)

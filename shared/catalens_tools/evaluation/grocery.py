@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from catalens.category import CALIBRATED_TEMPERATURE, PLAIN_TEMPERATURE
 from catalens.errors import CatalensError
 from catalens.query_domain import CALIBRATION_POOL, MAX_REFERENCE
+from catalens_tools.evaluation.category import category_report, fit_temperature
 from catalens_tools.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
 from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
 from catalens_tools.model.measured import serving_copy_cosine
@@ -45,6 +47,9 @@ EmbedFn = Callable[[list[Path]], np.ndarray]
 """Embeds image files: ``paths -> float32[len(paths), d]``, one row per path, in order."""
 
 SPLITS = ("train", "val")
+DEFAULT_ROW = "whole crop (default)"
+SUBJECT_ROW = "main subject"
+SUBJECT_CATALOG_ROW = "main subject, catalog cropped too"
 PACKAGES = "Packages"
 
 
@@ -184,27 +189,87 @@ def photo_to_photo(
     }
 
 
-def _calibrated(
+def _calibrated_scores(
     query_vectors: np.ndarray,
-    queries: list[GroceryImage],
     catalog_vectors: np.ndarray,
-    catalog: list[GroceryImage],
     other_split_vectors: np.ndarray,
     reference: int,
     copy_cosine: float,
-) -> dict | None:
-    """Photo → catalog with query-domain calibration; the other split's photos (no labels) are the query log."""
+) -> tuple[np.ndarray, int, float] | None:
+    """Scores with query-domain calibration (the other split's photos, no labels, are the query log), the reference
+    size and beta; None when there is too little reference (serving would not calibrate)."""
+    if not reference:
+        return None
     domain = reference_domain(other_split_vectors, reference)
     if domain is None:
         return None
-    scores = calibrated_scores(domain, query_vectors, catalog_vectors, copy_cosine=copy_cosine)
+    return calibrated_scores(domain, query_vectors, catalog_vectors, copy_cosine=copy_cosine), len(domain), domain.beta
+
+
+def _calibrated(
+    queries: list[GroceryImage], catalog: list[GroceryImage], calibrated: tuple[np.ndarray, int, float] | None
+) -> dict | None:
+    """Photo → catalog with query-domain calibration, as search serves it once it has a query log."""
+    if calibrated is None:
+        return None
+    scores, size, beta = calibrated
     return {
-        "reference": len(domain),
+        "reference": size,
         "reference_from": "the other split's photos, unlabelled",
-        "beta": domain.beta,
+        "beta": beta,
         "pool": min(CALIBRATION_POOL, len(catalog)),
         "photo_to_catalog": photo_to_catalog(None, queries, None, catalog, scores=scores),
     }
+
+
+def _brief(result: dict) -> dict:
+    """Top-1/top-5 overall and top-1 per group, for one row of the comparison table."""
+    out = {"top1": result["top1"], "top5": result["top5"]}
+    for group, numbers in result["by_group"].items():
+        out[f"{group.lower()}_top1"] = numbers["top1"]
+    return out
+
+
+def _category(
+    scores: np.ndarray, queries: list[GroceryImage], catalog: list[GroceryImage], temperature: float, fit: bool
+) -> dict:
+    """Category prediction from ``scores``: accuracy, ECE at the serving temperature (and this split's own fit)."""
+    catalog_categories = [image.coarse_name for image in catalog]
+    truths = [image.coarse_name for image in queries]
+    report = category_report(scores, catalog_categories, truths, temperature)
+    if fit:
+        report["fitted_temperature"] = fit_temperature(scores, catalog_categories, truths)
+    return report
+
+
+def compare_rows(
+    variants: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    queries: list[GroceryImage],
+    catalog: list[GroceryImage],
+    *,
+    reference: int,
+    copy_cosine: float,
+    fit: bool = False,
+) -> list[dict]:
+    """One row per variant of the query path: ``name -> (query, catalog, other split)`` vectors; plain and
+    calibrated photo → catalog and category prediction, as search would serve each."""
+    rows = []
+    for name, (query_vectors, catalog_vectors, other_vectors) in variants.items():
+        plain_scores = cosine_scores(query_vectors, catalog_vectors)
+        row: dict = {
+            "name": name,
+            "plain": _brief(photo_to_catalog(None, queries, None, catalog, scores=plain_scores)),
+            "plain_category": _category(plain_scores, queries, catalog, PLAIN_TEMPERATURE, fit),
+            "calibrated": None,
+            "calibrated_category": None,
+        }
+        calibrated = _calibrated_scores(query_vectors, catalog_vectors, other_vectors, reference, copy_cosine)
+        if calibrated is not None:
+            scores = calibrated[0]
+            row["calibrated"] = _brief(photo_to_catalog(None, queries, None, catalog, scores=scores))
+            row["calibrated_category"] = _category(scores, queries, catalog, CALIBRATED_TEMPERATURE, fit)
+        rows.append(row)
+    return rows
 
 
 def evaluate_grocery(
@@ -215,6 +280,7 @@ def evaluate_grocery(
     max_photos_per_class: int | None = None,
     reference: int = MAX_REFERENCE,
     copy_cosine: float | None = None,
+    photo_variants: dict[str, tuple[EmbedFn, EmbedFn | None]] | None = None,
 ) -> dict:
     """Run both tasks of the protocol with ``embed_fn`` and return the metrics as a JSON-ready dict.
 
@@ -238,6 +304,12 @@ def evaluate_grocery(
     copy_cosine
         The model card's copy cosine (calibration serves a copy of a catalog photo plain cosine); ``None``: the
         serving model's recorded one, for vectors that come from no built model.
+    photo_variants
+        Other ways to embed a photo, compared in ``rows`` beside the default (``DEFAULT_ROW``): ``name -> (photo_fn,
+        catalog_fn)``; ``photo_fn`` embeds the natural photos (queries and the other split, which stands in for the
+        query log, so calibration sees the variant's vectors as serving would), ``catalog_fn`` the shop images
+        (None: as the default). Each row has plain and calibrated top-1/top-5 (per group too) and the category
+        prediction's accuracy and ECE; on the train split also the temperature that split itself would fit.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -259,15 +331,20 @@ def evaluate_grocery(
     catalog_vectors = vectors[: len(catalog)]
     query_vectors = vectors[len(catalog) : len(catalog) + len(queries)]
     gallery_vectors = vectors[len(catalog) + len(queries) :]
+    calibrated = _calibrated_scores(query_vectors, catalog_vectors, gallery_vectors, reference, copy_cosine)
+    variants = {DEFAULT_ROW: (query_vectors, catalog_vectors, gallery_vectors)}
+    for name, (photo_fn, catalog_fn) in (photo_variants or {}).items():
+        photos = np.asarray(photo_fn([image.path for image in queries + gallery]))
+        shop = np.asarray(catalog_fn([image.path for image in catalog])) if catalog_fn else catalog_vectors
+        variants[name] = (photos[: len(queries)], shop, photos[len(queries) :])
     return {
         "split": split,
         "max_photos_per_class": max_photos_per_class,
         "photo_to_catalog": photo_to_catalog(query_vectors, queries, catalog_vectors, catalog),
-        "calibrated": _calibrated(
-            query_vectors, queries, catalog_vectors, catalog, gallery_vectors, reference, copy_cosine
-        )
-        if reference
-        else None,
+        "calibrated": _calibrated(queries, catalog, calibrated),
+        "rows": compare_rows(
+            variants, queries, catalog, reference=reference, copy_cosine=copy_cosine, fit=split == "train"
+        ),
         "photo_to_photo": photo_to_photo(query_vectors, queries, gallery_vectors, gallery),
         "embedding": {
             "images": len(paths),

@@ -8,6 +8,7 @@ const $ = (selector) => document.querySelector(selector);
 
 const state = {
   lastQuery: null, // {kind: "photo", blob} | {kind: "item", itemId}
+  region: null, // the box drawn on the photo, [left, top, right, bottom] as fractions of its sides; null: whole photo
   queryId: null,
   searches: 0, // searches started; an answer renders only if no newer search started since (answers can overtake)
   ranks: new Map(), // item_id -> rank of the previous answer to the same query (shows re-ranking)
@@ -100,7 +101,8 @@ function options() {
   // the shopper travels in the X-Shopper-Token header (shopperHeaders), never as a bare user_id
   if (!$("#personalize").checked) params.set("personalize", "false");
   if ($("#explain").checked) params.set("explain", "true");
-  if ($("#f-category").value.trim()) params.set("category", $("#f-category").value.trim());
+  if ($("#f-auto").checked) params.set("category", "auto");
+  else if ($("#f-category").value.trim()) params.set("category", $("#f-category").value.trim());
   if ($("#f-brand").value.trim()) params.set("brand", $("#f-brand").value.trim());
   if ($("#f-min").value) params.set("price_min", $("#f-min").value);
   if ($("#f-max").value) params.set("price_max", $("#f-max").value);
@@ -114,6 +116,9 @@ async function searchPhoto(blob) {
   preview.src = URL.createObjectURL(small);
   preview.hidden = false;
   $("#drop").classList.add("has-photo");
+  $("#region-help").hidden = false;
+  state.region = null;
+  $("#region-box").hidden = true;
   state.lastQuery = { kind: "photo", blob: small };
   state.ranks = new Map();
   await runSearch();
@@ -124,6 +129,8 @@ async function moreLikeThis(itemId) {
   state.ranks = new Map();
   $("#query-preview").src = "";
   $("#query-preview").hidden = true;
+  $("#region-box").hidden = true;
+  $("#region-help").hidden = true;
   $("#drop").classList.remove("has-photo");
   await runSearch();
   window.scrollTo({ top: 0, behavior: "smooth" });
@@ -140,6 +147,9 @@ async function runSearch() {
     let answer;
     const shopper = await shopperHeaders();
     if (query.kind === "photo") {
+      if (state.region) params.set("region", state.region.map((v) => v.toFixed(4)).join(","));
+      else if ($("#subject").checked) params.set("region", "auto");
+      if ($("#groups").value) params.set("groups", $("#groups").value);
       answer = await call(`/search?${params}`, {
         method: "POST",
         body: query.blob,
@@ -170,11 +180,21 @@ function idleSummary(itemCount) {
 function render(answer, query) {
   const hits = answer.hits || [];
   const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
-  const what = query.kind === "item" ? `“${query.itemId}”` : "your photo";
+  const region = answer.query && answer.query.region;
+  const source = region ? region.source : null;
+  const what =
+    query.kind === "item"
+      ? `“${query.itemId}”`
+      : { request: "the box you drew", subject: "the main subject of your photo" }[source] || "your photo";
+  showRegion(region);
+  const guess = answer.category;
+  const filtered = answer.query && "category_filter" in answer.query;
   $("#summary").textContent =
     `${hits.length} products like ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
     (answer.calibrated ? " · calibrated to shoppers' photos" : "") +
+    (guess ? ` · looks like ${guess.name} (${Math.round(guess.confidence * 100)}%)` : "") +
+    (filtered ? (answer.query.category_filter ? " · only that category" : " · no category to filter to") : "") +
     ` · index ${answer.index_version || "—"} (${answer.item_count ?? "?"} items)` +
     (took !== null ? ` · ${took.toFixed(0)} ms` : "") +
     (hits.length ? " · pick a product below and ask for more like it" : "");
@@ -182,6 +202,19 @@ function render(answer, query) {
   grid.replaceChildren();
   const previous = state.ranks;
   state.ranks = new Map();
+  showGroups(answer.groups || []);
+  (answer.groups || []).forEach((group, number) => {
+    const head = Object.assign(document.createElement("h3"), { className: "group-head" });
+    head.textContent =
+      `Product ${number + 1} in your photo` + (group.category ? ` · looks like ${group.category.name}` : "");
+    grid.appendChild(head);
+    group.hits.forEach((hit, rank) => grid.appendChild(card(hit, rank, null)));
+  });
+  if (answer.groups) {
+    const head = Object.assign(document.createElement("h3"), { className: "group-head" });
+    head.textContent = answer.groups.length ? "The whole photo" : "No separate products found · the whole photo";
+    grid.appendChild(head);
+  }
   hits.forEach((hit, rank) => {
     state.ranks.set(hit.item_id, rank);
     grid.appendChild(card(hit, rank, previous.has(hit.item_id) ? previous.get(hit.item_id) - rank : null));
@@ -195,6 +228,81 @@ function render(answer, query) {
   }
   fillDatalist("#categories", state.categories);
   fillDatalist("#brands", state.brands);
+}
+
+// The box the answer says was searched, drawn over the preview (its fractions fit the preview at any size).
+function showRegion(region) {
+  const box = $("#region-box");
+  if (!region || region.source === "full" || $("#query-preview").hidden) {
+    box.hidden = true;
+    return;
+  }
+  placeBox(box, region.normalized);
+}
+
+// groups=N: one numbered box per product region the answer found.
+function showGroups(groups) {
+  const holder = $("#query-photo");
+  holder.querySelectorAll(".region-box.group").forEach((node) => node.remove());
+  if ($("#query-preview").hidden) return;
+  groups.forEach((group, number) => {
+    const box = Object.assign(document.createElement("div"), { className: "region-box group" });
+    box.appendChild(Object.assign(document.createElement("span"), { textContent: String(number + 1) }));
+    holder.appendChild(box);
+    placeBox(box, group.region.normalized);
+  });
+}
+
+function placeBox(box, [left, top, right, bottom]) {
+  const img = $("#query-preview");
+  const width = img.clientWidth;
+  const height = img.clientHeight;
+  Object.assign(box.style, {
+    left: `${left * width}px`,
+    top: `${top * height}px`,
+    width: `${(right - left) * width}px`,
+    height: `${(bottom - top) * height}px`,
+  });
+  box.hidden = false;
+}
+
+// Drag a box on the preview: the search then looks at that part of the photo only (region=l,t,r,b as fractions).
+function wireRegionDrawing() {
+  const holder = $("#query-photo");
+  const img = $("#query-preview");
+  let start = null;
+  const at = (event) => {
+    const rect = img.getBoundingClientRect();
+    const x = Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+    const y = Math.min(1, Math.max(0, (event.clientY - rect.top) / rect.height));
+    return [x, y];
+  };
+  const boxOf = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+  holder.addEventListener("pointerdown", (event) => {
+    if (img.hidden || event.button !== 0) return;
+    event.preventDefault();
+    start = at(event);
+    holder.setPointerCapture(event.pointerId);
+  });
+  holder.addEventListener("pointermove", (event) => {
+    if (start) placeBox($("#drag-box"), boxOf(start, at(event)));
+  });
+  holder.addEventListener("pointerup", (event) => {
+    if (!start) return;
+    const box = boxOf(start, at(event));
+    start = null;
+    $("#drag-box").hidden = true;
+    if (box[2] - box[0] < 0.02 || box[3] - box[1] < 0.02) return; // a click, not a box
+    state.region = box;
+    state.ranks = new Map();
+    runSearch();
+  });
+  $("#region-clear").addEventListener("click", () => {
+    state.region = null;
+    $("#subject").checked = false;
+    state.ranks = new Map();
+    runSearch();
+  });
 }
 
 function fillDatalist(selector, values) {
@@ -429,6 +537,7 @@ function firstImage(list) {
 }
 
 function wire() {
+  wireRegionDrawing();
   const drop = $("#drop");
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => {
@@ -465,6 +574,12 @@ function wire() {
     runSearch();
   });
   $("#explain").addEventListener("change", runSearch);
+  $("#f-auto").addEventListener("change", runSearch);
+  $("#groups").addEventListener("change", runSearch);
+  $("#subject").addEventListener("change", () => {
+    state.region = null; // the detector chooses the box now
+    runSearch();
+  });
   $("#personalize").addEventListener("change", runSearch);
   $("#shopper").addEventListener("change", async () => {
     state.ranks = new Map();
