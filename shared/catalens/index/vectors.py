@@ -470,6 +470,15 @@ class CompactCodec:
         codes, lengths = self.encode_first_stage(vectors)
         return codes, lengths, self.full_quantiser.encode(self._full_input(vectors, codes, lengths))
 
+    def decode(self, coarse_codes: np.ndarray, coarse_lengths: np.ndarray, full_codes: np.ndarray) -> np.ndarray:
+        """float32[n, d]: the vectors :meth:`encode` gave these codes (the float32 rows a search scores)."""
+        decoded = self.full_quantiser.decode(full_codes)
+        if self.residual:
+            decoded += _reconstruct(
+                self.coarse, _first_stage_points(self.coarse_quantiser, coarse_codes, coarse_lengths)
+            )
+        return decoded
+
     def residual_of(self, vectors: np.ndarray) -> np.ndarray:
         """What the full quantiser codes for unit ``vectors`` (the residual, or the vectors themselves)."""
         vectors = np.asarray(vectors, dtype=np.float32)
