@@ -78,10 +78,11 @@ class BuildParams:
     Parameters
     ----------
     layout:
-        ``compact`` (the default): int8 full vectors in slot chunks plus an int8 PCA first stage of
-        ``coarse_dim`` axes (:mod:`catalens.index.vectors`), ~4.4 KB per item at 3,984 dims and scores within
-        ~1e-3 of float32; ``float32``: unit float32 vectors (15.9 KB per item), the layout benchmarks compare
-        with. A compaction may change the layout (the item vectors' space stays the model's, so profiles keep).
+        ``compact`` (the default): int8 full vectors (residuals to the first stage) in slot chunks plus an
+        int8 PCA first stage of ``coarse_dim`` axes (:mod:`catalens.index.vectors`), ~4.4 KB per item at 3,984
+        dims and scores within ~1e-4 of float32 on real embeddings; ``float32``: unit float32 vectors (15.9 KB
+        per item), the layout benchmarks compare with. A compaction may change the layout (the item vectors'
+        space stays the model's, so profiles keep).
     coarse_dim, chunk_rows:
         Compact layout, first build only (later compactions keep the previous ones): first-stage axes and slots
         per full-vector chunk.

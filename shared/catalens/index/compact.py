@@ -78,6 +78,7 @@ class CompactRows:
             chunk_rows=self.chunk_rows,
             chunks=self.chunks,
             fitted_rows=self.codec.fitted_rows,
+            residual=self.codec.residual,
         )
 
 
@@ -165,24 +166,18 @@ def compact_rows(
     for start in range(0, fresh_array.size, _ENCODE_BLOCK):
         block = fresh_array[start : start + _ENCODE_BLOCK]
         vectors = normalise(np.stack([source_vector(live_ids[i]) for i in block.tolist()]))
-        coarse_codes[block], coarse_lengths[block] = codec.encode_first_stage(vectors)
+        coarse_codes[block], coarse_lengths[block], full_codes = codec.encode(vectors)
         chunk_of, offset = np.divmod(slots[block], chunk_rows)
-        for code_row, c, o in zip(
-            codec.full_quantiser.encode(vectors), chunk_of.tolist(), offset.tolist(), strict=True
-        ):
+        for code_row, c, o in zip(full_codes, chunk_of.tolist(), offset.tolist(), strict=True):
             chunks[c][o] = code_row
     chunks = tuple(chunks)
-    total = np.zeros(codec.coarse.input_dim, dtype=np.float64)
-    for chunk in chunks:
-        total += chunk.sum(axis=0, dtype=np.int64)
-    total *= codec.full_quantiser.step.astype(np.float64)
     return CompactRows(
         codec=codec,
         coarse_codes=coarse_codes,
         coarse_lengths=coarse_lengths,
         slots=slots.astype(np.int32),
         chunks=chunks,
-        total=total,
+        total=codec.total(coarse_codes, coarse_lengths, chunks),
         chunk_rows=chunk_rows,
         chunks_reused=reused,
     )
@@ -190,18 +185,17 @@ def compact_rows(
 
 def _should_refit(codec: CompactCodec, live_ids: Sequence[str], states: Mapping[str, _ItemState], n: int) -> bool:
     """Learn the codec again while the catalog is small (< FULL_SAMPLE rows at the last fit, so re-encoding every row
-    is cheap) when it has doubled or a fresh vector lies outside the quantiser's range: a small catalog never keeps
-    saturated codes. A codec learned from FULL_SAMPLE rows is kept for good (rare outliers saturate)."""
+    is cheap) when it has doubled or a fresh vector's full code would clip: a small catalog never keeps saturated
+    codes. A codec learned from FULL_SAMPLE rows is kept for good (rare outliers saturate)."""
     if codec.fitted_rows >= FULL_SAMPLE:
         return False
     if codec.outgrown(n):
         return True
-    limit = codec.full_quantiser.step * np.float32(127.5)
-    for item_id in live_ids:
-        record = states[item_id].record
-        if record is not None and np.any(np.abs(normalise(np.asarray(record.vector, dtype=np.float32))) > limit):
-            return True
-    return False
+    fresh = [states[item_id].record.vector for item_id in live_ids if states[item_id].record is not None]
+    return any(
+        codec.saturates(normalise(np.asarray(fresh[start : start + _ENCODE_BLOCK], dtype=np.float32)))
+        for start in range(0, len(fresh), _ENCODE_BLOCK)
+    )
 
 
 def _chunks(

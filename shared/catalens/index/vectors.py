@@ -8,13 +8,18 @@ The compact layout keeps, per item:
   renormalising (float16, 2 B, to rebuild an approximate full vector from it). The graph walk and small exact
   scans score these;
 * the **full vector** as int8 with one scale per model dimension (3,984 B), in chunk files of
-  :data:`CHUNK_ROWS` *slots*. An item keeps its slot across compactions, so a chunk none of whose items changed
-  keeps its bytes: the builder copies it instead of uploading it, and a search process swapping versions shares
-  it instead of loading it again.
+  :data:`CHUNK_ROWS` *slots*. What is quantised is the *residual*: the vector minus its first-stage
+  reconstruction (``mean + (code · step · length) @ componentsᵀ``, rebuilt from the first-stage bytes the item
+  already has). The PCA takes the directions of largest spread, so the residual's range per dimension, hence
+  the int8 step and the score error, is several times smaller than the vector's, at no extra byte per item
+  (``catalens bench index``, docs/operations.md). Snapshots written before keep direct codes (``full: direct``).
+  An item keeps its slot across compactions, so a chunk none of whose items changed keeps its bytes: the builder
+  copies it instead of uploading it, and a search process swapping versions shares it instead of loading it again.
 
-A search scores a candidate pool on the first stage and re-ranks it with the full vectors, so its answers and
-scores match float32 search (scores within ~1e-3 of the float32 cosines). Until the full chunks are loaded
-(the first seconds after a cold start) the table answers from the first stage alone: :attr:`stage` says which.
+A search scores a candidate pool on the first stage and re-ranks it with the full vectors (:meth:`scores`, without
+decoding them: ``q·mean + first-stage term + residual codes · (step ∘ q)``), so its answers and scores match float32
+search (scores within ~1e-4 of the float32 cosines). Until the full chunks are loaded (the first seconds after a
+cold start) the table answers from the first stage alone: :attr:`stage` says which.
 
 Both layouts implement one small interface (:class:`VectorTable`); only numpy is imported (query path).
 """
@@ -75,6 +80,14 @@ class VectorTable(Protocol):
         """An index-space query (unit, float32[dim]) in first-stage space (unit)."""
         ...
 
+    def prepare(self, query: np.ndarray) -> PreparedQuery:
+        """What a search needs of a query (unit, float32[dim]), computed once: its first-stage form and more."""
+        ...
+
+    def scores(self, rows: np.ndarray, query: PreparedQuery) -> np.ndarray:
+        """float32[len(rows)]: the rows' scores against the query with the best vectors this stage has."""
+        ...
+
     @property
     def reranks(self) -> bool:
         """True when first-stage scores are approximate and a pool must be re-scored with :meth:`rows`."""
@@ -87,6 +100,18 @@ class VectorTable(Protocol):
     def total(self) -> np.ndarray:
         """float64[dim]: the sum of every row's vector (the catalog mean's numerator)."""
         ...
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedQuery:
+    """A query as a table scores it: ``full`` (unit, model space), ``first`` (first-stage space, unit) and, for a
+    compact table with residual codes, the terms that score a row without decoding it."""
+
+    full: np.ndarray
+    first: np.ndarray
+    offset: float = 0.0  # q · mean of the first-stage projection
+    coarse: np.ndarray | None = None  # (componentsᵀ q) / scale: scores a first-stage reconstruction
+    residual: np.ndarray | None = None  # step ∘ q: scores int8 residual codes
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +169,12 @@ class DenseVectors:
     def first_stage_query(self, query: np.ndarray) -> np.ndarray:
         return query
 
+    def prepare(self, query: np.ndarray) -> PreparedQuery:
+        return PreparedQuery(full=query, first=query)
+
+    def scores(self, rows: np.ndarray, query: PreparedQuery) -> np.ndarray:
+        return self.vectors[rows] @ query.full
+
     @property
     def reranks(self) -> bool:
         return False
@@ -179,6 +210,7 @@ class CompactVectors:
     chunk_rows: int = CHUNK_ROWS
     chunks: tuple[np.ndarray, ...] | None = None  # int8[<=chunk_rows, d] each; None until loaded
     fitted_rows: int = FULL_SAMPLE  # rows the codec was learned from (CompactCodec.outgrown)
+    residual: bool = False  # full codes quantise the vector minus its first-stage reconstruction
     layout: Layout = field(default="compact", init=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +257,32 @@ class CompactVectors:
     def first_stage_query(self, query: np.ndarray) -> np.ndarray:
         return self.coarse.apply(query)
 
+    def prepare(self, query: np.ndarray) -> PreparedQuery:
+        q = np.asarray(query, dtype=np.float32)
+        projected = q @ self.coarse.components  # one pass over the components serves both stages
+        first = normalise((projected - self._mean_projected) * self.coarse.scale)
+        if not self.residual:
+            return PreparedQuery(full=q, first=first)
+        return PreparedQuery(
+            full=q,
+            first=first,
+            offset=float(q @ self.coarse.mean),
+            coarse=(projected / self.coarse.scale).astype(np.float32),
+            residual=q * self.full_quantiser.step,
+        )
+
+    @cached_property
+    def _mean_projected(self) -> np.ndarray:
+        return self.coarse.mean @ self.coarse.components
+
+    def scores(self, rows: np.ndarray, query: PreparedQuery) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.chunks is None or not self.residual:
+            return self.rows(rows) @ query.full
+        codes = self._full_codes(rows)
+        first = self._first_stage_points(rows)
+        return (first @ query.coarse + codes @ query.residual + np.float32(query.offset)).astype(np.float32)
+
     @property
     def reranks(self) -> bool:
         return True
@@ -242,21 +300,30 @@ class CompactVectors:
         rows = np.asarray(rows, dtype=np.int64)
         if self.chunks is None:
             return self._approximate(rows)
-        slots = self.slots[rows]
-        chunk_of, offset = np.divmod(slots, self.chunk_rows)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        for start in range(0, rows.size, _DECODE_BLOCK):
+            block = rows[start : start + _DECODE_BLOCK]
+            decoded = self.full_quantiser.decode(self._full_codes(block))
+            if self.residual:
+                decoded += _reconstruct(self.coarse, self._first_stage_points(block))
+            out[start : start + block.size] = decoded
+        return out
+
+    def _full_codes(self, rows: np.ndarray) -> np.ndarray:
+        chunk_of, offset = np.divmod(self.slots[rows], self.chunk_rows)
         out = np.empty((rows.size, self.dim), dtype=np.int8)
         chunks = self.chunks
         for i, (c, o) in enumerate(zip(chunk_of.tolist(), offset.tolist(), strict=True)):
             out[i] = chunks[c][o]
-        return self.full_quantiser.decode(out)
+        return out
+
+    def _first_stage_points(self, rows: np.ndarray) -> np.ndarray:
+        """float32[len(rows), c]: the rows' first-stage points before renormalising (decoded code × length)."""
+        return _first_stage_points(self.coarse_quantiser, self.coarse_codes[rows], self.coarse_lengths[rows])
 
     def _approximate(self, rows: np.ndarray) -> np.ndarray:
         """Full vectors rebuilt from the first stage (PCA inverse), unit norm: what answers before the chunks load."""
-        coarse = self.coarse_quantiser.decode(self.coarse_codes[rows]) * self.coarse_lengths[rows, None].astype(
-            np.float32
-        )
-        rebuilt = (coarse / self.coarse.scale) @ self.coarse.components.T + self.coarse.mean
-        return normalise(rebuilt)
+        return normalise(_reconstruct(self.coarse, self._first_stage_points(rows)))
 
     def total(self) -> np.ndarray:
         return self.full_total
@@ -287,6 +354,7 @@ class CompactVectors:
             "chunk_rows": self.chunk_rows,
             "chunks": self.n_chunks,
             "fitted_rows": self.fitted_rows,
+            "full": "residual" if self.residual else "direct",
         }
 
     @classmethod
@@ -305,6 +373,7 @@ class CompactVectors:
             full_total=array("full.total.npy"),
             chunk_rows=int(description["chunk_rows"]),
             fitted_rows=int(description.get("fitted_rows", FULL_SAMPLE)),
+            residual=_full_code(description) == "residual",
         )
         wanted = [chunk_file(i) for i in range(int(description["chunks"]))]
         if wanted and all(name in names for name in wanted):
@@ -312,6 +381,25 @@ class CompactVectors:
         elif not wanted:
             table = table.with_chunks([])
         return table
+
+
+def _full_code(description: Mapping[str, Any]) -> str:
+    kind = description.get("full", "direct")
+    if kind not in ("direct", "residual"):
+        raise ValueError(f"unknown full-vector code {kind!r}: written by a newer release")
+    return kind
+
+
+_DECODE_BLOCK = 4096
+
+
+def _first_stage_points(quantiser: Quantiser, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return quantiser.decode(codes) * lengths[:, None].astype(np.float32)
+
+
+def _reconstruct(coarse: Projection, points: np.ndarray) -> np.ndarray:
+    """float32[n, d]: model-space vectors whose first-stage points (before renormalising) are ``points``."""
+    return (points / coarse.scale) @ coarse.components.T + coarse.mean
 
 
 def chunks_for(slot_count: int, chunk_rows: int) -> int:
@@ -323,37 +411,46 @@ class CompactCodec:
     """What a compaction keeps from the previous compact snapshot: the first-stage projection and both scales.
 
     ``fitted_rows`` is the size of the sample it was learned from: a codec learned from a young, small catalog is
-    learned again once the catalog has doubled (up to :data:`FULL_SAMPLE` rows), then kept for good.
+    learned again once the catalog has doubled (up to :data:`FULL_SAMPLE` rows), then kept for good. ``residual``:
+    the full quantiser codes the vector minus its first-stage reconstruction (every codec learned now; a codec read
+    from an older snapshot codes the vector itself and keeps doing so).
     """
 
     coarse: Projection
     coarse_quantiser: Quantiser
     full_quantiser: Quantiser
     fitted_rows: int
+    residual: bool = True
 
     @classmethod
     def of(cls, table: CompactVectors) -> CompactCodec:
-        return cls(table.coarse, table.coarse_quantiser, table.full_quantiser, table.fitted_rows)
+        return cls(table.coarse, table.coarse_quantiser, table.full_quantiser, table.fitted_rows, table.residual)
 
     @classmethod
     def fit(cls, sample: np.ndarray, coarse_dim: int, *, seed: int = 0) -> CompactCodec:
         """Learn the first-stage PCA and both quantisers from a sample of unit vectors.
 
         A small sample may not have seen an axis's largest values: its steps get 50% headroom (values beyond
-        saturate), and the first stage has at most as many axes as rows.
+        saturate, and a small catalog learns its codec again when a new vector would), and the first stage has at
+        most as many axes as rows. The residual's range is measured on the sample's own residuals and, below
+        :data:`FULL_SAMPLE` rows (where a PCA fits its own rows noticeably better than new ones), also on the
+        residuals of half the sample under a PCA learned from the other half; the larger is kept.
         """
-        from catalens.index.reduce import Projection, fit_projection
-
         sample = normalise(sample)
-        rows, d = sample.shape
-        dim = max(1, min(coarse_dim, d, rows - 1))
-        if rows >= 2:
-            coarse = fit_projection(sample, dim, seed=seed)
-        else:  # one vector: a single axis along it
-            coarse = Projection("pca", np.zeros(d, np.float32), sample.T.copy(), np.ones(1, np.float32))
+        rows, _ = sample.shape
         headroom = 1.0 if rows >= FULL_SAMPLE else 1.5
-        projected = coarse.apply(sample)
-        return cls(coarse, Quantiser.fit(projected, headroom=headroom), Quantiser.fit(sample, headroom=headroom), rows)
+        coarse = _fit_first_stage(sample, coarse_dim, seed)
+        codec = cls(coarse, Quantiser.fit(coarse.apply(sample), headroom=headroom), Quantiser(np.ones(1)), rows)
+        peak = np.abs(codec.residual_of(sample)).max(axis=0)
+        if rows < FULL_SAMPLE and rows >= 4:
+            fitted, held_out = sample[0::2], sample[1::2]
+            half = _fit_first_stage(fitted, coarse_dim, seed)
+            centred = held_out - half.mean
+            peak = np.maximum(peak, np.abs(centred - (centred @ half.components) @ half.components.T).max(axis=0))
+        elif rows < 4:  # too few rows to tell: the range of the vectors themselves about their mean
+            peak = np.maximum(peak, np.abs(sample - coarse.mean).max(axis=0))
+        codec.full_quantiser = Quantiser.fit(peak[None, :], headroom=headroom)
+        return codec
 
     def outgrown(self, live_rows: int) -> bool:
         """True when a catalog of ``live_rows`` should learn its codec again (it has doubled since a small fit)."""
@@ -366,3 +463,60 @@ class CompactCodec:
         lengths = np.linalg.norm(centred, axis=1)
         unit = centred / np.maximum(lengths, np.float32(1e-12))[:, None]
         return self.coarse_quantiser.encode(unit), lengths.astype(np.float16)
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first-stage codes, first-stage lengths, full-vector codes) of unit vectors."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        codes, lengths = self.encode_first_stage(vectors)
+        return codes, lengths, self.full_quantiser.encode(self._full_input(vectors, codes, lengths))
+
+    def decode(self, coarse_codes: np.ndarray, coarse_lengths: np.ndarray, full_codes: np.ndarray) -> np.ndarray:
+        """float32[n, d]: the vectors :meth:`encode` gave these codes (the float32 rows a search scores)."""
+        decoded = self.full_quantiser.decode(full_codes)
+        if self.residual:
+            decoded += _reconstruct(
+                self.coarse, _first_stage_points(self.coarse_quantiser, coarse_codes, coarse_lengths)
+            )
+        return decoded
+
+    def residual_of(self, vectors: np.ndarray) -> np.ndarray:
+        """What the full quantiser codes for unit ``vectors`` (the residual, or the vectors themselves)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return self._full_input(vectors, *self.encode_first_stage(vectors))
+
+    def saturates(self, vectors: np.ndarray) -> bool:
+        """True when a vector's full code would clip (a value beyond the fitted range)."""
+        limit = self.full_quantiser.step * np.float32(127.5)
+        return bool(np.any(np.abs(self.residual_of(vectors)) > limit))
+
+    def _full_input(self, vectors: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if not self.residual:
+            return vectors
+        return vectors - _reconstruct(self.coarse, _first_stage_points(self.coarse_quantiser, codes, lengths))
+
+    def total(self, coarse_codes: np.ndarray, coarse_lengths: np.ndarray, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """float64[d]: the sum of the decoded full vectors of the rows with these first-stage bytes and chunks
+        (freed slots are zero, so they add nothing)."""
+        total = np.zeros(self.coarse.input_dim, dtype=np.float64)
+        for chunk in chunks:
+            total += chunk.sum(axis=0, dtype=np.int64)
+        total *= self.full_quantiser.step.astype(np.float64)
+        if self.residual and coarse_codes.shape[0]:
+            points = np.zeros(self.coarse.output_dim, dtype=np.float64)
+            for start in range(0, coarse_codes.shape[0], _DECODE_BLOCK):
+                block = slice(start, start + _DECODE_BLOCK)
+                points += _first_stage_points(self.coarse_quantiser, coarse_codes[block], coarse_lengths[block]).sum(
+                    axis=0, dtype=np.float64
+                )
+            total += (points / self.coarse.scale) @ self.coarse.components.T.astype(np.float64)
+            total += coarse_codes.shape[0] * self.coarse.mean.astype(np.float64)
+        return total
+
+
+def _fit_first_stage(sample: np.ndarray, coarse_dim: int, seed: int) -> Projection:
+    from catalens.index.reduce import fit_projection
+
+    rows, d = sample.shape
+    if rows < 2:  # one vector: a single axis along it
+        return Projection("pca", np.zeros(d, np.float32), sample.T.copy(), np.ones(1, np.float32))
+    return fit_projection(sample, max(1, min(coarse_dim, d, rows - 1)), seed=seed)

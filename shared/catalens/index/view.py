@@ -431,7 +431,8 @@ class IndexView:
         table = snapshot.table
         # A compact table scores a wider pool on its first stage and re-scores it with the full vectors.
         pool_k = max(2 * k, k + RERANK_EXTRA) if table.reranks else k
-        first_query = table.first_stage_query(q)
+        prepared = table.prepare(q)
+        first_query = prepared.first
         searcher = snapshot.graph_searcher
         use_graph = searcher is not None and (
             strategy == "graph" or (strategy == "auto" and n_allowed > self.params.filtered_exact_below)
@@ -464,7 +465,7 @@ class IndexView:
             row_query = first_query if scale is None else (first_query * scale).astype(np.float32)
             rows, scores = _exact(table.first_stage, row_query, pool_k, allowed_rows, excluded_rows)
         if table.reranks and rows.size:  # before the chunks load, rows() rebuilds approximate vectors
-            scores = table.rows(rows) @ q
+            scores = table.scores(rows, prepared)
             top = _top_k(scores, k)
             return rows[top], scores[top]
         return rows[:k], scores[:k]

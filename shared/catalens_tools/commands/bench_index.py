@@ -64,9 +64,13 @@ LAYOUTS: dict[str, Layout] = {
         "float32", "float32 unit vectors at the model's dimension", lambda params: replace(params, layout="float32")
     ),
 }
-# Spectrum of the synthetic vectors (synthetic.clustered_vectors): with 1.0 a 256-axis PCA alone finds 0.75 of the
-# float32 top 10 at 10k, below the 0.89 it finds on real grocery embeddings, so the synthetic set is the harder one.
+# Spectrum of the synthetic vectors (synthetic.clustered_vectors): with 1.0 a 256-axis PCA alone finds 0.84 of the
+# float32 top 10 at 6k (spread 1.5), below the 0.89 it finds on real grocery embeddings.
 DEFAULT_DECAY = 1.0
+# Within-cluster spread, set by the gap between the 10th and 11th float32 score (what int8 codes must resolve): on
+# the grocery embeddings (6,034 items, 3,984-d) its median is 0.0022; synthetic at the same size and decay 1.0 gives
+# 0.00036 with spread 0.35, 0.0012 with 1.0, 0.0020 with 1.5 (docs/operations.md). 0.35 stays by --spread: 6x harder.
+DEFAULT_SPREAD = 1.5
 CHANGES_PER_COMPACTION = 1_000
 
 
@@ -86,6 +90,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         type=float,
         default=DEFAULT_DECAY,
         help="spectrum of the synthetic vectors (0: isotropic, worst case)",
+    )
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=DEFAULT_SPREAD,
+        help=f"within-cluster spread of the synthetic vectors (default {DEFAULT_SPREAD}: neighbour score gaps like "
+        "the grocery embeddings'; 0.35: ~6x smaller gaps, the harder setting)",
     )
     parser.add_argument("--dim", type=int, default=None, help="vector dimension (default: the serving model's card)")
     parser.add_argument("--model", default=None, help="built model whose card gives --dim (default: serving model)")
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 if not estimate["fits"]:
                     _emit({"bench": "index", "layout": layout.name, "n": n, "dim": args.dim, "skipped": estimate})
                     continue
-                result = bench_size(n, layout, args, root / f"{layout.name}-{n}")
+                result = bench_size(n, layout, args, root / f"{layout.name}-{n}-d{args.decay:g}-s{args.spread:g}")
                 result["dim_from"] = dim_source
                 costs.add(n, result)
                 _emit(result)
@@ -512,7 +523,9 @@ def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> 
         stored = np.lib.format.open_memmap(
             work / "vectors.npy", mode="w+", dtype=np.float32, shape=(n + args.queries, args.dim)
         )
-        labels = clustered_vectors(n + args.queries, args.dim, seed=args.seed, decay=args.decay, out=stored)[1]
+        labels = clustered_vectors(
+            n + args.queries, args.dim, seed=args.seed, decay=args.decay, spread=args.spread, out=stored
+        )[1]
         np.save(work / "queries.npy", np.asarray(stored[: args.queries]))
         np.save(work / "labels.npy", labels[args.queries :])
         stored.flush()
@@ -526,6 +539,7 @@ def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> 
     result: dict[str, Any] = {"bench": "index", "layout": layout.name, "n": n, "dim": args.dim}
     result["queries"] = args.queries
     result["synthetic_decay"] = args.decay
+    result["synthetic_spread"] = args.spread
     params = {"seed": args.seed, "n_jobs": args.build_threads, "graph_threshold": args.graph_threshold}
     spec = {"work": str(work), "layout": layout.name, "params": params, "out": f"snapshot-{layout.name}"}
     build_env = {**os.environ, "PYTHONPATH": _child_env()["PYTHONPATH"]}
@@ -789,16 +803,19 @@ def _retrieval_quality(exact_ids, query_photo, query_label, row_photo, row_label
 
 
 def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
-    """Recall@10 of the graph search against exact search on real embeddings of augmented grocery photos.
+    """Recall@10 and score error of each layout against float32 exact search on real embeddings of grocery photos.
 
     Index = every photo of the dataset (train, val, iconic) plus ``--grocery-augment`` augmented copies;
-    queries = another augmented copy of 500 of them (not indexed). Also reports, per index space
-    (model space, PCA-256, PCA-256 whitened), how often the query's own photo is in the top 10 and
-    the fraction of the top 10 with the query's fine class, to judge whether reduction helps.
+    queries = another augmented copy of 500 of them (not indexed). One row per layout: ``compact`` (what the
+    builder writes, default parameters), ``float32``, ``float32_pca256`` (float32 in a PCA-256 space), each searched
+    as served (``auto``) and exactly, with how often the query's own photo is in the top 10 and the fraction of the
+    top 10 with the query's fine class. ``codes`` compares the full-vector codes alone with the same vectors, and
+    ``score_gaps`` says how far apart neighbours' scores are (:func:`code_study`), to compare with the synthetic set.
     """
     from threadpoolctl import threadpool_limits
 
     from catalens.index import BuildParams, IndexView, ItemRecord, build_snapshot
+    from catalens.index.reduce import normalise
 
     grocery = args.grocery or GROCERY_DEFAULT
     result: dict[str, Any] = {"bench": "index-grocery", "grocery_dir": str(grocery)}
@@ -834,35 +851,100 @@ def grocery_recall(args: argparse.Namespace) -> dict[str, Any]:
         ItemRecord(f"g{i:06d}", index_vectors[i], {"photo": int(index_photo[i])}, f"g/{i}.jpg", "e", "01")
         for i in range(len(index_vectors))
     ]
-    spaces = []
-    for name, reduce_dim, whiten in (("model", None, False), ("pca256", 256, False), ("pca256_whiten", 256, True)):
+    unit_index = normalise(index_vectors)
+    unit_queries = normalise(query_vectors)
+    truth_scores = unit_queries @ unit_index.T
+    truth = [[f"g{i:06d}" for i in np.argsort(-row, kind="stable")[:K]] for row in truth_scores]
+    row_photo = {f"g{i:06d}": int(p) for i, p in enumerate(index_photo)}
+    row_label = {f"g{i:06d}": int(label) for i, label in enumerate(index_label)}
+    layouts = []
+    base = BuildParams(graph_threshold=2, n_jobs=args.build_threads, seed=args.seed)
+    reduced = min(base.coarse_dim, int(index_vectors.shape[1]))
+    for name, params in (
+        ("compact", base),
+        ("float32", replace(base, layout="float32")),
+        (f"float32_pca{reduced}", replace(base, layout="float32", reduce_dim=reduced)),
+    ):
         started = time.perf_counter()
-        snapshot = build_snapshot(
-            records,
-            model_fingerprint=fingerprint,
-            params=BuildParams(
-                reduce_dim=reduce_dim, whiten=whiten, graph_threshold=2, n_jobs=args.build_threads, seed=args.seed
-            ),
-        )
+        snapshot = build_snapshot(records, model_fingerprint=fingerprint, params=params)
         build_seconds = time.perf_counter() - started
         view = IndexView(snapshot)
         with threadpool_limits(1):
+            served, served_s = _timed(lambda q, v=view: v.search(q, K), list(query_vectors))
             exact, exact_s = _timed(lambda q, v=view: v.search(q, K, strategy="exact"), list(query_vectors))
-            graph, graph_s = _timed(lambda q, v=view: v.search(q, K, strategy="graph"), list(query_vectors))
-        row_photo = {f"g{i:06d}": int(p) for i, p in enumerate(index_photo)}
-        row_label = {f"g{i:06d}": int(label) for i, label in enumerate(index_label)}
-        exact_ids = _ids(exact)
-        spaces.append(
+        errors = [
+            abs(hit.score - float(truth_scores[qi, int(hit.item_id[1:])]))
+            for qi, hits in enumerate(served)
+            for hit in hits
+        ]
+        layouts.append(
             {
-                "space": name,
-                "dim": snapshot.dim,
+                "layout": name,
+                "index_dim": snapshot.dim,
                 "build_seconds": round(build_seconds, 2),
                 "graph": snapshot.info["graph"],
-                "graph_recall_at_10": _recall(_ids(graph), exact_ids),
-                "graph_latency": _percentiles(graph_s),
+                "recall_at_10": _recall(_ids(served), truth),
+                "exact_recall_at_10": _recall(_ids(exact), truth),
+                "score_error": {
+                    "median": round(float(np.median(errors)), 6),
+                    "p99": round(float(np.percentile(errors, 99)), 6),
+                    "max": round(float(np.max(errors)), 6),
+                },
+                "latency": _percentiles(served_s),
                 "exact_latency": _percentiles(exact_s),
-                **_retrieval_quality(exact_ids, query_photo, query_label, row_photo, row_label),
+                **_retrieval_quality(_ids(exact), query_photo, query_label, row_photo, row_label),
             }
         )
-    result["spaces"] = spaces
+    result["layouts"] = layouts
+    result.update(code_study(unit_index, unit_queries))
     return result
+
+
+def code_study(vectors: np.ndarray, queries: np.ndarray, sample: int = 8192, seed: int = 0) -> dict[str, Any]:
+    """How hard a vector set is for int8 codes, and how each code does on it (unit rows, queries not indexed).
+
+    ``score_gaps``: per query, the float32 gap between the 10th and 11th score (what a code's score error must stay
+    below for the top 10 to hold), also relative to the spread of the top 100 (1st − 100th score). ``codes``:
+    recall@10 against float32 exact when *every* row is ranked by its decoded code (no first stage), and the median
+    score error on the true top 10: ``int8_direct`` (the vector, one step per dimension from the largest magnitude
+    in a ``sample``-row sample), ``int8_residual`` (what the compact layout stores: the residual to a PCA-256 first
+    stage, :class:`catalens.index.vectors.CompactCodec`), ``float16``.
+    """
+    from catalens.index.vectors import COARSE_DIM, CompactCodec, Quantiser
+
+    scores = queries @ vectors.T
+    ranked = -np.sort(-scores, axis=1)[:, : min(100, scores.shape[1])]
+    gap = ranked[:, K - 1] - ranked[:, K]
+    spread = ranked[:, 0] - ranked[:, -1]
+    truth = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+    picks = np.sort(np.random.default_rng(seed).choice(len(vectors), min(len(vectors), sample), replace=False))
+    fit = vectors[picks]
+    codec = CompactCodec.fit(fit, COARSE_DIM, seed=seed)
+    direct = Quantiser.fit(fit, headroom=1.0 if len(fit) >= sample else 1.5)
+
+    decoders = {
+        "int8_direct": lambda block: direct.decode(direct.encode(block)),
+        "int8_residual": lambda block: codec.decode(*codec.encode(block)),
+        "float16": lambda block: block.astype(np.float16).astype(np.float32),
+    }
+    codes = {}
+    for name, decode in decoders.items():
+        approx = np.empty_like(scores)
+        for start in range(0, len(vectors), 4096):
+            approx[:, start : start + 4096] = queries @ decode(vectors[start : start + 4096]).T
+        found = np.argsort(-approx, axis=1, kind="stable")[:, :K]
+        recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(found.tolist(), truth.tolist(), strict=True)])
+        error = np.abs(np.take_along_axis(approx - scores, truth, axis=1))
+        codes[name] = {"recall_at_10": round(float(recall), 4), "score_error_median": round(float(np.median(error)), 6)}
+
+    def quantiles(values: np.ndarray) -> dict[str, float]:
+        return {f"p{q}": round(float(np.percentile(values, q)), 6) for q in (10, 25, 50, 75)}
+
+    return {
+        "score_gaps": {
+            "gap_10_11": quantiles(gap),
+            "gap_over_top100_spread": quantiles(gap / np.maximum(spread, 1e-12)),
+            "score_10th_median": round(float(np.median(ranked[:, K - 1])), 4),
+        },
+        "codes": codes,
+    }

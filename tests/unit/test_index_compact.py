@@ -1,0 +1,144 @@
+"""The compact layout's full-vector codes: residuals to the first stage, decoded and scored, kept across compactions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catalens.index import BuildParams, IndexView, ItemRecord, build_snapshot
+from catalens.index.reduce import normalise
+from catalens.index.vectors import FULL_SAMPLE, CompactCodec, CompactVectors, Quantiser
+from catalens_tools.synthetic import clustered_vectors
+
+FP = "model-fp"
+
+
+def _record(i: int, vector: np.ndarray, seq: str = "10") -> ItemRecord:
+    return ItemRecord(f"item-{i:05d}", np.asarray(vector, np.float32), {}, f"p/{i}.jpg", f"e{i}-{seq}", seq)
+
+
+def _tight_clusters(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(items, queries): tight clusters on a decaying spectrum, where neighbours' scores differ by ~1e-4."""
+    vectors, _ = clustered_vectors(n + 50, dim, seed=seed, decay=1.0)
+    return vectors[50:], vectors[:50]
+
+
+def test_residual_codes_decode_and_score_far_closer_than_direct_codes():
+    items, queries = _tight_clusters(3000, 512)
+    codec = CompactCodec.fit(items, 64)
+    coarse, lengths, full = codec.encode(items)
+    direct = Quantiser.fit(items, headroom=1.5)
+    snapshot = build_snapshot(
+        [_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP, params=BuildParams(coarse_dim=64)
+    )
+    table = snapshot.table
+    assert table.residual
+    assert table.describe()["full"] == "residual"
+    rows = snapshot.rows_of([f"item-{i:05d}" for i in range(len(items))])
+    decoded = np.empty_like(items)
+    decoded[np.arange(len(items))] = table.rows(rows)
+    # every component within half a residual step (no code of a catalog's own rows saturates) ...
+    assert np.all(np.abs(decoded - items) <= table.full_quantiser.step * 0.5 + 1e-6)
+    # ... and scores several times closer to float32 than coding the vectors themselves
+    residual_error = np.abs((decoded - items) @ queries.T)
+    direct_error = np.abs((direct.decode(direct.encode(items)) - items) @ queries.T)
+    assert np.median(residual_error) * 3 < np.median(direct_error)
+    assert coarse.shape == (3000, 64)
+    assert lengths.dtype == np.float16
+    assert full.dtype == np.int8
+    for q in queries[:5]:
+        prepared = table.prepare(q)
+        sample = rows[:200]
+        np.testing.assert_allclose(table.scores(sample, prepared), table.rows(sample) @ q, atol=2e-6)
+        np.testing.assert_allclose(table.scores(sample, prepared), items[:200] @ q, atol=1e-3)
+
+
+def test_ranking_by_the_full_codes_finds_the_float32_top_10_of_tight_clusters():
+    items, queries = _tight_clusters(3000, 512, seed=1)
+    snapshot = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP)
+    table = snapshot.table
+    order = snapshot.rows_of([f"item-{i:05d}" for i in range(len(items))])
+    found = 0
+    for q in queries:
+        truth = set(np.argsort(-(items @ q))[:10].tolist())
+        scores = np.empty(len(items), np.float32)
+        scores[np.arange(len(items))] = table.scores(order, table.prepare(q))
+        found += len(truth & set(np.argsort(-scores)[:10].tolist()))
+    assert found / (10 * len(queries)) >= 0.99
+
+
+def test_a_compact_search_of_tight_clusters_answers_like_float32():
+    items, queries = _tight_clusters(3000, 512, seed=2)
+    records = [_record(i, v) for i, v in enumerate(items)]
+    compact = IndexView(build_snapshot(records, model_fingerprint=FP))
+    exact = IndexView(build_snapshot(records, model_fingerprint=FP, params=BuildParams(layout="float32")))
+    found = 0
+    for q in queries:
+        truth = {h.item_id: h.score for h in exact.search(q, 10)}
+        hits = compact.search(q, 10)
+        found += sum(h.item_id in truth for h in hits)
+        for hit in hits:
+            assert abs(hit.score - float(exact.vector_of(hit.item_id) @ q)) < 1e-3
+    assert found / (10 * len(queries)) >= 0.95  # the rest is the first stage's pool, not the codes
+
+
+def test_unchanged_items_keep_their_bytes_across_compactions():
+    """A codec learned from FULL_SAMPLE rows is kept: new and updated items are coded against it, and every chunk
+    without a changed slot is the previous version's array."""
+    rng = np.random.default_rng(3)
+    dim = 24
+    items = normalise(
+        rng.standard_normal((FULL_SAMPLE + 100, 4)) @ rng.standard_normal((4, dim))
+        + rng.standard_normal((FULL_SAMPLE + 100, dim))
+    )
+    params = BuildParams(coarse_dim=8, chunk_rows=1024, graph_threshold=10**9)
+    first = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP, params=params)
+    assert first.table.fitted_rows == FULL_SAMPLE
+    changed = [_record(5, normalise(rng.standard_normal(dim)), "20"), _record(len(items), items[0], "20")]
+    second = build_snapshot(changed, model_fingerprint=FP, previous=first, params=params)
+    a, b = first.table, second.table
+    assert np.array_equal(a.full_quantiser.step, b.full_quantiser.step)
+    assert a.coarse is b.coarse
+    changed_chunks = {int(b.slots[r]) // 1024 for r in second.rows_of(["item-00005", f"item-{len(items):05d}"])}
+    for index, (old, new) in enumerate(zip(a.chunks, b.chunks, strict=False)):
+        if index not in changed_chunks:
+            assert new is old
+    kept = [f"item-{i:05d}" for i in range(len(items)) if i != 5]
+    old_rows, new_rows = first.rows_of(kept), second.rows_of(kept)
+    assert np.array_equal(a.slots[old_rows], b.slots[new_rows])
+    assert np.array_equal(a.coarse_codes[old_rows], b.coarse_codes[new_rows])
+    assert np.array_equal(a.rows(old_rows), b.rows(new_rows))
+    # the new item is the same vector as item 0, coded by the same codec: the same bytes
+    new_row, zero_row = second.rows_of([f"item-{len(items):05d}", "item-00000"])
+    assert np.array_equal(b.rows(np.array([new_row])), b.rows(np.array([zero_row])))
+    # the catalog total follows the decoded vectors (what the catalog mean is computed from)
+    np.testing.assert_allclose(b.total(), b.rows(np.arange(len(second))).sum(axis=0, dtype=np.float64), atol=1e-3)
+
+
+def test_a_small_catalog_codec_leaves_room_for_vectors_it_has_not_seen():
+    """Below FULL_SAMPLE rows the residual's range comes also from rows the PCA did not see."""
+    items, _ = _tight_clusters(600, 256, seed=4)
+    seen, unseen = items[:300], items[300:]
+    codec = CompactCodec.fit(seen, 64)
+    assert not codec.saturates(seen)
+    clipped = np.abs(codec.residual_of(unseen)) > codec.full_quantiser.step * 127.5
+    assert clipped.mean() < 1e-3
+
+
+def test_a_snapshot_written_with_direct_codes_reads_them_as_before():
+    """Snapshots written before residual codes have no ``full`` entry: their chunks hold the vectors' own codes."""
+    items, queries = _tight_clusters(400, 64, seed=5)
+    table = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP).table
+    arrays = {**table.arrays(), **table.chunk_arrays()}
+    description = {key: value for key, value in table.describe().items() if key != "full"}
+    direct = CompactVectors.from_parts(description, arrays.__getitem__, list(arrays))
+    assert not direct.residual
+    assert not CompactCodec.of(direct).residual
+    np.testing.assert_array_equal(
+        direct.rows(np.arange(3)), direct.full_quantiser.decode(table.chunks[0][table.slots[:3]])
+    )
+    np.testing.assert_allclose(
+        direct.scores(np.arange(20), direct.prepare(queries[0])), direct.rows(np.arange(20)) @ queries[0], atol=2e-6
+    )
+    with pytest.raises(ValueError, match="newer release"):
+        CompactVectors.from_parts({**description, "full": "pq"}, arrays.__getitem__, list(arrays))
