@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from catalens.adapters.s3 import S3BlobStore
-from catalens.index.build import build_snapshot
+from catalens.index.build import BuildParams, build_snapshot
 from catalens.index.errors import CorruptIndexError
 from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord
@@ -26,7 +26,8 @@ def record(i: int, etag: str = "e") -> ItemRecord:
 
 
 def build(records: Iterator[ItemRecord], **kwargs: object):
-    return build_snapshot(records, **kwargs)
+    # float32 vectors: one file large enough for parts (the compact layout's chunks of 400 rows are 0.4 MB)
+    return build_snapshot(records, **{**kwargs, "params": BuildParams(layout="float32")})
 
 
 def stores(client: Any, bucket: str) -> tuple[IndexStore, IndexStore]:

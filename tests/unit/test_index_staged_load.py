@@ -76,7 +76,7 @@ def test_a_cold_start_answers_from_the_first_stage_then_from_the_full_vectors(st
     expected = store.load_view()
     assert expected.stage == "full"
     blob.release.clear()  # the chunks do not come until released
-    cache = IndexCache(store, background=True)
+    cache = IndexCache(store, background=True, stage_above_bytes=0)
     view = cache.view()
     assert view.stage == "first"
     assert len(view) == ITEMS
@@ -97,7 +97,7 @@ def test_a_cold_start_answers_from_the_first_stage_then_from_the_full_vectors(st
 def test_a_small_change_swaps_in_whole_and_shares_every_unchanged_chunk(store: IndexStore) -> None:
     blob = store.blob
     assert isinstance(blob, WatchedBlob)
-    cache = IndexCache(store, background=False, ttl_seconds=0)
+    cache = IndexCache(store, background=False, ttl_seconds=0, stage_above_bytes=0)
     old = cache.view()
     assert old.stage == "full"
     chunks = len(old.snapshot.chunk_files())
@@ -121,7 +121,7 @@ def test_a_small_change_swaps_in_whole_and_shares_every_unchanged_chunk(store: I
 def test_a_swap_that_would_hold_two_versions_lets_the_old_one_go_first(store: IndexStore) -> None:
     blob = store.blob
     assert isinstance(blob, WatchedBlob)
-    cache = IndexCache(store, background=False, ttl_seconds=0)
+    cache = IndexCache(store, background=False, ttl_seconds=0, stage_above_bytes=0)
     old_version = cache.view().version
     for i in range(ITEMS):  # every item changes: every chunk would be new
         put(store, i, 1_000 + i, generation=2)
@@ -151,3 +151,14 @@ def test_a_reader_that_stores_vectors_never_sees_the_first_stage(store: IndexSto
     assert view.stage == "full"
     assert isinstance(view, IndexView)
     np.testing.assert_allclose(view.vector_of("item-0009"), vector(9) / np.linalg.norm(vector(9)), atol=0.02)
+
+
+def test_a_small_index_loads_whole_before_it_answers(store: IndexStore) -> None:
+    blob = store.blob
+    assert isinstance(blob, WatchedBlob)
+    chunk_bytes = sum(
+        meta["size"] for name, meta in store.read_manifest()[0].current.files.items() if "full-chunk" in name
+    )
+    cache = IndexCache(store, background=True, stage_above_bytes=chunk_bytes)
+    assert cache.view().stage == "full"
+    assert cache.stats.full_vectors_loaded == 1

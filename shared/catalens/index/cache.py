@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # A swap may hold the new version's changed files beside the old version up to this share of its bytes; past it the
 # old version goes first (the template's memory sizes count on it: catalens_tools.sizing).
 DEFAULT_SWAP_HEADROOM = 0.3
+# Below this many bytes of full vectors (~64k items at 3,984-d) a version loads whole before it answers: a first
+# stage saves little time there, and small catalogs never see approximate scores.
+DEFAULT_STAGE_ABOVE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class IndexCache:
     staged:
         False for readers that must never see first-stage vectors (the profile stream stores item vectors):
         every version then loads whole before it answers.
+    stage_above_bytes:
+        Versions whose full vectors take at most this many bytes load whole before they answer.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class IndexCache:
         refresh_wait_seconds: float = 0.25,
         swap_headroom: float = DEFAULT_SWAP_HEADROOM,
         staged: bool = True,
+        stage_above_bytes: int = DEFAULT_STAGE_ABOVE_BYTES,
     ) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
@@ -128,6 +134,7 @@ class IndexCache:
         self.refresh_wait_seconds = refresh_wait_seconds
         self.swap_headroom = swap_headroom
         self.staged = staged
+        self.stage_above_bytes = stage_above_bytes
         self.stats = CacheStats()
         self._clock = clock
         self._state: _State | None = None
@@ -286,13 +293,11 @@ class IndexCache:
         if snapshot.stage == "full":
             return loaded
         held_bytes = sum(len(view) for view in held.values())
+        chunks = [meta for name, meta in entry.files.items() if is_chunk_file(name.rsplit("/", 1)[-1])]
         added = sum(len(view) for name, view in files.items() if _sha256(entry, name) not in held)
-        added += sum(
-            int(meta["size"])
-            for name, meta in entry.files.items()
-            if is_chunk_file(name.rsplit("/", 1)[-1]) and meta["sha256"] not in held
-        )
-        if not self.staged or (held_bytes and added <= self.swap_headroom * held_bytes):
+        added += sum(int(meta["size"]) for meta in chunks if meta["sha256"] not in held)
+        small = sum(int(meta["size"]) for meta in chunks) <= self.stage_above_bytes
+        if not self.staged or small or (held_bytes and added <= self.swap_headroom * held_bytes):
             return self._with_full_vectors(loaded, held)
         if held_bytes:
             self.stats.swaps_through_first_stage += 1
