@@ -272,6 +272,18 @@ def compare_rows(
     return rows
 
 
+COMPACT_INDEX_ROW = "catalog through the compact index"
+
+
+def as_served_by_compact_index(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as the builder's compact index stores and re-scores them (unit rows, int8 codes decoded)."""
+    from catalens.index import ItemRecord, build_snapshot
+
+    records = [ItemRecord(f"row-{i:06d}", v, {}, "", "", "01") for i, v in enumerate(np.asarray(vectors))]
+    snapshot = build_snapshot(records, model_fingerprint="evaluation")
+    return snapshot.table.rows(snapshot.rows_of([r.item_id for r in records]))
+
+
 def evaluate_grocery(
     embed_fn: EmbedFn,
     data_dir: Path | str,
@@ -333,6 +345,8 @@ def evaluate_grocery(
     gallery_vectors = vectors[len(catalog) + len(queries) :]
     calibrated = _calibrated_scores(query_vectors, catalog_vectors, gallery_vectors, reference, copy_cosine)
     variants = {DEFAULT_ROW: (query_vectors, catalog_vectors, gallery_vectors)}
+    # the catalog as the compact index serves it (int8 codes, decoded): must read like the float vectors
+    variants[COMPACT_INDEX_ROW] = (query_vectors, as_served_by_compact_index(catalog_vectors), gallery_vectors)
     for name, (photo_fn, catalog_fn) in (photo_variants or {}).items():
         photos = np.asarray(photo_fn([image.path for image in queries + gallery]))
         shop = np.asarray(catalog_fn([image.path for image in catalog])) if catalog_fn else catalog_vectors
