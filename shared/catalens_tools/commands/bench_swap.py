@@ -409,6 +409,17 @@ class _Sampler:
         return max(self.peak, status.get("VmHWM", 0), status.get("VmRSS", 0))
 
 
+def _rss_after_malloc_trim() -> int | None:
+    """VmRSS once glibc has returned its free pages (what freed but retained memory hides); None off glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return _Sampler.status().get("VmRSS")
+
+
 def search_child(spec_json: str) -> None:
     """Serve through IndexCache and measure: the cold start, the steady state, and each swap the parent announces.
 
@@ -514,6 +525,7 @@ def search_child(spec_json: str) -> None:
                     steady_rss_bytes=steady,
                     peak_rss_bytes=peak,
                     rss_after_bytes=sampler.status()["VmRSS"],
+                    rss_after_malloc_trim_bytes=_rss_after_malloc_trim(),
                     first_stage_swaps=cache.stats.swaps_through_first_stage - swap["through_first"],
                     resident_array_bytes=view.snapshot.resident_bytes() if view.snapshot is not None else 0,
                 )
