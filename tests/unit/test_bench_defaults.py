@@ -106,3 +106,12 @@ def test_bench_index_reports_per_item_costs_and_skips_what_cannot_fit(capsys) ->
     for skipped in lines[1::2]:
         assert skipped["skipped"]["fits"] is False
         assert "N=300" in skipped["skipped"]["formula"]
+
+
+def test_bench_swap_defaults_to_the_serving_dimension_at_100k(serving_dir: Path) -> None:
+    from catalens_tools.commands.bench_index import resolve_dim
+
+    args = _args("bench", "swap", "--model-dir", str(serving_dir))
+    assert args.items == 100_000
+    assert resolve_dim(args) == (SERVING_DIM, f"card {DEFAULT_MODEL_NAME}.fp32")
+    assert args.swap_headroom is None  # the cache's own rule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +163,61 @@ def test_a_small_index_loads_whole_before_it_answers(store: IndexStore) -> None:
     cache = IndexCache(store, background=True, stage_above_bytes=chunk_bytes)
     assert cache.view().stage == "full"
     assert cache.stats.full_vectors_loaded == 1
+
+
+class SlowListBlob(WatchedBlob):
+    """A WatchedBlob whose LISTs from the revalidation thread wait for ``list_release`` (a slow store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.list_release = threading.Event()
+        self.list_release.set()
+        self.list_waiting = threading.Event()
+
+    def list(self, prefix: str):
+        if threading.current_thread().name == "index-refresh" and not self.list_release.is_set():
+            self.list_waiting.set()
+            assert self.list_release.wait(10), "a LIST was never released"
+        return super().list(prefix)
+
+
+def test_a_slow_revalidation_does_not_keep_the_old_version_alive_while_the_new_chunks_load() -> None:
+    # The revalidation that starts a load goes on to LIST the deltas; it held the whole old state meanwhile, so with a
+    # slow LIST (or a store busy with the new chunks) the old version's vectors stayed beside the new ones. The
+    # installing thread too held it while the second stage started.
+    import weakref
+
+    blob = SlowListBlob()
+    store = IndexStore(blob, "index/", fetch_workers=4)
+    for i in range(ITEMS):
+        put(store, i, i + 1)
+    store.compact(model_fingerprint="m", params=PARAMS)
+    cache = IndexCache(store, background=True, ttl_seconds=0, refresh_wait_seconds=0, stage_above_bytes=0)
+    cache.view()
+    assert cache.wait_idle(10)
+    assert cache.view().stage == "full"
+    assert cache.wait_idle(10)
+    old_snapshot = weakref.ref(cache._state.loaded.snapshot)
+    for i in range(ITEMS):  # every chunk changes: the swap goes through the first stage
+        put(store, i, 1_000 + i, generation=2)
+    new_version = store.compact(params=PARAMS).version
+    old_alive_while_fetching: list[bool] = []
+
+    def look(key: str) -> None:
+        if new_version in key:
+            old_alive_while_fetching.append(old_snapshot() is not None)
+
+    blob.on_chunk_read = look
+    blob.list_release.clear()
+    cache.view()  # starts a revalidation, which starts the load and then waits in its LIST
+    assert blob.list_waiting.wait(10)
+    deadline = time.monotonic() + 30
+    while cache.stats.full_vectors_loaded < 2:  # no view held here: only the cache may keep the old version
+        assert time.monotonic() < deadline, "the new version's chunks never loaded"
+        time.sleep(0.01)
+    blob.list_release.set()
+    assert cache.wait_idle(10)
+    assert cache.stats.swaps_through_first_stage == 1
+    assert old_alive_while_fetching
+    assert not any(old_alive_while_fetching)
+    assert cache.view().version.startswith(new_version)

@@ -38,6 +38,8 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 _NOT_MODIFIED_CODES = frozenset({"NotModified", "304"})
 _CONFLICT_CODES = frozenset({"ConditionalRequestConflict", "409"})
+READ_PIECE = 2**20
+"""Bytes asked of a response body per ``readinto`` (its temporaries are this size, not the object's)."""
 
 
 def _error_code(exc: ClientError) -> tuple[str, int]:
@@ -167,7 +169,11 @@ class S3BlobStore:
         return str(response["CopyObjectResult"]["ETag"])
 
     def get_into(self, key: str, out: memoryview) -> int:
-        """GetObject streamed straight into ``out`` (``readinto``): no intermediate bytes of the whole body."""
+        """GetObject streamed into ``out`` in pieces of :data:`READ_PIECE`: no intermediate bytes of the whole body.
+
+        urllib3's ``readinto(b)`` reads ``len(b)`` bytes into a temporary and copies it (http.client makes a second
+        one), so asking for a whole part at once held two part-sized temporaries per fetch thread.
+        """
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -179,7 +185,7 @@ class S3BlobStore:
                 raise BlobSizeError(f"get s3 key {key!r}: {size} bytes, the caller expected {len(out)}")
             done = 0
             while done < size:
-                read = body.readinto(out[done:])
+                read = body.readinto(out[done : done + READ_PIECE])
                 if not read:
                     raise BlobStoreError(f"get s3 key {key!r}: body ended after {done} of {size} bytes")
                 done += read

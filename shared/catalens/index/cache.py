@@ -150,8 +150,7 @@ class IndexCache:
 
     def view(self) -> IndexView:
         """The current view; revalidates first when the TTL has passed (unless someone else already is)."""
-        state = self._state
-        if state is None:
+        if self._state is None:  # no local reference to a state: a swap during the wait below must free the old one
             with self._refresh_lock:
                 if self._state is None:
                     self._checked_at = self._clock()
@@ -213,15 +212,21 @@ class IndexCache:
             if new_version != state.version or manifest.query_domain != state.domain_entry:
                 self._start_load(manifest, etag)
             elif manifest.generation > state.generation:
-                state = self._install(
-                    replace(state, generation=manifest.generation, manifest_etag=etag), only_if_newer=True
-                )
-        self._refresh_deltas(state)
+                self._install(replace(state, generation=manifest.generation, manifest_etag=etag), only_if_newer=True)
+        del state  # a load just started may install a first stage: the old version must not outlive it here
+        self._refresh_deltas()
 
-    def _refresh_deltas(self, state: _State) -> None:
-        """LIST the deltas; GET only unseen ones; rebuild the view only when the live set changed."""
+    def _refresh_deltas(self) -> None:
+        """LIST the deltas; GET only unseen ones; rebuild the view only when the live set changed.
+
+        The state is read after the LIST, not held across it: while a slow LIST waits, a swap through the first
+        stage must be able to let the old version go before the new chunks arrive.
+        """
+        listing = self.store.list_deltas()
+        state = self._state
+        assert state is not None
         coverage = state.loaded.coverage if state.loaded else SnapshotCoverage(None)
-        deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=state.deltas)
+        deltas = self.store.fetch_deltas(listing, coverage, known=state.deltas)
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
         if deltas.keys() == state.deltas.keys():
             return
@@ -354,11 +359,13 @@ class IndexCache:
                     wanted = {meta["sha256"] for meta in new.loaded.entry.files.values()}
                     self._shared_chunks = {sha: view for sha, view in current.loaded.reusable.items() if sha in wanted}
             self._state = new
-        if (
+        complete = (
             new.loaded is not None
             and new.loaded.snapshot.stage == "first"
             and (current is None or current.loaded is not new.loaded)
-        ):
+        )
+        del current  # not held while the second stage starts: its chunks may arrive before this frame returns
+        if complete:
             self._complete(new)
         return new
 
