@@ -32,13 +32,14 @@ class FunctionSizing:
 
 
 # Search: runtime, Powertools, boto3 and the fp32 serving model after a few embeds hold 268 MB (VmRSS); 512 leaves
-# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,509 B per item
-# (`catalens bench index --sizes 100000`: resident arrays 4,517.5 B/item), and a swap may add SWAP_HEADROOM more.
+# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,592 B per item
+# (`catalens bench index --sizes 100000`: resident arrays 4,591.3 B/item with the PCA-320 first stage), and a swap
+# may add SWAP_HEADROOM more.
 SEARCH = FunctionSizing(
-    "search", 512, round(4_518 * (1 + DEFAULT_SWAP_HEADROOM)), "bench index: resident bytes per item x swap headroom"
+    "search", 512, round(4_592 * (1 + DEFAULT_SWAP_HEADROOM)), "bench index: resident bytes per item x swap headroom"
 )
 # Profiles: no model; it loads whole versions (never the first stage alone), and a swap may hold two.
-PROFILES = FunctionSizing("profiles", 256, 2 * 4_518, "bench index: resident bytes per item, two versions")
+PROFILES = FunctionSizing("profiles", 256, 2 * 4_592, "bench index: resident bytes per item, two versions")
 # Builder: a compaction holds the previous version, the first stage as float32 for the graph, pynndescent's graph
 # (2.0-2.2 KB per item measured alone) and the new codes; the base is Python, numba's loaded code and scipy.
 # `catalens bench index --sizes 1000000`: a compaction of 1,000 changes into 1M items peaked at 9,885 MB (VmHWM).

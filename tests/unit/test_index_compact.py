@@ -142,3 +142,29 @@ def test_a_snapshot_written_with_direct_codes_reads_them_as_before():
     )
     with pytest.raises(ValueError, match="newer release"):
         CompactVectors.from_parts({**description, "full": "pq"}, arrays.__getitem__, list(arrays))
+
+
+def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_320_axis_first_stage(monkeypatch):
+    from catalens.index.vectors import COARSE_DIM
+    from catalens.index.view import RERANK_EXTRA
+
+    items, queries = _tight_clusters(700, 512, seed=5)
+    snapshot = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP)
+    assert COARSE_DIM == 320
+    assert RERANK_EXTRA == 96
+    assert snapshot.table.coarse.output_dim == COARSE_DIM
+    assert snapshot.table.coarse_codes.shape == (len(items), COARSE_DIM)
+    rescored: list[int] = []
+    original = CompactVectors.scores
+
+    def spy(self, rows, query):
+        rescored.append(len(rows))
+        return original(self, rows, query)
+
+    monkeypatch.setattr(CompactVectors, "scores", spy)
+    view = IndexView(snapshot)
+    for q in queries[:5]:
+        hits = view.search(q, 10)
+        exact = np.argsort(-(items @ q))[:10]
+        assert [h.item_id for h in hits][:1] == [f"item-{exact[0]:05d}"]
+    assert rescored == [10 + RERANK_EXTRA] * 5

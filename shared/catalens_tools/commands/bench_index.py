@@ -57,7 +57,7 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "compact": Layout(
         "compact",
-        "int8 full vectors in slot chunks behind an int8 PCA-256 first stage: BuildParams() as compaction uses it",
+        "int8 full vectors in slot chunks behind an int8 PCA-320 first stage: BuildParams() as compaction uses it",
         lambda params: replace(params, layout="compact"),
     ),
     "float32": Layout(
@@ -907,7 +907,7 @@ def code_study(vectors: np.ndarray, queries: np.ndarray, sample: int = 8192, see
     below for the top 10 to hold), also relative to the spread of the top 100 (1st − 100th score). ``codes``:
     recall@10 against float32 exact when *every* row is ranked by its decoded code (no first stage), and the median
     score error on the true top 10: ``int8_direct`` (the vector, one step per dimension from the largest magnitude
-    in a ``sample``-row sample), ``int8_residual`` (what the compact layout stores: the residual to a PCA-256 first
+    in a ``sample``-row sample), ``int8_residual`` (what the compact layout stores: the residual to a PCA-320 first
     stage, :class:`catalens.index.vectors.CompactCodec`), ``float16``.
     """
     from catalens.index.vectors import COARSE_DIM, CompactCodec, Quantiser
