@@ -31,13 +31,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from catalens.index.deltas import Delta, DeltaKey, SnapshotCoverage
 from catalens.index.layout import SNAPSHOT_DIR
-from catalens.index.manifest import Manifest, QueryDomainEntry
+from catalens.index.manifest import Manifest, QueryDomainEntry, VersionEntry
 from catalens.index.store import IndexStore, LoadedVersion, make_view
 from catalens.index.vectors import is_chunk_file
 from catalens.ports import NotModifiedError
@@ -275,7 +275,7 @@ class IndexCache:
         view = make_view(loaded, deltas.values(), query_domain=domain)
         return _State(manifest.generation, etag, loaded, deltas, view, manifest.query_domain, domain)
 
-    def _load_version(self, entry, current: _State | None) -> LoadedVersion:
+    def _load_version(self, entry: VersionEntry, current: _State | None) -> LoadedVersion:
         """The version's first stage, plus its full vectors when they fit beside the version in memory.
 
         A cold start (nothing in memory) returns the first stage alone and answers from it at once. A swap shares
@@ -308,7 +308,7 @@ class IndexCache:
             self.stats.swaps_through_first_stage += 1
         return loaded
 
-    def _with_full_vectors(self, loaded: LoadedVersion, reuse) -> LoadedVersion:
+    def _with_full_vectors(self, loaded: LoadedVersion, reuse: Mapping[str, memoryview]) -> LoadedVersion:
         chunks = self.store.fetch_version_files(loaded.entry, is_chunk_file, reuse=reuse)
         snapshot = loaded.snapshot.with_full_vectors(chunks)
         self.stats.full_vectors_loaded += 1
@@ -386,6 +386,6 @@ def _carry_newer_deltas(current: _State, new: _State) -> _State:
     return replace(new, deltas=deltas, view=make_view(new.loaded, deltas.values(), query_domain=new.query_domain))
 
 
-def _sha256(entry, name: str) -> str | None:
+def _sha256(entry: VersionEntry, name: str) -> str | None:
     meta = entry.files.get(SNAPSHOT_DIR + name)
     return meta["sha256"] if meta else None
