@@ -168,8 +168,8 @@ def compact_rows(
         vectors = normalise(np.stack([source_vector(live_ids[i]) for i in block.tolist()]))
         coarse_codes[block], coarse_lengths[block], full_codes = codec.encode(vectors)
         chunk_of, offset = np.divmod(slots[block], chunk_rows)
-        for code_row, c, o in zip(full_codes, chunk_of.tolist(), offset.tolist(), strict=True):
-            chunks[c][o] = code_row
+        for code_row, chunk_index, row_in_chunk in zip(full_codes, chunk_of.tolist(), offset.tolist(), strict=True):
+            chunks[chunk_index][row_in_chunk] = code_row
     chunks = tuple(chunks)
     return CompactRows(
         codec=codec,
