@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 _applied = False
+_originals: tuple[Any, Any] | None = None  # moto's own event builder and delete_object, to put back
 _lock = threading.Lock()
 _counter = itertools.count(time.time_ns() // 1000)
 
@@ -102,7 +103,7 @@ def make_s3vectors_queryable() -> None:
 
 def apply() -> None:
     """Install the fixes (idempotent)."""
-    global _applied
+    global _applied, _originals
     make_s3_requests_atomic()
     make_dynamodb_operations_atomic()
     make_s3vectors_queryable()
@@ -113,6 +114,7 @@ def apply() -> None:
 
         original_event = notifications._get_s3_event
         original_delete = models.S3Backend.delete_object
+        _originals = (original_event, original_delete)
 
         def aws_shaped_event(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
             if not hasattr(key, "etag"):  # a delete marker: no bytes, no ETag
@@ -148,6 +150,27 @@ def apply() -> None:
         notifications._get_s3_event = aws_shaped_event
         models.S3Backend.delete_object = delete_object
         _applied = True
+
+
+def notifications_shaped() -> bool:
+    """True while moto's S3 notifications carry the AWS shape (:func:`apply` installed it)."""
+    return _applied
+
+
+def remove_notification_shape() -> None:
+    """Give moto its own S3 notification shape back.
+
+    A server started inside a test process (benchmarks and their tests run one in-process) must not change what
+    the later ``mock_aws`` tests of that process see; the local stack's own process never needs this.
+    """
+    global _applied, _originals
+    with _lock:
+        if not _applied or _originals is None:
+            return
+        from moto.s3 import models, notifications
+
+        notifications._get_s3_event, models.S3Backend.delete_object = _originals
+        _applied, _originals = False, None
 
 
 class _MarkerView:

@@ -67,6 +67,7 @@ class LocalMotoServer(ThreadedMotoServer):
     def start(self) -> None:
         from catalens_tools.local import moto_fixes
 
+        self._shaped_notifications = not moto_fixes.notifications_shaped()  # this server installed the shape
         moto_fixes.apply()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         ensure_port_free(self._ip_address, self._port, "AWS emulator", "--moto-port")
@@ -85,8 +86,13 @@ class LocalMotoServer(ThreadedMotoServer):
         return f"http://{host}:{port}"
 
     def stop(self) -> None:
+        """Stop serving, and give moto its own notification shape back if this server installed it."""
+        from catalens_tools.local import moto_fixes
+
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if getattr(self, "_shaped_notifications", False):
+            moto_fixes.remove_notification_shape()
