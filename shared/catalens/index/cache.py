@@ -320,8 +320,7 @@ class IndexCache:
         if loaded is None or loaded.snapshot.stage == "full":
             return
         # Chunks the previous version held are shared when the sha256 matches; only those are kept alive here.
-        reuse = {sha: view for sha, view in self._shared_chunks.items()}
-        self._shared_chunks = {}
+        reuse, self._shared_chunks = self._shared_chunks, {}
 
         def run() -> None:
             try:

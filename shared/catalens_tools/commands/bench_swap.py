@@ -162,20 +162,11 @@ def synthetic_vectors(work: Path, args: argparse.Namespace) -> Path:
 
 def make_store(endpoint: str, workers: int = 16) -> Any:
     """An IndexStore on the bench bucket of the moto server at ``endpoint``."""
-    import boto3
-    from botocore.config import Config
-
     from catalens.adapters.s3 import S3BlobStore
     from catalens.index.store import IndexStore
+    from catalens_tools.commands.bench_transport import moto_s3_client
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        config=Config(max_pool_connections=max(10, workers), retries={"max_attempts": 3, "mode": "standard"}),
-    )
+    client = moto_s3_client(endpoint, workers, retries={"max_attempts": 3, "mode": "standard"})
     return IndexStore(S3BlobStore(client, BUCKET), PREFIX, fetch_workers=workers)
 
 

@@ -82,21 +82,26 @@ def make_store(kind: str, endpoint: str | None, part_size: int, workers: int) ->
 
         blob: Any = MemoryBlobStore()
     else:
-        import boto3
-        from botocore.config import Config
-
         from catalens.adapters.s3 import S3BlobStore
 
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-            config=Config(max_pool_connections=max(10, workers)),
-        )
-        blob = S3BlobStore(client, BUCKET)
+        blob = S3BlobStore(moto_s3_client(endpoint, workers), BUCKET)
     return IndexStore(blob, PREFIX, part_size=part_size, fetch_workers=workers)
+
+
+def moto_s3_client(endpoint: str | None, workers: int, **config: Any) -> Any:
+    """A boto3 S3 client for a benchmark's moto server, with a connection per fetch thread (``config``: more
+    botocore ``Config`` settings)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        config=Config(max_pool_connections=max(10, workers), **config),
+    )
 
 
 def write_version(store: Any, size: int) -> dict[str, Any]:
