@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -305,3 +307,39 @@ def test_a_large_ledger_is_written_and_read_in_parts(parted_store: IndexStore) -
 def test_the_part_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="part_size"):
         IndexStore(MemoryBlobStore(), part_size=0)
+
+
+class _Tracked(bytearray):
+    """File bytes whose lifetime a test can watch (a weak reference per file read)."""
+
+
+class _LazyFiles(Mapping[str, bytearray]):
+    """Files made when read, as Snapshot.to_files makes them; records how many were alive at each read."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._names = [f"file-{i:03d}" for i in range(count)]
+        self._size = size
+        self._made: list[weakref.ref] = []
+        self.most_alive = 0
+
+    def __getitem__(self, name: str) -> bytearray:
+        gc.collect()
+        self.most_alive = max(self.most_alive, sum(ref() is not None for ref in self._made))
+        data = _Tracked(hashlib.sha256(name.encode()).digest() * (self._size // 32))
+        self._made.append(weakref.ref(data))
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def test_a_writer_holds_a_few_parts_worth_of_files_not_all_of_them() -> None:
+    files = _LazyFiles(count=40, size=64 * 1024)
+    metas, stats = write_files(MemoryBlobStore(), files, lambda name: f"v1/{name}", part_size=32 * 1024, workers=4)
+    assert len(metas) == 40
+    assert stats.objects_uploaded == 40 * 2
+    # a batch is WRITE_BATCH_PARTS (4) parts: two of these files, and the one being read
+    assert files.most_alive <= 3

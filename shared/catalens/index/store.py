@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -547,8 +547,7 @@ class IndexStore:
     ) -> tuple[VersionEntry, TransferStats]:
         """Write every file of a new version under a fresh name (If-None-Match, in parts, in parallel); the manifest
         comes after. What ``previous`` already stores with the same sha256 is copied server-side, not uploaded."""
-        files: dict[str, Buffer] = {SNAPSHOT_DIR + name: data for name, data in snapshot.to_files().items()}
-        files[LEDGER_NAME] = Ledger.from_snapshot(snapshot).to_bytes()
+        files = _VersionFiles(snapshot.to_files(), Ledger.from_snapshot(snapshot).to_bytes())
         sources = (
             objects_by_sha256(previous.files, lambda name: self.version_key(previous.version, name)) if previous else {}
         )
@@ -576,6 +575,29 @@ class IndexStore:
 
     def _fetch(self, keys: Mapping[str, str]) -> dict[str, bytes | None]:
         return fetch_all(self.blob, keys, workers=self.fetch_workers)
+
+
+class _VersionFiles(Mapping[str, Buffer]):
+    """A version's files by key under the version, read from the snapshot's own lazy mapping one at a time: writing
+    a million-item version never holds a second copy of the whole snapshot."""
+
+    def __init__(self, snapshot_files: Mapping[str, Buffer], ledger: bytes) -> None:
+        self._snapshot_files = snapshot_files
+        self._ledger = ledger
+
+    def __getitem__(self, name: str) -> Buffer:
+        if name == LEDGER_NAME:
+            return self._ledger
+        if not name.startswith(SNAPSHOT_DIR):
+            raise KeyError(name)
+        return self._snapshot_files[name[len(SNAPSHOT_DIR) :]]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (SNAPSHOT_DIR + name for name in self._snapshot_files)
+        yield LEDGER_NAME
+
+    def __len__(self) -> int:
+        return len(self._snapshot_files) + 1
 
 
 def make_view(

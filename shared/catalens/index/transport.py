@@ -35,6 +35,7 @@ from catalens.index.errors import CorruptIndexError
 from catalens.ports import BlobNotFoundError, BlobSizeError, BlobStore
 
 PART_SIZE = 64 * 2**20
+WRITE_BATCH_PARTS = 4  # a writer holds about this many parts' worth of files at a time (plus the largest file)
 """Files above this many bytes are stored in parts of this size (the last one shorter)."""
 PART_SUFFIX = ".part-"
 
@@ -144,29 +145,42 @@ def write_files(
             counts["objects_uploaded"] += 1
         return sha
 
-    jobs: list[tuple[str, int | None, Callable[[], str]]] = []  # (file, part index; None: the whole file, job)
+    # Files are read from ``files`` one at a time and written in batches of about WRITE_BATCH_PARTS parts, so a
+    # mapping that serialises each file when it is read (Snapshot.to_files) never has every file in memory at once.
+    metas: dict[str, dict[str, Any]] = {}
     sizes: dict[str, int] = {}
-    for name, data in files.items():
-        view = memoryview(data)
+    jobs: list[tuple[str, int | None, Callable[[], str]]] = []  # (file, part index; None: the whole file, job)
+    batch_bytes = 0
+
+    def flush() -> None:
+        results = _run_all([job for _, _, job in jobs], workers)
+        for (name, index, _), sha in zip(jobs, results, strict=True):
+            meta = metas.setdefault(name, {"sha256": "", "size": sizes[name]})
+            if index is None:
+                meta["sha256"] = sha
+            else:
+                meta.setdefault("parts", []).append({"sha256": sha, "size": split(sizes[name], part_size)[index][1]})
+        jobs.clear()
+
+    for name in files:
+        view = memoryview(files[name])
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
         sizes[name] = len(view)
         pieces = split(len(view), part_size)
         if len(pieces) == 1:
             jobs.append((name, None, partial(store_part, key_of(name), view)))
-            continue
-        jobs.append((name, None, partial(_sha256, view)))  # the whole file's hash, beside its parts' uploads
-        for index, (offset, size) in enumerate(pieces):
-            key = Part(index, offset, size, "").key(key_of(name))
-            jobs.append((name, index, partial(store_part, key, view[offset : offset + size])))
-    results = _run_all([job for _, _, job in jobs], workers)
-    metas: dict[str, dict[str, Any]] = {}
-    for (name, index, _), sha in zip(jobs, results, strict=True):
-        meta = metas.setdefault(name, {"sha256": "", "size": sizes[name]})
-        if index is None:
-            meta["sha256"] = sha
         else:
-            meta.setdefault("parts", []).append({"sha256": sha, "size": split(sizes[name], part_size)[index][1]})
+            jobs.append((name, None, partial(_sha256, view)))  # the whole file's hash, beside its parts' uploads
+            for index, (offset, size) in enumerate(pieces):
+                key = Part(index, offset, size, "").key(key_of(name))
+                jobs.append((name, index, partial(store_part, key, view[offset : offset + size])))
+        batch_bytes += len(view)
+        del view
+        if batch_bytes >= WRITE_BATCH_PARTS * part_size:
+            flush()
+            batch_bytes = 0
+    flush()
     return metas, TransferStats(**counts)
 
 
