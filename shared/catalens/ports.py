@@ -276,6 +276,17 @@ class IndexReader(Protocol):
         cut, ``exclude`` names items never to return."""
         ...
 
+    def search_text(
+        self, text: str, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+    ) -> list[Hit]:
+        """The ``k`` live items whose words best match ``text`` (BM25 ``score``), best first; items without a query
+        word are left out. A backend without a word index raises ``TextSearchUnavailableError``."""
+        ...
+
+    def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:
+        """float32 BM25 score of ``text`` per named item (0: no query word, or no such item)."""
+        ...
+
 
 @runtime_checkable
 class IndexWriter(Protocol):

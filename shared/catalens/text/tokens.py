@@ -1,0 +1,59 @@
+"""Words as shoppers type them and as labels print them: one tokeniser for catalog text and queries.
+
+A query matches an item only through the tokens both turn into, so the folding is deliberately forgiving where
+shoppers are sloppy and strict where labels differ by a token:
+
+- Unicode compatibility forms and case are folded (``ＯＡＴ`` and ``Oat`` are ``oat``), accents dropped
+  (``Crème brûlée`` is ``creme brulee``), ligatures and letters without a decomposition spelled out
+  (``æ`` → ``ae``, ``ø`` → ``o``, ``ß`` → ``ss``).
+- Letters and digits part (``500ml`` is ``500 ml``), a decimal comma is a point (``1,5%`` is ``1.5``), so
+  ``1.5%`` and ``1,5 %`` meet; other punctuation separates.
+- English plurals fold to the singular with the S-stemmer (Harman 1991): ``tomatoes`` → ``tomato``,
+  ``berries`` → ``berry``, ``apples`` → ``apple``; ``glass`` and ``citrus`` stay.
+
+>>> tokenize("Crème Brûlée 2x125g, Lactose-free 1,5%")
+['creme', 'brulee', '2', 'x', '125', 'g', 'lactose', 'free', '1.5']
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+MAX_TOKEN_LENGTH = 40  # longer runs are noise (OCR garbage, ids); cut so a hostile text cannot blow the vocabulary
+
+_SPELLED = str.maketrans({"æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"})
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)?|[^\W\d_]+")
+
+
+def fold(text: str) -> str:
+    """Case, compatibility forms and accents folded away (the text a token is cut from)."""
+    text = unicodedata.normalize("NFKC", text).casefold().translate(_SPELLED)
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """The S-stemmer: plural ``-ies``/``-es``/``-s`` off, words ending in ``-us``/``-ss`` (and short ones) kept."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("oes") and len(word) > 4:
+        return word[:-2]
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    """The searchable tokens of ``text``, in order (repeats kept: they count as term frequency)."""
+    out = []
+    for match in _TOKEN.findall(fold(text)):
+        token = match.replace(",", ".")[:MAX_TOKEN_LENGTH]
+        out.append(stem(token) if token[0].isalpha() else token)
+    return out
