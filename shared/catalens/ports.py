@@ -22,6 +22,7 @@ from catalens.errors import CatalensError
 
 if TYPE_CHECKING:  # annotations only: the index, model and profile modules import this one
     import numpy as np
+    from PIL import Image
 
     from catalens.index.filters import Filter
     from catalens.index.records import Hit, IndexedItem, ItemRecord
@@ -313,6 +314,15 @@ class QuerySampleSink(Protocol):
 
 
 # ------------------------------------------------------------------------------------------------ the model
+
+
+@runtime_checkable
+class TextReader(Protocol):
+    """Reads the text printed on a photo (:class:`catalens.ocr.TextReader`: two onnxruntime sessions, made at init)."""
+
+    def read_text(self, image: Image.Image) -> str:
+        """The photo's lines of text, top to bottom, joined by spaces ("" when it shows none)."""
+        ...
 
 
 @runtime_checkable
