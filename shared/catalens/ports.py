@@ -278,10 +278,17 @@ class IndexReader(Protocol):
         ...
 
     def search_text(
-        self, text: str, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
     ) -> list[Hit]:
         """The ``k`` live items whose words best match ``text`` (BM25 ``score``), best first; items without a query
-        word are left out. A backend without a word index raises ``TextSearchUnavailableError``."""
+        word are left out; ``vectors=False`` may leave hits without their vector. A backend without a word index
+        raises ``TextSearchUnavailableError``."""
         ...
 
     def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:

@@ -404,7 +404,13 @@ class S3VectorsView:
         return _ranked(q, (items[key] for key in keys if key in items))[:k]
 
     def search_text(
-        self, text: str, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
     ) -> list[Hit]:
         """Not on this backend: S3 Vectors has no word index (docs/design.md, "Words")."""
         raise TextSearchUnavailableError(

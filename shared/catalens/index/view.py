@@ -384,11 +384,18 @@ class IndexView:
         return snapshot_text_index(snapshot, lambda: (records.document(row)["fields"] for row in range(len(records))))
 
     def search_text(
-        self, text: str, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
     ) -> list[Hit]:
         """The ``k`` live items whose words (:mod:`catalens.text.lexical`) best match ``text``, best first.
 
         ``score`` is BM25 (unbounded, comparable within one query); items without a query term are not returned.
+        ``vectors=False`` leaves snapshot hits' ``vector`` None (decoding compact rows costs more than the search).
         """
         terms = query_terms(text)
         if k <= 0 or self._len == 0 or not terms:
@@ -418,7 +425,21 @@ class IndexView:
                 if s > 0
             )
         candidates.sort(key=lambda c: (-c[0], c[1]))
-        return [self._hit(c) for c in candidates[:k]]
+        return self._hits(candidates[:k], vectors=vectors)
+
+    def _hits(self, candidates: Sequence[tuple[float, str, int, int]], *, vectors: bool = True) -> list[Hit]:
+        """Like :meth:`_hit` for many, the snapshot rows' vectors decoded in one call (a compact table decodes a
+        row per matmul otherwise)."""
+        rows = [c[3] for c in candidates if c[2] == 0] if vectors else []
+        decoded = dict(zip(rows, self.snapshot.table.rows(np.asarray(rows)), strict=True)) if rows else {}
+        hits = []
+        for score, item_id, source, position in candidates:
+            if source == 0:
+                doc = self.snapshot.records.document(position)
+                hits.append(Hit(item_id, score, doc["fields"], doc["image_key"], vector=decoded.get(position)))
+            else:
+                hits.append(self._hit((score, item_id, source, position)))
+        return hits
 
     def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:
         """BM25 scores of ``text`` for the named items (0 for an item without a query term, absent or deleted)."""

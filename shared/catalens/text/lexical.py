@@ -55,8 +55,8 @@ def item_terms(fields: Mapping[str, Any]) -> Counter[str]:
         if value is None or isinstance(value, bool):
             continue
         text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-        for token in tokenize(text):
-            counts[token] += weight
+        for token, times in Counter(tokenize(text)).items():
+            counts[token] += times * weight
     return counts
 
 
@@ -137,10 +137,9 @@ class LexicalIndex:
         lengths: list[float] = []
         for row, terms in enumerate(counts):
             lengths.append(float(sum(terms.values())))
-            for term, tf in terms.items():
-                term_ids.append(vocabulary.setdefault(term, len(vocabulary)))
-                row_ids.append(row)
-                tfs.append(tf)
+            term_ids.extend([vocabulary.setdefault(term, len(vocabulary)) for term in terms])
+            row_ids.extend([row] * len(terms))
+            tfs.extend(terms.values())
         sorted_terms = sorted(vocabulary)
         rank = np.empty(len(vocabulary), dtype=np.int64)
         rank[[vocabulary[t] for t in sorted_terms]] = np.arange(len(sorted_terms))

@@ -25,13 +25,15 @@ MAX_TOKEN_LENGTH = 40  # longer runs are noise (OCR garbage, ids); cut so a host
 
 _SPELLED = str.maketrans({"æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "ı": "i"})
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)?|[^\W\d_]+")
+_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")  # combining
 
 
 def fold(text: str) -> str:
     """Case, compatibility forms and accents folded away (the text a token is cut from)."""
+    if text.isascii():  # most catalog text: nothing to decompose (casefold of ASCII is lower)
+        return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold().translate(_SPELLED)
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _MARKS.sub("", unicodedata.normalize("NFKD", text))
 
 
 @lru_cache(maxsize=65536)
@@ -52,8 +54,7 @@ def stem(word: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """The searchable tokens of ``text``, in order (repeats kept: they count as term frequency)."""
-    out = []
-    for match in _TOKEN.findall(fold(text)):
-        token = match.replace(",", ".")[:MAX_TOKEN_LENGTH]
-        out.append(stem(token) if token[0].isalpha() else token)
-    return out
+    return [
+        stem(token[:MAX_TOKEN_LENGTH]) if token[0].isalpha() else token.replace(",", ".")[:MAX_TOKEN_LENGTH]
+        for token in _TOKEN.findall(fold(text))
+    ]
