@@ -209,6 +209,8 @@ def build_search_service(
         calibration=settings.query_calibration,
         main_subject=settings.main_subject,
         query_samples=samples,
+        text_reader=lambda: load_text_reader(settings),
+        read_query_text=settings.query_read_text,
     )
 
 

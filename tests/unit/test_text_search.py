@@ -194,3 +194,45 @@ def test_rrf_fusion_scores_first_in_both_lists_as_one() -> None:
     fused = fuse(hits, np.array([0.9, 0.8, 0.1]), np.array([5.0, 0.0, 1.0]), FusionParams(method="rrf"), explain=True)
     assert [h.item_id for h in fused] == ["a", "c", "b"]
     assert fused[0].score == pytest.approx(1.0)
+
+
+class WordsOnTheLabel:
+    def __init__(self, text: str) -> None:
+        self.text, self.calls = text, 0
+
+    def read_text(self, image: object) -> str:
+        self.calls += 1
+        return self.text
+
+
+def test_a_photo_query_can_read_its_own_text_and_fuse_it(view: IndexView) -> None:
+    embedder = StubEmbedder()
+    embedder.next_vector = unit(1, 0)
+    reader = WordsOnTheLabel("LACTOSE FREE")
+    made = []
+    service = SearchService(
+        embedder=embedder,
+        views=lambda: view,
+        fusion=FusionParams(weight=0.2),
+        text_reader=lambda: made.append(1) or reader,
+    )
+    jpeg = encode(photo())
+    assert service.search(SearchRequest(image=jpeg)).hits[0].item_id == "oat"
+    assert reader.calls == 0
+    assert made == []  # no query asked: the reader is never made
+    answer = service.search(SearchRequest(image=jpeg, read_text=True))
+    assert answer.hits[0].item_id == "lactose"
+    assert answer.query["read_text"] == "LACTOSE FREE"
+    assert answer.timings.read > 0
+    service.search(SearchRequest(image=jpeg, read_text=True))
+    assert made == [1]  # made once
+
+
+def test_read_text_without_a_reader_is_a_clear_400_and_needs_a_photo(view: IndexView) -> None:
+    service = SearchService(embedder=StubEmbedder(), views=lambda: view)
+    with pytest.raises(RequestError) as caught:
+        service.search(SearchRequest(image=encode(photo()), read_text=True))
+    assert caught.value.code == "read_text_unavailable"
+    with pytest.raises(RequestError) as caught:
+        parse_search_request(post('{"q": "oat", "read_text": true}'))
+    assert caught.value.code == "invalid_parameter"

@@ -75,6 +75,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_query": 400,
     "missing_query": 400,
     "text_search_unavailable": 400,
+    "read_text_unavailable": 400,
     "unknown_filter": 400,
     "invalid_filter": 400,
     "invalid_image": 400,

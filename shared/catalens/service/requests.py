@@ -221,6 +221,9 @@ class SearchRequest:
     region: Region | str | None = None
     groups: int | None = None  # photo queries: also search up to this many distinct product regions
     text: str | None = None  # q: words to search by (alone: a text query; beside a photo or item: fused with it)
+    read_text: bool | None = (
+        None  # photo queries: read the photo's own text and fuse it (None: the deployment's choice)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,8 +281,13 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
         raise RequestError("groups applies to photo queries, not to an item_id", code="invalid_parameter")
     if groups is not None and image is None:
         raise RequestError("groups applies to photo queries, not to words alone", code="invalid_parameter")
+    read_text = _parse_bool(params.pop("read_text"), "read_text") if "read_text" in params else None
+    if read_text is not None and image is None:
+        raise RequestError("read_text applies to photo queries", code="invalid_parameter")
     options = parse_options(params)
-    return SearchRequest(image=image, item_id=item_id, options=options, region=region, groups=groups, text=text)
+    return SearchRequest(
+        image=image, item_id=item_id, options=options, region=region, groups=groups, text=text, read_text=read_text
+    )
 
 
 def parse_text_search(query: Mapping[str, tuple[str, ...]]) -> SearchRequest:
@@ -288,7 +296,7 @@ def parse_text_search(query: Mapping[str, tuple[str, ...]]) -> SearchRequest:
     if "q" not in params:
         raise RequestError("GET /search needs q (the words to search for)", code="missing_query")
     text = parse_query_text(params.pop("q"))
-    for name in ("item_id", "image", "region", "groups"):
+    for name in ("item_id", "image", "region", "groups", "read_text"):
         if name in params:
             raise RequestError(
                 f"{name} is not accepted by GET /search; send it with POST /search", code="invalid_parameter"

@@ -47,12 +47,13 @@ from catalens.imaging import (
     ImageLimits,
     PreparedQuery,
     Region,
+    decode_image,
     load_region_and_preprocess,
     load_windows_and_preprocess,
 )
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
-from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
+from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore, TextReader
 from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
 from catalens.service.errors import ItemNotFoundError, PageTooDeepError, RequestError, UnknownFilterError
@@ -71,6 +72,7 @@ Reranker = Callable[..., list[Hit]]
 
 # A photo or item query with words re-ranks at least this many visual candidates by them (catalens.text.fusion).
 FUSION_POOL = 100
+READ_TEXT_SHORT_SIDE = 736  # a query photo read for its text decodes no smaller (catalens.ocr.DetectParams)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Timings:
     profile: float = 0.0
     groups: float = 0.0  # groups=N: finding and searching the product regions
     text: float = 0.0  # words: the text search, or scoring the visual candidates' words and fusing
+    read: float = 0.0  # read_text: decoding the query photo again and reading its text (OCR)
     total: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
@@ -183,6 +186,10 @@ class SearchService:
         (``Settings.main_subject``); ``region=auto`` asks for it anyway, ``region=full`` not.
     fusion
         How a photo or item query's words (``q``) re-rank its visual candidates (:mod:`catalens.text.fusion`).
+    text_reader, read_query_text
+        Makes the OCR reader for query photos (:mod:`catalens.ocr`; called once, when a query first asks, so a
+        cold start that reads no text does not load it), and whether a photo query reads its own text by default
+        (``Settings.query_read_text``); a request can ask with ``read_text``. The text read is fused like ``q``.
     """
 
     def __init__(
@@ -201,8 +208,13 @@ class SearchService:
         query_samples: QuerySampler | None = None,
         main_subject: bool = False,
         fusion: FusionParams = DEFAULT_FUSION,
+        text_reader: Callable[[], TextReader | None] | None = None,
+        read_query_text: bool = False,
     ) -> None:
         self.fusion = fusion
+        self._make_text_reader = text_reader
+        self._text_reader: TextReader | None = None
+        self.read_query_text = read_query_text
         self.embedder = embedder
         self._views = views
         self.limits = limits or ImageLimits()
@@ -249,10 +261,15 @@ class SearchService:
         if request.item_id is not None and options.category_auto:  # more like this: the item's own category
             record = view.get(request.item_id)
             auto_category = category_of(record.fields) if record is not None else None
+        words = request.text
         if request.text is not None:
             query["q"] = request.text
+        if request.image is not None and (request.read_text or (request.read_text is None and self.read_query_text)):
+            read = self._read_query_text(request.image, timings)
+            query["read_text"] = read
+            words = " ".join(part for part in (words, read) if part) or None
         response = self._answer(
-            view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category, request.text
+            view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category, words
         )
         if request.image is not None and request.groups:
             t0 = self._clock()
@@ -268,6 +285,21 @@ class SearchService:
         }
         self.metrics.emit_group(outcome, {"kind": "photo" if request.image is not None else "item"})
         return response
+
+    def _read_query_text(self, image: bytes, timings: Timings) -> str:
+        """The text printed on the query photo (OCR, :mod:`catalens.ocr`); "" when it shows none."""
+        t0 = self._clock()
+        if self._text_reader is None and self._make_text_reader is not None:
+            self._text_reader = self._make_text_reader()
+            self._make_text_reader = None
+        if self._text_reader is None:
+            message = "this deployment reads no text on query photos (READ_TEXT off or no OCR models)"
+            raise RequestError(message, code="read_text_unavailable")
+        with memory_error_as_image_error(len(image)):
+            decoded = decode_image(image, target_short_side=READ_TEXT_SHORT_SIDE, limits=self.limits)
+            text = self._text_reader.read_text(decoded)
+        timings.read = (self._clock() - t0) * 1000
+        return text
 
     def _search_words(
         self,
