@@ -39,7 +39,7 @@ class FusionParams:
     """
 
     method: Literal["linear", "rrf"] = "linear"
-    weight: float = 0.1
+    weight: float = 0.06
     rrf_k: int = 60
 
 
