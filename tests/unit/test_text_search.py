@@ -236,3 +236,35 @@ def test_read_text_without_a_reader_is_a_clear_400_and_needs_a_photo(view: Index
     with pytest.raises(RequestError) as caught:
         parse_search_request(post('{"q": "oat", "read_text": true}'))
     assert caught.value.code == "invalid_parameter"
+
+
+def test_q_that_is_not_unicode_text_is_refused() -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_search_request(post('{"q": "oat \\ud800 milk"}'))
+    assert caught.value.code == "invalid_query"
+
+
+def test_views_over_one_snapshot_share_its_lexical_index(view: IndexView) -> None:
+    from catalens.text.catalog import _built
+
+    view.search_text("oat", 1)
+    built = _built[view.snapshot]
+    fresh = ItemRecord("new", unit(0, 1), {"title": "Oat cream"}, "n.jpg", "e", "F")
+    IndexView(view.snapshot, [fresh]).search_text("oat", 1)
+    assert _built[view.snapshot] is built
+
+
+def test_a_backend_without_a_word_index_answers_400_text_search_unavailable() -> None:
+    from catalens.adapters.s3vectors import S3VectorsView
+    from catalens.errors import TextSearchUnavailableError
+    from catalens.service.errors import http_status_for
+
+    with pytest.raises(TextSearchUnavailableError) as caught:
+        S3VectorsView.search_text(None, "oat", 3)  # type: ignore[arg-type]
+    assert http_status_for(caught.value) == 400
+
+
+def test_a_long_or_wordy_query_is_bounded() -> None:
+    terms = query_terms(" ".join(f"w{n}" for n in range(200)))
+    assert len(terms) == 32
+    assert max(map(len, tokenize("x" * 500))) == 40

@@ -315,6 +315,10 @@ def parse_query_text(value: Any) -> str:
         raise RequestError(f"q is {len(text)} characters; the limit is {MAX_QUERY_TEXT}", code="invalid_query")
     if any((ord(ch) < 0x20 and ch not in "\t\n") or ord(ch) == 0x7F for ch in text):
         raise RequestError("q contains control characters", code="invalid_query")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape: not text, and not echoable
+        raise RequestError("q is not valid Unicode text", code="invalid_query") from exc
     if not query_terms(text):
         raise RequestError("q has no words or numbers to search for", code="invalid_query")
     return text
