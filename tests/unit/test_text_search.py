@@ -268,3 +268,20 @@ def test_a_long_or_wordy_query_is_bounded() -> None:
     terms = query_terms(" ".join(f"w{n}" for n in range(200)))
     assert len(terms) == 32
     assert max(map(len, tokenize("x" * 500))) == 40
+
+
+def test_the_text_bench_queries_come_from_its_own_catalog_and_find_their_item() -> None:
+    from catalens_tools.commands.bench_search import synthetic_texts, text_queries
+
+    texts = synthetic_texts(500, seed=0)
+    assert texts == synthetic_texts(500, seed=0)  # deterministic
+    index = LexicalIndex.build({"title": title, "description": description} for title, description in texts)
+    queries = text_queries(500, seed=0, count=40)
+    answered = [index.search(query, 12)[0].size for query in queries]
+    assert all(answered)  # every query is made of catalog words
+
+
+def test_words_no_candidate_says_leave_the_visual_order_exactly() -> None:
+    hits = [Hit(name, score, {}, "") for name, score in (("b", 0.5), ("a", 0.9), ("c", 0.1))]  # served order
+    fused = fuse(hits, np.array([0.5, 0.9, 0.1]), np.zeros(3), FusionParams(), explain=False)
+    assert [h.item_id for h in fused] == ["b", "a", "c"]

@@ -53,7 +53,11 @@ def fuse(
     visual = np.asarray(visual, dtype=np.float64)
     text = np.asarray(text, dtype=np.float64)
     best = float(text.max()) if text.size else 0.0
-    share = text / best if best > 0 else np.zeros_like(text)
+    if best <= 0:  # no candidate has a query word: the visual order stands as served (calibration's blocks kept)
+        return [
+            replace(hit, explain={**hit.explain, "text": 0.0, "text_share": 0.0}) if explain else hit for hit in hits
+        ]
+    share = text / best
     if params.method == "rrf":
         fused = np.zeros_like(visual)
         for scores, mask in ((visual, np.ones(visual.size, bool)), (text, text > 0)):
