@@ -285,3 +285,24 @@ def test_words_no_candidate_says_leave_the_visual_order_exactly() -> None:
     hits = [Hit(name, score, {}, "") for name, score in (("b", 0.5), ("a", 0.9), ("c", 0.1))]  # served order
     fused = fuse(hits, np.array([0.5, 0.9, 0.1]), np.zeros(3), FusionParams(), explain=False)
     assert [h.item_id for h in fused] == ["b", "a", "c"]
+
+
+def test_a_text_query_is_personalised_over_a_wider_pool_with_vectors(view: IndexView) -> None:
+    from tests.unit.test_search_service import StubProfiles, reverse_rerank
+
+    seen: list[list[bool]] = []
+
+    def spy(hits: list[Hit], profile: object, **kwargs: object) -> list[Hit]:
+        seen.append([hit.vector is not None for hit in hits])
+        return reverse_rerank(hits, profile, **kwargs)
+
+    profiles = StubProfiles()
+    service = SearchService(embedder=StubEmbedder(), views=lambda: view, profiles=profiles, rerank=spy)
+    mine = service.search(SearchRequest(text="milk", options=SearchOptions(k=1, user_id="u1")))
+    assert profiles.loaded == ["u1"]
+    assert mine.personalized
+    assert all(seen[-1])  # the profile's vector term gets the hits' vectors
+    assert len(seen[-1]) > 1  # the whole pool, not just the page, is re-ranked
+    plain = service.search(SearchRequest(text="milk", options=SearchOptions(k=1)))
+    assert not plain.personalized
+    assert mine.hits[0].item_id != plain.hits[0].item_id  # reversed over the pool
