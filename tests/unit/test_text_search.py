@@ -244,14 +244,20 @@ def test_q_that_is_not_unicode_text_is_refused() -> None:
     assert caught.value.code == "invalid_query"
 
 
-def test_views_over_one_snapshot_share_its_lexical_index(view: IndexView) -> None:
-    from catalens.text.catalog import _built
+def test_views_over_one_snapshot_share_its_lexical_index_through_a_staged_load(view: IndexView) -> None:
+    from dataclasses import replace as copy_of
+
+    from catalens.text.catalog import built_index
 
     view.search_text("oat", 1)
-    built = _built[view.snapshot]
+    built = built_index(view.snapshot)
     fresh = ItemRecord("new", unit(0, 1), {"title": "Oat cream"}, "n.jpg", "e", "F")
     IndexView(view.snapshot, [fresh]).search_text("oat", 1)
-    assert _built[view.snapshot] is built
+    full = copy_of(view.snapshot)  # what a staged load swaps in: another object, the same version and records
+    IndexView(full).search_text("oat", 1)
+    assert built is not None
+    assert built_index(full) is built
+    assert built_index(build_snapshot(records(), model_fingerprint="stub-fp")) is None  # same version, new records
 
 
 def test_a_backend_without_a_word_index_answers_400_text_search_unavailable() -> None:
