@@ -89,6 +89,8 @@ class Settings:
     query_sample_rate: float = 0.25  # share of photo query embeddings kept for query-domain calibration (0: none)
     query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
     main_subject: bool = False  # photo queries without a region search their main subject (docs/evaluation.md)
+    read_text: bool = True  # ingest reads the text on catalog photos (OCR, models in <model_dir>/ocr) into read_text
+    query_read_text: bool = False  # photo queries read their own text and fuse it (docs/evaluation.md, Words)
     shopper_token_parameter: str = ""  # SSM SecureString holding the shopper-token keys; "" verifies no token
     trust_unsigned_user_ids: bool = False  # template TrustUnsignedUserIds: accept a bare user_id (server to server)
     index_backend: str = "lambda"  # template IndexBackend: "lambda" (snapshot + deltas in S3) or "s3vectors"
@@ -116,6 +118,8 @@ class Settings:
             query_sample_rate=_fraction(env, "QUERY_SAMPLE_RATE", 0.25),
             query_calibration=_bool(env, "QUERY_CALIBRATION", True),
             main_subject=_bool(env, "MAIN_SUBJECT", False),
+            read_text=_bool(env, "READ_TEXT", True),
+            query_read_text=_bool(env, "QUERY_READ_TEXT", False),
             shopper_token_parameter=env.get("SHOPPER_TOKEN_PARAMETER", ""),
             trust_unsigned_user_ids=_bool(env, "TRUST_UNSIGNED_USER_IDS", False),
             index_backend=_choice(env, "INDEX_BACKEND", "lambda", INDEX_BACKENDS),
