@@ -32,18 +32,23 @@ class FunctionSizing:
 
 
 # Search: runtime, Powertools, boto3 and the fp32 serving model after a few embeds hold 268 MB (VmRSS); 512 leaves
-# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,592 B per item
-# (`catalens bench index --sizes 100000`: resident arrays 4,591.3 B/item with the PCA-320 first stage), and a swap
-# may add SWAP_HEADROOM more.
+# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,633 B per item
+# (`catalens bench index --sizes 100000`: resident arrays 4,633.1 B/item with the PCA-320 first stage and the HNSW
+# graph; 4,580.0 at 1M, where the fixed arrays weigh less), and a swap may add SWAP_HEADROOM more.
+SEARCH_INDEX_BYTES = 4_633
 SEARCH = FunctionSizing(
-    "search", 512, round(4_592 * (1 + DEFAULT_SWAP_HEADROOM)), "bench index: resident bytes per item x swap headroom"
+    "search",
+    512,
+    round(SEARCH_INDEX_BYTES * (1 + DEFAULT_SWAP_HEADROOM)),
+    "bench index: resident bytes per item x swap headroom",
 )
 # Profiles: no model; it loads whole versions (never the first stage alone), and a swap may hold two.
-PROFILES = FunctionSizing("profiles", 256, 2 * 4_592, "bench index: resident bytes per item, two versions")
+PROFILES = FunctionSizing("profiles", 256, 2 * SEARCH_INDEX_BYTES, "bench index: resident bytes per item, two versions")
 # Builder: a compaction holds the previous version, the first stage as float32 for the graph, the graph library's
 # index (pynndescent's 2.0-2.2 KB per item when this was measured; faiss HNSW ~1.4 KB) and the new codes; the base is
-# Python and the libraries' code. Measured with pynndescent, whose peaks were the higher (15.0 vs 12.2 KB at 100k).
-# `catalens bench index --sizes 1000000`: a compaction of 1,000 changes into 1M items peaked at 9,885 MB (VmHWM).
+# Python and the libraries' code. `catalens bench index --sizes 1000000`: a compaction of 1,000 changes into 1M items
+# peaked at 9,885 MB (VmHWM) with pynndescent; with the HNSW graph 8,642 MB, and a first build of all 1M at once
+# 9,299 MB (RssAnon). The larger figure stays.
 BUILDER = FunctionSizing("builder", 450, 9_900, "bench index: compaction peak per item at 1M")
 
 SEARCH_SETTINGS_MB = (2048, 4096, 6144, 10240)
