@@ -255,6 +255,7 @@ def test_a_cold_start_loads_the_word_index_in_the_second_stage_and_503s_text_unt
     assert view.stage == "first"
     assert view.search(vector(7), 1)[0].item_id == "item-0007"  # the first (photo) answer ...
     assert not [key for key in blob.reads if "/snapshot/text." in key]  # ... read no word-index file
+    assert view.words == "loading"
     with pytest.raises(TextIndexLoadingError) as caught:
         view.search_text("oat milk", 5)
     assert caught.value.code == "index_unavailable"
@@ -266,6 +267,7 @@ def test_a_cold_start_loads_the_word_index_in_the_second_stage_and_503s_text_unt
     full = cache.view()
     assert full.stage == "full"
     assert full.snapshot.complete
+    assert full.words == "ready"
     assert any("/snapshot/text." in key for key in blob.reads)
     records = full.snapshot.records
     lazy = LexicalIndex.build(records.document(row)["fields"] for row in range(len(records)))

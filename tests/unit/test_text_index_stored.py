@@ -137,3 +137,25 @@ def test_postings_packed_in_blocks_match_one_block(monkeypatch: pytest.MonkeyPat
     blocked = LexicalIndex.build(documents)
     for name, array in whole.to_arrays().items():
         np.testing.assert_array_equal(blocked.to_arrays()[name], array)
+
+
+def test_the_service_answers_text_queries_503_and_health_says_loading_until_the_words_come() -> None:
+    from catalens.service.errors import http_status_for
+    from catalens.service.requests import SearchOptions, SearchRequest
+    from catalens.service.search import SearchService
+    from tests.unit.test_search_service import StubEmbedder
+
+    files = dict(build_snapshot(records(), model_fingerprint="stub-fp").to_files())
+    first = Snapshot.from_files({n: d for n, d in files.items() if not is_text_file(n)}, first_stage=True)
+    current = [IndexView(first)]
+    service = SearchService(embedder=StubEmbedder(), views=lambda: current[0])
+    assert service.health()["index"]["words"] == "loading"
+    with pytest.raises(TextIndexLoadingError) as caught:
+        service.search(SearchRequest(text="oat milk", options=SearchOptions(k=3)))
+    assert (caught.value.code, http_status_for(caught.value)) == ("index_unavailable", 503)
+    current[0] = IndexView(first.with_full_vectors({n: files[n] for n in first.second_stage_files()}))
+    assert service.health()["index"]["words"] == "ready"
+    assert service.search(SearchRequest(text="oat milk", options=SearchOptions(k=3))).hits
+    older = build_snapshot(records(), model_fingerprint="stub-fp", params=BuildParams(text_index=False))
+    current[0] = IndexView(older)
+    assert service.health()["index"]["words"] == "lazy"
