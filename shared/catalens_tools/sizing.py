@@ -34,16 +34,25 @@ class FunctionSizing:
 # Search: runtime, Powertools, boto3 and the fp32 serving model after a few embeds hold 268 MB (VmRSS); 512 leaves
 # room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,633 B per item
 # (`catalens bench index --sizes 100000`: resident arrays 4,633.1 B/item with the PCA-320 first stage and the HNSW
-# graph; 4,580.0 at 1M, where the fixed arrays weigh less), and a swap may add SWAP_HEADROOM more.
-SEARCH_INDEX_BYTES = 4_633
+# graph; 4,580.0 at 1M, where the fixed arrays weigh less) plus its stored lexical index, 262 B per item
+# (LexicalIndex.resident_bytes at 100k items of synthetic grocery text: 32 postings an item at 8 B, float32
+# lengths, a small vocabulary); a swap may add SWAP_HEADROOM more.
+INDEX_BYTES_PER_ITEM = 4_633
+TEXT_BYTES_PER_ITEM = 262
 SEARCH = FunctionSizing(
     "search",
     512,
-    round(SEARCH_INDEX_BYTES * (1 + DEFAULT_SWAP_HEADROOM)),
-    "bench index: resident bytes per item x swap headroom",
+    round((INDEX_BYTES_PER_ITEM + TEXT_BYTES_PER_ITEM) * (1 + DEFAULT_SWAP_HEADROOM)),
+    "bench index: resident bytes per item (vectors and words) x swap headroom",
 )
-# Profiles: no model; it loads whole versions (never the first stage alone), and a swap may hold two.
-PROFILES = FunctionSizing("profiles", 256, 2 * SEARCH_INDEX_BYTES, "bench index: resident bytes per item, two versions")
+# Profiles: no model; it loads whole versions (never the first stage alone; the lexical index too), and a swap may
+# hold two.
+PROFILES = FunctionSizing(
+    "profiles",
+    256,
+    2 * (INDEX_BYTES_PER_ITEM + TEXT_BYTES_PER_ITEM),
+    "bench index: resident bytes per item, two versions",
+)
 # Builder: a compaction holds the previous version, the first stage as float32 for the graph, the graph library's
 # index (pynndescent's 2.0-2.2 KB per item when this was measured; faiss HNSW ~1.4 KB) and the new codes; the base is
 # Python and the libraries' code. `catalens bench index --sizes 1000000`: a compaction of 1,000 changes into 1M items

@@ -61,6 +61,27 @@ b361a1d5ac407e12  second/projection.components.npy
 03827abb464d20ef  second/tombstones.json
 4b153ed4abe44356  second/vectors.npy
 """
+# The same builds with the lexical index stored (the builder's default since it was): every file above keeps its
+# bytes except snapshot.json, which lists the new ``text.*.npy`` files (catalens.text.lexical's arrays). The impacts
+# are float32 BM25 weights from numpy's log1p on a handful of short titles (not BLAS).
+GOLDEN_TEXT_SNAPSHOTS = """
+428d85597999814e  first/snapshot.json
+0d1ad03f7e0c2a20  first/text.df.npy
+08451dd53abdd160  first/text.impacts.npy
+66bada21a6997d1f  first/text.lengths.npy
+a6419fc47ef36862  first/text.offsets.npy
+d10d4178feb62d60  first/text.rows.npy
+dd1325115787d713  first/text.terms_blob.npy
+55cbd66868b44ced  first/text.terms_offsets.npy
+b8b9b5246e6305d8  second/snapshot.json
+88996e4524396793  second/text.df.npy
+1c2a533a4ae96681  second/text.impacts.npy
+66bada21a6997d1f  second/text.lengths.npy
+ff1066506710dbc7  second/text.offsets.npy
+7f0edc65ca2e20b7  second/text.rows.npy
+808dcffcd68a956e  second/text.terms_blob.npy
+79a270bb4eb6625b  second/text.terms_offsets.npy
+"""
 GOLDEN_STORE = """
 d317290d3b50aa72  index/deltas/shoes%2Fitem%2000/0000000000000000000000000000000a-put-434201a9d6be0717.json
 186db65d52c780af  index/deltas/shoes%2Fitem%2001/0000000000000000000000000000000b-put-9d58137f115a2740.json
@@ -231,8 +252,12 @@ def counted_uuids(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=next(counter)))
 
 
-def build_snapshots() -> str:
-    """A first build (projection and graph) and a compaction of it (updates, a delete, an expired tombstone)."""
+def build_snapshots(*, text_index: bool = False) -> str:
+    """A first build (projection and graph) and a compaction of it (updates, a delete, an expired tombstone).
+
+    Without ``text_index`` the builder writes what it wrote before the lexical index was stored (the bytes an
+    older reader and a rollback see are pinned by GOLDEN_SNAPSHOTS); with it, GOLDEN_TEXT_SNAPSHOTS pins the rest.
+    """
     projection = Projection(
         "pca",
         mean=np.zeros(MODEL_DIM, np.float32),
@@ -243,7 +268,12 @@ def build_snapshots() -> str:
         [record(i, seq=10 + i) for i in range(8)] + [record(20, seq=5, deleted=True)],
         model_fingerprint=FINGERPRINT,
         params=BuildParams(
-            layout="float32", projection=projection, graph_threshold=4, entry_points=1, graph_builder=ring_graph
+            layout="float32",
+            projection=projection,
+            graph_threshold=4,
+            entry_points=1,
+            graph_builder=ring_graph,
+            text_index=text_index,
         ),
         now=START,
     )
@@ -256,7 +286,7 @@ def build_snapshots() -> str:
         ],
         model_fingerprint=FINGERPRINT,
         previous=first,
-        params=BuildParams(layout="float32", graph_threshold=1_000, tombstone_ttl_seconds=10.0),
+        params=BuildParams(layout="float32", graph_threshold=1_000, tombstone_ttl_seconds=10.0, text_index=text_index),
         now=START + 40,
     )
     files = {f"first/{name}": data for name, data in first.to_files().items()}
@@ -274,7 +304,7 @@ def store_objects(part_size: int = PART_SIZE) -> str:
 
     def build(records: Iterator[ItemRecord], **kwargs: object):
         # format 1 (float32) is what every release reads; the compact format's PCA is not bit-exact across BLAS
-        kwargs["params"] = BuildParams(layout="float32")
+        kwargs["params"] = BuildParams(layout="float32", text_index=False)
         return build_snapshot(records, now=now[0], **kwargs)
 
     for i in range(6):
@@ -296,6 +326,16 @@ def store_objects(part_size: int = PART_SIZE) -> str:
 
 def test_snapshot_files_are_byte_for_byte_the_pre_split_format(frozen_timers: None) -> None:
     assert build_snapshots() == GOLDEN_SNAPSHOTS.lstrip("\n")
+
+
+def test_snapshot_files_with_the_lexical_index_add_text_files_only(frozen_timers: None) -> None:
+    with_text = build_snapshots(text_index=True).splitlines(keepends=True)
+    golden = GOLDEN_SNAPSHOTS.lstrip("\n").splitlines(keepends=True)
+    changed = [line for line in with_text if line.endswith("/snapshot.json\n") or "/text." in line]
+    assert "".join(changed) == GOLDEN_TEXT_SNAPSHOTS.lstrip("\n")
+    assert [line for line in with_text if line not in changed] == [
+        line for line in golden if not line.endswith("/snapshot.json\n")
+    ]
 
 
 def test_store_objects_are_byte_for_byte_the_pre_split_format(frozen_timers: None, counted_uuids: None) -> None:

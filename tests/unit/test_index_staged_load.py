@@ -37,10 +37,10 @@ class WatchedBlob(MemoryBlobStore):
     def _seen(self, key: str) -> None:
         with self._lock:
             self.reads.append(key)
-        if "/full-chunk." in key:
-            if self.on_chunk_read is not None:
+        if "/full-chunk." in key or "/snapshot/text." in key:  # the second stage: chunks and the lexical index
+            if self.on_chunk_read is not None and "/full-chunk." in key:
                 self.on_chunk_read(key)
-            assert self.release.wait(10), "a chunk read was never released"
+            assert self.release.wait(10), "a second-stage read was never released"
 
     def get(self, key: str, if_none_match_etag: str | None = None) -> Blob:
         self._seen(key)
@@ -221,3 +221,82 @@ def test_a_slow_revalidation_does_not_keep_the_old_version_alive_while_the_new_c
     assert old_alive_while_fetching
     assert not any(old_alive_while_fetching)
     assert cache.view().version.startswith(new_version)
+
+
+WORDS = ("oat milk", "whole milk", "oat drink barista", "creme fraiche", "lactose free milk", "rye bread")
+
+
+def put_titled(store: IndexStore, i: int, sequencer: int) -> None:
+    record = ItemRecord(
+        f"item-{i:04d}",
+        vector(i),
+        {"n": i, "title": f"{WORDS[i % len(WORDS)]} {i}"},
+        f"p/{i}.jpg",
+        "e",
+        f"{sequencer:08X}",
+    )
+    store.write_item(record, model_fingerprint="m")
+
+
+def test_a_cold_start_loads_the_word_index_in_the_second_stage_and_503s_text_until_then() -> None:
+    from catalens.service.errors import http_status_for
+    from catalens.text.catalog import TextIndexLoadingError
+    from catalens.text.lexical import LexicalIndex
+
+    blob = WatchedBlob()
+    store = IndexStore(blob, "index/", fetch_workers=4)
+    for i in range(ITEMS):
+        put_titled(store, i, i + 1)
+    store.compact(model_fingerprint="m", params=PARAMS)
+    blob.release.clear()
+    blob.reads.clear()
+    cache = IndexCache(store, background=True, stage_above_bytes=0)
+    view = cache.view()
+    assert view.stage == "first"
+    assert view.search(vector(7), 1)[0].item_id == "item-0007"  # the first (photo) answer ...
+    assert not [key for key in blob.reads if "/snapshot/text." in key]  # ... read no word-index file
+    assert view.words == "loading"
+    with pytest.raises(TextIndexLoadingError) as caught:
+        view.search_text("oat milk", 5)
+    assert caught.value.code == "index_unavailable"
+    assert http_status_for(caught.value) == 503
+    with pytest.raises(TextIndexLoadingError):
+        view.text_scores("oat", ["item-0001"])  # photo + words waits for it too
+    blob.release.set()
+    assert cache.wait_idle(10)
+    full = cache.view()
+    assert full.stage == "full"
+    assert full.snapshot.complete
+    assert full.words == "ready"
+    assert any("/snapshot/text." in key for key in blob.reads)
+    records = full.snapshot.records
+    lazy = LexicalIndex.build(records.document(row)["fields"] for row in range(len(records)))
+    for query in ("oat milk", "milk", "barista 13", "rye", "nothing here"):
+        expected = [(full.snapshot.item_id(int(r)), s) for r, s in zip(*lazy.search(query, 20), strict=True)]
+        got = [(h.item_id, h.score) for h in full.search_text(query, 20)]
+        assert got == expected
+
+
+def test_a_swap_shares_unchanged_word_index_files_by_sha256() -> None:
+    blob = WatchedBlob()
+    store = IndexStore(blob, "index/", fetch_workers=4)
+    for i in range(ITEMS):
+        put_titled(store, i, i + 1)
+    store.compact(model_fingerprint="m", params=PARAMS)
+    cache = IndexCache(store, background=False, ttl_seconds=0, stage_above_bytes=0)
+    old = cache.view()
+    assert old.snapshot.text is not None
+    before = store.read_manifest()[0].current.files
+    record = ItemRecord("item-0003", vector(3, 1), {"n": 3, "title": "rye bread 3"}, "p/3.jpg", "e1", "000F0000")
+    store.write_item(record, model_fingerprint="m")
+    store.compact(params=PARAMS)
+    after = store.read_manifest()[0].current.files
+    blob.reads.clear()
+    swapped = cache.view()
+    assert swapped.snapshot.complete
+    assert swapped.search_text("rye bread 3", 1)[0].item_id == "item-0003"
+    fetched = {key.rsplit("/", 1)[-1] for key in blob.reads if "/snapshot/text." in key}
+    text_files = {name.rsplit("/", 1)[-1]: meta["sha256"] for name, meta in after.items() if "/text." in name}
+    old_hashes = {meta["sha256"] for meta in before.values()}
+    assert fetched == {name for name, sha in text_files.items() if sha not in old_hashes}
+    assert fetched != set(text_files)  # a title change moves some arrays (impacts, lengths), not all of them

@@ -15,8 +15,9 @@ assignment of a whole, verified state, so a reader sees a whole version or the p
 
 A compact version loads in two stages (docs/design.md, "The index at catalog scale"): the first stage (ids, records,
 columns, graph, int8 first-stage codes: well under 1 KB per item) is fetched, checked and answering before the full
-vectors; those (int8 chunks, ~4 KB per item) follow on a background thread, and until they are in, answers come
-from vectors rebuilt from the first stage and say so (``stage`` of the view, ``index.stage`` in the API). A new
+vectors; those (int8 chunks, ~4 KB per item) and the stored lexical index (``text.*.npy``, ~0.3 KB per item) follow
+on a background thread, and until they are in, answers come from vectors rebuilt from the first stage and say so
+(``stage`` of the view, ``index.stage`` in the API), and text queries answer 503 ``index_unavailable``. A new
 version shares every chunk whose sha256 the version in memory already holds; when what it would add beside the
 old one passes ``swap_headroom`` of the old one's bytes, the old version is let go first and the new one answers
 from its first stage until its chunks are in: a swap never holds two versions' worth of vectors.
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING
 from catalens.index.deltas import Delta, DeltaKey, SnapshotCoverage
 from catalens.index.layout import SNAPSHOT_DIR
 from catalens.index.manifest import Manifest, QueryDomainEntry, VersionEntry
+from catalens.index.snapshot import is_second_stage_file
 from catalens.index.store import IndexStore, LoadedVersion, make_view
 from catalens.index.vectors import is_chunk_file
 from catalens.ports import NotModifiedError
@@ -287,7 +289,7 @@ class IndexCache:
         from catalens.index.snapshot import Snapshot, SnapshotError
 
         held = current.loaded.reusable if current is not None and current.loaded is not None else {}
-        files = self.store.fetch_version_files(entry, lambda name: not is_chunk_file(name), reuse=held)
+        files = self.store.fetch_version_files(entry, lambda name: not is_second_stage_file(name), reuse=held)
         try:
             snapshot = Snapshot.from_files(files, verify=False, first_stage=True)
         except SnapshotError as exc:
@@ -295,13 +297,14 @@ class IndexCache:
         if len(snapshot) != entry.items:
             raise CorruptIndexError(f"version {entry.version}: {len(snapshot)} items, manifest says {entry.items}")
         loaded = LoadedVersion(entry=entry, snapshot=snapshot, files=files)
-        if snapshot.stage == "full":
+        if snapshot.complete:
             return loaded
         held_bytes = sum(len(view) for view in held.values())
-        chunks = [meta for name, meta in entry.files.items() if is_chunk_file(name.rsplit("/", 1)[-1])]
+        later = {name.rsplit("/", 1)[-1]: meta for name, meta in entry.files.items()}
+        later = {name: meta for name, meta in later.items() if is_second_stage_file(name)}
         added = sum(len(view) for name, view in files.items() if _sha256(entry, name) not in held)
-        added += sum(int(meta["size"]) for meta in chunks if meta["sha256"] not in held)
-        small = sum(int(meta["size"]) for meta in chunks) <= self.stage_above_bytes
+        added += sum(int(meta["size"]) for meta in later.values() if meta["sha256"] not in held)
+        small = sum(int(meta["size"]) for name, meta in later.items() if is_chunk_file(name)) <= self.stage_above_bytes
         if not self.staged or small or (held_bytes and added <= self.swap_headroom * held_bytes):
             return self._with_full_vectors(loaded, held)
         if held_bytes:
@@ -309,7 +312,7 @@ class IndexCache:
         return loaded
 
     def _with_full_vectors(self, loaded: LoadedVersion, reuse: Mapping[str, memoryview]) -> LoadedVersion:
-        chunks = self.store.fetch_version_files(loaded.entry, is_chunk_file, reuse=reuse)
+        chunks = self.store.fetch_version_files(loaded.entry, set(loaded.snapshot.second_stage_files()), reuse=reuse)
         snapshot = loaded.snapshot.with_full_vectors(chunks)
         self.stats.full_vectors_loaded += 1
         return LoadedVersion(entry=loaded.entry, snapshot=snapshot, files={**loaded.files, **chunks})
@@ -317,7 +320,7 @@ class IndexCache:
     def _complete(self, state: _State) -> None:
         """Bring the full vectors of a first-stage state (on a thread when ``background``), then swap them in."""
         loaded = state.loaded
-        if loaded is None or loaded.snapshot.stage == "full":
+        if loaded is None or loaded.snapshot.complete:
             return
         # Chunks the previous version held are shared when the sha256 matches; only those are kept alive here.
         reuse, self._shared_chunks = self._shared_chunks, {}
@@ -353,14 +356,14 @@ class IndexCache:
                 return current
             if current is not None:
                 new = _carry_newer_deltas(current, new)
-                if new.loaded is not None and new.loaded.snapshot.stage == "first" and current.loaded is not None:
+                if new.loaded is not None and not new.loaded.snapshot.complete and current.loaded is not None:
                     # keep only the old chunks the new version shares; the rest goes with the old state
                     wanted = {meta["sha256"] for meta in new.loaded.entry.files.values()}
                     self._shared_chunks = {sha: view for sha, view in current.loaded.reusable.items() if sha in wanted}
             self._state = new
         complete = (
             new.loaded is not None
-            and new.loaded.snapshot.stage == "first"
+            and not new.loaded.snapshot.complete
             and (current is None or current.loaded is not new.loaded)
         )
         del current  # not held while the second stage starts: its chunks may arrive before this frame returns

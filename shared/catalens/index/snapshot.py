@@ -36,12 +36,25 @@ from catalens.index.graph import GraphSearcher, NeighbourGraph
 from catalens.index.records import IndexedItem, ItemRecord
 from catalens.index.reduce import Projection, normalise
 from catalens.index.vectors import CompactVectors, DenseVectors, Stage, VectorTable, is_chunk_file
+from catalens.text.lexical import FORMAT as TEXT_FORMAT
+from catalens.text.lexical import LexicalIndex
 
 FORMAT = "catalens-index/1"  # float32 vectors: what every release reads
 COMPACT_FORMAT = "catalens-index/2"  # compact vectors (catalens.index.vectors): readers from this release on
 FORMATS = (FORMAT, COMPACT_FORMAT)
 META_FILE = "snapshot.json"
 _MASK_CACHE_SIZE = 32
+TEXT_PREFIX = "text."  # the lexical index's arrays: text.<name>.npy (docs/design.md, "Words")
+
+
+def is_text_file(name: str) -> bool:
+    """A file of the snapshot's stored lexical index."""
+    return name.startswith(TEXT_PREFIX)
+
+
+def is_second_stage_file(name: str) -> bool:
+    """A file a staged load fetches after the first answer: full-vector chunks and the lexical index."""
+    return is_chunk_file(name) or is_text_file(name)
 
 
 class SnapshotError(CatalensError):
@@ -92,6 +105,10 @@ class Snapshot:
     projection: Projection | None = None
     graph: NeighbourGraph | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    # The BM25 index over the rows' words, in row order (None: not stored, or not loaded yet). ``text_files`` names
+    # the files the version stores it in; a snapshot with names but no index is waiting for its second stage.
+    text: LexicalIndex | None = None
+    text_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.table, np.ndarray):
@@ -101,6 +118,8 @@ class Snapshot:
             raise SnapshotError("snapshot arrays disagree on the number of items")
         if self.graph is not None and self.graph.n_vertices != n:
             raise SnapshotError("snapshot graph does not match its vectors")
+        if self.text is not None and len(self.text) != n:
+            raise SnapshotError("snapshot lexical index does not match its rows")
         if self.projection is not None and self.table.layout == "compact":
             raise SnapshotError("a compact snapshot keeps index space = model space (no projection)")
         expected_dim = self.projection.output_dim if self.projection is not None else self.model_dim
@@ -122,6 +141,16 @@ class Snapshot:
     def stage(self) -> Stage:
         """``full`` when every vector is loaded; ``first`` while a compact snapshot answers from its first stage."""
         return self.table.stage
+
+    @property
+    def complete(self) -> bool:
+        """True when nothing is left for a second stage (full vectors in, lexical index in or not stored)."""
+        return self.stage == "full" and not self.text_pending
+
+    @property
+    def text_pending(self) -> bool:
+        """The version stores a lexical index that is not loaded yet (text queries must wait for it)."""
+        return bool(self.text_files) and self.text is None
 
     @property
     def vectors(self) -> np.ndarray:
@@ -255,6 +284,9 @@ class Snapshot:
         if self.graph is not None:
             for name, array in self.graph.arrays().items():
                 arrays[f"graph.{name}.npy"] = array
+        if self.text is not None:
+            for name, array in self.text.to_arrays().items():
+                arrays[f"{TEXT_PREFIX}{name}.npy"] = array
         files = SnapshotFiles(arrays)
         files.add("tombstones.json", canonical_json([_tombstone_doc(t) for t in self.tombstones]).encode())
         compact = isinstance(self.table, CompactVectors)
@@ -283,6 +315,8 @@ class Snapshot:
         }
         if compact:  # format 1 snapshots keep their bytes: an older reader can still load a float32 version
             meta["vectors"] = self.table.describe()
+        if self.text is not None:  # absent, not null: a snapshot without one keeps its bytes
+            meta["text"] = {"format": TEXT_FORMAT, "arrays": sorted(self.text.to_arrays())}
         files.add(META_FILE, json.dumps(meta, sort_keys=True, indent=1).encode())
         return files
 
@@ -295,7 +329,8 @@ class Snapshot:
         ``verify`` checks each file's sha256 against ``snapshot.json`` (a few hundred MB/s);
         sizes and presence are always checked, so a half-written version is refused. With ``first_stage`` a
         compact snapshot may come without its full-vector chunks (:func:`~catalens.index.vectors.is_chunk_file`):
-        it then answers from its first stage until :meth:`with_full_vectors` adds them.
+        it then answers from its first stage until :meth:`with_full_vectors` adds them; its lexical index
+        (:func:`is_text_file`) may be missing too, and text queries wait for the same call.
         """
         if META_FILE not in files:
             raise SnapshotError(f"snapshot has no {META_FILE}")
@@ -307,7 +342,7 @@ class Snapshot:
             raise SnapshotError(f"unknown snapshot format {meta.get('format')!r} (expected one of {FORMATS})")
         for name, expected in meta["files"].items():
             if name not in files:
-                if first_stage and is_chunk_file(name):
+                if first_stage and is_second_stage_file(name):
                     continue
                 raise SnapshotError(f"snapshot {meta.get('version')} is missing {name}")
             data = files[name]
@@ -343,6 +378,14 @@ class Snapshot:
             if vectors.ndim == 1:  # an empty snapshot saved as shape (0,)
                 vectors = vectors.reshape(0, meta["dim"])
             table = DenseVectors(vectors)
+        text_files: tuple[str, ...] = ()
+        text = None
+        if meta.get("text"):
+            if meta["text"].get("format") != TEXT_FORMAT:
+                raise SnapshotError(f"unknown lexical index format {meta['text'].get('format')!r}")
+            text_files = tuple(f"{TEXT_PREFIX}{name}.npy" for name in meta["text"]["arrays"])
+            if all(name in files for name in text_files):
+                text = _text_index(files, text_files, meta.get("version"))
         return cls(
             version=meta["version"],
             model_fingerprint=meta["model_fingerprint"],
@@ -356,19 +399,32 @@ class Snapshot:
             projection=projection,
             graph=graph,
             info=meta.get("info", {}),
+            text=text,
+            text_files=text_files,
         )
 
     def with_full_vectors(self, files: Mapping[str, bytes | memoryview]) -> Snapshot:
-        """This first-stage snapshot with its full-vector chunks (``chunk file name -> bytes``, verified by the
-        caller against the manifest), the second stage of a staged load."""
-        if not isinstance(self.table, CompactVectors) or self.table.stage == "full":
-            return self
-        try:
-            return self.with_table(
-                self.table.with_chunks([_npy_view(files[name], name) for name in self.chunk_files()])
-            )
-        except (KeyError, ValueError) as exc:
-            raise SnapshotError(f"snapshot {self.version}: full-vector chunks do not fit: {exc}") from exc
+        """This first-stage snapshot with its second stage: full-vector chunks and lexical index (``file name ->
+        bytes``, :meth:`second_stage_files`, verified by the caller against the manifest)."""
+        snapshot = self
+        if isinstance(self.table, CompactVectors) and self.table.stage == "first":
+            try:
+                snapshot = self.with_table(
+                    self.table.with_chunks([_npy_view(files[name], name) for name in self.chunk_files()])
+                )
+            except (KeyError, ValueError) as exc:
+                raise SnapshotError(f"snapshot {self.version}: full-vector chunks do not fit: {exc}") from exc
+        if self.text_pending:
+            missing = [name for name in self.text_files if name not in files]
+            if missing:
+                raise SnapshotError(f"snapshot {self.version}: lexical index files missing: {missing}")
+            snapshot = replace(snapshot, text=_text_index(files, self.text_files, self.version))
+        return snapshot
+
+    def second_stage_files(self) -> list[str]:
+        """Names of the files this snapshot still waits for (empty once :attr:`complete`)."""
+        names = self.chunk_files() if self.stage == "first" else []
+        return names + (list(self.text_files) if self.text_pending else [])
 
     def chunk_files(self) -> list[str]:
         """Names of the files the first stage answers without (empty for a float32 snapshot)."""
@@ -392,6 +448,8 @@ class Snapshot:
             total += sum(c.nbytes for c in self.table.chunks)
         if self.graph is not None:
             total += sum(a.nbytes for a in self.graph.arrays().values())
+        if self.text is not None:
+            total += self.text.resident_bytes()
         return int(total)
 
 
@@ -462,6 +520,15 @@ def _npy_view(data: bytes | memoryview, name: str) -> np.ndarray:
         raise SnapshotError(f"snapshot file {name} is truncated")
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _text_index(files: Mapping[str, bytes | memoryview], names: Sequence[str], version: Any) -> LexicalIndex:
+    """The stored lexical index over the given buffers (arrays shared, the vocabulary decoded once)."""
+    try:
+        arrays = {name[len(TEXT_PREFIX) : -len(".npy")]: _npy_view(files[name], name) for name in names}
+        return LexicalIndex.from_arrays(arrays)
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"snapshot {version}: lexical index does not load: {exc}") from exc
 
 
 def _tombstone_doc(record: ItemRecord) -> dict[str, Any]:

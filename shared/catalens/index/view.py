@@ -211,6 +211,15 @@ class IndexView:
         return self.snapshot.stage if self.snapshot is not None else "full"
 
     @property
+    def words(self) -> str:
+        """The word index: ``ready`` (stored with the version and loaded), ``loading`` (text queries answer 503
+        until the second stage is in) or ``lazy`` (an older version: built on the first text query)."""
+        snapshot = self.snapshot
+        if snapshot is None or snapshot.text is not None:
+            return "ready"
+        return "loading" if snapshot.text_pending else "lazy"
+
+    @property
     def model_fingerprint(self) -> str | None:
         """Fingerprint of the model the snapshot was built with (None without a snapshot)."""
         return self.snapshot.model_fingerprint if self.snapshot is not None else None

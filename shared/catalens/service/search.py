@@ -418,7 +418,7 @@ class SearchService:
         return {
             "status": "ok",
             "index_version": view.version,
-            "index": {"version": view.version, "stage": view.stage},
+            "index": {"version": view.version, "stage": view.stage, "words": getattr(view, "words", None)},
             "item_count": len(view),
             "model": {"name": card.name, "fingerprint": card.fingerprint()},
             "personalization": self.profiles is not None,

@@ -7,9 +7,11 @@ the full vectors arrive, and that must not build the index again. Items the delt
 folds them in within minutes), so they are scored one by one against the snapshot's statistics, like the vector
 side searches them exactly (docs/design.md, invariant 3).
 
-The lexical index is built from the snapshot's own records the first time a text query needs it, on the thread
-that asks (about 5 s per 100k items); a build of one snapshot never holds up queries on another whose index is
-built. docs/design.md, "Words", says why it is not yet stored beside the vectors.
+The builder stores the lexical index with each version (``text.*.npy``), and a search process loads it in the
+second stage with the full vectors; until it is in, a text query is answered 503 ``index_unavailable``
+(:class:`TextIndexLoadingError`), as when the index is not ready. A snapshot written before the index was stored
+builds it from its own records the first time a text query needs it, on the thread that asks (about 5 s per 100k
+items); a build of one snapshot never holds up queries on another whose index is built.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from catalens.errors import CatalensError
 from catalens.text.lexical import LexicalIndex, item_terms
 
 # Keyed by the snapshot's record table (compared by identity): a staged load's second snapshot object shares it.
@@ -29,13 +32,28 @@ _building: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDicti
 _lock = threading.Lock()
 
 
+class TextIndexLoadingError(CatalensError):
+    """The version's stored lexical index is still loading (second stage of a cold start or a swap): try again."""
+
+    code = "index_unavailable"
+
+
 def built_index(snapshot: Any) -> LexicalIndex | None:
-    """The snapshot's lexical index if it has been built (tests, health)."""
-    return _built.get(snapshot.records)
+    """The snapshot's lexical index if it is stored or has been built (tests, health)."""
+    stored = getattr(snapshot, "text", None)
+    return stored if stored is not None else _built.get(snapshot.records)
 
 
 def snapshot_text_index(snapshot: Any, documents: Callable[[], Iterable[Mapping[str, Any]]]) -> LexicalIndex:
-    """The lexical index of ``snapshot`` (built from ``documents()``, its rows' fields in row order, once)."""
+    """The lexical index of ``snapshot``: the stored one, or (older snapshots) built from ``documents()``, its rows'
+    fields in row order, once. Raises :class:`TextIndexLoadingError` while a stored one is still loading."""
+    stored = getattr(snapshot, "text", None)
+    if stored is not None:
+        return stored
+    if getattr(snapshot, "text_pending", False):
+        raise TextIndexLoadingError(
+            f"the word index of version {snapshot.version} is still loading; retry in a few seconds"
+        )
     key = snapshot.records
     index = _built.get(key)
     if index is not None:

@@ -445,13 +445,17 @@ SEARCH_SCRIPT = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
     from catalens.index import IndexView, Snapshot
+    from catalens.index.snapshot import is_second_stage_file
     from catalens.index.vectors import is_chunk_file
     t1 = time.perf_counter()
     root = pathlib.Path(sys.argv[1])
     meta_bytes = (root / "snapshot.json").read_bytes()
     meta = json.loads(meta_bytes)
-    first = [n for n in meta["files"] if not is_chunk_file(n)]
-    rest = [n for n in meta["files"] if is_chunk_file(n)]
+    # as the search cache: a compact version's full-vector chunks and lexical index come after the first answer;
+    # a float32 one loads whole
+    staged = any(is_chunk_file(n) for n in meta["files"])
+    first = [n for n in meta["files"] if not (staged and is_second_stage_file(n))]
+    rest = [n for n in meta["files"] if staged and is_second_stage_file(n)]
     pool = ThreadPoolExecutor(4)  # hashlib releases the GIL: files are checked in parallel, as the store does
 
     def read_and_check(names):
