@@ -1034,3 +1034,25 @@ def test_a_bad_text_query_is_a_400_and_the_next_one_is_served(
     assert status == 400
     assert body["code"] in {"missing_query", "invalid_query", "invalid_parameter"}
     assert call(rest_event("GET", "/search", query={"q": "item 2"}))[1]["hits"][0]["item_id"] == "sku-2"
+
+
+def test_a_text_query_while_the_word_index_loads_is_a_retryable_503_not_a_server_error(
+    catalog: dict[str, bytes], call: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from catalens.index.view import IndexView
+    from catalens.text.catalog import TextIndexLoadingError
+
+    def loading(self: IndexView, *args: Any, **kwargs: Any) -> Any:
+        raise TextIndexLoadingError("the word index of version v is still loading; retry in a few seconds")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IndexView, "search_text", loading)
+        capsys.readouterr()
+        status, body, headers = call(rest_event("GET", "/search", query={"q": "item 2"}))
+        assert (status, body["code"]) == (503, "index_unavailable")
+        assert headers["retry-after"] == "2"
+        (document,) = emf_documents(capsys.readouterr().out)
+        assert (document["RetryLater"], document["code"]) == ([1.0], "index_unavailable")
+        assert "ServerErrors" not in document
+    # once it has loaded, the same query is answered
+    assert call(rest_event("GET", "/search", query={"q": "item 2"}))[1]["hits"][0]["item_id"] == "sku-2"

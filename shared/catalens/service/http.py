@@ -125,18 +125,26 @@ def register_error_handlers(app: Any, logger: logging.Logger | Any, metrics: Met
 
     Each error answer is counted once: ``ClientErrors`` (4xx) or ``ServerErrors`` (5xx) by ``code``, so a
     dashboard shows which mistakes clients make and an alarm can watch the errors API Gateway sees as 200s
-    from a function that never raises.
+    from a function that never raises. An error that names ``retry_after_seconds`` (a part of the index still
+    loading, by design) is a 503 with ``Retry-After``, logged at info and counted as ``RetryLater``: it is
+    expected after every cold start and must not page anyone.
     """
     sink = metrics or NullMetrics()
 
-    def answer(code: str, message: str, status: int) -> Response:
-        kind = "ServerErrors" if status >= 500 else "ClientErrors"
+    def answer(code: str, message: str, status: int, kind: str | None = None) -> Response:
+        kind = kind or ("ServerErrors" if status >= 500 else "ClientErrors")
         sink.emit_group({kind: (1, "Count")}, {"code": code})
         return error_response(code, message, status)
 
     @app.exception_handler(CatalensError)
     def _catalens_error(exc: CatalensError) -> Response:
         status = http_status_for(exc)
+        retry_after = getattr(exc, "retry_after_seconds", None)
+        if retry_after is not None:
+            logger.info("request deferred", extra={"code": exc.code, "status": status, "reason": str(exc)})
+            response = answer(exc.code, str(exc), status, kind="RetryLater")
+            response.headers["Retry-After"] = str(retry_after)
+            return response
         if status >= 500:
             logger.exception("request failed on the server side", extra={"code": exc.code})
         else:

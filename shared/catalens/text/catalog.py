@@ -36,6 +36,7 @@ class TextIndexLoadingError(CatalensError):
     """The version's stored lexical index is still loading (second stage of a cold start or a swap): try again."""
 
     code = "index_unavailable"
+    retry_after_seconds = 2  # the second stage lands seconds after the first answer (docs/operations.md)
 
 
 def built_index(snapshot: Any) -> LexicalIndex | None:
