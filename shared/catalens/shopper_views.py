@@ -286,7 +286,7 @@ class RecentShelf:
         self.size = max(0, size)
         self._products: list[Product] = []
 
-    def others(self, product: Product) -> list[Product]:
+    def others(self, product: Product | None = None) -> list[Product]:
         """Products to stand behind ``product`` (never itself)."""
         return [p for p in self._products if p is not product]
 

@@ -1,11 +1,12 @@
 """Query-domain storage: the query samples search writes, and the reference the builder folds them into.
 
 Search writes a share of its photo query embeddings under fresh keys (float16, nothing else: no photo, no user
-id). The builder folds the newest samples of the current model into an immutable, content-addressed reference
-object, then makes the manifest name it with the manifest's usual guarded swap. Readers load the reference the
-manifest names, verified against its size and sha256; compaction and rollback carry the manifest's entry over
-untouched. Calibration is an optimisation: a missing or corrupt reference leaves searches uncalibrated, never
-failing (:mod:`catalens.query_domain` holds the arithmetic).
+id); until there are enough of them, ingest's seed samples (synthetic shoppers' photos of a sample of the catalog,
+``queries/seeds/``) stand in. The builder folds the newest samples of the current model into an immutable,
+content-addressed reference object, then makes the manifest name it with the manifest's usual guarded swap.
+Readers load the reference the manifest names, verified against its size and sha256; compaction and rollback carry
+the manifest's entry over untouched. Calibration is an optimisation: a missing or corrupt reference leaves searches
+uncalibrated, never failing (:mod:`catalens.query_domain` holds the arithmetic).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import numpy as np
 from catalens.index.errors import CorruptIndexError, InvalidRecordError, ManifestConflictError
 from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, fetch_all, iso_time
 from catalens.index.manifest import DEFAULT_RETRY, Manifest, ManifestStore, QueryDomainEntry, RetryPolicy
-from catalens.ports import BlobNotFoundError, BlobStore, NotModifiedError
-from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
+from catalens.ports import BlobNotFoundError, BlobStore, NotModifiedError, PreconditionFailedError
+from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, MIN_REFERENCE, SEED_ITEMS, QueryDomain, SeedSample
 
 log = logging.getLogger(__name__)
 
 QUERY_SAMPLE_MAX_AGE_DAYS = 30
 QUERY_SAMPLE_READ_FACTOR = 4  # refresh reads up to this × max_reference newest samples
+QUERY_SEEDS_DIR = "queries/seeds/"  # synthetic shoppers' photos per model: <fingerprint>/<item hash>-<view>.npy
 
 
 class QueryDomainStore:
@@ -137,6 +139,61 @@ class QueryDomainStore:
             samples.append(sample)
         return samples
 
+    def _seed_base(self, model_fingerprint: str) -> str:
+        return f"{self.prefix}{QUERY_SEEDS_DIR}{_fingerprint_dir(model_fingerprint)}/"
+
+    def write_seed_sample(self, sample: SeedSample, *, model_fingerprint: str) -> str | None:
+        """Store one synthetic shopper's photo embedding (float16) of an item; returns the key, or None when that
+        item's view is already stored (a re-delivery: the key is a pure function of model, item hash and view)."""
+        vector = _query_sample(sample.vector)
+        if not model_fingerprint:
+            raise InvalidRecordError("a seed sample needs the fingerprint of the model that embedded it")
+        key = f"{self._seed_base(model_fingerprint)}{sample.item_hash}-{sample.view:02d}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, vector, allow_pickle=False)
+        try:
+            self.blob.put(key, buffer.getvalue(), if_none_match=True)
+        except PreconditionFailedError:
+            return None
+        return key
+
+    def seed_item_hashes(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[str]:
+        """The ``items`` smallest item hashes that have seed samples, ascending (LIST stops once it has them)."""
+        hashes: list[str] = []
+        for info in self.blob.list(self._seed_base(model_fingerprint)):
+            item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
+            if not hashes or hashes[-1] != item_hash:
+                if len(hashes) == items:
+                    break
+                hashes.append(item_hash)
+        return hashes
+
+    def seed_samples(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[np.ndarray]:
+        """The seed samples of the ``items`` smallest item hashes (a uniform sample of the catalog's items), float32."""
+        base = self._seed_base(model_fingerprint)
+        keys: list[str] = []
+        hashes: set[str] = set()
+        for info in self.blob.list(base):
+            item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
+            if item_hash not in hashes and len(hashes) == items:
+                break
+            hashes.add(item_hash)
+            keys.append(info.key)
+        fetched = fetch_all(self.blob, {key: key for key in keys}, workers=self.fetch_workers)
+        samples = []
+        for key in keys:
+            data = fetched[key]
+            if data is None:
+                continue
+            try:
+                sample = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+            except (ValueError, TypeError, OSError, EOFError):
+                log.warning("skipping undecodable seed sample %s", key, exc_info=True)
+                continue
+            if sample.ndim == 1:
+                samples.append(sample)
+        return samples
+
     def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
         """The reference the manifest names, verified against its size and sha256 (CorruptIndexError if not)."""
         try:
@@ -186,10 +243,15 @@ class QueryDomainStore:
                 samples = self.recent_query_samples(
                     model_fingerprint=fingerprint, limit=QUERY_SAMPLE_READ_FACTOR * max_reference, now=now
                 )
-                domain = QueryDomain.from_samples(samples, beta=beta, max_reference=max_reference)
+                # the seed stands in only until real samples suffice: read it only then
+                seeds = self.seed_samples(model_fingerprint=fingerprint) if len(samples) < MIN_REFERENCE else []
+                domain = QueryDomain.from_samples(samples, seeds=seeds, beta=beta, max_reference=max_reference)
                 if domain is None:
                     log.info(
-                        "query domain not refreshed: %d samples of model %s are too few", len(samples), fingerprint
+                        "query domain not refreshed: %d samples and %d seed samples of model %s are too few",
+                        len(samples),
+                        len(seeds),
+                        fingerprint,
                     )
                     return None
                 built = (fingerprint, domain)
