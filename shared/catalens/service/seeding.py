@@ -1,17 +1,18 @@
 """Ingest's part in the query domain's seed: synthetic shoppers' photos of a sample of the catalog.
 
 Query-domain calibration (:mod:`catalens.query_domain`) needs a reference of shoppers' photo embeddings; search
-samples real ones, but a new shop (or a new model) has none, and until 30 exist search ranks by plain cosine
-(train-as-queries top-1 0.363). The seed fills that gap: ingest, which holds the model and the photo, makes a
+samples real ones, but a new shop (or a new model) has none, and until 30 exist search ranked by plain cosine.
+The seed fills that gap: ingest, which holds the model and the photo, makes a
 couple of synthetic shoppers' photos of the product (:func:`catalens.shopper_views.seed_views`: cut out, stood in
 front of a shelf of the products this process indexed last, turned, relit, blurred, JPEG-compressed), embeds them
 and stores them beside the query samples. The builder uses them only while fewer than 30 real samples exist
-(calibrating from the seed alone: train top-1 0.45, val 0.49, docs/evaluation.md).
+(calibrating from the seed alone, int8: train-as-queries top-1 0.376 → 0.441, val 0.456 → 0.508;
+docs/evaluation.md).
 
 Which items are seeded: a bottom-k sample by hash. An item's hash (:func:`catalens.query_domain.seed_item_hash`) is
 compared with the ``items``-th smallest hash already seeded (one LIST, cached for ``refresh_seconds``); only a
 smaller one is seeded. The seeded items are a uniform sample of the catalog whatever the upload order, and over a
-catalog of N items only about ``items · (1 + ln(N / items))`` are ever seeded (≈1,200 at a million items, of 128),
+catalog of N items only about ``items · (1 + ln(N / items))`` are ever seeded (≈1,300 at a million items, of 128),
 each costing ``views`` forward passes once: the catalog's other items pay one LIST per ``refresh_seconds`` per
 process, not a forward pass. Seeding is best effort: a failure is logged and counted, never fails the ingest.
 """
