@@ -58,6 +58,20 @@ def test_seeds_stand_in_until_real_samples_suffice_and_then_wholly_give_way() ->
     assert len(real) == MIN_REFERENCE
     np.testing.assert_allclose(real.reference, QueryDomain.from_samples(enough).reference)
     assert QueryDomain.from_samples(few[:5], seeds=seeds[:5]) is None  # too few of both
+    assert mixed.seeded
+    assert not real.seeded
+
+
+def test_a_seeded_domain_centres_but_charges_no_hubness() -> None:
+    seeds = [vector(1000 + i) for i in range(40)]
+    domain = QueryDomain.from_samples([], seeds=seeds)
+    assert domain is not None
+    catalog = np.stack([vector(i) for i in range(8)])
+    calibrated, centred, hubness = domain.calibrate(vector(99), catalog, catalog.mean(axis=0))
+    assert not hubness.any()
+    np.testing.assert_allclose(calibrated, centred)
+    real = QueryDomain(domain.reference)
+    assert real.calibrate(vector(99), catalog, catalog.mean(axis=0))[2].any()
 
 
 def test_an_items_seed_hash_depends_on_the_model() -> None:
@@ -116,9 +130,12 @@ def test_the_builder_calibrates_from_the_seed_until_real_samples_suffice(store: 
     seeded = store.queries.refresh_query_domain()
     assert seeded is not None
     assert seeded.count == 40
+    assert store.queries.load_query_domain(seeded).seeded  # the flag travels with the reference object
     for i in range(MIN_REFERENCE):
         store.queries.write_query_sample(vector(500 + i), model_fingerprint=FINGERPRINT)
     real = store.queries.refresh_query_domain()
+    assert real is not None
+    assert not store.queries.load_query_domain(real).seeded
     assert real is not None
     assert real.count == MIN_REFERENCE
     assert real.sha256 != seeded.sha256

@@ -203,7 +203,7 @@ class QueryDomainStore:
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise CorruptIndexError(f"query-domain reference {entry.key!r} does not match the manifest's checksum")
         try:
-            domain = QueryDomain(decode_query_reference(data), beta=entry.beta)
+            domain = QueryDomain(decode_query_reference(data), beta=entry.beta, seeded=is_seeded_reference(data))
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise CorruptIndexError(f"query-domain reference {entry.key!r} cannot be decoded: {exc}") from exc
         if len(domain) != entry.count:
@@ -256,7 +256,7 @@ class QueryDomainStore:
                     return None
                 built = (fingerprint, domain)
             domain = built[1]
-            data = encode_query_reference(domain.reference)
+            data = encode_query_reference(domain.reference, seeded=domain.seeded)
             digest = hashlib.sha256(data).hexdigest()
             entry = QueryDomainEntry(
                 key=f"{QUERY_REFERENCE_DIR}{digest[:24]}.npz",
@@ -353,19 +353,29 @@ def _query_sample(vector: np.ndarray) -> np.ndarray:
     return half
 
 
-def encode_query_reference(reference: np.ndarray) -> bytes:
-    """A reference as an ``.npz`` holding one array ``reference`` (float16 [R, d]) that ``np.load`` reads.
+def encode_query_reference(reference: np.ndarray, *, seeded: bool = False) -> bytes:
+    """A reference as an ``.npz`` holding one array ``reference`` (float16 [R, d]) that ``np.load`` reads, and for a
+    seeded reference (:attr:`QueryDomain.seeded`) a second, ``seeded`` (one bool), which older readers ignore.
 
     Written like ``np.savez`` (stored, not compressed) but with a fixed zip timestamp, so the same reference always
     gives the same bytes: the object is content-addressed, and an unchanged reference is not swapped in again.
     """
-    array = np.ascontiguousarray(reference, dtype="<f2")
+    arrays = {"reference": np.ascontiguousarray(reference, dtype="<f2")}
+    if seeded:
+        arrays["seeded"] = np.array([True])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        info = zipfile.ZipInfo("reference.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        with archive.open(info, "w", force_zip64=True) as member:
-            np.lib.format.write_array(member, array, allow_pickle=False)
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def is_seeded_reference(data: bytes) -> bool:
+    """Whether an object written by :func:`encode_query_reference` holds the synthetic seed (centring only)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return "seeded" in archive.files and bool(archive["seeded"].reshape(-1)[0])
 
 
 def decode_query_reference(data: bytes) -> np.ndarray:

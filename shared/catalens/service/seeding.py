@@ -6,7 +6,7 @@ The seed fills that gap: ingest, which holds the model and the photo, makes a
 couple of synthetic shoppers' photos of the product (:func:`catalens.shopper_views.seed_views`: cut out, stood in
 front of a shelf of the products this process indexed last, turned, relit, blurred, JPEG-compressed), embeds them
 and stores them beside the query samples. The builder uses them only while fewer than 30 real samples exist
-(calibrating from the seed alone, int8: train-as-queries top-1 0.376 → 0.441, val 0.456 → 0.508;
+(calibrating from the seed alone, int8: train-as-queries top-1 0.376 → 0.465, val 0.456 → 0.498;
 docs/evaluation.md).
 
 Which items are seeded: a bottom-k sample by hash. An item's hash (:func:`catalens.query_domain.seed_item_hash`) is

@@ -309,7 +309,7 @@ def compare_rows(
         count = len(spec.seeds) if spec.seeds is not None else (samples if reference else 0)
         for sample in range(min(count, samples)):
             if spec.seeds is not None:
-                domain = QueryDomain.from_samples(spec.seeds[sample], max_reference=len(spec.seeds[sample]))
+                domain = QueryDomain.from_samples([], seeds=spec.seeds[sample], max_reference=len(spec.seeds[sample]))
             else:
                 domain = reference_domain(spec.other, reference, seed=sample)
             if domain is None:
