@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL_DIR ?= build/models
 MODEL_STAMP := $(MODEL_DIR)/.built
 
-.PHONY: setup run test lint unit integration e2e model bench clean deploy-checks sam-build deploy smoke chromium numba-cache-check
+.PHONY: setup run test lint unit integration e2e model bench clean deploy-checks sam-build deploy smoke chromium
 
 setup: $(STAMP) $(MODEL_STAMP)
 
@@ -103,9 +103,3 @@ deploy: $(STAMP) $(SAM_VENV)/.installed
 
 smoke: $(STAMP)
 	$(VENV)/bin/catalens smoke --stack $(or $(STACK),catalens)
-
-# What the builder image's warm-up RUN does, twice into one fresh cache: the second run must not compile what the
-# first cached (compare their cpu_seconds; the image runs the first at build time, Lambda the second).
-numba-cache-check: $(STAMP)
-	@cache="$$(mktemp -d)"; for run in first second; do echo -n "$$run: "; \
-	  NUMBA_CACHE_DIR="$$cache" NUMBA_CPU_NAME=generic $(PY) -m catalens.service.builder_warmup; done; rm -rf "$$cache"

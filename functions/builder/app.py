@@ -5,10 +5,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from catalens.composition import build_index_builder
-from catalens.service.builder_warmup import seed_numba_cache
 from catalens.service.telemetry import PowertoolsMetrics
 
-seed_numba_cache()  # the image's compiled numba cache into /tmp, before anything imports pynndescent
 logger, tracer, metrics = Logger(), Tracer(), Metrics()
 builder = build_index_builder(metrics=PowertoolsMetrics(metrics), logger=logger)
 store = builder.store

@@ -49,6 +49,20 @@ def load_embedder(settings: Settings) -> Embedder:
     return Embedder.from_dir(settings.model_dir, settings.model_variant, threads=settings.onnx_threads)
 
 
+def load_text_reader(settings: Settings) -> Any:
+    """The OCR reader for catalog photos (:mod:`catalens.ocr`), or None when ``READ_TEXT`` is off or the model
+    folder has no OCR models (a model layer built with ``--no-ocr``: logged, ingest goes on without read text)."""
+    if not settings.read_text:
+        return None
+    from catalens.ocr import DETECTOR_FILE, TextReader
+
+    folder = settings.model_dir / "ocr"
+    if not (folder / DETECTOR_FILE).is_file():
+        logging.getLogger(__name__).warning("no OCR models in %s: catalog photos are indexed without read_text", folder)
+        return None
+    return TextReader.from_dir(folder, threads=settings.onnx_threads)
+
+
 def image_limits(settings: Settings) -> ImageLimits:
     """Limits of catalog photos (ingest)."""
     return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
@@ -127,6 +141,7 @@ def build_ingest_service(
     embedder: Embedder | None = None,
     config: IngestConfig | None = None,
     logger: Logger | None = None,
+    text_reader: Any = None,
 ) -> IngestService:
     """The ingest service: catalog bucket in, index deltas and error markers out."""
     settings = settings or load_settings()
@@ -147,6 +162,7 @@ def build_ingest_service(
         metrics=metrics,
         config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
         seeder=seeder,
+        text_reader=text_reader if text_reader is not None else load_text_reader(settings),
     )
     share_logging(logger)
     return service
@@ -201,6 +217,8 @@ def build_search_service(
         calibration=settings.query_calibration,
         main_subject=settings.main_subject,
         query_samples=samples,
+        text_reader=lambda: load_text_reader(settings),
+        read_query_text=settings.query_read_text,
     )
 
 

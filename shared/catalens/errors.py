@@ -24,6 +24,12 @@ class CatalensError(Exception):
         return str(self)
 
 
+class TextSearchUnavailableError(CatalensError):
+    """The index backend cannot search by words (S3 Vectors keeps vectors and fields, no word index)."""
+
+    code = "text_search_unavailable"
+
+
 class ImageError(CatalensError):
     """The bytes are not an image we can safely decode (empty, truncated, not an image, too large)."""
 

@@ -22,6 +22,7 @@ from catalens.errors import CatalensError
 
 if TYPE_CHECKING:  # annotations only: the index, model and profile modules import this one
     import numpy as np
+    from PIL import Image
 
     from catalens.index.filters import Filter
     from catalens.index.records import Hit, IndexedItem, ItemRecord
@@ -276,6 +277,24 @@ class IndexReader(Protocol):
         cut, ``exclude`` names items never to return."""
         ...
 
+    def search_text(
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
+    ) -> list[Hit]:
+        """The ``k`` live items whose words best match ``text`` (BM25 ``score``), best first; items without a query
+        word are left out; ``vectors=False`` may leave hits without their vector. A backend without a word index
+        raises ``TextSearchUnavailableError``."""
+        ...
+
+    def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:
+        """float32 BM25 score of ``text`` per named item (0: no query word, or no such item)."""
+        ...
+
 
 @runtime_checkable
 class IndexWriter(Protocol):
@@ -316,6 +335,15 @@ class SeedSampleStore(Protocol):
 
 
 # ------------------------------------------------------------------------------------------------ the model
+
+
+@runtime_checkable
+class TextReader(Protocol):
+    """Reads the text printed on a photo (:class:`catalens.ocr.TextReader`: two onnxruntime sessions, made at init)."""
+
+    def read_text(self, image: Image.Image) -> str:
+        """The photo's lines of text, top to bottom, joined by spaces ("" when it shows none)."""
+        ...
 
 
 @runtime_checkable

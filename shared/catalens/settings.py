@@ -90,6 +90,8 @@ class Settings:
     query_calibration: bool = True  # re-score photo queries with the index's query domain (when it has one)
     query_seed_items: int = 128  # ingest seeds the query domain from synthetic photos of this many items (0: off)
     main_subject: bool = False  # photo queries without a region search their main subject (docs/evaluation.md)
+    read_text: bool = True  # ingest reads the text on catalog photos (OCR, models in <model_dir>/ocr) into read_text
+    query_read_text: bool = False  # photo queries read their own text and fuse it (docs/evaluation.md, Words)
     shopper_token_parameter: str = ""  # SSM SecureString holding the shopper-token keys; "" verifies no token
     trust_unsigned_user_ids: bool = False  # template TrustUnsignedUserIds: accept a bare user_id (server to server)
     index_backend: str = "lambda"  # template IndexBackend: "lambda" (snapshot + deltas in S3) or "s3vectors"
@@ -118,6 +120,8 @@ class Settings:
             query_calibration=_bool(env, "QUERY_CALIBRATION", True),
             query_seed_items=_int(env, "QUERY_SEED_ITEMS", 128),
             main_subject=_bool(env, "MAIN_SUBJECT", False),
+            read_text=_bool(env, "READ_TEXT", True),
+            query_read_text=_bool(env, "QUERY_READ_TEXT", False),
             shopper_token_parameter=env.get("SHOPPER_TOKEN_PARAMETER", ""),
             trust_unsigned_user_ids=_bool(env, "TRUST_UNSIGNED_USER_IDS", False),
             index_backend=_choice(env, "INDEX_BACKEND", "lambda", INDEX_BACKENDS),

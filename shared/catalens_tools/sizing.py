@@ -40,8 +40,9 @@ SEARCH = FunctionSizing(
 )
 # Profiles: no model; it loads whole versions (never the first stage alone), and a swap may hold two.
 PROFILES = FunctionSizing("profiles", 256, 2 * 4_592, "bench index: resident bytes per item, two versions")
-# Builder: a compaction holds the previous version, the first stage as float32 for the graph, pynndescent's graph
-# (2.0-2.2 KB per item measured alone) and the new codes; the base is Python, numba's loaded code and scipy.
+# Builder: a compaction holds the previous version, the first stage as float32 for the graph, the graph library's
+# index (pynndescent's 2.0-2.2 KB per item when this was measured; faiss HNSW ~1.4 KB) and the new codes; the base is
+# Python and the libraries' code. Measured with pynndescent, whose peaks were the higher (15.0 vs 12.2 KB at 100k).
 # `catalens bench index --sizes 1000000`: a compaction of 1,000 changes into 1M items peaked at 9,885 MB (VmHWM).
 BUILDER = FunctionSizing("builder", 450, 9_900, "bench index: compaction peak per item at 1M")
 

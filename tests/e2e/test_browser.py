@@ -207,3 +207,26 @@ def test_an_older_answer_that_arrives_last_does_not_replace_the_newer_one(stack:
     held[0].continue_()  # the stale, unexplained answer now arrives
     page.wait_for_timeout(1500)
     assert page.locator(".card .explain:not([hidden])").count() > 0, "a stale answer replaced the newer one"
+
+
+def test_the_words_box_searches_by_words_alone_and_beside_a_photo(stack: StackClient, browser) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(stack.info["web_url"])
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('products in the catalog')")
+    page.fill("#words", "espresso cup")
+    with page.expect_response(lambda r: r.request.method == "GET" and "/search?" in r.url) as answered:
+        page.press("#words", "Enter")
+    assert answered.value.status == 200
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('matching the words')")
+    assert "Espresso cup" in page.locator(".card").first.locator(".title").inner_text()
+
+    photo = photo_bytes(42, base="coffee.png")
+    with page.expect_response(lambda r: r.request.method == "POST" and "q=espresso" in r.url) as fused:
+        page.evaluate(DROP_FILE, ["#drop", base64.b64encode(photo).decode(), "cup.jpg"])
+    assert fused.value.status == 200
+    assert fused.value.json()["query"]["q"] == "espresso cup"
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('and the words')")
+    assert errors == []
+    page.close()

@@ -137,6 +137,30 @@ def test_an_uploaded_photo_becomes_searchable_and_a_deleted_one_disappears(stack
     assert item_id not in hit_ids(stack.search_photo(photo, "k=20").json())
 
 
+def test_words_find_a_fresh_upload_by_its_title_and_refine_a_photo_search(stack: StackClient) -> None:
+    photo = photo_bytes(11, base="rocket.jpg")
+    token = uuid.uuid4().hex[:8]
+    item_id = f"e2e-words-{token}"
+    stack.upload(f"{item_id}.jpg", photo, title=f"Crème brûlée rocket {token}", category="e2e")
+    stack.wait_for(lambda: is_indexed(stack, item_id), what=f"{item_id} to be searchable")
+
+    found = stack.api("GET", f"/search?q=creme+brulee+{token}&k=3&explain=true")
+    assert found.status == 200, found.body
+    assert found.json()["query"] == {"type": "text", "q": f"creme brulee {token}"}
+    assert hit_ids(found.json())[0] == item_id
+    posted = stack.api(
+        "POST", "/search", body=json.dumps({"q": f"Crème {token}"}).encode(), content_type="application/json"
+    )
+    assert hit_ids(posted.json())[0] == item_id
+    fused = stack.search_photo(photo, f"k=3&explain=true&q={token}").json()
+    assert hit_ids(fused)[0] == item_id
+    assert {"visual", "text", "fused"} <= set(fused["hits"][0]["explain"])
+    bad = stack.api("GET", "/search?q=%21%21%21")
+    assert bad.status == 400
+    assert bad.json()["code"] == "invalid_query"
+    stack.delete(f"{item_id}.jpg")
+
+
 def test_a_bad_upload_lands_in_the_dlq_and_nothing_else_is_lost(stack: StackClient) -> None:
     tag = uuid.uuid4().hex[:8]
     good = [f"e2e-good-{tag}-{n}" for n in range(3)]

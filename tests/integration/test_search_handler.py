@@ -995,3 +995,42 @@ def test_any_hostile_photo_query_is_answered_200_or_a_typed_4xx(
         assert (status, body["code"]) == (HTTP_STATUS[expected], expected), photo
         assert 400 <= status < 500
         assert body["message"]
+
+
+# ------------------------------------------------------------------------------------------------ words
+
+
+def test_words_search_by_get_and_post_with_filters_and_fresh_items(catalog: dict[str, bytes], call: Any) -> None:
+    status, body, _ = call(rest_event("GET", "/search", query={"q": "item 6", "k": "3", "explain": "true"}))
+    assert status == 200, body
+    assert body["query"] == {"type": "text", "q": "item 6"}
+    assert body["hits"][0]["item_id"] == "sku-6"  # a fresh delta, not yet compacted
+    assert body["hits"][0]["explain"]["text"] > 0
+    posted = call(
+        rest_event("POST", "/search", body=json.dumps({"q": "item 6", "k": 3}), content_type="application/json")
+    )
+    assert [h["item_id"] for h in posted[1]["hits"]] == [h["item_id"] for h in body["hits"]]
+    status, hats, _ = call(rest_event("GET", "/search", query={"q": "item", "category": "hats", "k": "10"}))
+    assert status == 200
+    assert {h["item_id"] for h in hats["hits"]} == {"sku-3", "sku-6"}
+
+
+def test_words_beside_a_photo_are_fused_and_explained(catalog: dict[str, bytes], call: Any) -> None:
+    payload = {"image": base64.b64encode(catalog["sku-3"]).decode(), "q": "item 3", "explain": True, "k": 3}
+    status, body, _ = call(rest_event("POST", "/search", body=json.dumps(payload), content_type="application/json"))
+    assert status == 200, body
+    assert body["hits"][0]["item_id"] == "sku-3"
+    assert set(body["hits"][0]["explain"]) >= {"visual", "text", "text_share", "fused"}
+    assert body["query"]["q"] == "item 3"
+
+
+@pytest.mark.parametrize(
+    "query", [{}, {"q": ""}, {"q": "..."}, {"q": "x" * 201}, {"q": "item", "k": "0"}, {"q": "item", "groups": "2"}]
+)
+def test_a_bad_text_query_is_a_400_and_the_next_one_is_served(
+    catalog: dict[str, bytes], call: Any, query: dict[str, str]
+) -> None:
+    status, body, _ = call(rest_event("GET", "/search", query=query))
+    assert status == 400
+    assert body["code"] in {"missing_query", "invalid_query", "invalid_parameter"}
+    assert call(rest_event("GET", "/search", query={"q": "item 2"}))[1]["hits"][0]["item_id"] == "sku-2"

@@ -44,7 +44,7 @@ b361a1d5ac407e12  first/projection.components.npy
 72ffbf6ae681c314  first/projection.scale.npy
 81e1c4255a6f7481  first/record_offsets.npy
 bccd33c2a728c955  first/records.npy
-8f043362f5c1fd52  first/snapshot.json
+93687c8e4409c7c9  first/snapshot.json
 bf8c3d9fd782b802  first/tombstones.json
 68bcbcf9b70692ad  first/vectors.npy
 3c5bae9d971492f3  second/column.cat_category.046b3d46.npy

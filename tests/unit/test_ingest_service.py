@@ -419,3 +419,46 @@ def test_an_unexpected_failure_is_logged_with_its_reason(
     assert (line.key, line.code) == ("a.jpg", "transient")
     assert line.reason == "ConnectionError: S3 is unreachable"
     assert parts["metrics"].total("IngestFailures", reason="transient") == 1
+
+
+# ------------------------------------------------------------------------------------------------ read text (OCR)
+
+
+class StubReader:
+    """Says what it was told to, or fails; records the photo sizes it was handed."""
+
+    def __init__(self, text: str = "OATLY OAT DRINK", fail: bool = False) -> None:
+        self.text, self.fail, self.sizes = text, fail, []
+
+    def read_text(self, image: Any) -> str:
+        self.sizes.append(image.size)
+        if self.fail:
+            raise RuntimeError("onnxruntime exploded")
+        return self.text
+
+
+def test_the_text_read_on_a_photo_is_kept_with_the_item_and_found_by_words(parts: dict[str, Any]) -> None:
+    service, catalog, cache = parts["service"], parts["catalog"], parts["cache"]
+    service.text_reader = StubReader()
+    catalog.put("a.jpg", JPEG, title="Carton")
+    assert service.handle_event(created("a.jpg", "10")).action == "indexed"
+    assert cache.view().get("a").fields == {"title": "Carton", "read_text": "OATLY OAT DRINK"}
+    assert [hit.item_id for hit in cache.view().search_text("oat drink", 3)] == ["a"]
+    assert service.handle_event(created("a.jpg", "10")).action == "unchanged"  # a re-delivery stays a no-op
+    assert parts["metrics"].total("ReadTextMs") >= 0
+
+
+def test_a_failed_reading_is_counted_and_the_photo_indexed_without_it(parts: dict[str, Any]) -> None:
+    service, catalog, cache = parts["service"], parts["catalog"], parts["cache"]
+    service.text_reader = StubReader(fail=True)
+    catalog.put("a.jpg", JPEG, title="Carton")
+    catalog.put("b.jpg", encode(photo(96, 72, seed=9)))
+    assert service.handle_event(created("a.jpg", "10")).action == "indexed"
+    assert service.handle_event(created("b.jpg", "11")).action == "indexed"
+    assert cache.view().get("a").fields == {"title": "Carton"}
+    assert parts["metrics"].total("ReadTextFailures") == 2
+
+
+def test_a_merchant_cannot_set_the_read_text_field() -> None:
+    with pytest.raises(FieldError, match="read_text"):
+        parse_product_fields({}, {"read_text": "free money"})

@@ -44,7 +44,7 @@ from urllib.parse import quote
 import numpy as np
 from botocore.exceptions import ClientError
 
-from catalens.errors import CatalensError, ModelError
+from catalens.errors import CatalensError, ModelError, TextSearchUnavailableError
 from catalens.index.filters import Filter
 from catalens.index.records import Hit, IndexedItem, ItemRecord, sequencer_key
 from catalens.index.reduce import normalise
@@ -402,6 +402,26 @@ class S3VectorsView:
         keys = [entry["key"] for entry in answer.get("vectors", []) if entry["key"] not in exclude]
         items = self._index.fetch(keys)
         return _ranked(q, (items[key] for key in keys if key in items))[:k]
+
+    def search_text(
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
+    ) -> list[Hit]:
+        """Not on this backend: S3 Vectors has no word index (docs/design.md, "Words")."""
+        raise TextSearchUnavailableError(
+            "searching by words needs the in-Lambda index (IndexBackend=s3); this stack's index is S3 Vectors"
+        )
+
+    def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:
+        """Not on this backend (see :meth:`search_text`)."""
+        raise TextSearchUnavailableError(
+            "searching by words needs the in-Lambda index (IndexBackend=s3); this stack's index is S3 Vectors"
+        )
 
 
 def _ranked(query: np.ndarray, items: Iterable[StoredItem]) -> list[Hit]:

@@ -1,8 +1,8 @@
 """The vector index: snapshot format, numpy search, delta merge, and the builder.
 
-Everything importable from here needs numpy alone, so the query path never loads numba:
-pynndescent (and scipy) are imported inside :mod:`catalens.index.build` only while a graph is
-being built.
+Everything importable from here needs numpy alone, so the query path never loads a graph library:
+faiss and scipy (or pynndescent, on request) are imported inside :mod:`catalens.index.build` only
+while a graph is being built.
 """
 
 from catalens.index.build import BuildParams, build_snapshot

@@ -1,24 +1,26 @@
-"""Build or compact a snapshot: the one module that imports pynndescent (lazily, only for a graph).
+"""Build or compact a snapshot: the one module that imports a graph library (lazily, only for a graph).
 
 ``build_snapshot`` folds item records (deltas and tombstones, in any order, duplicates allowed)
 into the previous snapshot, resolving each item's state by S3 sequencer, and writes a new
 immutable :class:`~catalens.index.snapshot.Snapshot`. Above ``BuildParams.graph_threshold`` items
-it also builds pynndescent's search graph, exports it as CSR arrays over the snapshot's rows, and
-picks entry points that cover every weakly connected component of it. It runs as named stages:
-resolve states, keep tombstones, choose the projection, make the rows, add the graph, assemble.
+it also builds a neighbour graph (the bottom layer of a faiss HNSW by default, or pynndescent's
+search graph), exports it as CSR arrays over the snapshot's rows, and picks entry points that cover
+every weakly connected component of it. It runs as named stages: resolve states, keep tombstones,
+choose the projection, make the rows, add the graph, assemble.
 
-The builder runs in a container image (numba's 20 s start does not matter there); importing this
-module is cheap, pynndescent is imported only when a graph is built.
+The builder runs in a container image; importing this module is cheap, faiss or pynndescent is
+imported only when a graph is built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,7 +37,14 @@ from catalens.index.vectors import CHUNK_ROWS, COARSE_DIM, DenseVectors, Layout
 # worth its build time; measured with `catalens bench index` (see the index notes in the report).
 GRAPH_THRESHOLD = 20_000
 DEFAULT_NEIGHBOURS = 30
+# HNSW links per vertex (its bottom layer keeps up to 2·M) and its construction pool. At 100k×3,984 (PCA-320
+# first stage, calibrated synthetic set) its bottom layer (mean degree 20.9, +42 B per item) took recall@10 as
+# served from 0.975 to 0.982 at the same ef where pynndescent's pruned search graph (degree 10.5) could not:
+# its denser variants gained ≤ 0.003. See docs/operations.md, "The index at catalog scale".
+DEFAULT_HNSW_M = 16
+DEFAULT_HNSW_EF_CONSTRUCTION = 200
 
+GraphMethod = Literal["hnsw", "nndescent"]
 # (vectors, *, n_neighbors, seed, n_jobs) -> (row order, CSR indptr, CSR indices); see build_search_graph.
 GraphBuilder = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -94,17 +103,20 @@ class BuildParams:
     graph_threshold:
         Build a neighbour graph when the snapshot has at least this many items; below it exact
         search is as fast.
+    graph_method:
+        "hnsw" (default): the bottom layer of a faiss HNSW index (``hnsw_m``, ``hnsw_ef_construction``);
+        "nndescent": pynndescent's search graph (``n_neighbors``), the graph of snapshots before it.
     n_neighbors, seed, n_jobs:
-        pynndescent's ``n_neighbors``/``random_state``/``n_jobs`` (``seed`` also seeds the projection
-        fit and the entry-point k-means). pynndescent's result depends on its thread count.
+        pynndescent's ``n_neighbors``/``random_state``; ``n_jobs`` threads for either library (``seed`` also
+        seeds the projection fit and the entry-point k-means). Both graphs depend on the thread count.
     entry_points:
         The entry-point budget of the graph walk (default :func:`default_entry_points`).
     tombstone_ttl_seconds:
         Forget tombstones older than this (by ``updated_at``); default keep them all, so a late,
         out-of-order create can never resurrect a deleted item.
     graph_builder:
-        Replaces :func:`build_search_graph` (same signature); the benchmark passes one that also
-        keeps the pynndescent index, to time pynndescent's own ``query`` beside ours.
+        Replaces the method's builder (``(vectors, *, n_neighbors, seed, n_jobs)`` like
+        :func:`build_search_graph`); tests pass small fixed graphs.
     """
 
     layout: Layout = "compact"
@@ -114,6 +126,9 @@ class BuildParams:
     whiten: bool = False
     projection: Projection | None = None
     graph_threshold: int = GRAPH_THRESHOLD
+    graph_method: GraphMethod = "hnsw"
+    hnsw_m: int = DEFAULT_HNSW_M
+    hnsw_ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION
     n_neighbors: int = DEFAULT_NEIGHBOURS
     entry_points: int | None = None
     seed: int = 0
@@ -379,10 +394,20 @@ def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
     if n < max(params.graph_threshold, 2):
         return rows
     started = time.perf_counter()
-    builder = params.graph_builder or build_search_graph
-    order, indptr, indices = builder(
-        rows.vectors, n_neighbors=params.n_neighbors, seed=params.seed, n_jobs=params.n_jobs
-    )
+    if params.graph_builder is not None:
+        order, indptr, indices = params.graph_builder(
+            rows.vectors, n_neighbors=params.n_neighbors, seed=params.seed, n_jobs=params.n_jobs
+        )
+    elif params.graph_method == "hnsw":
+        order, indptr, indices = build_hnsw_graph(
+            rows.vectors, m=params.hnsw_m, ef_construction=params.hnsw_ef_construction, n_jobs=params.n_jobs
+        )
+    elif params.graph_method == "nndescent":
+        order, indptr, indices = build_search_graph(
+            rows.vectors, n_neighbors=params.n_neighbors, seed=params.seed, n_jobs=params.n_jobs
+        )
+    else:
+        raise ValueError(f"unknown graph method {params.graph_method!r}")
     vectors = np.ascontiguousarray(rows.vectors[order])
     budget = params.entry_points if params.entry_points is not None else default_entry_points(n)
     graph_seconds = time.perf_counter() - started
@@ -390,11 +415,13 @@ def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
     entries, group_ptr, centroids = group_entry_points(vectors, entries, seed=params.seed)
     graph = NeighbourGraph(indptr, indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
     graph_info = {
-        "n_neighbors": params.n_neighbors,
+        "method": params.graph_method if params.graph_builder is None else "custom",
+        **({"hnsw_m": params.hnsw_m} if params.graph_method == "hnsw" else {"n_neighbors": params.n_neighbors}),
+        "mean_degree": round(indices.size / max(n, 1), 2),
         "components": n_components,
         "entry_points": int(entries.size),
         "entry_groups": graph.n_groups,
-        "pynndescent_seconds": round(graph_seconds, 3),
+        "graph_seconds": round(graph_seconds, 3),
         "build_seconds": round(time.perf_counter() - started, 3),
     }
     return _Rows(
@@ -496,6 +523,64 @@ def build_search_graph(
     """
     index = nndescent(vectors, n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
     return export_search_graph(index)
+
+
+def build_hnsw_graph(
+    vectors: np.ndarray,
+    *,
+    m: int = DEFAULT_HNSW_M,
+    ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION,
+    n_jobs: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bottom layer of a faiss HNSW index over unit-norm ``vectors``, as ``(order, indptr, indices)``.
+
+    Only the bottom layer is kept (every vertex with up to ``2·m`` neighbours chosen by HNSW's
+    diversity rule, long links included); the walk enters it from k-means entry points instead of the
+    upper layers. Rows are renumbered in reverse Cuthill-McKee order, so graph neighbours sit close in
+    memory as pynndescent's tree order kept them. Builder memory: faiss holds a float32 copy of the
+    rows plus ~0.13 KB of links per row, freed before the graph is returned.
+    """
+    import faiss  # builder-only dependency, imported when a graph is built
+
+    n, dim = vectors.shape
+    faiss.omp_set_num_threads(n_jobs or os.cpu_count() or 1)
+    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    hnsw = index.hnsw
+    width = hnsw.nb_neighbors(0)  # bottom-layer slots: they come first in each vertex's block of links
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)[:n]
+    links = faiss.vector_to_array(hnsw.neighbors)
+    del index, hnsw
+    indices_parts, degrees = [], np.empty(n, dtype=np.int64)
+    for start in range(0, n, 65_536):  # blockwise: a dense [n, 2m] gather would double the links' memory
+        block = links[offsets[start : start + 65_536, None] + np.arange(width)[None, :]]
+        present = block >= 0
+        degrees[start : start + block.shape[0]] = present.sum(axis=1)
+        indices_parts.append(block[present].astype(np.int32))
+    del links
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(degrees, out=indptr[1:])
+    indices = np.concatenate(indices_parts) if indices_parts else np.empty(0, np.int32)
+    return _locality_order(indptr, indices)
+
+
+def _locality_order(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renumber a CSR graph in reverse Cuthill-McKee order: a walk's gathers then touch nearby rows."""
+    from scipy.sparse import csr_array  # builder-only dependency
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    n = indptr.size - 1
+    adjacency = csr_array((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
+    order = np.asarray(reverse_cuthill_mckee(adjacency, symmetric_mode=False), dtype=np.int64)
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    degrees = np.diff(indptr)[order]
+    new_indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(degrees, out=new_indptr[1:])
+    # the old positions of each renumbered vertex's links, in one vectorised gather
+    sources = np.repeat(indptr[:-1][order] - new_indptr[:-1], degrees) + np.arange(indices.size, dtype=np.int64)
+    return order, new_indptr, position[indices[sources]].astype(np.int32)
 
 
 def nndescent(vectors: np.ndarray, *, n_neighbors: int = DEFAULT_NEIGHBOURS, seed: int = 0, n_jobs: int | None = None):

@@ -31,6 +31,8 @@ from catalens.index.records import Hit, IndexedItem, ItemRecord, is_newer, seque
 from catalens.index.reduce import normalise
 from catalens.index.snapshot import Snapshot
 from catalens.query_domain import QueryDomain
+from catalens.text.catalog import fresh_scores, snapshot_text_index
+from catalens.text.lexical import LexicalIndex, query_terms
 
 Strategy = Literal["auto", "exact", "graph"]
 
@@ -372,6 +374,92 @@ class IndexView:
             candidates.extend(self._search_deltas(q, k, filters, exclude))
         candidates.sort(key=lambda c: (-c[0], c[1]))
         return [self._hit(c) for c in candidates[:k]]
+
+    # ---- words ---------------------------------------------------------------------------
+    def _text_index(self) -> LexicalIndex | None:
+        snapshot = self.snapshot
+        if snapshot is None or not len(snapshot):
+            return None
+        records = snapshot.records
+        return snapshot_text_index(snapshot, lambda: (records.document(row)["fields"] for row in range(len(records))))
+
+    def search_text(
+        self,
+        text: str,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
+    ) -> list[Hit]:
+        """The ``k`` live items whose words (:mod:`catalens.text.lexical`) best match ``text``, best first.
+
+        ``score`` is BM25 (unbounded, comparable within one query); items without a query term are not returned.
+        ``vectors=False`` leaves snapshot hits' ``vector`` None (decoding compact rows costs more than the search).
+        """
+        terms = query_terms(text)
+        if k <= 0 or self._len == 0 or not terms:
+            return []
+        index = self._text_index()
+        candidates: list[tuple[float, str, int, int]] = []
+        if index is not None:
+            allowed = self._allowed(filters or None).mask
+            if allowed is None:
+                allowed = self._visible
+            excluded = self.snapshot.rows_of(list(exclude)) if exclude else np.empty(0, np.int64)
+            rows, scores = index.search_terms(terms, k, allowed=allowed, exclude=excluded[excluded >= 0])
+            ids = self.snapshot.item_ids[rows]
+            candidates.extend(
+                (s, i.decode(), 0, r) for s, i, r in zip(scores.tolist(), ids.tolist(), rows.tolist(), strict=True)
+            )
+        positions = [
+            i
+            for i, r in enumerate(self._delta_records)
+            if r.item_id not in exclude and (filters is None or filters.matches(r.fields))
+        ]
+        if positions:
+            scores = fresh_scores(index, terms, [self._delta_records[i].fields for i in positions])
+            candidates.extend(
+                (float(s), self._delta_records[i].item_id, 1, i)
+                for s, i in zip(scores.tolist(), positions, strict=True)
+                if s > 0
+            )
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        return self._hits(candidates[:k], vectors=vectors)
+
+    def _hits(self, candidates: Sequence[tuple[float, str, int, int]], *, vectors: bool = True) -> list[Hit]:
+        """Like :meth:`_hit` for many, the snapshot rows' vectors decoded in one call (a compact table decodes a
+        row per matmul otherwise)."""
+        rows = [c[3] for c in candidates if c[2] == 0] if vectors else []
+        decoded = dict(zip(rows, self.snapshot.table.rows(np.asarray(rows)), strict=True)) if rows else {}
+        hits = []
+        for score, item_id, source, position in candidates:
+            if source == 0:
+                doc = self.snapshot.records.document(position)
+                hits.append(Hit(item_id, score, doc["fields"], doc["image_key"], vector=decoded.get(position)))
+            else:
+                hits.append(self._hit((score, item_id, source, position)))
+        return hits
+
+    def text_scores(self, text: str, item_ids: Sequence[str]) -> np.ndarray:
+        """BM25 scores of ``text`` for the named items (0 for an item without a query term, absent or deleted)."""
+        terms = query_terms(text)
+        out = np.zeros(len(item_ids), dtype=np.float32)
+        if not terms or not item_ids:
+            return out
+        index = self._text_index()
+        fresh = [(n, r) for n, i in enumerate(item_ids) if (r := self._overrides.get(i)) is not None and not r.deleted]
+        if fresh:
+            out[[n for n, _ in fresh]] = fresh_scores(index, terms, [r.fields for _, r in fresh])
+        if index is not None:
+            rest = [n for n, i in enumerate(item_ids) if i not in self._overrides]
+            rows = self.snapshot.rows_of([item_ids[n] for n in rest]) if rest else np.empty(0, np.int64)
+            known = rows >= 0
+            if known.any():
+                order = np.argsort(rows[known])
+                picked = np.asarray(rest)[known][order]
+                out[picked] = index.score_rows(terms, rows[known][order].astype(np.int32))
+        return out
 
     def _hit(self, candidate: tuple[float, str, int, int]) -> Hit:
         score, item_id, source, position = candidate

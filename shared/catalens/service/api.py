@@ -15,7 +15,13 @@ from aws_lambda_powertools.event_handler import Response
 
 from catalens.ports import MetricsSink
 from catalens.service import http
-from catalens.service.requests import parse_item_id, parse_query_options, parse_search_request, parse_user_id
+from catalens.service.requests import (
+    parse_item_id,
+    parse_query_options,
+    parse_search_request,
+    parse_text_search,
+    parse_user_id,
+)
 from catalens.service.search import SearchService
 from catalens.service.shopper_tokens import ShopperAuth
 
@@ -35,6 +41,11 @@ def search_api(
         raw = http.http_request(app)
         request = parse_search_request(raw, max_image_bytes=service.limits.max_bytes)
         return http.search_response(service.search(shoppers.search(request, raw.headers)))
+
+    @app.get("/search")
+    def search_words() -> Response:
+        raw = http.http_request(app)
+        return http.search_response(service.search(shoppers.search(parse_text_search(raw.query), raw.headers)))
 
     @app.get("/items/<id>")
     def get_item(id: str) -> Response:

@@ -1,6 +1,6 @@
 """The index builder's run: fold the index deltas into a new snapshot, refresh the query domain, collect garbage.
 
-The builder Lambda (a container image: pynndescent) is started by the schedule (``{"trigger": "schedule"}``), by
+The builder Lambda (a container image: faiss) is started by the schedule (``{"trigger": "schedule"}``), by
 the threshold alarm through EventBridge (``{"trigger": "threshold"}``) or by hand (``{"trigger": "manual",
 "force": true}`` rebuilds even without deltas). :func:`parse_build_request` reads that payload strictly, since a
 hand-typed ``{"force": "false"}`` must not force a rebuild; :func:`run_build` does the work with

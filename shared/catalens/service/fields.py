@@ -33,7 +33,7 @@ TEXT_LIMITS = {
     "image_url": 2048,
 }
 STANDARD_FIELDS = frozenset({*TEXT_LIMITS, "price", "currency", "tags"})
-RESERVED_FIELDS = frozenset({"item_id", "near_duplicates", "image_key", "score", "vector", "deleted"})
+RESERVED_FIELDS = frozenset({"item_id", "near_duplicates", "read_text", "image_key", "score", "vector", "deleted"})
 MAX_EXTRA_FIELDS = 30
 MAX_EXTRA_TEXT = 1000
 MAX_TAGS = 50

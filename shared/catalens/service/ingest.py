@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from catalens.errors import CatalensError, ImageError, memory_error_as_image_error
-from catalens.imaging import ImageLimits, load_and_preprocess
+from catalens.imaging import ImageLimits, decode_image, load_and_preprocess
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.index.vector_metadata import VectorRecordError
 from catalens.ports import (
@@ -40,6 +40,7 @@ from catalens.ports import (
     IndexReader,
     IndexWriter,
     MetricsSink,
+    TextReader,
 )
 from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.fields import parse_product_fields, parse_sidecar
@@ -194,6 +195,10 @@ def is_sidecar(key: str) -> bool:
     return key.lower().endswith(SIDECAR_SUFFIX)
 
 
+READ_TEXT_FIELD = "read_text"
+READ_TEXT_SHORT_SIDE = 736  # JPEGs decode no smaller: catalens.ocr.DetectParams.upscale_to
+
+
 class IngestService:
     """Turns S3 object events into index deltas.
 
@@ -211,9 +216,13 @@ class IngestService:
     errors
         Where error markers go; None logs and counts failures only.
     metrics
-        ItemsIndexed, ItemsDeleted, IngestFailures{reason}, EmbedMs, NearDuplicates.
+        ItemsIndexed, ItemsDeleted, IngestFailures{reason}, EmbedMs, NearDuplicates, ReadTextMs, ReadTextFailures.
     seeder
         Makes the query domain's seed from the items of its sample (:mod:`catalens.service.seeding`); None: no seed.
+    text_reader
+        Reads the text printed on each photo into the item's ``read_text`` field (what text queries search beside
+        the merchant's fields); None reads none. A reading that fails is logged and counted, and the item is
+        indexed without it: OCR enriches, it never keeps a photo out of the index.
     """
 
     def __init__(
@@ -229,7 +238,9 @@ class IngestService:
         seeder: QuerySeeder | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.perf_counter,
+        text_reader: TextReader | None = None,
     ) -> None:
+        self.text_reader = text_reader
         self.catalog = catalog
         self.seeder = seeder
         self.index = index
@@ -338,6 +349,9 @@ class IngestService:
             vector = np.asarray(self.embedder.embed(tensor[np.newaxis])[0], dtype=np.float32)
         embed_ms = (self._clock() - started) * 1000
         self.metrics.emit("EmbedMs", embed_ms, unit="Milliseconds")
+        read_text = self._read_text(photo.data, item_id, photo_key)
+        if read_text:
+            fields[READ_TEXT_FIELD] = read_text
         near = self._near_duplicates(item_id, vector)
         if near:
             fields["near_duplicates"] = near
@@ -393,8 +407,26 @@ class IngestService:
             return False
         if sequencer_key(current.sequencer) < sequencer_key(sequencer):
             return False
-        indexed = {k: v for k, v in current.fields.items() if k != "near_duplicates"}
+        indexed = {k: v for k, v in current.fields.items() if k not in ("near_duplicates", READ_TEXT_FIELD)}
         return indexed == fields
+
+    def _read_text(self, data: bytes, item_id: str, photo_key: str) -> str:
+        """The text OCR reads on the photo ("" without a reader, or when reading fails: logged and counted)."""
+        if self.text_reader is None:
+            return ""
+        started = self._clock()
+        try:
+            with memory_error_as_image_error(len(data)):
+                image = decode_image(data, target_short_side=READ_TEXT_SHORT_SIDE, limits=self.config.limits)
+                text = self.text_reader.read_text(image)
+        except Exception as exc:  # enrichment only: the photo is indexed without read text
+            log.warning(
+                "reading the photo's text failed", extra={"item_id": item_id, "key": photo_key, "error": str(exc)[:200]}
+            )
+            self.metrics.emit("ReadTextFailures", 1)
+            return ""
+        self.metrics.emit("ReadTextMs", (self._clock() - started) * 1000, unit="Milliseconds")
+        return text
 
     def _near_duplicates(self, item_id: str, vector: np.ndarray) -> list[dict[str, Any]]:
         view = self._view()

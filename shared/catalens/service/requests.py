@@ -20,6 +20,11 @@ Options (query string, JSON keys, or form fields): ``k`` (1..100, default 12), `
 photo, or fractions 0..1; JSON: a list of four numbers), ``auto`` (the main subject) or ``full`` (the whole photo);
 and ``groups`` (1..5): also one result list per distinct product found in the photo.
 
+Words: ``q`` (query string, JSON or form field; at most ``MAX_QUERY_TEXT`` characters) searches items' titles,
+descriptions and the text read off their photos. Alone it is a text query (``GET /search?q=oat+milk`` or
+``POST /search`` with ``{"q": "oat milk"}``); beside a photo or an item_id it re-ranks that query's results by
+words as well (:mod:`catalens.text.fusion`).
+
 >>> req = HttpRequest.from_event({"httpMethod": "POST", "path": "/search",
 ...     "headers": {"Content-Type": "application/json"}, "body": '{"item_id": "a1", "k": 3}'})
 >>> parse_search_request(req).options.k
@@ -51,6 +56,7 @@ MAX_FILTER_VALUES = 50
 MAX_ID_LENGTH = 512  # user ids
 MAX_ITEM_ID_LENGTH = 1024  # S3's key limit: every key's item id fits
 MAX_TEXT_LENGTH = 1024
+MAX_QUERY_TEXT = 200  # q: a shopper's words, not a document (bounded work: docs/design.md, invariant 7)
 # A request reaches the function as a Lambda invoke of at most 6 MB, and API Gateway base64-encodes a binary body
 # (a JSON body carries its photo as base64 already): 4/3 of the photo must fit with the event's headers and fields.
 LAMBDA_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -214,6 +220,10 @@ class SearchRequest:
     options: SearchOptions = field(default_factory=SearchOptions)
     region: Region | str | None = None
     groups: int | None = None  # photo queries: also search up to this many distinct product regions
+    text: str | None = None  # q: words to search by (alone: a text query; beside a photo or item: fused with it)
+    read_text: bool | None = (
+        None  # photo queries: read the photo's own text and fuse it (None: the deployment's choice)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -251,10 +261,11 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
     item_id = params.pop("item_id", None)
     if item_id is not None:
         item_id = _parse_id(item_id, "item_id", MAX_ITEM_ID_LENGTH)
+    text = parse_query_text(params.pop("q")) if "q" in params else None
     if image is not None and item_id is not None:
         raise RequestError("send either an image or an item_id, not both", code="ambiguous_query")
-    if image is None and item_id is None:
-        raise RequestError("the request names no query: send an image or an item_id", code="missing_image")
+    if image is None and item_id is None and text is None:
+        raise RequestError("the request names no query: send an image, an item_id or q", code="missing_image")
     if image is not None and len(image) > max_image_bytes:
         raise PayloadTooLargeError(
             f"the image is {len(image)} bytes; the limit is {max_image_bytes} ({_mib(max_image_bytes)})",
@@ -263,11 +274,54 @@ def parse_search_request(request: HttpRequest, *, max_image_bytes: int = MAX_QUE
     region = parse_region(params.pop("region")) if "region" in params else None
     if region is not None and item_id is not None:
         raise RequestError("region applies to photo queries, not to an item_id", code="invalid_region")
+    if region is not None and image is None:
+        raise RequestError("region applies to photo queries, not to words alone", code="invalid_region")
     groups = _parse_int(params.pop("groups"), "groups", 1, MAX_GROUPS) if "groups" in params else None
     if groups is not None and item_id is not None:
         raise RequestError("groups applies to photo queries, not to an item_id", code="invalid_parameter")
+    if groups is not None and image is None:
+        raise RequestError("groups applies to photo queries, not to words alone", code="invalid_parameter")
+    read_text = _parse_bool(params.pop("read_text"), "read_text") if "read_text" in params else None
+    if read_text is not None and image is None:
+        raise RequestError("read_text applies to photo queries", code="invalid_parameter")
     options = parse_options(params)
-    return SearchRequest(image=image, item_id=item_id, options=options, region=region, groups=groups)
+    return SearchRequest(
+        image=image, item_id=item_id, options=options, region=region, groups=groups, text=text, read_text=read_text
+    )
+
+
+def parse_text_search(query: Mapping[str, tuple[str, ...]]) -> SearchRequest:
+    """``GET /search``: a text query (``q``) and its options, all from the query string."""
+    params = dict(_query_params(query))
+    if "q" not in params:
+        raise RequestError("GET /search needs q (the words to search for)", code="missing_query")
+    text = parse_query_text(params.pop("q"))
+    for name in ("item_id", "image", "region", "groups", "read_text"):
+        if name in params:
+            raise RequestError(
+                f"{name} is not accepted by GET /search; send it with POST /search", code="invalid_parameter"
+            )
+    return SearchRequest(text=text, options=parse_options(params))
+
+
+def parse_query_text(value: Any) -> str:
+    """``q``: text of 1 to ``MAX_QUERY_TEXT`` characters with at least one searchable word (``invalid_query``)."""
+    from catalens.text.lexical import query_terms
+
+    if not isinstance(value, str):
+        raise RequestError("q must be a string", code="invalid_query")
+    text = value.strip()
+    if len(text) > MAX_QUERY_TEXT:
+        raise RequestError(f"q is {len(text)} characters; the limit is {MAX_QUERY_TEXT}", code="invalid_query")
+    if any((ord(ch) < 0x20 and ch not in "\t\n") or ord(ch) == 0x7F for ch in text):
+        raise RequestError("q contains control characters", code="invalid_query")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape: not text, and not echoable
+        raise RequestError("q is not valid Unicode text", code="invalid_query") from exc
+    if not query_terms(text):
+        raise RequestError("q has no words or numbers to search for", code="invalid_query")
+    return text
 
 
 def parse_region(value: Any) -> Region | str:

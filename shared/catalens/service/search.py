@@ -47,25 +47,32 @@ from catalens.imaging import (
     ImageLimits,
     PreparedQuery,
     Region,
+    decode_image,
     load_region_and_preprocess,
     load_windows_and_preprocess,
 )
 from catalens.index.filters import Filter
 from catalens.index.records import Hit
-from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore
+from catalens.ports import Embedder, IndexReader, MetricsSink, ProfileStore, TextReader
 from catalens.query_domain import CALIBRATION_POOL, QueryDomain, is_catalog_copy
 from catalens.ranking import first_stage_k
-from catalens.service.errors import ItemNotFoundError, PageTooDeepError, UnknownFilterError
+from catalens.service.errors import ItemNotFoundError, PageTooDeepError, RequestError, UnknownFilterError
 from catalens.service.fields import STANDARD_FIELDS
 from catalens.service.requests import REGION_AUTO, Filters, SearchOptions, SearchRequest
 from catalens.service.sampling import QuerySampler
 from catalens.service.telemetry import NullMetrics
 from catalens.subject import main_subject_box
+from catalens.text.fusion import DEFAULT_FUSION, FusionParams, fuse
+from catalens.text.lexical import rescale
 
 log = logging.getLogger(__name__)
 
 
 Reranker = Callable[..., list[Hit]]
+
+# A photo or item query with words re-ranks at least this many visual candidates by them (catalens.text.fusion).
+FUSION_POOL = 100
+READ_TEXT_SHORT_SIDE = 736  # a query photo read for its text decodes no smaller (catalens.ocr.DetectParams)
 
 
 @dataclass
@@ -80,6 +87,8 @@ class Timings:
     rank: float = 0.0
     profile: float = 0.0
     groups: float = 0.0  # groups=N: finding and searching the product regions
+    text: float = 0.0  # words: the text search, or scoring the visual candidates' words and fusing
+    read: float = 0.0  # read_text: decoding the query photo again and reading its text (OCR)
     total: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
@@ -175,6 +184,12 @@ class SearchService:
     main_subject
         Photo queries without a region search their main subject (:mod:`catalens.subject`) when one stands apart
         (``Settings.main_subject``); ``region=auto`` asks for it anyway, ``region=full`` not.
+    fusion
+        How a photo or item query's words (``q``) re-rank its visual candidates (:mod:`catalens.text.fusion`).
+    text_reader, read_query_text
+        Makes the OCR reader for query photos (:mod:`catalens.ocr`; called once, when a query first asks, so a
+        cold start that reads no text does not load it), and whether a photo query reads its own text by default
+        (``Settings.query_read_text``); a request can ask with ``read_text``. The text read is fused like ``q``.
     """
 
     def __init__(
@@ -192,7 +207,14 @@ class SearchService:
         calibration: bool = True,
         query_samples: QuerySampler | None = None,
         main_subject: bool = False,
+        fusion: FusionParams = DEFAULT_FUSION,
+        text_reader: Callable[[], TextReader | None] | None = None,
+        read_query_text: bool = False,
     ) -> None:
+        self.fusion = fusion
+        self._make_text_reader = text_reader
+        self._text_reader: TextReader | None = None
+        self.read_query_text = read_query_text
         self.embedder = embedder
         self._views = views
         self.limits = limits or ImageLimits()
@@ -219,6 +241,9 @@ class SearchService:
         options = request.options
         self._check_filters(options.filters, view)
         profile_read = self._start_profile_read(options)  # its network time overlaps decode + embed
+        if request.image is None and request.item_id is None:
+            assert request.text is not None
+            return self._search_words(view, request.text, options, timings, started, profile_read)
         exclude: set[str] = set()
         domain: QueryDomain | None = None
         if request.image is not None:
@@ -236,8 +261,15 @@ class SearchService:
         if request.item_id is not None and options.category_auto:  # more like this: the item's own category
             record = view.get(request.item_id)
             auto_category = category_of(record.fields) if record is not None else None
+        words = request.text
+        if request.text is not None:
+            query["q"] = request.text
+        if request.image is not None and (request.read_text or (request.read_text is None and self.read_query_text)):
+            read = self._read_query_text(request.image, timings)
+            query["read_text"] = read
+            words = " ".join(part for part in (words, read) if part) or None
         response = self._answer(
-            view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category
+            view, vector, options, exclude, timings, started, query, profile_read, domain, auto_category, words
         )
         if request.image is not None and request.groups:
             t0 = self._clock()
@@ -253,6 +285,78 @@ class SearchService:
         }
         self.metrics.emit_group(outcome, {"kind": "photo" if request.image is not None else "item"})
         return response
+
+    def _read_query_text(self, image: bytes, timings: Timings) -> str:
+        """The text printed on the query photo (OCR, :mod:`catalens.ocr`); "" when it shows none."""
+        t0 = self._clock()
+        if self._text_reader is None and self._make_text_reader is not None:
+            self._text_reader = self._make_text_reader()
+            self._make_text_reader = None
+        if self._text_reader is None:
+            message = "this deployment reads no text on query photos (READ_TEXT off or no OCR models)"
+            raise RequestError(message, code="read_text_unavailable")
+        with memory_error_as_image_error(len(image)):
+            decoded = decode_image(image, target_short_side=READ_TEXT_SHORT_SIDE, limits=self.limits)
+            text = self._text_reader.read_text(decoded)
+        timings.read = (self._clock() - t0) * 1000
+        return text
+
+    def _search_words(
+        self,
+        view: IndexReader,
+        text: str,
+        options: SearchOptions,
+        timings: Timings,
+        started: float,
+        profile_read: Future[Any] | None,
+    ) -> SearchResponse:
+        """A text query: items ranked by BM25 over their words, then filtered, paged and personalised like a photo.
+
+        Scores are BM25 as a fraction of the best hit's (the first scores 1), the scale the personal boost is
+        bounded on; ``explain`` keeps the BM25 score as ``text``.
+        """
+        if options.category_auto:
+            raise RequestError("category=auto needs a photo or an item_id to predict from", code="invalid_filter")
+        window = options.offset + options.k
+        profile = self._profile(profile_read, timings)
+        pool = first_stage_k(options.k, options.offset) if profile is not None else window
+        t0 = self._clock()
+        # vectors only where a profile's preference vector will meet them (decoding compact rows costs ~1 ms)
+        found = view.search_text(text, pool, filters=to_index_filter(options.filters), vectors=profile is not None)
+        shares = rescale(np.array([hit.score for hit in found], dtype=np.float32)).tolist()
+        hits = []
+        for hit, share in zip(found, shares, strict=True):
+            details = {"text": hit.score, "text_share": share} if options.explain else hit.explain
+            hits.append(replace(hit, score=share, explain=details))
+        timings.text = (self._clock() - t0) * 1000
+        t1 = self._clock()
+        personalized = False
+        if self._rerank is not None and (profile is not None or options.explain):
+            now_ms, space = self._wall_clock_ms(), view.index_space
+            hits = self._rerank(hits, profile, now_ms=now_ms, space=space, limit=window, **self._rank_kwargs)
+            personalized = any("boost" in hit.explain for hit in hits)
+            if options.explain:  # the re-ranker names the first-stage score "visual": here it is the text share
+                bm25 = {hit.item_id: hit.score for hit in found}
+                hits = [replace(hit, explain={**hit.explain, "text": bm25[hit.item_id]}) for hit in hits]
+        timings.rank = (self._clock() - t1) * 1000
+        timings.total = (self._clock() - started) * 1000
+        self.metrics.emit_group(
+            {"Searches": (1, "Count"), "SearchHits": (len(hits[options.offset : window]), "Count"),
+             "SearchMs": (timings.total, "Milliseconds")},
+            {"kind": "text"},
+        )  # fmt: skip
+        return SearchResponse(
+            hits=hits[options.offset : window],
+            index_version=view.version,
+            timings=timings,
+            k=options.k,
+            offset=options.offset,
+            item_count=len(view),
+            personalized=personalized,
+            explain=options.explain,
+            query={"type": "text", "q": text},
+            index_stage=view.stage,
+        )
 
     def _groups(
         self, view: IndexReader, image: bytes, groups: int, options: SearchOptions, domain: QueryDomain | None
@@ -410,6 +514,7 @@ class SearchService:
         profile_read: Future[Any] | None = None,
         domain: QueryDomain | None = None,
         auto_category: str | None = None,
+        words: str | None = None,
     ) -> SearchResponse:
         window = options.offset + options.k
         cap = view.max_candidates
@@ -434,17 +539,28 @@ class SearchService:
                 filters = replace(filters, equals={**filters.equals, CATEGORY_FIELD: (auto_category,)})
         if photo:
             pool = max(pool, NEIGHBOURS)
+        if words is not None:
+            pool = max(pool, FUSION_POOL)
         hits, calibrated, query = self._ranked(
             view, vector, pool, filters, exclude, domain, timings, explain=options.explain, query=query
         )
         if photo and not guessed:
             guess = self._guess(hits, calibrated)
+        if words is not None and hits:
+            t0 = self._clock()
+            text = view.text_scores(words, [hit.item_id for hit in hits])
+            hits = fuse(hits, np.array([hit.score for hit in hits]), text, self.fusion, explain=options.explain)
+            query = {**query, "fusion": self.fusion.method}
+            timings.text = (self._clock() - t0) * 1000
         t1 = self._clock()
         personalized = False
         if self._rerank is not None and (profile is not None or options.explain):
             now_ms, space = self._wall_clock_ms(), view.index_space
+            fused = {hit.item_id: hit.explain for hit in hits} if words is not None and options.explain else None
             hits = self._rerank(hits, profile, now_ms=now_ms, space=space, limit=window, **self._rank_kwargs)
             personalized = any("boost" in hit.explain for hit in hits)
+            if fused is not None:  # the re-ranker calls its input score "visual": here that is the fused one
+                hits = [replace(hit, explain={**hit.explain, **fused[hit.item_id]}) for hit in hits]
         timings.rank = (self._clock() - t1) * 1000
         timings.total = (self._clock() - started) * 1000
         return SearchResponse(

@@ -63,6 +63,11 @@ LAYOUTS: dict[str, Layout] = {
     "float32": Layout(
         "float32", "float32 unit vectors at the model's dimension", lambda params: replace(params, layout="float32")
     ),
+    "compact-nndescent": Layout(
+        "compact-nndescent",
+        "the compact layout with pynndescent's search graph instead of the HNSW bottom layer (the graph before it)",
+        lambda params: replace(params, layout="compact", graph_method="nndescent"),
+    ),
 }
 # Spectrum of the synthetic vectors (synthetic.clustered_vectors): with 1.0 a 256-axis PCA alone finds 0.84 of the
 # float32 top 10 at 6k (spread 1.5), below the 0.89 it finds on real grocery embeddings.

@@ -8,7 +8,10 @@ PCA snapshot would, for comparison), published through the index protocol into a
 Gateway sends it (REST proxy event, base64 body), is timed warm: p50/p99 of the whole handler call, plus the
 handler's own breakdown (decode, locate, embed, search, rank) from the response body. The same query with
 ``region=auto`` (main subject) is timed alternately too, and its overhead over plain reported (``--no-subject``: not);
-``--groups N`` times ``groups=N`` the same way. ``--user`` also times the
+``--groups N`` times ``groups=N`` the same way. ``--text`` gives the items synthetic titles and descriptions (a Zipf
+vocabulary, brands, sizes) and times text queries (``GET /search?q=``: two or three words of an item's title, or one
+frequent word) instead of the photo, plus the first text query of a process, which builds the lexical index. ``--user``
+also times the
 same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
 through the real store; plain and personalised requests alternate, and the report gives the overhead.
 """
@@ -55,6 +58,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         "--no-subject", action="store_true", help="leave out timing region=auto (main-subject search) beside plain"
     )
     parser.add_argument("--groups", type=int, default=0, metavar="N", help="also time groups=N (default: not)")
+    parser.add_argument(
+        "--text", action="store_true", help="time text queries (GET /search?q=) over synthetic titles and descriptions"
+    )
     parser.set_defaults(func=run)
 
 
@@ -88,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
             if dynamodb is not None:
                 _put_profile(dynamodb, s3, bucket, args)
             handler, context = _cold_start()
-            results[str(size)] = _measure(handler, context, query, args) | {"index_build_s": round(build_seconds, 1)}
+            if args.text:
+                measured = _measure_text(handler, context, args, size)
+            else:
+                measured = _measure(handler, context, query, args)
+            results[str(size)] = measured | {"index_build_s": round(build_seconds, 1)}
             del handler
     report = {
         "query": {"megapixels": args.megapixels, "jpeg_bytes": len(query), "k": args.k},
@@ -190,9 +200,13 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
         model_vectors = index_vectors @ basis.T  # lifted: projecting gives index_vectors back
         del index_vectors
 
+    words = synthetic_texts(size, args.seed) if args.text else None
+
     def records() -> Any:
         for i in range(size):
             fields = {"title": f"item {i}", "category": f"c{int(labels[i]) % 40:02d}", "price": float(i % 500)}
+            if words is not None:
+                fields["title"], fields["description"] = words[i]
             yield ItemRecord(f"item-{i:07d}", model_vectors[i], fields, f"catalog/item-{i:07d}.jpg", "e", "1")
 
     def build(_records: Any, *, model_fingerprint: str, previous: Any = None, version: str | None = None, **_: Any):
@@ -293,6 +307,84 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
         }
         result[f"{name}_overhead_share"] = round(measured["p50_ms"] / result["p50_ms"] - 1, 3)
     return result
+
+
+def synthetic_texts(size: int, seed: int) -> list[tuple[str, str]]:
+    """(title, description) per item: Zipf-distributed pseudo-words (5,000), 1 of 500 brands, a size; titles of 3 to
+    6 words, descriptions of 20 to 40 — roughly a grocery catalog's shape, so postings lists have realistic lengths."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 17)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fo", "gu", "li", "mo", "pa", "ri"]
+    vocabulary = ["".join(rng.choice(syllables, size=int(rng.integers(2, 4)))) for _ in range(5000)]
+    brands = [f"{w.title()}co" for w in vocabulary[:500]]
+    cdf = np.cumsum(1.0 / np.arange(1, len(vocabulary) + 1))
+    words = np.searchsorted(cdf / cdf[-1], rng.random(size * 45)).tolist()
+    units = ["g", "kg", "ml", "l", "pack"]
+    out = []
+    at = 0
+    for _ in range(size):
+        n_title, n_description = int(rng.integers(2, 5)), int(rng.integers(20, 41))
+        title_words = " ".join(vocabulary[w] for w in words[at : at + n_title])
+        description = " ".join(vocabulary[w] for w in words[at + n_title : at + n_title + n_description])
+        at += n_title + n_description
+        amount = f"{int(rng.integers(1, 20)) * 50} {units[int(rng.integers(0, len(units)))]}"
+        out.append((f"{brands[int(rng.integers(0, len(brands)))]} {title_words} {amount}", description))
+    return out
+
+
+def text_queries(size: int, seed: int, count: int) -> list[str]:
+    """Shoppers' words: two or three words of a random item's title (three in four), or one frequent word."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 29)
+    texts = synthetic_texts(size, seed)
+    queries = []
+    for n in range(count):
+        if n % 4 == 3:
+            queries.append(texts[int(rng.integers(0, size))][1].split()[0])
+            continue
+        words = texts[int(rng.integers(0, size))][0].split()
+        start = int(rng.integers(0, max(1, len(words) - 2)))
+        queries.append(" ".join(words[start : start + int(rng.integers(2, 4))]))
+    return queries
+
+
+def _measure_text(handler: Any, context: Any, args: argparse.Namespace, size: int) -> dict[str, Any]:
+    """Text queries through the handler (GET /search?q=): the first builds the lexical index, the rest are timed."""
+    template = json.loads((REPO_ROOT / "tests" / "events" / "apigw_search_image.json").read_text())
+    template.update(httpMethod="GET", body=None, isBase64Encoded=False)
+    template["requestContext"]["httpMethod"] = "GET"
+    queries = text_queries(size, args.seed, args.warmup + args.requests)
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    first_ms = None
+    item_count = hits = 0
+    for index, words in enumerate(queries):
+        event = copy.deepcopy(template)
+        event["queryStringParameters"] = {"q": words, "k": str(args.k)}
+        event["multiValueQueryStringParameters"] = {"q": [words], "k": [str(args.k)]}
+        started = time.perf_counter()
+        response = handler(event, context)
+        elapsed = (time.perf_counter() - started) * 1000
+        if response["statusCode"] != 200:
+            print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
+            raise SystemExit(1)
+        body = json.loads(response["body"])
+        if first_ms is None:
+            first_ms = elapsed
+        if index < args.warmup:
+            continue
+        latencies.append(elapsed)
+        hits += len(body["hits"])
+        item_count = body["item_count"]
+        for stage, value in body["timings_ms"].items():
+            stages.setdefault(stage, []).append(value)
+    return (
+        {"items": item_count, "mode": "text"}
+        | _summary(latencies, stages)
+        | {"first_query_ms": round(first_ms or 0.0, 1), "mean_hits": round(hits / max(1, len(latencies)), 1)}
+    )
 
 
 def _summary(latencies: list[float], stages: dict[str, list[float]]) -> dict[str, Any]:

@@ -101,6 +101,12 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
         help="embed every photo afresh (default: vectors are kept per model in --cache-dir, "
         "~/.cache/catalens/grocery without --levers)",
     )
+    parser.add_argument(
+        "--words",
+        action="store_true",
+        help="only the words rows: text search by product names, photo search fused with the text OCR reads on "
+        "each photo (a grid of fusion rules), OCR latency (docs/evaluation.md, Words)",
+    )
     levers = parser.add_argument_group("lever study (--levers)")
     levers.add_argument("--levers", action="store_true", help="evaluate every retrieval configuration in one table")
     levers.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/catalens/levers)")
@@ -178,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         return cache.wrap(embed, key=lambda path: str(Path(path).resolve().relative_to(root)))
 
     cached_embed = cached("whole", embed_files)
+    if args.words:
+        return _words(args, cached_embed, embedder, model_dir, cache_dir, threads)
     variants = {}
     if not args.no_subject:
         params = SubjectParams(**json.loads(args.subject_params)) if args.subject_params else SubjectParams()
@@ -270,6 +278,46 @@ def _catalog_views(embedder: Any, cache: Any, count: int) -> Callable:
         return _views_of_catalog(embedder, cache, catalog, 1000, count, lambda s, i: [s, i])
 
     return views
+
+
+def _words(
+    args: argparse.Namespace,
+    embed: Callable[[list[Path]], Any],
+    embedder: Any,
+    model_dir: Path,
+    cache_dir: Any,
+    threads: int,
+) -> int:
+    """``--words``: the rows of :mod:`catalens_tools.evaluation.words` as JSON, the served rule beside the grid."""
+    from catalens.ocr import TextReader
+    from catalens.query_domain import MAX_REFERENCE
+    from catalens.service.search import DEFAULT_FUSION
+    from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
+    from catalens_tools.evaluation.words import OcrCache, evaluate_words, ocr_cache_name, reader_function
+
+    reader = TextReader.from_dir(Path(model_dir) / "ocr", threads=threads)
+    cache = OcrCache(None if cache_dir is None else Path(cache_dir) / ocr_cache_name(reader.detect_params))
+    reference = MAX_REFERENCE if args.reference is None else args.reference
+
+    def calibrate(photos: Any, shop: Any, others: Any) -> Any:
+        domain = reference_domain(others, reference) if reference else None
+        if domain is None:
+            return None
+        return calibrated_scores(domain, photos, shop, copy_cosine=embedder.card.copy_cosine)
+
+    report = evaluate_words(
+        embed,
+        Path(args.data),
+        split=args.split,
+        read=reader_function(reader),
+        ocr_cache=cache,
+        calibrate=calibrate,
+        rule=DEFAULT_FUSION,
+        max_photos_per_class=args.max_per_class,
+    )
+    json.dump(_json_safe({"protocol": "grocery-words", **report}), sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+    return 0
 
 
 def _composite_benchmark(

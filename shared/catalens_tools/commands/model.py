@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--no-crop", action="store_true", help="resize the whole photo to size×size, no centre crop")
     parser.add_argument("--no-classifier", action="store_true", help="drop the ImageNet logits output")
     parser.add_argument("--calibration-images", type=int, default=None, help="generated photos used to calibrate int8")
+    parser.add_argument(
+        "--no-ocr",
+        action="store_true",
+        help="leave out the OCR models (<out>/ocr, from the rapidocr-onnxruntime wheel)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -90,5 +95,9 @@ def run(args: argparse.Namespace) -> int:
             for c in cards
         ],
     }
+    if not args.no_ocr:
+        from catalens_tools.model.ocr import build_ocr
+
+        report["ocr"] = build_ocr(out)
     print(json.dumps(report, indent=2))
     return 0

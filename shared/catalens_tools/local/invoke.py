@@ -1,7 +1,7 @@
 """Run one handler invocation in a child process: ``python -m catalens_tools.local.invoke APP_PATH --out RESULT.json``.
 
-The index builder is a container-image function on AWS (pynndescent and numba are too big for a zip); locally it runs
-in its own process, so its ~20 s numba import and its memory never touch the process that answers searches. The event
+The index builder is a container-image function on AWS (its graph library and 10 GB of memory); locally it runs
+in its own process, so its imports and its memory never touch the process that answers searches. The event
 comes on stdin; the result (or the error) goes to ``--out`` as JSON, because the handler's logs own stdout.
 """
 

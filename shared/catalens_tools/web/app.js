@@ -109,6 +109,18 @@ function options() {
   return params;
 }
 
+// Words (q): alone a text search (GET /search?q=); beside the photo on show, they re-rank its matches.
+function words() {
+  return $("#words").value.trim();
+}
+
+async function searchWords() {
+  if (!words()) return;
+  if (!state.lastQuery || state.lastQuery.kind === "item") state.lastQuery = { kind: "words" };
+  state.ranks = new Map();
+  await runSearch();
+}
+
 async function searchPhoto(blob) {
   const small = await shrink(blob);
   const preview = $("#query-preview");
@@ -146,7 +158,11 @@ async function runSearch() {
   try {
     let answer;
     const shopper = await shopperHeaders();
-    if (query.kind === "photo") {
+    if (words()) params.set("q", words());
+    if (query.kind === "words") {
+      if (!words()) return;
+      answer = await call(`/search?${params}`, { headers: shopper });
+    } else if (query.kind === "photo") {
       if (state.region) params.set("region", state.region.map((v) => v.toFixed(4)).join(","));
       else if ($("#subject").checked) params.set("region", "auto");
       if ($("#groups").value) params.set("groups", $("#groups").value);
@@ -182,15 +198,19 @@ function render(answer, query) {
   const took = answer.timings_ms?.total ?? null; // the service's own total (the parts would count it twice)
   const region = answer.query && answer.query.region;
   const source = region ? region.source : null;
+  const said = answer.query && answer.query.q ? ` and the words “${answer.query.q}”` : "";
   const what =
-    query.kind === "item"
-      ? `“${query.itemId}”`
-      : { request: "the box you drew", subject: "the main subject of your photo" }[source] || "your photo";
+    query.kind === "words"
+      ? `the words “${answer.query.q}”`
+      : (query.kind === "item"
+          ? `“${query.itemId}”`
+          : { request: "the box you drew", subject: "the main subject of your photo" }[source] || "your photo") +
+        said;
   showRegion(region);
   const guess = answer.category;
   const filtered = answer.query && "category_filter" in answer.query;
   $("#summary").textContent =
-    `${hits.length} products like ${what}` +
+    `${hits.length} products ${query.kind === "words" ? "matching" : "like"} ${what}` +
     (answer.personalized ? ` · re-ranked for ${$("#shopper").value}` : "") +
     (answer.calibrated ? " · calibrated to shoppers' photos" : "") +
     (guess ? ` · looks like ${guess.name} (${Math.round(guess.confidence * 100)}%)` : "") +
@@ -561,6 +581,11 @@ function wire() {
   for (const id of ["#file", "#capture"]) {
     $(id).addEventListener("change", (e) => e.target.files[0] && searchPhoto(e.target.files[0]));
   }
+  $("#words-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    searchWords();
+  });
+  $("#words").addEventListener("search", () => !words() && state.lastQuery?.kind !== "words" && runSearch());
   $("#camera").addEventListener("click", openCamera);
   $("#camera-close").addEventListener("click", closeCamera);
   $("#snap").addEventListener("click", snap);
