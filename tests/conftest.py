@@ -24,6 +24,11 @@ def _cache_numba_in_the_virtualenv() -> None:
 
 _cache_numba_in_the_virtualenv()
 
+# The serving default is the int8 model; the tests build the fp32 one only (the int8 quantisation costs seconds and
+# is paid only by tests that ask for ``int8_model_dir``), so a command that reads its variant from the settings
+# reads fp32 here.
+os.environ.setdefault("CATALENS_MODEL_VARIANT", "fp32")
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -34,6 +34,7 @@ from catalens.service.profile_stream import ProfileStream
 from catalens.service.requests import check_query_image_limit
 from catalens.service.sampling import QuerySampler
 from catalens.service.search import SearchService
+from catalens.service.seeding import QuerySeeder
 from catalens.service.shopper_tokens import ShopperAuth, ShopperKeysUnavailableError
 from catalens.settings import Settings, load_settings
 
@@ -146,14 +147,21 @@ def build_ingest_service(
     settings = settings or load_settings()
     s3_client = boto3.client("s3") if s3_client is None else s3_client
     writer, views = index_backend(settings, s3_client, s3vectors_client)
+    embedder = embedder or load_embedder(settings)
+    seeder = None
+    if settings.query_seed_items > 0 and settings.query_calibration:
+        # the seed lives beside the query samples, in the index bucket, whatever the backend
+        queries = writer.queries if isinstance(writer, IndexStore) else index_store(settings, s3_client).queries
+        seeder = QuerySeeder(queries, embedder, items=settings.query_seed_items, metrics=metrics)
     service = IngestService(
         catalog=S3CatalogReader(s3_client),
         index=writer,
-        embedder=embedder or load_embedder(settings),
+        embedder=embedder,
         views=views,
         errors=error_log(settings, s3_client),
         metrics=metrics,
         config=config or IngestConfig(catalog_bucket=settings.catalog_bucket, limits=image_limits(settings)),
+        seeder=seeder,
         text_reader=text_reader if text_reader is not None else load_text_reader(settings),
     )
     share_logging(logger)

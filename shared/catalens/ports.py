@@ -320,6 +320,20 @@ class QuerySampleSink(Protocol):
         ...
 
 
+@runtime_checkable
+class SeedSampleStore(Protocol):
+    """Where ingest puts synthetic shoppers' photo embeddings that seed the query domain before real samples exist
+    (:class:`~catalens.index.query_domain_store.QueryDomainStore`), and how it learns which items are seeded."""
+
+    def write_seed_sample(self, sample: Any, *, model_fingerprint: str) -> Any:
+        """Store one :class:`~catalens.query_domain.SeedSample`; a repeated one writes nothing."""
+        ...
+
+    def seed_item_hashes(self, *, model_fingerprint: str, items: int = ...) -> list[str]:
+        """The smallest item hashes (at most ``items``) that have seed samples, ascending."""
+        ...
+
+
 # ------------------------------------------------------------------------------------------------ the model
 
 

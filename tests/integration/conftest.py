@@ -139,7 +139,8 @@ def function_env(template_stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     specs = function_specs(template_stack)
 
     def apply(logical_id: str, **overrides: str) -> dict[str, str]:
-        env = {**specs[logical_id].environment, **overrides}
+        # the template serves the int8 model; the tests' model fixture builds fp32 only (tests/conftest.py)
+        env = {**specs[logical_id].environment, "CATALENS_MODEL_VARIANT": "fp32", **overrides}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         return env

@@ -155,6 +155,18 @@ def test_moto_notification_upload_is_searchable_with_fields(stack: Stack, ingest
     assert hits[0].score > 0.99
 
 
+def test_ingest_seeds_the_query_domain_beside_the_query_samples(stack: Stack, ingest: Any) -> None:
+    for i in range(3):
+        assert ingest(upload(stack, f"photos/sku-{i}.jpg", jpeg(10 + i))) == {"batchItemFailures": []}
+    listed = stack.s3.list_objects_v2(Bucket=stack.index, Prefix="index/queries/seeds/").get("Contents", [])
+    assert len(listed) == 6  # two synthetic shoppers' photos per item while fewer than QuerySeedItems are seeded
+    store = index_store(stack.settings, stack.s3)
+    fingerprint = ingest.module.service.embedder.card.fingerprint()
+    seeds = store.queries.seed_samples(model_fingerprint=fingerprint)
+    assert len(seeds) == 6
+    assert all(s.shape == (ingest.module.service.embedder.dim,) for s in seeds)
+
+
 def test_aws_shaped_events_create_overwrite_delete(stack: Stack, ingest: Any) -> None:
     key = "photos/sku-1.jpg"
     stack.s3.put_object(Bucket=stack.catalog, Key=key, Body=jpeg(2))

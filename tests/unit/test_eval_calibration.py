@@ -67,7 +67,8 @@ def test_only_the_plain_top_pool_is_rescored_with_the_production_calibration():
     for query, row in zip(queries, scores, strict=True):
         pool = np.sort(np.argsort(-(units @ query))[:3])
         assert list(np.flatnonzero(np.isfinite(row))) == list(pool)
-        np.testing.assert_allclose(row[pool], domain.calibrate(query, world.catalog[pool], mean)[0], rtol=1e-6)
+        # one product for every query instead of one per pool: equal to float32 precision
+        np.testing.assert_allclose(row[pool], domain.calibrate(query, world.catalog[pool], mean)[0], atol=1e-6)
     # a pool larger than the catalog re-scores every item
     assert np.isfinite(calibrated_scores(domain, queries, world.catalog, pool=500, copy_cosine=COPY_COSINE)).all()
 
@@ -288,3 +289,16 @@ def test_evaluate_grocery_reports_calibrated_photo_to_catalog_from_the_other_spl
     assert evaluate_grocery(embed, root, reference=30)["calibrated"]["reference"] == 30
     # fewer photos in the other split than a domain needs: no calibration, as serving without a query log
     assert evaluate_grocery(embed, root, max_photos_per_class=2)["calibrated"] is None
+
+
+def test_the_measured_scorings_keep_the_pool():
+    world = World(1)
+    queries, _ = world.photos(5)
+    domain = reference_domain(world.photos(5)[0])
+    plain = calibrated_scores(domain, queries, world.catalog, copy_cosine=COPY_COSINE)
+    for scoring in ("csls", "coral"):
+        scores = calibrated_scores(domain, queries, world.catalog, pool=3, copy_cosine=COPY_COSINE, scoring=scoring)
+        assert (np.isfinite(scores).sum(axis=1) == 3).all()
+        assert scores.shape == plain.shape
+    with pytest.raises(ValueError, match="scoring"):
+        calibrated_scores(domain, queries, world.catalog, copy_cosine=COPY_COSINE, scoring="magic")

@@ -245,7 +245,7 @@ def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir
     from catalens_tools.cli import main
 
     command = ["eval", "grocery", "--data", str(tiny_grocery), "--model-dir", str(model_dir), "--variant", "fp32"]
-    status = main([*command, "--cache-dir", str(tmp_path)])
+    status = main([*command, "--cache-dir", str(tmp_path), "--samples", "2", "--catalog-views", "2"])
     assert status == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
@@ -253,13 +253,18 @@ def test_eval_grocery_command_prints_the_metrics_as_json(tiny_grocery, model_dir
     assert names == [
         "whole crop (default)",
         "catalog through the compact index",
+        "seeded query domain (synthetic shoppers' photos, cold start)",
+        "catalog: mean of photo and 2 shopper views",
+        "CSLS hubness (k=10) instead of inverted softmax",
+        "CORAL alignment (shrunk) before calibration",
         "main subject",
         "main subject, catalog cropped too",
     ]
     assert report["rows"][0]["plain"]["top1"] == report["photo_to_catalog"]["top1"]
     # int8 codes of the catalog rank the photos as the float vectors do, to within a photo of the 40
     assert abs(report["rows"][1]["plain"]["top1"] - report["rows"][0]["plain"]["top1"]) <= 1 / 40
-    assert 0 <= report["rows"][2]["plain_category"]["ece"] <= 1
+    assert report["rows"][2]["calibrated"] is None  # 5 items x 2 synthetic photos are fewer than a domain needs
+    assert 0 <= report["rows"][6]["plain_category"]["ece"] <= 1
     assert "| main subject | plain |" in captured.err  # the rows as a table
     assert len(list(tmp_path.glob("*.whole.npz"))) == 1  # vectors kept for the next run, per model and mode
     assert len(list(tmp_path.glob("*.subject-*.npz"))) == 1

@@ -32,6 +32,7 @@ PORTS = (
     ports.IndexReader,
     ports.IndexWriter,
     ports.QuerySampleSink,
+    ports.SeedSampleStore,
     ports.Embedder,
     ports.ProfileStore,
     ports.CooccurrenceSource,
@@ -207,6 +208,7 @@ def test_the_index_store_implements_the_index_writer_and_its_queries_the_sample_
     store = IndexStore(MemoryBlobStore(), "index/")
     assert_implements(ports.IndexWriter, store)
     assert_implements(ports.QuerySampleSink, store.queries)
+    assert_implements(ports.SeedSampleStore, store.queries)
 
 
 def test_the_s3_vectors_index_implements_the_writer_and_its_views_the_reader() -> None:

@@ -1,11 +1,12 @@
 """Query-domain storage: the query samples search writes, and the reference the builder folds them into.
 
 Search writes a share of its photo query embeddings under fresh keys (float16, nothing else: no photo, no user
-id). The builder folds the newest samples of the current model into an immutable, content-addressed reference
-object, then makes the manifest name it with the manifest's usual guarded swap. Readers load the reference the
-manifest names, verified against its size and sha256; compaction and rollback carry the manifest's entry over
-untouched. Calibration is an optimisation: a missing or corrupt reference leaves searches uncalibrated, never
-failing (:mod:`catalens.query_domain` holds the arithmetic).
+id); until there are enough of them, ingest's seed samples (synthetic shoppers' photos of a sample of the catalog,
+``queries/seeds/``) stand in. The builder folds the newest samples of the current model into an immutable,
+content-addressed reference object, then makes the manifest name it with the manifest's usual guarded swap.
+Readers load the reference the manifest names, verified against its size and sha256; compaction and rollback carry
+the manifest's entry over untouched. Calibration is an optimisation: a missing or corrupt reference leaves searches
+uncalibrated, never failing (:mod:`catalens.query_domain` holds the arithmetic).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import numpy as np
 from catalens.index.errors import CorruptIndexError, InvalidRecordError, ManifestConflictError
 from catalens.index.layout import QUERY_REFERENCE_DIR, QUERY_SAMPLES_DIR, fetch_all, iso_time
 from catalens.index.manifest import DEFAULT_RETRY, Manifest, ManifestStore, QueryDomainEntry, RetryPolicy
-from catalens.ports import BlobNotFoundError, BlobStore, NotModifiedError
-from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, QueryDomain
+from catalens.ports import BlobNotFoundError, BlobStore, NotModifiedError, PreconditionFailedError
+from catalens.query_domain import DEFAULT_BETA, MAX_REFERENCE, MIN_REFERENCE, SEED_ITEMS, QueryDomain, SeedSample
 
 log = logging.getLogger(__name__)
 
 QUERY_SAMPLE_MAX_AGE_DAYS = 30
 QUERY_SAMPLE_READ_FACTOR = 4  # refresh reads up to this × max_reference newest samples
+QUERY_SEEDS_DIR = "queries/seeds/"  # synthetic shoppers' photos per model: <fingerprint>/<item hash>-<view>.npy
 
 
 class QueryDomainStore:
@@ -137,6 +139,61 @@ class QueryDomainStore:
             samples.append(sample)
         return samples
 
+    def _seed_base(self, model_fingerprint: str) -> str:
+        return f"{self.prefix}{QUERY_SEEDS_DIR}{_fingerprint_dir(model_fingerprint)}/"
+
+    def write_seed_sample(self, sample: SeedSample, *, model_fingerprint: str) -> str | None:
+        """Store one synthetic shopper's photo embedding (float16) of an item; returns the key, or None when that
+        item's view is already stored (a re-delivery: the key is a pure function of model, item hash and view)."""
+        vector = _query_sample(sample.vector)
+        if not model_fingerprint:
+            raise InvalidRecordError("a seed sample needs the fingerprint of the model that embedded it")
+        key = f"{self._seed_base(model_fingerprint)}{sample.item_hash}-{sample.view:02d}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, vector, allow_pickle=False)
+        try:
+            self.blob.put(key, buffer.getvalue(), if_none_match=True)
+        except PreconditionFailedError:
+            return None
+        return key
+
+    def seed_item_hashes(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[str]:
+        """The ``items`` smallest item hashes that have seed samples, ascending (LIST stops once it has them)."""
+        hashes: list[str] = []
+        for info in self.blob.list(self._seed_base(model_fingerprint)):
+            item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
+            if not hashes or hashes[-1] != item_hash:
+                if len(hashes) == items:
+                    break
+                hashes.append(item_hash)
+        return hashes
+
+    def seed_samples(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[np.ndarray]:
+        """The seed samples of the ``items`` smallest item hashes (a uniform sample of the catalog's items), float32."""
+        base = self._seed_base(model_fingerprint)
+        keys: list[str] = []
+        hashes: set[str] = set()
+        for info in self.blob.list(base):
+            item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
+            if item_hash not in hashes and len(hashes) == items:
+                break
+            hashes.add(item_hash)
+            keys.append(info.key)
+        fetched = fetch_all(self.blob, {key: key for key in keys}, workers=self.fetch_workers)
+        samples = []
+        for key in keys:
+            data = fetched[key]
+            if data is None:
+                continue
+            try:
+                sample = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+            except (ValueError, TypeError, OSError, EOFError):
+                log.warning("skipping undecodable seed sample %s", key, exc_info=True)
+                continue
+            if sample.ndim == 1:
+                samples.append(sample)
+        return samples
+
     def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
         """The reference the manifest names, verified against its size and sha256 (CorruptIndexError if not)."""
         try:
@@ -146,7 +203,7 @@ class QueryDomainStore:
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise CorruptIndexError(f"query-domain reference {entry.key!r} does not match the manifest's checksum")
         try:
-            domain = QueryDomain(decode_query_reference(data), beta=entry.beta)
+            domain = QueryDomain(decode_query_reference(data), beta=entry.beta, seeded=is_seeded_reference(data))
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise CorruptIndexError(f"query-domain reference {entry.key!r} cannot be decoded: {exc}") from exc
         if len(domain) != entry.count:
@@ -186,15 +243,20 @@ class QueryDomainStore:
                 samples = self.recent_query_samples(
                     model_fingerprint=fingerprint, limit=QUERY_SAMPLE_READ_FACTOR * max_reference, now=now
                 )
-                domain = QueryDomain.from_samples(samples, beta=beta, max_reference=max_reference)
+                # the seed stands in only until real samples suffice: read it only then
+                seeds = self.seed_samples(model_fingerprint=fingerprint) if len(samples) < MIN_REFERENCE else []
+                domain = QueryDomain.from_samples(samples, seeds=seeds, beta=beta, max_reference=max_reference)
                 if domain is None:
                     log.info(
-                        "query domain not refreshed: %d samples of model %s are too few", len(samples), fingerprint
+                        "query domain not refreshed: %d samples and %d seed samples of model %s are too few",
+                        len(samples),
+                        len(seeds),
+                        fingerprint,
                     )
                     return None
                 built = (fingerprint, domain)
             domain = built[1]
-            data = encode_query_reference(domain.reference)
+            data = encode_query_reference(domain.reference, seeded=domain.seeded)
             digest = hashlib.sha256(data).hexdigest()
             entry = QueryDomainEntry(
                 key=f"{QUERY_REFERENCE_DIR}{digest[:24]}.npz",
@@ -291,19 +353,29 @@ def _query_sample(vector: np.ndarray) -> np.ndarray:
     return half
 
 
-def encode_query_reference(reference: np.ndarray) -> bytes:
-    """A reference as an ``.npz`` holding one array ``reference`` (float16 [R, d]) that ``np.load`` reads.
+def encode_query_reference(reference: np.ndarray, *, seeded: bool = False) -> bytes:
+    """A reference as an ``.npz`` holding one array ``reference`` (float16 [R, d]) that ``np.load`` reads, and for a
+    seeded reference (:attr:`QueryDomain.seeded`) a second, ``seeded`` (one bool), which older readers ignore.
 
     Written like ``np.savez`` (stored, not compressed) but with a fixed zip timestamp, so the same reference always
     gives the same bytes: the object is content-addressed, and an unchanged reference is not swapped in again.
     """
-    array = np.ascontiguousarray(reference, dtype="<f2")
+    arrays = {"reference": np.ascontiguousarray(reference, dtype="<f2")}
+    if seeded:
+        arrays["seeded"] = np.array([True])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        info = zipfile.ZipInfo("reference.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        with archive.open(info, "w", force_zip64=True) as member:
-            np.lib.format.write_array(member, array, allow_pickle=False)
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def is_seeded_reference(data: bytes) -> bool:
+    """Whether an object written by :func:`encode_query_reference` holds the synthetic seed (centring only)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return "seeded" in archive.files and bool(archive["seeded"].reshape(-1)[0])
 
 
 def decode_query_reference(data: bytes) -> np.ndarray:

@@ -315,7 +315,7 @@ class IndexView:
             )
             return None
         if self._snapshot_space and self.snapshot.projection is not None:
-            return QueryDomain(self.snapshot.project(domain.reference), beta=domain.beta)
+            return QueryDomain(self.snapshot.project(domain.reference), beta=domain.beta, seeded=domain.seeded)
         return domain
 
     @cached_property

@@ -46,6 +46,7 @@ from catalens.service.errors import FieldError, ItemIdError, RequestError
 from catalens.service.fields import parse_product_fields, parse_sidecar
 from catalens.service.notifications import NotificationError, ObjectEvent, parse_notification
 from catalens.service.requests import parse_item_id
+from catalens.service.seeding import QuerySeeder
 from catalens.service.telemetry import NullMetrics
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,8 @@ class IngestService:
         Where error markers go; None logs and counts failures only.
     metrics
         ItemsIndexed, ItemsDeleted, IngestFailures{reason}, EmbedMs, NearDuplicates, ReadTextMs, ReadTextFailures.
+    seeder
+        Makes the query domain's seed from the items of its sample (:mod:`catalens.service.seeding`); None: no seed.
     text_reader
         Reads the text printed on each photo into the item's ``read_text`` field (what text queries search beside
         the merchant's fields); None reads none. A reading that fails is logged and counted, and the item is
@@ -232,12 +235,14 @@ class IngestService:
         errors: ErrorLog | None = None,
         metrics: MetricsSink | None = None,
         config: IngestConfig | None = None,
+        seeder: QuerySeeder | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.perf_counter,
         text_reader: TextReader | None = None,
     ) -> None:
         self.text_reader = text_reader
         self.catalog = catalog
+        self.seeder = seeder
         self.index = index
         self.embedder = embedder
         self._views = views
@@ -365,6 +370,8 @@ class IngestService:
         self._clear_error(event.bucket, photo_key)
         if written:
             self.metrics.emit("ItemsIndexed", 1)
+            if self.seeder is not None:  # after the item is written: the seed never delays or fails indexing it
+                self.seeder.seed(item_id, photo.data, limits)
         log.info(
             "item indexed",
             extra={"item_id": item_id, "key": photo_key, "embed_ms": round(embed_ms, 2), "duplicate": not written},

@@ -79,6 +79,23 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     )
     parser.add_argument("--groups", type=int, default=3, help="regions asked for per composite (default 3)")
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=10,
+        metavar="N",
+        help="calibrated rows are scored for N reference samples (and N query-domain seeds): min-max and mean",
+    )
+    parser.add_argument(
+        "--no-seed", action="store_true", help="leave out the row calibrated from the synthetic seed (cold start)"
+    )
+    parser.add_argument(
+        "--catalog-views",
+        type=int,
+        default=16,
+        metavar="N",
+        help="a row with each catalog vector the mean of the photo and N synthetic shopper views (0: off)",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="embed every photo afresh (default: vectors are kept per model in --cache-dir, "
@@ -176,6 +193,13 @@ def run(args: argparse.Namespace) -> int:
         variants[SUBJECT_ROW] = (subject, None)
         variants[SUBJECT_CATALOG_ROW] = (subject, subject)
 
+    seed_fn = catalog_views_fn = None
+    if not args.no_seed:
+        seed_fn = _seed_vectors(embedder, cached_views(cache_dir, model_key, root, "seed-v1"), args.samples)
+    if args.catalog_views:
+        catalog_views_fn = _catalog_views(
+            embedder, cached_views(cache_dir, model_key, root, "catalog-views-v1"), args.catalog_views
+        )
     reference = MAX_REFERENCE if args.reference is None else args.reference
     result = evaluate_grocery(
         cached_embed,
@@ -185,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
         reference=reference,
         copy_cosine=embedder.card.copy_cosine,
         photo_variants=variants,
+        seed_fn=seed_fn,
+        catalog_views_fn=catalog_views_fn,
+        samples=args.samples,
     )
     if args.composites:
         result["composites"] = _composite_benchmark(args, embedder, cached_embed, cache_dir, model_key, reference)
@@ -199,6 +226,58 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     sys.stderr.write(rows_table(result["rows"], result["split"]))
     return 0
+
+
+def cached_views(cache_dir: Path | None, model_key: str, root: Path, mode: str) -> Any:
+    """The vector cache of synthetic views of the catalog (keys ``<image>#<sample>-<view>``)."""
+    from catalens_tools.evaluation.cache import VectorCache
+
+    return VectorCache.for_model(cache_dir, model_key, mode)
+
+
+def _views_of_catalog(embedder: Any, cache: Any, catalog: list, sample: int, count: int, seed_of: Callable) -> Any:
+    """``[count, n, d]``: ``count`` synthetic shoppers' photos of each catalog image, made as ingest makes its seed
+    (:func:`catalens.shopper_views.seed_views`, the shelf of the products seen last, in catalog order) and embedded
+    by the product path; cached per sample."""
+    import numpy as np
+
+    from catalens.imaging import decode_image, preprocess
+    from catalens.shopper_views import SEED_PHOTO_SIDE, RecentShelf, seed_views
+
+    keys = [[f"{image.path}#{sample}-{view}" for image in catalog] for view in range(count)]
+    stored = cache.get([k for row in keys for k in row])
+    if any(vector is None for vector in stored):
+        shelf, fresh = RecentShelf(), {}
+        for i, image in enumerate(catalog):
+            photo = decode_image(image.path.read_bytes(), target_short_side=SEED_PHOTO_SIDE)  # as ingest decodes
+            shots = seed_views(photo, count, seed=seed_of(sample, i), shelf=shelf)
+            vectors = embedder.embed(np.stack([preprocess(shot, embedder.card.preprocess) for shot in shots]))
+            fresh.update({keys[view][i]: vectors[view] for view in range(count)})
+        cache.put(fresh)
+        stored = cache.get([k for row in keys for k in row])
+    return np.stack(stored).reshape(count, len(catalog), -1)
+
+
+def _seed_vectors(embedder: Any, cache: Any, samples: int) -> Callable:
+    """``catalog -> [samples, SEED_VIEWS · n, d]``: the query-domain seed ingest would make, ``samples`` times."""
+    import numpy as np
+
+    from catalens.query_domain import SEED_VIEWS
+
+    def seeds(catalog: list) -> np.ndarray:
+        made = [_views_of_catalog(embedder, cache, catalog, s, SEED_VIEWS, lambda s, i: [s, i]) for s in range(samples)]
+        return np.stack([m.reshape(-1, m.shape[-1]) for m in made])
+
+    return seeds
+
+
+def _catalog_views(embedder: Any, cache: Any, count: int) -> Callable:
+    """``catalog -> [count, n, d]``: synthetic shoppers' photos added to each catalog image's searched vector."""
+
+    def views(catalog: list) -> Any:
+        return _views_of_catalog(embedder, cache, catalog, 1000, count, lambda s, i: [s, i])
+
+    return views
 
 
 def _words(
@@ -291,11 +370,18 @@ def rows_table(rows: list[dict], split: str) -> str:
     def number(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else "—"
 
+    def spread(row: dict, key: str) -> str:
+        low_high_mean = (row.get("calibrated_spread") or {}).get(key)
+        if not low_high_mean:
+            return "—"
+        low, high, mean = low_high_mean
+        return f"{low:.3f}–{high:.3f} ({mean:.3f})"
+
     head = (
         f"| {split}: configuration | scoring | top-1 | top-5 | fruit top-1 | vegetables top-1 | packages top-1 "
-        "| category acc | category ECE |\n"
+        "| category acc | category ECE | top-1 over samples | top-5 over samples |\n"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|\n"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|\n"]
     for row in rows:
         for scoring in ("plain", "calibrated"):
             numbers, category = row.get(scoring), row.get(f"{scoring}_category")
@@ -303,5 +389,8 @@ def rows_table(rows: list[dict], split: str) -> str:
                 continue
             cells = [numbers.get(k) for k in ("top1", "top5", "fruit_top1", "vegetables_top1", "packages_top1")]
             cells += [category.get("accuracy"), category.get("ece")] if category else [None, None]
-            lines.append(f"| {row['name']} | {scoring} | " + " | ".join(number(c) for c in cells) + " |\n")
+            spreads = [spread(row, "top1"), spread(row, "top5")] if scoring == "calibrated" else ["—", "—"]
+            lines.append(
+                f"| {row['name']} | {scoring} | " + " | ".join([*(number(c) for c in cells), *spreads]) + " |\n"
+            )
     return "".join(lines)

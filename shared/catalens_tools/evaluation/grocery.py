@@ -28,7 +28,7 @@ import numpy as np
 
 from catalens.category import CALIBRATED_TEMPERATURE, PLAIN_TEMPERATURE
 from catalens.errors import CatalensError
-from catalens.query_domain import CALIBRATION_POOL, MAX_REFERENCE
+from catalens.query_domain import CALIBRATION_POOL, MAX_REFERENCE, QueryDomain, unit_rows
 from catalens_tools.evaluation.category import category_report, fit_temperature
 from catalens_tools.evaluation.metrics import cosine_scores, mean_average_precision, recall_at_k, topk_accuracy
 from catalens_tools.evaluation.query_domain import calibrated_scores, reference_domain
@@ -50,6 +50,10 @@ SPLITS = ("train", "val")
 DEFAULT_ROW = "whole crop (default)"
 SUBJECT_ROW = "main subject"
 SUBJECT_CATALOG_ROW = "main subject, catalog cropped too"
+SEEDED_ROW = "seeded query domain (synthetic shoppers' photos, cold start)"
+CATALOG_VIEWS_ROW = "catalog: mean of photo and {} shopper views"
+CSLS_ROW = "CSLS hubness (k=10) instead of inverted softmax"
+CORAL_ROW = "CORAL alignment (shrunk) before calibration"
 PACKAGES = "Packages"
 
 
@@ -224,7 +228,7 @@ def _calibrated(
 
 def _brief(result: dict) -> dict:
     """Top-1/top-5 overall and top-1 per group, for one row of the comparison table."""
-    out = {"top1": result["top1"], "top5": result["top5"]}
+    out = {"top1": result["top1"], "top5": result["top5"], "packages_top1": result["packages"]["top1"]}
     for group, numbers in result["by_group"].items():
         out[f"{group.lower()}_top1"] = numbers["top1"]
     return out
@@ -242,32 +246,85 @@ def _category(
     return report
 
 
+REFERENCE_SAMPLES = 10  # a calibrated row is reported for this many reference samples (seeds 0..9): the spread
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of the comparison: how queries, catalog and query log are embedded, and how search scores them.
+
+    ``seeds`` (``[S, m, d]``: S samples of m synthetic shoppers' photos of the catalog) replace the query log as the
+    calibration's reference: the cold start as served once ingest has seeded the query domain. ``scoring`` is one of
+    :data:`catalens_tools.evaluation.query_domain.SCORINGS`.
+    """
+
+    queries: np.ndarray
+    catalog: np.ndarray
+    other: np.ndarray
+    seeds: np.ndarray | None = None
+    scoring: str = "inverted softmax"
+    note: str = ""
+
+
+def _spread(briefs: list[dict]) -> dict:
+    """``metric -> [min, max, mean]`` over the reference samples."""
+    out = {}
+    for key in briefs[0]:
+        values = [b[key] for b in briefs if b[key] is not None]
+        if values:
+            out[key] = [min(values), max(values), float(np.mean(values))]
+    return out
+
+
 def compare_rows(
-    variants: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    variants: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray] | RowSpec],
     queries: list[GroceryImage],
     catalog: list[GroceryImage],
     *,
     reference: int,
     copy_cosine: float,
     fit: bool = False,
+    samples: int = REFERENCE_SAMPLES,
 ) -> list[dict]:
-    """One row per variant of the query path: ``name -> (query, catalog, other split)`` vectors; plain and
-    calibrated photo → catalog and category prediction, as search would serve each."""
+    """One row per variant of the query path: ``name -> (query, catalog, other split)`` vectors or a
+    :class:`RowSpec`; plain and calibrated photo → catalog and category prediction, as search would serve each.
+
+    The calibrated numbers are those of reference sample 0 (the other split's photos drawn with seed 0, or the
+    first seed sample); ``calibrated_spread`` has ``[min, max, mean]`` over ``samples`` reference samples."""
     rows = []
-    for name, (query_vectors, catalog_vectors, other_vectors) in variants.items():
-        plain_scores = cosine_scores(query_vectors, catalog_vectors)
+    for name, spec in variants.items():
+        if not isinstance(spec, RowSpec):
+            spec = RowSpec(*spec)
+        plain_scores = cosine_scores(spec.queries, spec.catalog)
         row: dict = {
             "name": name,
+            "note": spec.note,
             "plain": _brief(photo_to_catalog(None, queries, None, catalog, scores=plain_scores)),
             "plain_category": _category(plain_scores, queries, catalog, PLAIN_TEMPERATURE, fit),
             "calibrated": None,
             "calibrated_category": None,
+            "calibrated_spread": None,
         }
-        calibrated = _calibrated_scores(query_vectors, catalog_vectors, other_vectors, reference, copy_cosine)
-        if calibrated is not None:
-            scores = calibrated[0]
-            row["calibrated"] = _brief(photo_to_catalog(None, queries, None, catalog, scores=scores))
-            row["calibrated_category"] = _category(scores, queries, catalog, CALIBRATED_TEMPERATURE, fit)
+        briefs, first = [], None
+        count = len(spec.seeds) if spec.seeds is not None else (samples if reference else 0)
+        for sample in range(min(count, samples)):
+            if spec.seeds is not None:
+                domain = QueryDomain.from_samples([], seeds=spec.seeds[sample], max_reference=len(spec.seeds[sample]))
+            else:
+                domain = reference_domain(spec.other, reference, seed=sample)
+            if domain is None:
+                break
+            scores = calibrated_scores(
+                domain, spec.queries, spec.catalog, copy_cosine=copy_cosine, scoring=spec.scoring
+            )
+            briefs.append(_brief(photo_to_catalog(None, queries, None, catalog, scores=scores)))
+            if first is None:
+                first = scores
+                row["reference"] = len(domain)
+        if first is not None:
+            row["calibrated"] = briefs[0]
+            row["calibrated_category"] = _category(first, queries, catalog, CALIBRATED_TEMPERATURE, fit)
+            row["calibrated_spread"] = {"samples": len(briefs), **_spread(briefs)}
         rows.append(row)
     return rows
 
@@ -293,6 +350,9 @@ def evaluate_grocery(
     reference: int = MAX_REFERENCE,
     copy_cosine: float | None = None,
     photo_variants: dict[str, tuple[EmbedFn, EmbedFn | None]] | None = None,
+    seed_fn: Callable[[list[GroceryImage]], np.ndarray] | None = None,
+    catalog_views_fn: Callable[[list[GroceryImage]], np.ndarray] | None = None,
+    samples: int = REFERENCE_SAMPLES,
 ) -> dict:
     """Run both tasks of the protocol with ``embed_fn`` and return the metrics as a JSON-ready dict.
 
@@ -322,6 +382,14 @@ def evaluate_grocery(
         query log, so calibration sees the variant's vectors as serving would), ``catalog_fn`` the shop images
         (None: as the default). Each row has plain and calibrated top-1/top-5 (per group too) and the category
         prediction's accuracy and ECE; on the train split also the temperature that split itself would fit.
+    seed_fn
+        ``catalog -> [S, m, d]``: S samples of synthetic shoppers' photos of the catalog as ingest seeds the query
+        domain; adds the cold-start row ``SEEDED_ROW`` (calibrated from the seed, no query log).
+    catalog_views_fn
+        ``catalog -> [V, n, d]``: V synthetic shoppers' photos per catalog image; adds ``CATALOG_VIEWS_ROW``, the
+        catalog searched by the mean of each image's vector and its views.
+    samples
+        Calibrated rows are scored for this many reference samples (``calibrated_spread``: min, max, mean).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -347,6 +415,16 @@ def evaluate_grocery(
     variants = {DEFAULT_ROW: (query_vectors, catalog_vectors, gallery_vectors)}
     # the catalog as the compact index serves it (int8 codes, decoded): must read like the float vectors
     variants[COMPACT_INDEX_ROW] = (query_vectors, as_served_by_compact_index(catalog_vectors), gallery_vectors)
+    if seed_fn is not None:
+        variants[SEEDED_ROW] = RowSpec(
+            query_vectors, catalog_vectors, gallery_vectors, seeds=np.asarray(seed_fn(catalog)), note="no query log"
+        )
+    if catalog_views_fn is not None:
+        views = np.asarray(catalog_views_fn(catalog))
+        searched = unit_rows(unit_rows(catalog_vectors) + unit_rows(views).sum(axis=0))
+        variants[CATALOG_VIEWS_ROW.format(len(views))] = (query_vectors, searched, gallery_vectors)
+    variants[CSLS_ROW] = RowSpec(query_vectors, catalog_vectors, gallery_vectors, scoring="csls")
+    variants[CORAL_ROW] = RowSpec(query_vectors, catalog_vectors, gallery_vectors, scoring="coral")
     for name, (photo_fn, catalog_fn) in (photo_variants or {}).items():
         photos = np.asarray(photo_fn([image.path for image in queries + gallery]))
         shop = np.asarray(catalog_fn([image.path for image in catalog])) if catalog_fn else catalog_vectors
@@ -357,7 +435,13 @@ def evaluate_grocery(
         "photo_to_catalog": photo_to_catalog(query_vectors, queries, catalog_vectors, catalog),
         "calibrated": _calibrated(queries, catalog, calibrated),
         "rows": compare_rows(
-            variants, queries, catalog, reference=reference, copy_cosine=copy_cosine, fit=split == "train"
+            variants,
+            queries,
+            catalog,
+            reference=reference,
+            copy_cosine=copy_cosine,
+            fit=split == "train",
+            samples=samples,
         ),
         "photo_to_photo": photo_to_photo(query_vectors, queries, gallery_vectors, gallery),
         "embedding": {
