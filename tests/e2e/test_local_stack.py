@@ -158,14 +158,15 @@ def test_words_find_a_fresh_upload_by_its_title_and_refine_a_photo_search(stack:
     bad = stack.api("GET", "/search?q=%21%21%21")
     assert bad.status == 400
     assert bad.json()["code"] == "invalid_query"
-    stack.delete(f"{item_id}.jpg")
+    assert stack.delete(f"{item_id}.jpg").status == 200
+    stack.wait_for(lambda: not is_indexed(stack, item_id), what=f"{item_id} to be removed")
 
 
 def test_a_bad_upload_lands_in_the_dlq_and_nothing_else_is_lost(stack: StackClient) -> None:
     tag = uuid.uuid4().hex[:8]
     good = [f"e2e-good-{tag}-{n}" for n in range(3)]
     bad = f"e2e-bad-{tag}"
-    before = stack.status()["item_count"]
+    before = stack.wait_ingested()["item_count"]  # a baseline with nothing of earlier tests still in flight
     stack.upload(f"{good[0]}.jpg", photo_bytes(20))
     assert stack.upload(f"{bad}.jpg", b"\xff\xd8\xff\xe0 this is a truncated JPEG").status == 201
     stack.upload(f"{good[1]}.jpg", photo_bytes(21))
