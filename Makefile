@@ -48,7 +48,7 @@ test: chromium setup lint deploy-checks
 	$(VENV)/bin/pytest tests/unit --disable-socket --allow-unix-socket -q
 	$(VENV)/bin/pytest tests/integration tests/e2e -q
 
-# The quick loop: the unit tier without the tests marked slow (pynndescent graphs, the lever study); make test runs all.
+# The quick loop: the unit tier without the tests marked slow (graph builds, the lever study); make test runs all.
 unit: setup
 	$(VENV)/bin/pytest tests/unit --disable-socket --allow-unix-socket -q -m "not slow"
 
