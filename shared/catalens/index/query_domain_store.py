@@ -121,7 +121,10 @@ class QueryDomainStore:
             found = [(_sample_millis(info.key), info.key) for info in self.blob.list(f"{base}{day.isoformat()}/")]
             chosen.extend(sorted(((ms, key) for ms, key in found if ms is not None and ms >= oldest_ms), reverse=True))
             day -= timedelta(days=1)
-        keys = [key for _, key in chosen[:limit]]
+        return self._fetch_vectors([key for _, key in chosen[:limit]], "query sample")
+
+    def _fetch_vectors(self, keys: list[str], what: str) -> list[np.ndarray]:
+        """float32 vectors stored at ``keys`` (.npy, fetched in parallel); gone, undecodable or not 1-D: skipped."""
         fetched = fetch_all(self.blob, {key: key for key in keys}, workers=self.fetch_workers)
         samples: list[np.ndarray] = []
         for key in keys:
@@ -131,10 +134,10 @@ class QueryDomainStore:
             try:
                 sample = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
             except (ValueError, TypeError, OSError, EOFError):
-                log.warning("skipping undecodable query sample %s", key, exc_info=True)
+                log.warning("skipping undecodable %s %s", what, key, exc_info=True)
                 continue
             if sample.ndim != 1:
-                log.warning("skipping query sample %s of shape %s", key, sample.shape)
+                log.warning("skipping %s %s of shape %s", what, key, sample.shape)
                 continue
             samples.append(sample)
         return samples
@@ -179,20 +182,7 @@ class QueryDomainStore:
                 break
             hashes.add(item_hash)
             keys.append(info.key)
-        fetched = fetch_all(self.blob, {key: key for key in keys}, workers=self.fetch_workers)
-        samples = []
-        for key in keys:
-            data = fetched[key]
-            if data is None:
-                continue
-            try:
-                sample = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
-            except (ValueError, TypeError, OSError, EOFError):
-                log.warning("skipping undecodable seed sample %s", key, exc_info=True)
-                continue
-            if sample.ndim == 1:
-                samples.append(sample)
-        return samples
+        return self._fetch_vectors(keys, "seed sample")
 
     def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
         """The reference the manifest names, verified against its size and sha256 (CorruptIndexError if not)."""
