@@ -256,6 +256,23 @@ def _cold_start() -> tuple[Any, Any]:
     return handler, LambdaContext("catalens-bench-search", memory_limit_in_mb=2048, timeout_seconds=29)
 
 
+def _timed_call(
+    handler: Any, context: Any, template: dict[str, Any], parameters: dict[str, str]
+) -> tuple[float, dict[str, Any]]:
+    """One request with ``parameters`` as its query string: (milliseconds in the handler, the JSON body); a non-200
+    answer ends the benchmark, since its timing would measure an error path."""
+    event = copy.deepcopy(template)
+    event["queryStringParameters"] = parameters
+    event["multiValueQueryStringParameters"] = {key: [value] for key, value in parameters.items()}
+    started = time.perf_counter()
+    response = handler(event, context)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response["statusCode"] != 200:
+        print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
+        raise SystemExit(1)
+    return elapsed, json.loads(response["body"])
+
+
 def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace) -> dict[str, Any]:
     template = json.loads((REPO_ROOT / "tests" / "events" / "apigw_search_image.json").read_text())
     template["body"] = base64.b64encode(query).decode()
@@ -271,16 +288,7 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
     item_count = 0
     for index in range(args.warmup + args.requests):
         for name, parameters in variants.items():  # alternated: drift on a shared machine hits both alike
-            event = copy.deepcopy(template)
-            event["queryStringParameters"] = parameters
-            event["multiValueQueryStringParameters"] = {key: [value] for key, value in parameters.items()}
-            started = time.perf_counter()
-            response = handler(event, context)
-            elapsed = (time.perf_counter() - started) * 1000
-            if response["statusCode"] != 200:
-                print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
-                raise SystemExit(1)
-            body = json.loads(response["body"])
+            elapsed, body = _timed_call(handler, context, template, parameters)
             if body["personalized"] != (name == "personalized"):
                 print(f"bench search: {name} request answered personalized={body['personalized']}", file=sys.stderr)
                 raise SystemExit(1)
@@ -361,16 +369,7 @@ def _measure_text(handler: Any, context: Any, args: argparse.Namespace, size: in
     first_ms = None
     item_count = hits = 0
     for index, words in enumerate(queries):
-        event = copy.deepcopy(template)
-        event["queryStringParameters"] = {"q": words, "k": str(args.k)}
-        event["multiValueQueryStringParameters"] = {"q": [words], "k": [str(args.k)]}
-        started = time.perf_counter()
-        response = handler(event, context)
-        elapsed = (time.perf_counter() - started) * 1000
-        if response["statusCode"] != 200:
-            print(f"bench search: handler answered {response['statusCode']}: {response['body']}", file=sys.stderr)
-            raise SystemExit(1)
-        body = json.loads(response["body"])
+        elapsed, body = _timed_call(handler, context, template, {"q": words, "k": str(args.k)})
         if first_ms is None:
             first_ms = elapsed
         if index < args.warmup:
