@@ -581,12 +581,10 @@ def build_hnsw_graph(
 
 def _locality_order(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renumber a CSR graph in reverse Cuthill-McKee order: a walk's gathers then touch nearby rows."""
-    from scipy.sparse import csr_array  # builder-only dependency
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
+    from scipy.sparse.csgraph import reverse_cuthill_mckee  # builder-only dependency
 
     n = indptr.size - 1
-    adjacency = csr_array((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
-    order = np.asarray(reverse_cuthill_mckee(adjacency, symmetric_mode=False), dtype=np.int64)
+    order = np.asarray(reverse_cuthill_mckee(_adjacency(indptr, indices), symmetric_mode=False), dtype=np.int64)
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
     degrees = np.diff(indptr)[order]
@@ -628,14 +626,19 @@ def export_search_graph(index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, indptr, indices
 
 
-def weak_components(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Label of the weakly connected component of every vertex (0..c-1, by first vertex)."""
-    from scipy.sparse import csr_array  # builder-only dependency (comes with pynndescent)
-    from scipy.sparse.csgraph import connected_components
+def _adjacency(indptr: np.ndarray, indices: np.ndarray) -> Any:
+    """A CSR graph as the scipy sparse matrix its graph algorithms take (unit weights)."""
+    from scipy.sparse import csr_array  # builder-only dependency
 
     n = indptr.size - 1
-    adjacency = csr_array((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
-    _, labels = connected_components(adjacency, directed=True, connection="weak")
+    return csr_array((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
+
+
+def weak_components(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Label of the weakly connected component of every vertex (0..c-1, by first vertex)."""
+    from scipy.sparse.csgraph import connected_components  # builder-only dependency
+
+    _, labels = connected_components(_adjacency(indptr, indices), directed=True, connection="weak")
     # Renumber by first appearance so labels do not depend on scipy's traversal.
     _, first = np.unique(labels, return_index=True)
     rank = np.empty(first.size, dtype=np.int64)
