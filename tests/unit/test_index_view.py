@@ -161,6 +161,23 @@ def test_exclude_removes_items_from_both_parts():
     assert len(hits) == 3
 
 
+def test_hits_carry_their_own_vector_fields_and_image_from_snapshot_and_deltas():
+    base = _catalog(60)
+    snapshot = build_snapshot(base, model_fingerprint=FP)  # the compact layout: vectors decoded for the hits
+    near = base[1].vector + 0.1 * base[2].vector
+    deltas = [_record("d1", base[1].vector, "0200", category="new"), _record("d2", near, "0200")]
+    view = IndexView(snapshot, deltas)
+    by_id = {r.item_id: r for r in base} | {r.item_id: r for r in deltas}
+    hits = view.search(base[1].vector, 12)
+    assert {"d1", "d2", "item-0001"} <= {h.item_id for h in hits}
+    for hit in hits:
+        record = by_id[hit.item_id]
+        assert hit.fields == record.fields
+        assert hit.image_key == record.image_key
+        np.testing.assert_allclose(hit.vector, _unit(record.vector), atol=COMPACT_ATOL)
+        np.testing.assert_allclose(hit.vector, view.vector_of(hit.item_id), atol=1e-6)
+
+
 def test_get_vector_of_len_and_version():
     base = _catalog(20)
     snapshot = build_snapshot(base, model_fingerprint=FP)
