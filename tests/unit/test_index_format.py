@@ -29,35 +29,37 @@ MODEL_DIM = 8
 START = 1_800_000_000.0
 FINGERPRINT = "format-model"
 
-# The pre-split format: sha256[:16] of every file, captured from build_snapshot and IndexStore before the split.
+# The pre-split format: sha256[:16] of every file, captured from build_snapshot and IndexStore before the split;
+# id_order, graph.indptr and record_offsets re-captured when they became int32/uint32 (readers take both widths:
+# tests/unit/test_index_snapshot.py).
 GOLDEN_SNAPSHOTS = """
 e77947f9b0435a1a  first/column.cat_category.046b3d46.npy
 b0788e376be7f2f4  first/column.cat_title.6c00ed47.npy
 240dd6979c6fb2e7  first/column.num_price.b1621a13.npy
 35318c812bd4423a  first/graph.entry_points.npy
 ce85385dfce8d0ae  first/graph.indices.npy
-84abe2ad27026250  first/graph.indptr.npy
-e2ff8d28ecfd3d27  first/id_order.npy
+0cef269010fc4420  first/graph.indptr.npy
+b0788e376be7f2f4  first/id_order.npy
 32341d65c9c602eb  first/item_ids.npy
 b361a1d5ac407e12  first/projection.components.npy
 1d8162890545e644  first/projection.mean.npy
 72ffbf6ae681c314  first/projection.scale.npy
-81e1c4255a6f7481  first/record_offsets.npy
+3419675e809aea75  first/record_offsets.npy
 bccd33c2a728c955  first/records.npy
-93687c8e4409c7c9  first/snapshot.json
+cf25348c5e6c6693  first/snapshot.json
 bf8c3d9fd782b802  first/tombstones.json
 68bcbcf9b70692ad  first/vectors.npy
 3c5bae9d971492f3  second/column.cat_category.046b3d46.npy
 daa3afc5deae8e86  second/column.cat_title.6c00ed47.npy
 89d7a928fe1a0b57  second/column.num_price.b1621a13.npy
-13f00e7bb2cd8bd0  second/id_order.npy
+daa3afc5deae8e86  second/id_order.npy
 c2c2f4eb4f2e98ed  second/item_ids.npy
 b361a1d5ac407e12  second/projection.components.npy
 1d8162890545e644  second/projection.mean.npy
 72ffbf6ae681c314  second/projection.scale.npy
-6812b5368e892b33  second/record_offsets.npy
+952cef4741d4022e  second/record_offsets.npy
 0e371069a0ee843b  second/records.npy
-0e5630bb38dbf580  second/snapshot.json
+11da03870b159f90  second/snapshot.json
 03827abb464d20ef  second/tombstones.json
 4b153ed4abe44356  second/vectors.npy
 """
@@ -65,7 +67,7 @@ b361a1d5ac407e12  second/projection.components.npy
 # bytes except snapshot.json, which lists the new ``text.*.npy`` files (catalens.text.lexical's arrays). The impacts
 # are float32 BM25 weights from numpy's log1p on a handful of short titles (not BLAS).
 GOLDEN_TEXT_SNAPSHOTS = """
-428d85597999814e  first/snapshot.json
+037272cb6e6fcfaf  first/snapshot.json
 0d1ad03f7e0c2a20  first/text.df.npy
 08451dd53abdd160  first/text.impacts.npy
 66bada21a6997d1f  first/text.lengths.npy
@@ -73,7 +75,7 @@ a6419fc47ef36862  first/text.offsets.npy
 d10d4178feb62d60  first/text.rows.npy
 dd1325115787d713  first/text.terms_blob.npy
 55cbd66868b44ced  first/text.terms_offsets.npy
-b8b9b5246e6305d8  second/snapshot.json
+5ef2a7c07d8acd71  second/snapshot.json
 88996e4524396793  second/text.df.npy
 1c2a533a4ae96681  second/text.impacts.npy
 66bada21a6997d1f  second/text.lengths.npy
@@ -92,7 +94,7 @@ d317290d3b50aa72  index/deltas/shoes%2Fitem%2000/0000000000000000000000000000000
 889e8ed89d73b17d  index/deltas/shoes%2Fitem%2004/0000000000000000000000000000000e-put-0876b2d0379b5bf8.json
 5d1a131f1d7936f0  index/deltas/shoes%2Fitem%2005/0000000000000000000000000000000f-put-854196a1ba1681e7.json
 97498aa6840d1a0c  index/deltas/shoes%2Fitem%2007/00000000000000000000000000000009-del-f452dec03eed2919.json
-1357088759df015b  index/manifest.json
+3188963cb0248a09  index/manifest.json
 83055bf8ee95f6f8  index/queries/reference/83055bf8ee95f6f82f3b5cb1.npz
 b69a134706a6adc1  index/queries/samples/format-model/2027-01-15/1800000029000-00000000000000000000000000000022.npy
 3de44aeea9fd5009  index/queries/samples/format-model/2027-01-15/1800000030000-00000000000000000000000000000021.npy
@@ -130,22 +132,22 @@ c26d8a1569274ff7  index/queries/samples/format-model/2027-01-15/1800000060000-00
 7fd2f7063896d75f  index/versions/00000001-000000000000/snapshot/column.cat_category.046b3d46.npy
 7631a0b68229b197  index/versions/00000001-000000000000/snapshot/column.cat_title.6c00ed47.npy
 65d60bda4018f0a5  index/versions/00000001-000000000000/snapshot/column.num_price.b1621a13.npy
-6d08883eb5b05b9d  index/versions/00000001-000000000000/snapshot/id_order.npy
+7631a0b68229b197  index/versions/00000001-000000000000/snapshot/id_order.npy
 b6df0ca47991bf35  index/versions/00000001-000000000000/snapshot/item_ids.npy
-2f4efba6894891e4  index/versions/00000001-000000000000/snapshot/record_offsets.npy
+8f01af3febb1724c  index/versions/00000001-000000000000/snapshot/record_offsets.npy
 ca8326082ce06337  index/versions/00000001-000000000000/snapshot/records.npy
-51c36e4ceae18c1e  index/versions/00000001-000000000000/snapshot/snapshot.json
+88f67605d3d9c44f  index/versions/00000001-000000000000/snapshot/snapshot.json
 8539e815ca440d71  index/versions/00000001-000000000000/snapshot/tombstones.json
 45d80de8a01c2e43  index/versions/00000001-000000000000/snapshot/vectors.npy
 023451385470fe94  index/versions/00000002-000000000000/ledger.json
 b0a61c449e8af03a  index/versions/00000002-000000000000/snapshot/column.cat_category.046b3d46.npy
 bdad22b13216ce0a  index/versions/00000002-000000000000/snapshot/column.cat_title.6c00ed47.npy
 5683136039adb6e6  index/versions/00000002-000000000000/snapshot/column.num_price.b1621a13.npy
-e24087dfc0efa40c  index/versions/00000002-000000000000/snapshot/id_order.npy
+bdad22b13216ce0a  index/versions/00000002-000000000000/snapshot/id_order.npy
 ac6305433c95317a  index/versions/00000002-000000000000/snapshot/item_ids.npy
-841d9adc97cd110e  index/versions/00000002-000000000000/snapshot/record_offsets.npy
+5cfeaebb036237c6  index/versions/00000002-000000000000/snapshot/record_offsets.npy
 a5c1bd769dacbf46  index/versions/00000002-000000000000/snapshot/records.npy
-9ed216f034eff556  index/versions/00000002-000000000000/snapshot/snapshot.json
+b31884f43ff99b5c  index/versions/00000002-000000000000/snapshot/snapshot.json
 f9da40759ad3f060  index/versions/00000002-000000000000/snapshot/tombstones.json
 345fd703abbca6a2  index/versions/00000002-000000000000/snapshot/vectors.npy
 """
@@ -155,15 +157,15 @@ f9da40759ad3f060  index/versions/00000002-000000000000/snapshot/tombstones.json
 # files that fit one part, the deltas and the query objects are the same bytes as in GOLDEN_STORE.
 PARTS_SIZE = 256
 GOLDEN_STORE_IN_PARTS = """
-6a4d7d0dab72c0d9  index/manifest.json
+4d21c4d520484867  index/manifest.json
 4590cf65166ef3bc  index/versions/00000001-000000000000/ledger.json.part-00000
 dc4def2f036806e1  index/versions/00000001-000000000000/ledger.json.part-00001
 7fd2f7063896d75f  index/versions/00000001-000000000000/snapshot/column.cat_category.046b3d46.npy
 7631a0b68229b197  index/versions/00000001-000000000000/snapshot/column.cat_title.6c00ed47.npy
 65d60bda4018f0a5  index/versions/00000001-000000000000/snapshot/column.num_price.b1621a13.npy
-6d08883eb5b05b9d  index/versions/00000001-000000000000/snapshot/id_order.npy
+7631a0b68229b197  index/versions/00000001-000000000000/snapshot/id_order.npy
 b6df0ca47991bf35  index/versions/00000001-000000000000/snapshot/item_ids.npy
-2f4efba6894891e4  index/versions/00000001-000000000000/snapshot/record_offsets.npy
+8f01af3febb1724c  index/versions/00000001-000000000000/snapshot/record_offsets.npy
 25135d60fed23657  index/versions/00000001-000000000000/snapshot/records.npy.part-00000
 5ee3c1c86a6b820c  index/versions/00000001-000000000000/snapshot/records.npy.part-00001
 3b66e6d29e724b3f  index/versions/00000001-000000000000/snapshot/records.npy.part-00002
@@ -172,8 +174,8 @@ f82d133f49afa291  index/versions/00000001-000000000000/snapshot/records.npy.part
 87f87b8e55a96d79  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00000
 5d14b486adb3e707  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00001
 559cf9b977aef775  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00002
-08311267a8f84651  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00003
-df458e5431a48167  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00004
+bf0df3d24eae83aa  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00003
+a1b7bf0ea9c35c48  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00004
 d562c5911ee97ba4  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00005
 61ff77a2ca7e43d2  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00006
 49acf112e15da7b1  index/versions/00000001-000000000000/snapshot/snapshot.json.part-00007
@@ -185,9 +187,9 @@ de66d9ae6e13a94d  index/versions/00000001-000000000000/snapshot/vectors.npy.part
 b0a61c449e8af03a  index/versions/00000002-000000000000/snapshot/column.cat_category.046b3d46.npy
 bdad22b13216ce0a  index/versions/00000002-000000000000/snapshot/column.cat_title.6c00ed47.npy
 5683136039adb6e6  index/versions/00000002-000000000000/snapshot/column.num_price.b1621a13.npy
-e24087dfc0efa40c  index/versions/00000002-000000000000/snapshot/id_order.npy
+bdad22b13216ce0a  index/versions/00000002-000000000000/snapshot/id_order.npy
 ac6305433c95317a  index/versions/00000002-000000000000/snapshot/item_ids.npy
-841d9adc97cd110e  index/versions/00000002-000000000000/snapshot/record_offsets.npy
+5cfeaebb036237c6  index/versions/00000002-000000000000/snapshot/record_offsets.npy
 b3d01772740a5900  index/versions/00000002-000000000000/snapshot/records.npy.part-00000
 5ee3c1c86a6b820c  index/versions/00000002-000000000000/snapshot/records.npy.part-00001
 2b7303f441fde3ef  index/versions/00000002-000000000000/snapshot/records.npy.part-00002
@@ -196,8 +198,8 @@ b3d01772740a5900  index/versions/00000002-000000000000/snapshot/records.npy.part
 87f87b8e55a96d79  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00000
 de42b9d393b452fa  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00001
 460137fefad3ce69  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00002
-48ad075d8f610ce9  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00003
-9b127f5ac35f52ec  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00004
+60db46269f36afd3  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00003
+0fd0c427c39e8190  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00004
 efa952e487d1e25c  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00005
 001e3dba458c052d  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00006
 938b2eac29101476  index/versions/00000002-000000000000/snapshot/snapshot.json.part-00007

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from catalens.index import BuildParams, Filter, IndexView, ItemRecord, Snapshot, SnapshotError, build_snapshot
+from catalens.index.graph import NeighbourGraph
+from catalens.index.snapshot import RecordTable
 
 DIM = 16
 
@@ -51,6 +54,30 @@ def test_round_trip_gives_identical_search_results(settings):
                     (h.item_id, h.score, h.fields, h.image_key) for h in b
                 ]
     assert loaded.to_files() == snapshot.to_files()
+
+
+def test_row_numbers_and_offsets_are_written_narrow_and_the_earlier_int64_widths_still_read():
+    snapshot = _snapshot(n=300, graph_threshold=100)
+    assert snapshot.graph is not None
+    assert snapshot.id_order.dtype == np.int32
+    assert snapshot.graph.indptr.dtype == np.int32
+    assert snapshot.records.offsets.dtype == np.uint32
+    # as releases before wrote them: every row number and offset int64
+    wide_graph = NeighbourGraph(**{**snapshot.graph.arrays(), "indptr": snapshot.graph.indptr.astype(np.int64)})
+    wide = replace(
+        snapshot,
+        id_order=snapshot.id_order.astype(np.int64),
+        records=RecordTable(snapshot.records.blob, snapshot.records.offsets.astype(np.int64)),
+        graph=wide_graph,
+    )
+    loaded = Snapshot.from_files(wide.to_files())
+    assert loaded.id_order.dtype == loaded.graph.indptr.dtype == loaded.records.offsets.dtype == np.int64
+    view_narrow, view_wide = IndexView(snapshot), IndexView(loaded)
+    for q in np.random.default_rng(2).standard_normal((10, DIM)).astype(np.float32):
+        a, b = view_narrow.search(q, 7, strategy="graph"), view_wide.search(q, 7, strategy="graph")
+        assert [(h.item_id, h.score, h.fields) for h in a] == [(h.item_id, h.score, h.fields) for h in b]
+    assert view_wide.get("item-17").fields == view_narrow.get("item-17").fields
+    assert view_wide.get("item-17").fields["title"] == "Product «17»"
 
 
 @pytest.mark.parametrize("settings", [{"layout": "compact"}, {"layout": "float32", "reduce_dim": 8}])

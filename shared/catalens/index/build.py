@@ -30,7 +30,7 @@ from catalens.index.filters import build_columns, canonical_json
 from catalens.index.graph import NeighbourGraph
 from catalens.index.records import ItemRecord, is_newer
 from catalens.index.reduce import Projection, fit_projection, normalise
-from catalens.index.snapshot import RecordTable, Snapshot
+from catalens.index.snapshot import RecordTable, Snapshot, narrow_index
 from catalens.index.vectors import CHUNK_ROWS, COARSE_DIM, DenseVectors, Layout
 from catalens.text.lexical import LexicalIndex
 
@@ -333,7 +333,7 @@ class RowDocuments(Sequence[dict[str, Any]]):
         blob = np.empty(int(offsets[-1]), dtype=np.uint8)
         for row in range(len(self)):
             blob[offsets[row] : offsets[row + 1]] = np.frombuffer(self.raw(row), dtype=np.uint8)
-        return RecordTable(blob, offsets)
+        return RecordTable(blob, narrow_index(offsets, unsigned=True))
 
 
 class _Fields(Sequence[Mapping[str, Any]]):
@@ -419,7 +419,7 @@ def _with_search_graph(rows: _Rows, params: BuildParams) -> _Rows:
     graph_seconds = time.perf_counter() - started
     entries, n_components = choose_entry_points(vectors, indptr, indices, budget, seed=params.seed)
     entries, group_ptr, centroids = group_entry_points(vectors, entries, seed=params.seed)
-    graph = NeighbourGraph(indptr, indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
+    graph = NeighbourGraph(narrow_index(indptr), indices, entries, entry_group_ptr=group_ptr, entry_centroids=centroids)
     graph_info = {
         "method": params.graph_method if params.graph_builder is None else "custom",
         **({"hnsw_m": params.hnsw_m} if params.graph_method == "hnsw" else {"n_neighbors": params.n_neighbors}),
@@ -466,7 +466,7 @@ def _assemble(
         model_fingerprint=model_fingerprint,
         model_dim=model_dim,
         item_ids=item_ids,
-        id_order=np.argsort(item_ids, kind="stable").astype(np.int64),
+        id_order=narrow_index(np.argsort(item_ids, kind="stable")),
         table=rows.compact.table() if rows.compact is not None else DenseVectors(rows.vectors),
         records=records,
         columns=build_columns(_Fields(rows.documents)),

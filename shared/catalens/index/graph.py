@@ -35,7 +35,7 @@ class NeighbourGraph:
     centroids, and only the entry points of the ``probe`` best groups.
     """
 
-    indptr: np.ndarray  # int64[n + 1]
+    indptr: np.ndarray  # int32 (or int64)[n + 1]
     indices: np.ndarray  # int32[nnz], row numbers
     entry_points: np.ndarray  # int32[m], covering every weakly connected component
     entry_group_ptr: np.ndarray | None = None  # int64[c + 1]: group g = entry_points[ptr[g]:ptr[g + 1]]
@@ -104,7 +104,7 @@ class GraphSearcher:
         if graph.n_vertices != vectors.shape[0]:
             raise ValueError(f"graph has {graph.n_vertices} vertices but there are {vectors.shape[0]} vectors")
         self._vectors = vectors
-        self._indptr = graph.indptr.astype(np.int64, copy=False)
+        self._indptr = graph.indptr  # int32 or int64 as stored: a widened copy would cost 4 B per row
         self._indices = graph.indices.astype(np.int32, copy=False)
         self._entries = graph.entry_points.astype(np.int64, copy=False)
         self._scale = None if scale is None else np.asarray(scale, dtype=np.float32)

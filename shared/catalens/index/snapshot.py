@@ -63,6 +63,17 @@ class SnapshotError(CatalensError):
     code = "corrupt_snapshot"
 
 
+def narrow_index(values: np.ndarray, *, unsigned: bool = False) -> np.ndarray:
+    """Row numbers or offsets as int32 (uint32 for offsets) when they fit, else int64: 4 B per item of a search
+    process's memory (id order, graph pointers, record offsets). Readers take either width."""
+    values = np.asarray(values)
+    narrow = np.dtype(np.uint32 if unsigned else np.int32)
+    info = np.iinfo(narrow)
+    if values.size == 0 or (int(values.min()) >= info.min and int(values.max()) <= info.max):
+        return values.astype(narrow, copy=False)
+    return values.astype(np.int64, copy=False)
+
+
 @dataclass(frozen=True, eq=False)
 class RecordTable:
     """Per-row JSON documents (fields, image key, etag, sequencer, time), concatenated.
@@ -71,7 +82,7 @@ class RecordTable:
     """
 
     blob: np.ndarray  # uint8[total]
-    offsets: np.ndarray  # int64[n + 1]
+    offsets: np.ndarray  # uint32 (or int64)[n + 1]
 
     @classmethod
     def encode(cls, documents: Sequence[Mapping[str, Any]]) -> RecordTable:
@@ -79,7 +90,7 @@ class RecordTable:
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=offsets[1:])
         blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.empty(0, np.uint8)
-        return cls(blob, offsets)
+        return cls(blob, narrow_index(offsets, unsigned=True))
 
     def __len__(self) -> int:
         return int(self.offsets.size - 1)
@@ -97,7 +108,7 @@ class Snapshot:
     model_fingerprint: str
     model_dim: int
     item_ids: np.ndarray  # bytes (UTF-8) dtype "S", [n], in row order
-    id_order: np.ndarray  # int64[n]: rows sorted by item id
+    id_order: np.ndarray  # int32 (or int64)[n]: rows sorted by item id
     table: VectorTable  # the item vectors, float32 or compact (catalens.index.vectors)
     records: RecordTable
     columns: Columns
