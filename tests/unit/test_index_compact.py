@@ -151,7 +151,7 @@ def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_3
     items, queries = _tight_clusters(700, 512, seed=5)
     snapshot = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP)
     assert COARSE_DIM == 320
-    assert RERANK_EXTRA == 96
+    assert RERANK_EXTRA == 190
     assert snapshot.table.coarse.output_dim == COARSE_DIM
     assert snapshot.table.coarse_codes.shape == (len(items), COARSE_DIM)
     rescored: list[int] = []

@@ -63,6 +63,11 @@ LAYOUTS: dict[str, Layout] = {
     "float32": Layout(
         "float32", "float32 unit vectors at the model's dimension", lambda params: replace(params, layout="float32")
     ),
+    "compact-m16": Layout(
+        "compact-m16",
+        "the compact layout with the sparser HNSW graph it had before (M 16: up to 32 links per item, not 64)",
+        lambda params: replace(params, layout="compact", hnsw_m=16),
+    ),
     "compact-nndescent": Layout(
         "compact-nndescent",
         "the compact layout with pynndescent's search graph instead of the HNSW bottom layer (the graph before it)",
