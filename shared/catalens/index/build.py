@@ -42,7 +42,7 @@ DEFAULT_NEIGHBOURS = 30
 # first stage, calibrated synthetic set) its bottom layer (M 16: mean degree 20.9, +42 B per item) took recall@10 as
 # served from 0.975 to 0.982 at the same ef where pynndescent's pruned search graph (degree 10.5) could not. At 1M
 # the walk loses more than the first stage, and M 32 (mean degree 27.7, +30 B per item) buys more recall per ms
-# of walk than a wider pool does: 0.931 at 3.6 ms (ef 320) against 0.920 at 4.0 ms for M 16 (ef 512), pool
+# of walk than a larger ef does: 0.931 at 3.6 ms (ef 320) against 0.920 at 4.0 ms for M 16 (ef 512), pool
 # re-ranked exactly. See docs/operations.md, "The index at catalog scale".
 DEFAULT_HNSW_M = 32
 DEFAULT_HNSW_EF_CONSTRUCTION = 200
