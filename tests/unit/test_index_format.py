@@ -31,7 +31,7 @@ FINGERPRINT = "format-model"
 
 # The pre-split format: sha256[:16] of every file, captured from build_snapshot and IndexStore before the split;
 # id_order, graph.indptr and record_offsets re-captured when they became int32/uint32 (readers take both widths:
-# tests/unit/test_index_snapshot.py).
+# tests/unit/test_index_snapshot.py), and the first build's snapshot.json when its graph info said M 32.
 GOLDEN_SNAPSHOTS = """
 e77947f9b0435a1a  first/column.cat_category.046b3d46.npy
 b0788e376be7f2f4  first/column.cat_title.6c00ed47.npy
@@ -46,7 +46,7 @@ b361a1d5ac407e12  first/projection.components.npy
 72ffbf6ae681c314  first/projection.scale.npy
 3419675e809aea75  first/record_offsets.npy
 bccd33c2a728c955  first/records.npy
-cf25348c5e6c6693  first/snapshot.json
+b57dca2cdf503a51  first/snapshot.json
 bf8c3d9fd782b802  first/tombstones.json
 68bcbcf9b70692ad  first/vectors.npy
 3c5bae9d971492f3  second/column.cat_category.046b3d46.npy
@@ -67,7 +67,7 @@ b361a1d5ac407e12  second/projection.components.npy
 # bytes except snapshot.json, which lists the new ``text.*.npy`` files (catalens.text.lexical's arrays). The impacts
 # are float32 BM25 weights from numpy's log1p on a handful of short titles (not BLAS).
 GOLDEN_TEXT_SNAPSHOTS = """
-037272cb6e6fcfaf  first/snapshot.json
+67ddad7b4738ef0c  first/snapshot.json
 0d1ad03f7e0c2a20  first/text.df.npy
 08451dd53abdd160  first/text.impacts.npy
 66bada21a6997d1f  first/text.lengths.npy
