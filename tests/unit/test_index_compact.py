@@ -168,3 +168,22 @@ def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_3
         exact = np.argsort(-(items @ q))[:10]
         assert [h.item_id for h in hits][:1] == [f"item-{exact[0]:05d}"]
     assert rescored == [10 + RERANK_EXTRA] * 5
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+@pytest.mark.parametrize("block", [7, 32_768])
+def test_dot_rows_scores_the_chosen_rows_in_blocks_as_float64_does(monkeypatch, dtype, block):
+    import catalens.index.vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "_DOT_BLOCK", block)  # 7: every call below takes several blocks
+    rng = np.random.default_rng(3)
+    rows_of = rng.integers(-127, 128, (50, 12)).astype(dtype)
+    query = rng.standard_normal(12).astype(np.float32)
+    picked = np.array([49, 0, 7, 7, 31, 12, 3, 44, 18, 25, 1], dtype=np.int64)
+    expected = rows_of.astype(np.float64) @ query.astype(np.float64)
+    every = vectors_module.dot_rows(rows_of, query)
+    chosen = vectors_module.dot_rows(rows_of, query, picked)
+    assert every.dtype == chosen.dtype == np.float32
+    np.testing.assert_allclose(every, expected, rtol=1e-5)
+    np.testing.assert_allclose(chosen, expected[picked], rtol=1e-5)
+    assert vectors_module.dot_rows(rows_of, query, picked[:0]).shape == (0,)

@@ -30,6 +30,7 @@ from catalens.index.filters import Filter
 from catalens.index.records import Hit, IndexedItem, ItemRecord, is_newer, sequencer_key
 from catalens.index.reduce import normalise
 from catalens.index.snapshot import Snapshot
+from catalens.index.vectors import dot_rows
 from catalens.query_domain import QueryDomain
 from catalens.text.catalog import fresh_scores, snapshot_text_index
 from catalens.text.lexical import LexicalIndex, query_terms
@@ -580,10 +581,10 @@ def _exact(
         rows = allowed.rows
         if excluded_rows.size:
             rows = rows[~np.isin(rows, excluded_rows)]
-        scores = vectors[rows] @ q
+        scores = dot_rows(vectors, q, rows)
         top = _top_k(scores, k)
         return rows[top], scores[top]
-    scores = vectors @ q
+    scores = dot_rows(vectors, q)
     if allowed.mask is not None:
         scores[~allowed.mask] = -np.inf
     if excluded_rows.size:
