@@ -68,10 +68,11 @@ class SearchParams:
     Parameters
     ----------
     ef:
-        Candidate pool of the graph walk (recall vs latency). 256: the walk, not the first stage, loses most of
+        Candidate pool of the graph walk (recall vs latency). 320: the walk, not the first stage, loses most of
         the recall. Whole searches alternated in one process (compact, M-32 graph, 200 rows re-scored, calibrated
-        synthetic set, one thread): at 1M ef 256 gives recall@10 0.917 at p50 4.9 ms and ef 320 0.929 at 5.3 ms,
-        past the 5 ms bound; at 100k ef 192/256/320 give 0.989/0.991/0.991 at 4.5/4.7/5.3 ms.
+        synthetic set, one thread): at 1M ef 256 gave recall@10 0.917 at p50 4.9 ms and ef 320 0.929 at 5.3 ms
+        before the walk scored its steps with BLAS (1.3x faster since: ef 320 walks in ~3.0 ms); at 100k ef
+        192/256/320 give 0.989/0.991/0.991. ``catalens bench index`` prints what the default gives.
     expand:
         Candidates expanded per step of the walk (one matmul per step).
     probe:
@@ -87,7 +88,7 @@ class SearchParams:
         Upper bound of the candidate pool when a filter widens it (4·ef / selectivity).
     """
 
-    ef: int = 256
+    ef: int = 320
     expand: int = 24
     probe: int = 32
     filtered_exact_below: int = 20_000
