@@ -68,11 +68,10 @@ class SearchParams:
     Parameters
     ----------
     ef:
-        Candidate pool of the graph walk (recall vs latency). 320: the walk, not the first stage, loses most of
-        the recall. Whole searches alternated in one process (compact, M-32 graph, 200 rows re-scored, calibrated
-        synthetic set, one thread): at 1M ef 256 gave recall@10 0.917 at p50 4.9 ms and ef 320 0.929 at 5.3 ms
-        before the walk scored its steps with BLAS (1.3x faster since: ef 320 walks in ~3.0 ms); at 100k ef
-        192/256/320 give 0.989/0.991/0.991. ``catalens bench index`` prints what the default gives.
+        Candidate pool of the graph walk (recall vs latency). 256: the most the 5 ms bound leaves at 1M. Whole
+        searches on the 1M bench snapshot (compact, M-32 graph, 200 rows re-scored, calibrated synthetic set, one
+        thread), alternated per query: ef 192/256/320 give recall@10 0.913/0.918/0.926 at p50 4.6/4.9/5.3 ms; at
+        100k 0.989/0.991/0.991. The walk, not the first stage, loses most of the recall.
     expand:
         Candidates expanded per step of the walk (one matmul per step).
     probe:
@@ -88,7 +87,7 @@ class SearchParams:
         Upper bound of the candidate pool when a filter widens it (4·ef / selectivity).
     """
 
-    ef: int = 320
+    ef: int = 256
     expand: int = 24
     probe: int = 32
     filtered_exact_below: int = 20_000
