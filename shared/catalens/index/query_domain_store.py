@@ -160,28 +160,27 @@ class QueryDomainStore:
             return None
         return key
 
-    def seed_item_hashes(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[str]:
-        """The ``items`` smallest item hashes that have seed samples, ascending (LIST stops once it has them)."""
-        hashes: list[str] = []
+    def _seed_keys(self, model_fingerprint: str, items: int) -> list[tuple[str, str]]:
+        """``(item hash, key)`` of every seed sample of the ``items`` smallest item hashes, ascending. Keys are
+        ``<hash>-<view>.npy``, so LIST returns an item's views together and can stop at the first hash past them."""
+        found: list[tuple[str, str]] = []
+        distinct = 0
         for info in self.blob.list(self._seed_base(model_fingerprint)):
             item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
-            if not hashes or hashes[-1] != item_hash:
-                if len(hashes) == items:
+            if not found or found[-1][0] != item_hash:
+                if distinct == items:
                     break
-                hashes.append(item_hash)
-        return hashes
+                distinct += 1
+            found.append((item_hash, info.key))
+        return found
+
+    def seed_item_hashes(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[str]:
+        """The ``items`` smallest item hashes that have seed samples, ascending (LIST stops once it has them)."""
+        return list(dict.fromkeys(item_hash for item_hash, _ in self._seed_keys(model_fingerprint, items)))
 
     def seed_samples(self, *, model_fingerprint: str, items: int = SEED_ITEMS) -> list[np.ndarray]:
         """The seed samples of the ``items`` smallest item hashes (a uniform sample of the catalog's items), float32."""
-        base = self._seed_base(model_fingerprint)
-        keys: list[str] = []
-        hashes: set[str] = set()
-        for info in self.blob.list(base):
-            item_hash = info.key.rsplit("/", 1)[-1].split("-", 1)[0]
-            if item_hash not in hashes and len(hashes) == items:
-                break
-            hashes.add(item_hash)
-            keys.append(info.key)
+        keys = [key for _, key in self._seed_keys(model_fingerprint, items)]
         return self._fetch_vectors(keys, "seed sample")
 
     def load_query_domain(self, entry: QueryDomainEntry) -> QueryDomain:
