@@ -222,3 +222,27 @@ def test_grouped_entry_points_are_routed_by_centroid():
         assert sorted(rows.tolist()) == sorted(np.argsort(-(x @ query))[:5].tolist())
     with pytest.raises(ValueError, match="entry group"):
         NeighbourGraph(indptr, indices, grouped, entry_group_ptr=group_ptr[:-1], entry_centroids=centroids)
+
+
+def test_visit_stamps_start_again_before_they_would_overflow(monkeypatch):
+    import catalens.index.graph as graph_module
+
+    x, indptr, indices = _pieces([60, 40], seed=4)
+    entries, _ = choose_entry_points(x, indptr, indices, 6)
+    searcher = GraphSearcher(x, NeighbourGraph(indptr, indices, entries))
+    queries = x[[3, 70, 11]]
+    expected = [searcher.search(q, 5, ef=16)[0].tolist() for q in queries]
+    before = searcher._scratch.next_base
+    searcher.search(queries[0], 5, ef=16)
+    assert searcher._scratch.next_base > before  # stamps run on from query to query
+    # a limit only a little above one query's worst case: every query after the first must start afresh
+    monkeypatch.setattr(graph_module, "_STAMP_LIMIT", entries.size + indices.size + 10)
+    fresh = GraphSearcher(x, NeighbourGraph(indptr, indices, entries))
+    for query, want in zip(queries, expected, strict=True):
+        assert fresh.search(query, 5, ef=16)[0].tolist() == want
+        assert fresh._scratch.stamps.dtype == np.int32
+    bases = []
+    for _ in range(3):  # the same query uses the same number of stamps, from 1 each time
+        assert fresh.search(queries[0], 5, ef=16)[0].tolist() == expected[0]
+        bases.append(fresh._scratch.next_base)
+    assert bases[0] == bases[1] == bases[2] <= graph_module._STAMP_LIMIT
