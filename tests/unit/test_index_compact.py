@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalens.index import BuildParams, IndexView, ItemRecord, build_snapshot
+from catalens.index import BuildParams, IndexView, ItemRecord, SearchParams, build_snapshot
 from catalens.index.reduce import normalise
 from catalens.index.vectors import FULL_SAMPLE, CompactCodec, CompactVectors, Quantiser
 from catalens_tools.synthetic import clustered_vectors
@@ -168,6 +168,35 @@ def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_3
         exact = np.argsort(-(items @ q))[:10]
         assert [h.item_id for h in hits][:1] == [f"item-{exact[0]:05d}"]
     assert rescored == [10 + RERANK_EXTRA] * 5
+
+
+def test_a_graph_search_rescores_the_walks_whole_pool_when_it_is_larger(monkeypatch):
+    """The walk has scored its ef candidates anyway: all of them are re-scored, never fewer than max(2k, k + extra)."""
+    from catalens.index.view import RERANK_EXTRA
+
+    items, queries = _tight_clusters(1200, 64, seed=6)
+    snapshot = build_snapshot(
+        [_record(i, v) for i, v in enumerate(items)],
+        model_fingerprint=FP,
+        params=BuildParams(graph_threshold=2, seed=0, n_jobs=1),
+    )
+    assert snapshot.graph is not None
+    rescored: list[int] = []
+    original = CompactVectors.scores
+
+    def spy(self, rows, query):
+        rescored.append(len(rows))
+        return original(self, rows, query)
+
+    monkeypatch.setattr(CompactVectors, "scores", spy)
+    cases = ((320, "graph", 320), (64, "graph", 10 + RERANK_EXTRA), (320, "exact", 10 + RERANK_EXTRA))
+    for ef, strategy, want in cases:
+        rescored.clear()
+        view = IndexView(snapshot, params=SearchParams(ef=ef))
+        for q in queries[:3]:
+            hits = view.search(q, 10, strategy=strategy)
+            assert hits[0].item_id == f"item-{int(np.argmax(items @ q)):05d}"
+        assert rescored == [want] * 3, (ef, strategy)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.float32])
