@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -26,19 +28,23 @@ def _tight_clusters(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 def test_residual_codes_decode_and_score_far_closer_than_direct_codes():
     items, queries = _tight_clusters(3000, 512)
     codec = CompactCodec.fit(items, 64)
-    coarse, lengths, full = codec.encode(items)
+    coarse, lengths, full, _ = codec.encode(items)
     direct = Quantiser.fit(items, headroom=1.5)
     snapshot = build_snapshot(
         [_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP, params=BuildParams(coarse_dim=64)
     )
     table = snapshot.table
     assert table.residual
-    assert table.describe()["full"] == "residual"
+    assert table.describe()["full"] == "residual-scaled"
     rows = snapshot.rows_of([f"item-{i:05d}" for i in range(len(items))])
     decoded = np.empty_like(items)
     decoded[np.arange(len(items))] = table.rows(rows)
-    # every component within half a residual step (no code of a catalog's own rows saturates) ...
-    assert np.all(np.abs(decoded - items) <= table.full_quantiser.step * 0.5 + 1e-6)
+    # every component within half its row's residual step (no code saturates), which is finer than the
+    # catalog-wide step ...
+    row_step = table.full_quantiser.step * table.full_scales[rows].astype(np.float32)[:, None]
+    assert np.all(np.abs(decoded - items) <= row_step * 0.5 + 1e-6)
+    assert np.all(table.full_scales <= 1.0)
+    assert np.median(table.full_scales.astype(np.float32)) < 0.9
     # ... and scores several times closer to float32 than coding the vectors themselves
     residual_error = np.abs((decoded - items) @ queries.T)
     direct_error = np.abs((direct.decode(direct.encode(items)) - items) @ queries.T)
@@ -107,6 +113,7 @@ def test_unchanged_items_keep_their_bytes_across_compactions():
     old_rows, new_rows = first.rows_of(kept), second.rows_of(kept)
     assert np.array_equal(a.slots[old_rows], b.slots[new_rows])
     assert np.array_equal(a.coarse_codes[old_rows], b.coarse_codes[new_rows])
+    assert np.array_equal(a.full_scales[old_rows], b.full_scales[new_rows])
     assert np.array_equal(a.rows(old_rows), b.rows(new_rows))
     # the new item is the same vector as item 0, coded by the same codec: the same bytes
     new_row, zero_row = second.rows_of([f"item-{len(items):05d}", "item-00000"])
@@ -123,6 +130,74 @@ def test_a_small_catalog_codec_leaves_room_for_vectors_it_has_not_seen():
     assert not codec.saturates(seen)
     clipped = np.abs(codec.residual_of(unseen)) > codec.full_quantiser.step * 127.5
     assert clipped.mean() < 1e-3
+
+
+def test_row_scales_code_each_residual_finer_than_the_catalog_wide_step():
+    """A row's scale fits the int8 range to its own largest residual: scores come several times closer to float32,
+    and a vector beyond the fitted range gets a coarser scale instead of clipping."""
+    items, queries = _tight_clusters(3000, 512, seed=7)
+    scaled = CompactCodec.fit(items, 64)
+    plain = replace(scaled, row_scaled=False)
+    assert scaled.row_scaled
+    codes, lengths, full, scales = scaled.encode(items)
+    assert scales.dtype == np.float16
+    assert scales.shape == (len(items),)
+    assert np.abs(full).max() == 127  # each row's largest residual uses the whole range
+    scaled_error = np.abs((scaled.decode(codes, lengths, full, scales) - items) @ queries.T)
+    codes, lengths, full, none = plain.encode(items)
+    assert none is None
+    plain_error = np.abs((plain.decode(codes, lengths, full) - items) @ queries.T)
+    assert np.median(scaled_error) * 2 < np.median(plain_error)
+    # a vector far outside the sample: no clipping, its own (coarser) scale, still within half a step everywhere
+    outlier = normalise(items[0] + 0.5 * normalise(np.random.default_rng(1).standard_normal(512)))
+    assert scaled.saturates(outlier[None, :])
+    codes, lengths, full, scales = scaled.encode(outlier[None, :])
+    assert scales[0] > 1
+    decoded = scaled.decode(codes, lengths, full, scales)[0]
+    assert np.all(np.abs(decoded - outlier) <= scaled.full_quantiser.step * float(scales[0]) * 0.5 + 1e-6)
+
+
+def test_a_snapshot_coded_without_row_scales_keeps_coding_without_them(monkeypatch):
+    """Snapshots written before row scales say ``full: residual``: read as before, and their compactions keep the
+    codec (learned from FULL_SAMPLE rows), so unchanged rows keep their bytes and new rows are coded the same way."""
+    import catalens.index.compact as compact_module
+
+    learn = CompactCodec.fit
+    monkeypatch.setattr(
+        compact_module.CompactCodec, "fit", classmethod(lambda cls, *a, **k: replace(learn(*a, **k), row_scaled=False))
+    )
+    rng = np.random.default_rng(5)
+    dim = 24
+    items = normalise(
+        rng.standard_normal((FULL_SAMPLE + 200, 4)) @ rng.standard_normal((4, dim))
+        + rng.standard_normal((FULL_SAMPLE + 200, dim))
+    )
+    params = BuildParams(coarse_dim=8, chunk_rows=1024, graph_threshold=10**9)
+    n = FULL_SAMPLE + 100
+    first = build_snapshot([_record(i, v) for i, v in enumerate(items[:n])], model_fingerprint=FP, params=params)
+    monkeypatch.setattr(compact_module.CompactCodec, "fit", learn)
+    table = first.table
+    assert table.full_scales is None
+    assert table.describe()["full"] == "residual"
+    arrays = {**table.arrays(), **table.chunk_arrays()}
+    assert "full.scales.npy" not in arrays
+    again = CompactVectors.from_parts(table.describe(), arrays.__getitem__, list(arrays))
+    assert again.full_scales is None
+    np.testing.assert_array_equal(again.rows(np.arange(20)), table.rows(np.arange(20)))
+    fresh = [_record(i, items[i], "20") for i in range(n, len(items))]
+    second = build_snapshot(fresh, model_fingerprint=FP, previous=first, params=params)
+    assert second.table.full_scales is None
+    assert second.table.describe()["full"] == "residual"
+    kept = [f"item-{i:05d}" for i in range(n)]
+    np.testing.assert_array_equal(second.table.rows(second.rows_of(kept)), table.rows(first.rows_of(kept)))
+    added = second.rows_of([f"item-{i:05d}" for i in range(n, len(items))])
+    step = second.table.full_quantiser.step
+    assert np.all(np.abs(second.table.rows(added) - items[n:]) <= step * 0.5 + 1e-6)
+    prepared = second.table.prepare(items[0])
+    np.testing.assert_allclose(second.table.scores(added, prepared), second.table.rows(added) @ items[0], atol=2e-6)
+    # the catalog total still follows the decoded vectors
+    every = second.rows_of([f"item-{i:05d}" for i in range(len(items))])
+    np.testing.assert_allclose(second.table.total(), second.table.rows(every).sum(axis=0), atol=1e-3)
 
 
 def test_a_snapshot_written_with_direct_codes_reads_them_as_before():

@@ -40,6 +40,7 @@ class CompactRows:
     codec: CompactCodec
     coarse_codes: np.ndarray  # int8[n, c]
     coarse_lengths: np.ndarray  # float16[n]
+    full_scales: np.ndarray | None  # float16[n], or None for a codec without row scales
     slots: np.ndarray  # int32[n]
     chunks: tuple[np.ndarray, ...]
     total: np.ndarray  # float64[d]
@@ -59,6 +60,7 @@ class CompactRows:
             codec=self.codec,
             coarse_codes=np.ascontiguousarray(self.coarse_codes[order]),
             coarse_lengths=self.coarse_lengths[order],
+            full_scales=None if self.full_scales is None else self.full_scales[order],
             slots=self.slots[order],
             chunks=self.chunks,
             total=self.total,
@@ -79,6 +81,7 @@ class CompactRows:
             chunks=self.chunks,
             fitted_rows=self.codec.fitted_rows,
             residual=self.codec.residual,
+            full_scales=self.full_scales,
         )
 
 
@@ -152,12 +155,15 @@ def compact_rows(
     c = codec.coarse.output_dim
     coarse_codes = np.empty((n, c), dtype=np.int8)
     coarse_lengths = np.empty(n, dtype=np.float16)
+    full_scales = np.empty(n, dtype=np.float16) if codec.row_scaled else None
     if prev_table is not None and not refit:
         kept = np.array([i for i in range(n) if states[live_ids[i]].record is None], dtype=np.int64)
         if kept.size:
             kept_rows = np.array([states[live_ids[i]].row for i in kept.tolist()], dtype=np.int64)
             coarse_codes[kept] = prev_table.coarse_codes[kept_rows]
             coarse_lengths[kept] = prev_table.coarse_lengths[kept_rows]
+            if full_scales is not None:
+                full_scales[kept] = prev_table.full_scales[kept_rows]
     # Chunks first (a previous chunk as it is, or a patched copy), then every fresh vector's codes written straight
     # into its slot: never a second copy of the full vectors, even on a first build of a million items.
     fresh_array = np.asarray(fresh, dtype=np.int64)
@@ -166,7 +172,9 @@ def compact_rows(
     for start in range(0, fresh_array.size, _ENCODE_BLOCK):
         block = fresh_array[start : start + _ENCODE_BLOCK]
         vectors = normalise(np.stack([source_vector(live_ids[i]) for i in block.tolist()]))
-        coarse_codes[block], coarse_lengths[block], full_codes = codec.encode(vectors)
+        coarse_codes[block], coarse_lengths[block], full_codes, scales = codec.encode(vectors)
+        if full_scales is not None:
+            full_scales[block] = scales
         chunk_of, offset = np.divmod(slots[block], chunk_rows)
         for code_row, chunk_index, row_in_chunk in zip(full_codes, chunk_of.tolist(), offset.tolist(), strict=True):
             chunks[chunk_index][row_in_chunk] = code_row
@@ -175,9 +183,10 @@ def compact_rows(
         codec=codec,
         coarse_codes=coarse_codes,
         coarse_lengths=coarse_lengths,
+        full_scales=full_scales,
         slots=slots.astype(np.int32),
         chunks=chunks,
-        total=codec.total(coarse_codes, coarse_lengths, chunks),
+        total=codec.total(coarse_codes, coarse_lengths, chunks, full_scales=full_scales, slots=slots),
         chunk_rows=chunk_rows,
         chunks_reused=reused,
     )

@@ -13,6 +13,9 @@ The compact layout keeps, per item:
   already has). The PCA takes the directions of largest spread, so the residual's range per dimension, hence
   the int8 step and the score error, is several times smaller than the vector's, at no extra byte per item
   (``catalens bench index``, docs/operations.md). Snapshots written before keep direct codes (``full: direct``).
+  Each row's residual code also has its own scale (float16, 2 B, beside the first stage): the row's largest value
+  codes to ±127, where one step per dimension for the whole catalog left most rows a fraction of the range
+  (``full: residual-scaled``; snapshots without scales keep coding without them).
   An item keeps its slot across compactions, so a chunk none of whose items changed keeps its bytes: the builder
   copies it instead of uploading it, and a search process swapping versions shares it instead of loading it again.
 
@@ -237,12 +240,15 @@ class CompactVectors:
     chunks: tuple[np.ndarray, ...] | None = None  # int8[<=chunk_rows, d] each; None until loaded
     fitted_rows: int = FULL_SAMPLE  # rows the codec was learned from (CompactCodec.outgrown)
     residual: bool = False  # full codes quantise the vector minus its first-stage reconstruction
+    full_scales: np.ndarray | None = None  # float16[n]: a row's full code decodes as code · step · scale (None: 1)
     layout: Layout = field(default="compact", init=False)
 
     def __post_init__(self) -> None:
         n = self.coarse_codes.shape[0]
         if self.coarse_lengths.shape != (n,) or self.slots.shape != (n,):
             raise ValueError("compact vector arrays disagree on the number of rows")
+        if self.full_scales is not None and self.full_scales.shape != (n,):
+            raise ValueError("full-vector scales disagree with the number of rows")
         if self.coarse_codes.ndim != 2 or self.coarse_codes.shape[1] != self.coarse.output_dim:
             raise ValueError("first-stage codes do not match the first-stage projection")
         if self.full_quantiser.step.shape != (self.coarse.input_dim,):
@@ -307,7 +313,10 @@ class CompactVectors:
             return self.rows(rows) @ query.full
         codes = self._full_codes(rows)
         first = self._first_stage_points(rows)
-        return (first @ query.coarse + dot_rows(codes, query.residual) + np.float32(query.offset)).astype(np.float32)
+        residual = dot_rows(codes, query.residual)
+        if self.full_scales is not None:
+            residual *= self.full_scales[rows].astype(np.float32)
+        return (first @ query.coarse + residual + np.float32(query.offset)).astype(np.float32)
 
     @property
     def reranks(self) -> bool:
@@ -330,6 +339,8 @@ class CompactVectors:
         for start in range(0, rows.size, _DECODE_BLOCK):
             block = rows[start : start + _DECODE_BLOCK]
             decoded = self.full_quantiser.decode(self._full_codes(block))
+            if self.full_scales is not None:
+                decoded *= self.full_scales[block].astype(np.float32)[:, None]
             if self.residual:
                 decoded += _reconstruct(self.coarse, self._first_stage_points(block))
             out[start : start + block.size] = decoded
@@ -364,6 +375,8 @@ class CompactVectors:
             "full.step.npy": self.full_quantiser.step,
             "full.total.npy": self.full_total,
         }
+        if self.full_scales is not None:
+            out["full.scales.npy"] = self.full_scales
         for name, array in self.coarse.arrays().items():
             out[f"coarse.{name}.npy"] = array
         return out
@@ -380,7 +393,7 @@ class CompactVectors:
             "chunk_rows": self.chunk_rows,
             "chunks": self.n_chunks,
             "fitted_rows": self.fitted_rows,
-            "full": "residual" if self.residual else "direct",
+            "full": _full_kind(self.residual, self.full_scales is not None),
         }
 
     @classmethod
@@ -399,7 +412,8 @@ class CompactVectors:
             full_total=array("full.total.npy"),
             chunk_rows=int(description["chunk_rows"]),
             fitted_rows=int(description.get("fitted_rows", FULL_SAMPLE)),
-            residual=_full_code(description) == "residual",
+            residual=_full_code(description) != "direct",
+            full_scales=array("full.scales.npy") if _full_code(description) == "residual-scaled" else None,
         )
         wanted = [chunk_file(i) for i in range(int(description["chunks"]))]
         if wanted and all(name in names for name in wanted):
@@ -411,9 +425,31 @@ class CompactVectors:
 
 def _full_code(description: Mapping[str, Any]) -> str:
     kind = description.get("full", "direct")
-    if kind not in ("direct", "residual"):
+    if kind not in ("direct", "residual", "residual-scaled"):
         raise ValueError(f"unknown full-vector code {kind!r}: written by a newer release")
     return kind
+
+
+def _full_kind(residual: bool, scaled: bool) -> str:
+    if scaled and not residual:
+        raise ValueError("per-row scales are only used with residual codes")
+    return "residual-scaled" if scaled else "residual" if residual else "direct"
+
+
+_SCALE_FLOOR = np.float32(np.finfo(np.float16).tiny)  # a zero residual still gets a finite, normal scale
+
+
+def _row_scales(values: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """float16[n]: per-row scales so each row's largest ``value / step`` codes to at most ±127 exactly.
+
+    Rounded *up* to float16 so no code clips; a row whose residual is small gets fine steps instead of the
+    catalog-wide ones, and a row beyond the fitted range gets coarse ones instead of saturating.
+    """
+    peak = np.abs(values / step).max(axis=1) / np.float32(127.0) if values.shape[0] else np.zeros(0, np.float32)
+    scales = np.maximum(peak, _SCALE_FLOOR).astype(np.float16)
+    low = scales.astype(np.float32) < peak
+    scales[low] = np.nextafter(scales[low], np.float16(np.inf))
+    return scales
 
 
 _DECODE_BLOCK = 4096
@@ -439,7 +475,9 @@ class CompactCodec:
     ``fitted_rows`` is the size of the sample it was learned from: a codec learned from a young, small catalog is
     learned again once the catalog has doubled (up to :data:`FULL_SAMPLE` rows), then kept for good. ``residual``:
     the full quantiser codes the vector minus its first-stage reconstruction (every codec learned now; a codec read
-    from an older snapshot codes the vector itself and keeps doing so).
+    from an older snapshot codes the vector itself and keeps doing so). ``row_scaled``: each row's residual code
+    also has its own scale (float16), so the row's largest value uses the whole int8 range; a codec read from a
+    snapshot without scales keeps coding without them.
     """
 
     coarse: Projection
@@ -447,10 +485,18 @@ class CompactCodec:
     full_quantiser: Quantiser
     fitted_rows: int
     residual: bool = True
+    row_scaled: bool = True
 
     @classmethod
     def of(cls, table: CompactVectors) -> CompactCodec:
-        return cls(table.coarse, table.coarse_quantiser, table.full_quantiser, table.fitted_rows, table.residual)
+        return cls(
+            table.coarse,
+            table.coarse_quantiser,
+            table.full_quantiser,
+            table.fitted_rows,
+            table.residual,
+            table.full_scales is not None,
+        )
 
     @classmethod
     def fit(cls, sample: np.ndarray, coarse_dim: int, *, seed: int = 0) -> CompactCodec:
@@ -490,15 +536,28 @@ class CompactCodec:
         unit = centred / np.maximum(lengths, np.float32(1e-12))[:, None]
         return self.coarse_quantiser.encode(unit), lengths.astype(np.float16)
 
-    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(first-stage codes, first-stage lengths, full-vector codes) of unit vectors."""
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(first-stage codes, first-stage lengths, full-vector codes, full-vector row scales or None) of unit
+        vectors."""
         vectors = np.asarray(vectors, dtype=np.float32)
         codes, lengths = self.encode_first_stage(vectors)
-        return codes, lengths, self.full_quantiser.encode(self._full_input(vectors, codes, lengths))
+        values = self._full_input(vectors, codes, lengths)
+        if not self.row_scaled:
+            return codes, lengths, self.full_quantiser.encode(values), None
+        scales = _row_scales(values, self.full_quantiser.step)
+        return codes, lengths, self.full_quantiser.encode(values / scales.astype(np.float32)[:, None]), scales
 
-    def decode(self, coarse_codes: np.ndarray, coarse_lengths: np.ndarray, full_codes: np.ndarray) -> np.ndarray:
+    def decode(
+        self,
+        coarse_codes: np.ndarray,
+        coarse_lengths: np.ndarray,
+        full_codes: np.ndarray,
+        full_scales: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float32[n, d]: the vectors :meth:`encode` gave these codes (the float32 rows a search scores)."""
         decoded = self.full_quantiser.decode(full_codes)
+        if full_scales is not None:
+            decoded *= np.asarray(full_scales, dtype=np.float32)[:, None]
         if self.residual:
             decoded += _reconstruct(
                 self.coarse, _first_stage_points(self.coarse_quantiser, coarse_codes, coarse_lengths)
@@ -511,7 +570,8 @@ class CompactCodec:
         return self._full_input(vectors, *self.encode_first_stage(vectors))
 
     def saturates(self, vectors: np.ndarray) -> bool:
-        """True when a vector's full code would clip (a value beyond the fitted range)."""
+        """True when a vector's full code would clip, or with row scales need a scale above 1: a value beyond the
+        fitted range, coded more coarsely than the catalog's own rows."""
         limit = self.full_quantiser.step * np.float32(127.5)
         return bool(np.any(np.abs(self.residual_of(vectors)) > limit))
 
@@ -520,12 +580,28 @@ class CompactCodec:
             return vectors
         return vectors - _reconstruct(self.coarse, _first_stage_points(self.coarse_quantiser, codes, lengths))
 
-    def total(self, coarse_codes: np.ndarray, coarse_lengths: np.ndarray, chunks: Sequence[np.ndarray]) -> np.ndarray:
+    def total(
+        self,
+        coarse_codes: np.ndarray,
+        coarse_lengths: np.ndarray,
+        chunks: Sequence[np.ndarray],
+        *,
+        full_scales: np.ndarray | None = None,
+        slots: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float64[d]: the sum of the decoded full vectors of the rows with these first-stage bytes and chunks
-        (freed slots are zero, so they add nothing)."""
+        (freed slots are zero, so they add nothing). With row scales, ``slots`` says where each row's code is."""
         total = np.zeros(self.coarse.input_dim, dtype=np.float64)
-        for chunk in chunks:
-            total += chunk.sum(axis=0, dtype=np.int64)
+        if full_scales is None:
+            for chunk in chunks:
+                total += chunk.sum(axis=0, dtype=np.int64)
+        else:
+            slot_scales = np.zeros(sum(chunk.shape[0] for chunk in chunks), dtype=np.float32)
+            slot_scales[np.asarray(slots, dtype=np.int64)] = full_scales
+            start = 0
+            for chunk in chunks:
+                total += slot_scales[start : start + chunk.shape[0]] @ chunk.astype(np.float32)
+                start += chunk.shape[0]
         total *= self.full_quantiser.step.astype(np.float64)
         if self.residual and coarse_codes.shape[0]:
             points = np.zeros(self.coarse.output_dim, dtype=np.float64)
