@@ -219,6 +219,19 @@ def test_a_snapshot_written_with_direct_codes_reads_them_as_before():
         CompactVectors.from_parts({**description, "full": "pq"}, arrays.__getitem__, list(arrays))
 
 
+def _count_rescored_rows(monkeypatch) -> list[int]:
+    """The number of rows each full-vector re-score is given, in call order."""
+    rescored: list[int] = []
+    original = CompactVectors.scores
+
+    def spy(self, rows, query):
+        rescored.append(len(rows))
+        return original(self, rows, query)
+
+    monkeypatch.setattr(CompactVectors, "scores", spy)
+    return rescored
+
+
 def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_320_axis_first_stage(monkeypatch):
     from catalens.index.vectors import COARSE_DIM
     from catalens.index.view import RERANK_EXTRA
@@ -229,14 +242,7 @@ def test_a_default_compact_search_rescores_k_plus_rerank_extra_candidates_of_a_3
     assert RERANK_EXTRA == 190
     assert snapshot.table.coarse.output_dim == COARSE_DIM
     assert snapshot.table.coarse_codes.shape == (len(items), COARSE_DIM)
-    rescored: list[int] = []
-    original = CompactVectors.scores
-
-    def spy(self, rows, query):
-        rescored.append(len(rows))
-        return original(self, rows, query)
-
-    monkeypatch.setattr(CompactVectors, "scores", spy)
+    rescored = _count_rescored_rows(monkeypatch)
     view = IndexView(snapshot)
     for q in queries[:5]:
         hits = view.search(q, 10)
@@ -256,14 +262,7 @@ def test_a_graph_search_rescores_the_walks_whole_pool_when_it_is_larger(monkeypa
         params=BuildParams(graph_threshold=2, seed=0, n_jobs=1),
     )
     assert snapshot.graph is not None
-    rescored: list[int] = []
-    original = CompactVectors.scores
-
-    def spy(self, rows, query):
-        rescored.append(len(rows))
-        return original(self, rows, query)
-
-    monkeypatch.setattr(CompactVectors, "scores", spy)
+    rescored = _count_rescored_rows(monkeypatch)
     cases = ((320, "graph", 320), (64, "graph", 10 + RERANK_EXTRA), (320, "exact", 10 + RERANK_EXTRA))
     for ef, strategy, want in cases:
         rescored.clear()
