@@ -88,15 +88,17 @@ def test_a_compact_search_of_tight_clusters_answers_like_float32():
     assert found / (10 * len(queries)) >= 0.95  # the rest is the first stage's pool, not the codes
 
 
+def _low_rank_plus_noise(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Unit rows with a rank-4 signal under isotropic noise: enough spread that every slot's code differs."""
+    return normalise(rng.standard_normal((n, 4)) @ rng.standard_normal((4, dim)) + rng.standard_normal((n, dim)))
+
+
 def test_unchanged_items_keep_their_bytes_across_compactions():
     """A codec learned from FULL_SAMPLE rows is kept: new and updated items are coded against it, and every chunk
     without a changed slot is the previous version's array."""
     rng = np.random.default_rng(3)
     dim = 24
-    items = normalise(
-        rng.standard_normal((FULL_SAMPLE + 100, 4)) @ rng.standard_normal((4, dim))
-        + rng.standard_normal((FULL_SAMPLE + 100, dim))
-    )
+    items = _low_rank_plus_noise(rng, FULL_SAMPLE + 100, dim)
     params = BuildParams(coarse_dim=8, chunk_rows=1024, graph_threshold=10**9)
     first = build_snapshot([_record(i, v) for i, v in enumerate(items)], model_fingerprint=FP, params=params)
     assert first.table.fitted_rows == FULL_SAMPLE
@@ -168,10 +170,7 @@ def test_a_snapshot_coded_without_row_scales_keeps_coding_without_them(monkeypat
     )
     rng = np.random.default_rng(5)
     dim = 24
-    items = normalise(
-        rng.standard_normal((FULL_SAMPLE + 200, 4)) @ rng.standard_normal((4, dim))
-        + rng.standard_normal((FULL_SAMPLE + 200, dim))
-    )
+    items = _low_rank_plus_noise(rng, FULL_SAMPLE + 200, dim)
     params = BuildParams(coarse_dim=8, chunk_rows=1024, graph_threshold=10**9)
     n = FULL_SAMPLE + 100
     first = build_snapshot([_record(i, v) for i, v in enumerate(items[:n])], model_fingerprint=FP, params=params)
