@@ -335,15 +335,14 @@ class CompactVectors:
         rows = np.asarray(rows, dtype=np.int64)
         if self.chunks is None:
             return self._approximate(rows)
+        codec = CompactCodec.of(self)
         out = np.empty((rows.size, self.dim), dtype=np.float32)
         for start in range(0, rows.size, _DECODE_BLOCK):
             block = rows[start : start + _DECODE_BLOCK]
-            decoded = self.full_quantiser.decode(self._full_codes(block))
-            if self.full_scales is not None:
-                decoded *= self.full_scales[block].astype(np.float32)[:, None]
-            if self.residual:
-                decoded += _reconstruct(self.coarse, self._first_stage_points(block))
-            out[start : start + block.size] = decoded
+            scales = None if self.full_scales is None else self.full_scales[block]
+            out[start : start + block.size] = codec.decode(
+                self.coarse_codes[block], self.coarse_lengths[block], self._full_codes(block), scales
+            )
         return out
 
     def _full_codes(self, rows: np.ndarray) -> np.ndarray:
