@@ -302,19 +302,28 @@ def _item_id(row: int) -> str:
 
 
 def _records(vectors, labels, sequencer: str = "01"):
+    """Item records shaped like ingest's: an S3 ETag (32 hex digits), an 18-digit S3 sequencer whose first byte is
+    ``sequencer`` (so a later phase supersedes an earlier one) and a wall-clock time, so a snapshot's per-item record
+    bytes are what a real catalog's would be, not a few placeholder characters."""
+    import hashlib
+
     from catalens.index import ItemRecord
 
-    return [
-        ItemRecord(
-            item_id=_item_id(i),
-            vector=vectors[i],
-            fields={"category": f"c{int(labels[i]) % 50:02d}", "price": float(i % 1000) / 10},
-            image_key=f"catalog/item-{i:07d}.jpg",
-            source_etag="etag",
-            sequencer=sequencer,
+    records = []
+    for i in range(len(vectors)):
+        digest = hashlib.md5(f"{_item_id(i)}:{sequencer}".encode()).hexdigest()
+        records.append(
+            ItemRecord(
+                item_id=_item_id(i),
+                vector=vectors[i],
+                fields={"category": f"c{int(labels[i]) % 50:02d}", "price": float(i % 1000) / 10},
+                image_key=f"catalog/item-{i:07d}.jpg",
+                source_etag=digest,
+                sequencer=f"{sequencer}{digest[:16].upper()}",
+                updated_at=1_764_979_200.0 + i * 0.731 + int(sequencer, 16) * 86_400,
+            )
         )
-        for i in range(len(vectors))
-    ]
+    return records
 
 
 def _exact_truth(vectors, queries, k: int):
