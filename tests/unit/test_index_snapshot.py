@@ -11,7 +11,7 @@ import pytest
 
 from catalens.index import BuildParams, Filter, IndexView, ItemRecord, Snapshot, SnapshotError, build_snapshot
 from catalens.index.graph import NeighbourGraph
-from catalens.index.snapshot import RecordTable
+from catalens.index.snapshot import PACKED_RECORDS_FILE
 
 DIM = 16
 
@@ -67,7 +67,7 @@ def test_row_numbers_and_offsets_are_written_narrow_and_the_earlier_int64_widths
     wide = replace(
         snapshot,
         id_order=snapshot.id_order.astype(np.int64),
-        records=RecordTable(snapshot.records.blob, snapshot.records.offsets.astype(np.int64)),
+        records=replace(snapshot.records, offsets=snapshot.records.offsets.astype(np.int64)),
         graph=wide_graph,
     )
     loaded = Snapshot.from_files(wide.to_files())
@@ -134,8 +134,8 @@ def test_object_arrays_are_never_unpickled():
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     meta = json.loads(files["snapshot.json"])
-    meta["files"]["records.npy"] = {"bytes": len(buffer.getvalue()), "sha256": "x"}
-    tampered = {**files, "records.npy": buffer.getvalue(), "snapshot.json": json.dumps(meta).encode()}
+    meta["files"][PACKED_RECORDS_FILE] = {"bytes": len(buffer.getvalue()), "sha256": "x"}
+    tampered = {**files, PACKED_RECORDS_FILE: buffer.getvalue(), "snapshot.json": json.dumps(meta).encode()}
     with pytest.raises(SnapshotError, match="Python objects"):
         Snapshot.from_files(tampered, verify=False)
 

@@ -30,7 +30,7 @@ from catalens.index.filters import build_columns, canonical_json
 from catalens.index.graph import NeighbourGraph
 from catalens.index.records import ItemRecord, is_newer
 from catalens.index.reduce import Projection, fit_projection, normalise
-from catalens.index.snapshot import RecordTable, Snapshot, narrow_index
+from catalens.index.snapshot import RecordCodec, RecordTable, Snapshot, narrow_index
 from catalens.index.vectors import CHUNK_ROWS, COARSE_DIM, DenseVectors, Layout
 from catalens.text.lexical import LexicalIndex
 
@@ -290,9 +290,9 @@ def _kept_tombstones(states: Mapping[str, _State], now: float, ttl_seconds: floa
 class RowDocuments(Sequence[dict[str, Any]]):
     """Each row's document (fields, image key, etag, sequencer, time), decoded only when read.
 
-    A row kept from the previous snapshot is its row number there (its canonical JSON is copied byte for byte into
-    the new record table); a fresh one is its document. At a million items, a list of decoded dicts would cost
-    about 1 KB per item of builder memory; this costs a few bytes.
+    A row kept from the previous snapshot is its row number there (its stored bytes are copied into the new record
+    table when both pack rows with one codec); a fresh one is its document. At a million items, a list of decoded
+    dicts would cost about 1 KB per item of builder memory; this costs a few bytes.
     """
 
     def __init__(self, sources: list[int | dict[str, Any]], previous: Snapshot | None) -> None:
@@ -317,25 +317,51 @@ class RowDocuments(Sequence[dict[str, Any]]):
         return self._previous.records.document(source) if isinstance(source, int) else source
 
     def raw(self, row: int) -> bytes:
-        """The row's canonical JSON (what RecordTable.encode would write for it)."""
+        """The row's canonical JSON."""
         source = self._sources[row]
         if isinstance(source, int):
-            offsets = self._previous.records.offsets
-            return self._previous.records.blob[int(offsets[source]) : int(offsets[source + 1])].tobytes()
+            return self._previous.records.json(source)
         return canonical_json(source).encode()
 
     def reordered(self, order: np.ndarray) -> RowDocuments:
         return RowDocuments([self._sources[i] for i in order.tolist()], self._previous)
 
-    def record_table(self) -> RecordTable:
-        """The rows' record table, written one row at a time into one preallocated array."""
-        offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        for row in range(len(self)):
-            offsets[row + 1] = offsets[row] + len(self.raw(row))
-        blob = np.empty(int(offsets[-1]), dtype=np.uint8)
-        for row in range(len(self)):
-            blob[offsets[row] : offsets[row + 1]] = np.frombuffer(self.raw(row), dtype=np.uint8)
-        return RecordTable(blob, narrow_index(offsets, unsigned=True))
+    def record_table(self, codec: RecordCodec | None) -> RecordTable:
+        """The rows' record table, each row packed by ``codec`` (None: plain JSON). A row kept from a previous
+        snapshot packed by the same codec keeps its bytes, so a compaction packs only the rows it changes."""
+        kept = self._previous is not None and codec is not None and self._previous.records.codec is codec
+        rows: list[bytes] = []
+        for row, source in enumerate(self._sources):
+            if kept and isinstance(source, int):
+                rows.append(self._previous.records.packed(source))
+            else:
+                rows.append(self.raw(row) if codec is None else codec.encode(self.raw(row)))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        blob = np.frombuffer(b"".join(rows), dtype=np.uint8) if rows else np.empty(0, np.uint8)
+        return RecordTable(blob, narrow_index(offsets, unsigned=True), codec)
+
+
+class _RawRows(Sequence[bytes]):
+    """Each row's canonical JSON, read on demand (a codec learns its dictionary from a few of them)."""
+
+    def __init__(self, documents: RowDocuments) -> None:
+        self._documents = documents
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        return self._documents.raw(row)
+
+
+def _record_codec(documents: RowDocuments, previous: Snapshot | None) -> RecordCodec | None:
+    """The previous snapshot's codec while it fits the catalog (its rows keep their bytes), else one learned from
+    these rows; None when there are no rows to learn from."""
+    kept = previous.records.codec if previous is not None else None
+    if kept is not None and not kept.outgrown(len(documents)):
+        return kept
+    return RecordCodec.learn(_RawRows(documents)) if len(documents) else None
 
 
 class _Fields(Sequence[Mapping[str, Any]]):
@@ -462,7 +488,9 @@ def _assemble(
     if version is None:
         digest = _content_digest(model_fingerprint, projection, item_ids, rows.documents, tombstones)
         version = f"{generation:08d}-{digest}"
-    records = rows.documents.record_table()
+    # the compact layout packs its records; a float32 snapshot keeps plain rows, which every release reads
+    codec = _record_codec(rows.documents, previous) if rows.compact is not None else None
+    records = rows.documents.record_table(codec)
     return Snapshot(
         version=version,
         model_fingerprint=model_fingerprint,
