@@ -32,13 +32,13 @@ class FunctionSizing:
 
 
 # Search: runtime, Powertools, boto3 and the fp32 serving model after a few embeds hold 268 MB (VmRSS); 512 leaves
-# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,667 B per item
-# (`catalens bench index --sizes 100000`: resident arrays 4,667.1 B/item with the PCA-320 first stage, the M-32 HNSW
-# graph and 32-bit row numbers; 4,665.4 in a later run with the 2 B row scales, its graph a little sparser; less at
-# 1M, where the fixed arrays weigh less) plus its stored lexical index, 262 B
+# room for one query's decode (< 32 MiB up to 2 MP) and the live deltas. The compact index holds 4,598 B per item
+# (`catalens bench index --sizes 100000`: resident arrays 4,598.1 B/item with the PCA-320 first stage, the M-32 HNSW
+# graph, 32-bit row numbers, the 2 B row scales and each row's record packed with a shared deflate dictionary, 68.5 B
+# for records shaped like ingest's; less at 1M, where the fixed arrays weigh less) plus its stored lexical index, 262 B
 # per item (LexicalIndex.resident_bytes at 100k items of synthetic grocery text: 32 postings an item at 8 B, float32
 # lengths, a small vocabulary); a swap may add SWAP_HEADROOM more.
-INDEX_BYTES_PER_ITEM = 4_667
+INDEX_BYTES_PER_ITEM = 4_598
 TEXT_BYTES_PER_ITEM = 262
 SEARCH = FunctionSizing(
     "search",
