@@ -565,6 +565,7 @@ def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> 
     result["synthetic_spread"] = args.spread
     params = {"seed": args.seed, "n_jobs": args.build_threads, "graph_threshold": args.graph_threshold}
     spec = {"work": str(work), "layout": layout.name, "params": params, "out": f"snapshot-{layout.name}"}
+    shutil.rmtree(work / spec["out"], ignore_errors=True)  # a kept folder's earlier files would count as this one's
     build_env = {**os.environ, "PYTHONPATH": _child_env()["PYTHONPATH"]}
     built = _child(BUILD_SCRIPT, json.dumps(spec), env=build_env)
     folder = work / spec["out"]
