@@ -75,9 +75,10 @@ class SearchParams:
         0.913/0.918/0.926 at p50 4.6/4.9/5.3 ms; at 100k 0.989/0.991/0.991. The walk, not the first stage, loses
         most of the recall: it finds 98% of the first stage's own top 10 but 93% of its top 200 at 1M.
     expand:
-        Candidates expanded per step of the walk (one matmul per step). 32 rather than 24: fewer steps for the
-        same pool (13 per query at 1M, ~80 µs of numpy calls each besides scoring); alternated at ef 256, p50
-        0.95x at 1M (recall 0.9205 -> 0.922) and 0.94x at 100k (0.9907 both).
+        Candidates expanded per step of the walk (one matmul per step). More per step means fewer steps for the
+        same pool (~80 µs of numpy calls each besides scoring). Alternated at ef 256: 24 -> 32 gave p50 0.95x at
+        1M (recall 0.9205 -> 0.922) and 0.94x at 100k (0.9907 both); 32 -> 40 gives 0.95x and 0.97x in two runs
+        at 1M (recall 0.924 both; 48 gains nothing more) and 0.99x at 100k (0.9952 both).
     probe:
         Groups of entry points scored per query (when the snapshot groups them).
     filtered_exact_below:
@@ -92,7 +93,7 @@ class SearchParams:
     """
 
     ef: int = 256
-    expand: int = 32
+    expand: int = 40
     probe: int = 32
     filtered_exact_below: int = 20_000
     max_ef: int = 2048
