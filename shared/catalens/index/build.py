@@ -336,10 +336,7 @@ class RowDocuments(Sequence[dict[str, Any]]):
                 rows.append(self._previous.records.packed(source))
             else:
                 rows.append(self.raw(row) if codec is None else codec.encode(self.raw(row)))
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in rows], out=offsets[1:])
-        blob = np.frombuffer(b"".join(rows), dtype=np.uint8) if rows else np.empty(0, np.uint8)
-        return RecordTable(blob, narrow_index(offsets, unsigned=True), codec)
+        return RecordTable.from_rows(rows, codec)
 
 
 class _RawRows(Sequence[bytes]):

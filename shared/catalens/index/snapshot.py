@@ -51,7 +51,7 @@ RECORD_OFFSETS_FILE = "record_offsets.npy"
 RECORD_DICTIONARY_FILE = "records.dictionary.npy"
 RECORD_ENCODING = "deflate-dictionary"
 DICTIONARY_SAMPLE_ROWS = 256
-DICTIONARY_BYTES = 16_384  # measured on 1M bench records: 4 KiB packs a row to 17.5 B, 16 KiB to 15.7, 32 KiB to 15.2
+DICTIONARY_BYTES = 16_384  # 1M placeholder bench rows: a 4 KiB dictionary packs one to 17.5 B, 16 KiB 15.7, 32 KiB 15.2
 TEXT_PREFIX = "text."  # the lexical index's arrays: text.<name>.npy (docs/design.md, "Words")
 
 
@@ -85,8 +85,8 @@ def narrow_index(values: np.ndarray, *, unsigned: bool = False) -> np.ndarray:
 class RecordCodec:
     """Each row's canonical JSON as raw deflate primed with a dictionary of sample rows, one stream per row.
 
-    A row repeats the key names, the field names and most values of its neighbours (a 190-byte record of the bench
-    packs to ~50 B, its ETag and sequencer being most of that), yet one row still decodes alone in about a
+    A row repeats the key names, the field names and most values of its neighbours (a 191-byte record of the bench
+    packs to ~69 B, its ETag and sequencer being most of that), yet one row still decodes alone in about a
     microsecond, so a hit reads its record without touching any other.
     """
 
@@ -149,13 +149,16 @@ class RecordTable:
     codec: RecordCodec | None = None
 
     @classmethod
-    def encode(cls, documents: Sequence[Mapping[str, Any]], codec: RecordCodec | None = None) -> RecordTable:
-        encoded = [canonical_json(doc).encode() for doc in documents]
-        if codec is not None:
-            encoded = [codec.encode(row) for row in encoded]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.empty(0, np.uint8)
+    def encode(cls, documents: Sequence[Mapping[str, Any]]) -> RecordTable:
+        """Plain rows: each document's canonical JSON."""
+        return cls.from_rows([canonical_json(doc).encode() for doc in documents])
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[bytes], codec: RecordCodec | None = None) -> RecordTable:
+        """A table of rows already in their stored form (packed by ``codec``, or plain JSON when it is None)."""
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in rows], out=offsets[1:])
+        blob = np.frombuffer(b"".join(rows), dtype=np.uint8) if rows else np.empty(0, np.uint8)
         return cls(blob, narrow_index(offsets, unsigned=True), codec)
 
     def __len__(self) -> int:
@@ -177,8 +180,8 @@ class RecordTable:
             raise SnapshotError(f"a snapshot record does not decode: {exc}") from exc
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The table's files: the rows under a name an older reader does not know when they are packed (it refuses
-        the version as incomplete instead of failing on its first hit), the offsets, the dictionary."""
+        """The table's files: the rows under a name an older reader does not know when they are packed (it cannot
+        load the version, rather than load it and fail on its first hit), the offsets, the dictionary."""
         if self.codec is None:
             return {RECORDS_FILE: self.blob, RECORD_OFFSETS_FILE: self.offsets}
         dictionary = np.frombuffer(self.codec.dictionary, dtype=np.uint8)
