@@ -93,9 +93,6 @@ class RecordCodec:
     def __init__(self, dictionary: bytes, sample_rows: int) -> None:
         self.dictionary = dictionary
         self.sample_rows = sample_rows  # rows the dictionary was learned from: a catalog that outgrows it learns again
-        self._compressor = zlib.compressobj(
-            9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, dictionary
-        )  # primed once; each row compresses from a copy of it
 
     @classmethod
     def learn(cls, rows: Sequence[bytes]) -> RecordCodec:
@@ -121,8 +118,13 @@ class RecordCodec:
         the sample size) that has since at least doubled. Otherwise it stays, so unchanged rows keep their bytes."""
         return self.sample_rows < DICTIONARY_SAMPLE_ROWS and rows >= 2 * max(self.sample_rows, 1)
 
+    @cached_property
+    def _compressor(self) -> Any:
+        """Primed with the dictionary once, when the builder first packs a row (a search process only decodes)."""
+        return zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, self.dictionary)
+
     def encode(self, row: bytes) -> bytes:
-        compressor = self._compressor.copy()
+        compressor = self._compressor.copy()  # each row compresses from a copy of the primed state
         return compressor.compress(row) + compressor.flush()
 
     def decode(self, packed: bytes) -> bytes:
