@@ -277,7 +277,9 @@ def test_a_graph_search_rescores_the_walks_whole_pool_when_it_is_larger(monkeypa
 def test_dot_rows_scores_the_chosen_rows_in_blocks_as_float64_does(monkeypatch, dtype, block):
     import catalens.index.vectors as vectors_module
 
-    monkeypatch.setattr(vectors_module, "_DOT_BLOCK", block)  # 7: every call below takes several blocks
+    # 7: every call below takes several blocks (float32 rows of 7, int8 codes of at least 16)
+    monkeypatch.setattr(vectors_module, "_DOT_BLOCK", block)
+    monkeypatch.setattr(vectors_module, "_CAST_BLOCK_BYTES", block * 4 * 12)
     rng = np.random.default_rng(3)
     rows_of = rng.integers(-127, 128, (50, 12)).astype(dtype)
     query = rng.standard_normal(12).astype(np.float32)
