@@ -271,10 +271,22 @@ class IndexReader(Protocol):
         ...
 
     def search(
-        self, query: np.ndarray, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
     ) -> list[Hit]:
         """The ``k`` live items most similar to a model-space ``query``, best first; ``filters`` apply before the
-        cut, ``exclude`` names items never to return."""
+        cut, ``exclude`` names items never to return; ``vectors=False`` may leave hits without their vector."""
+        ...
+
+    def calibration_terms(self, item_ids: Sequence[str], domain: QueryDomain) -> tuple[np.ndarray, np.ndarray] | None:
+        """What :meth:`QueryDomain.calibrate_terms` needs of the named items besides their scores: squared norms
+        ``[n]`` and dot products ``[n, 2 + R]`` with the catalog mean and the domain's term rows; None when an
+        item is not live or the domain does not fit (the caller then calibrates from the items' vectors)."""
         ...
 
     def search_text(

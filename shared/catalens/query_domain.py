@@ -83,7 +83,10 @@ class QueryDomain:
     beta: float = DEFAULT_BETA
     seeded: bool = False
     query_mean: np.ndarray = field(init=False, repr=False)
-    _centred_reference: np.ndarray = field(init=False, repr=False)
+    term_rows: np.ndarray = field(init=False, repr=False)
+    """float32 ``[1 + R, d]``: the query mean, then the centred unit reference rows. With the catalog mean, the
+    vectors whose dot products with a candidate :meth:`calibrate_terms` needs (an index can compute them from its
+    codes without rebuilding the candidate's vector)."""
 
     def __post_init__(self) -> None:
         reference = np.asarray(self.reference, dtype=np.float32)
@@ -97,7 +100,11 @@ class QueryDomain:
         mean = reference.mean(axis=0)
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "query_mean", mean)
-        object.__setattr__(self, "_centred_reference", unit_rows(reference - mean))
+        object.__setattr__(self, "term_rows", np.vstack([mean[None, :], unit_rows(reference - mean)]))
+
+    @property
+    def _centred_reference(self) -> np.ndarray:
+        return self.term_rows[1:]
 
     @classmethod
     def from_samples(
@@ -154,29 +161,78 @@ class QueryDomain:
         Returns ``(calibrated, centred, hubness)``, each ``[P]``: ``calibrated = centred − hubness``, where
         ``centred`` is the domain-centred cosine and ``hubness`` the item's typical similarity to shoppers' photos.
         """
+        query, catalog_mean = self._checked(query, catalog_mean)
+        candidates = np.asarray(candidates, dtype=np.float32)
+        # checked before reshaping: [P, d'] with P·d' divisible by d would otherwise reshape silently into nonsense
+        if candidates.shape[-1] != self.dim:
+            raise ValueError(f"candidates have {candidates.shape[-1]} dimensions, the query domain {self.dim}")
+        candidates = candidates.reshape(-1, self.dim)
+        terms = np.hstack([(candidates @ catalog_mean)[:, None], candidates @ self.term_rows.T])
+        norms = np.einsum("ij,ij->i", candidates, candidates)
+        return self.calibrate_terms(query, candidates @ query, norms, terms, catalog_mean)
+
+    def calibrate_terms(
+        self,
+        query: np.ndarray,
+        scores: np.ndarray,
+        norms: np.ndarray,
+        terms: np.ndarray,
+        catalog_mean: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`calibrate` from dot products alone: a candidate ``c``'s ``scores`` ``c·query``, squared ``norms``
+        ``‖c‖²`` and ``terms`` ``[P, 2 + R]``: ``c·catalog_mean``, then ``c`` · each of :attr:`term_rows`.
+
+        Centring and the cosine are linear in ``c`` but for the norm of ``c − catalog_mean``, which these give too,
+        so a compact index scores a pool from its codes instead of decoding 50 vectors of 3,984 dimensions.
+        """
+        query, catalog_mean = self._checked(query, catalog_mean)
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        norms = np.asarray(norms, dtype=np.float32).reshape(-1)
+        terms = np.asarray(terms, dtype=np.float32)
+        if terms.shape != (scores.size, 2 + len(self)) or norms.shape != scores.shape:
+            raise ValueError(
+                f"terms of shape {terms.shape} and {norms.size} norms for {scores.size} candidates; "
+                f"expected [{scores.size}, {2 + len(self)}]"
+            )
+        offset = query - self.query_mean
+        offset_norm = max(float(np.linalg.norm(offset)), 1e-12)
+        squared = norms - 2 * terms[:, 0] + float(catalog_mean @ catalog_mean)
+        # an item at the catalog mean has no direction: unit_rows makes it zero, and so does this
+        inverse = np.where(squared > _DEGENERATE, 1 / np.sqrt(np.maximum(squared, _DEGENERATE)), 0).astype(np.float32)
+        mean_offset = float(catalog_mean @ offset)
+        centred = (scores - terms[:, 1] - mean_offset) * inverse / np.float32(offset_norm)
+        if self.seeded:
+            hubness = np.zeros(scores.size, dtype=np.float32)
+        else:
+            cosines = (terms[:, 2:] - self._centred_reference @ catalog_mean) * inverse[:, None]  # [P, R]
+            hubness = _soft_maximum(self.beta * cosines.T) / self.beta
+        return (centred - hubness).astype(np.float32), centred.astype(np.float32), hubness.astype(np.float32)
+
+    def _checked(self, query: np.ndarray, catalog_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
+        catalog_mean = np.asarray(catalog_mean, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise ValueError(f"query has {query.shape[0]} dimensions, the query domain {self.dim}")
-        candidates = np.asarray(candidates, dtype=np.float32)
-        catalog_mean = np.asarray(catalog_mean, dtype=np.float32).reshape(-1)
-        # checked before reshaping: [P, d'] with P·d' divisible by d would otherwise reshape silently into nonsense
-        if candidates.shape[-1] != self.dim or catalog_mean.shape[0] != self.dim:
-            raise ValueError(
-                f"candidates have {candidates.shape[-1]} and the catalog mean {catalog_mean.shape[0]} dimensions, "
-                f"the query domain {self.dim}"
-            )
-        items = unit_rows(candidates.reshape(-1, self.dim) - catalog_mean)
-        centred = items @ unit_rows(query - self.query_mean)
-        hubness = self.hubness(items)
-        return centred - hubness, centred, hubness
+        if catalog_mean.shape[0] != self.dim:
+            raise ValueError(f"the catalog mean has {catalog_mean.shape[0]} dimensions, the query domain {self.dim}")
+        return query, catalog_mean
 
     def hubness(self, centred_items: np.ndarray) -> np.ndarray:
         """``(1/β)·log mean_r exp(β·cos)`` per centred, unit item row (a stable log-sum-exp); 0 for a seeded domain."""
         if self.seeded:
             return np.zeros(len(centred_items), dtype=np.float32)
-        logits = self.beta * (self._centred_reference @ centred_items.T)  # [R, P]
-        top = logits.max(axis=0)
-        return (top + np.log(np.exp(logits - top).mean(axis=0))) / self.beta
+        return _soft_maximum(self.beta * (self._centred_reference @ centred_items.T)) / self.beta
+
+
+# ‖c − catalog mean‖² below this: the item is the mean (a catalog of one), and what is left of c − mean is float32
+# rounding of the expansion, no direction
+_DEGENERATE = 1e-6
+
+
+def _soft_maximum(logits: np.ndarray) -> np.ndarray:
+    """``log mean exp`` over the first axis of ``logits`` ``[R, P]``, stable: ``[P]``."""
+    top = logits.max(axis=0)
+    return top + np.log(np.exp(logits - top).mean(axis=0))
 
 
 def is_catalog_copy(best_raw_cosine: float, copy_cosine: float) -> bool:

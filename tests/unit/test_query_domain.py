@@ -119,7 +119,7 @@ def test_calibrate_shapes_and_dimension_errors() -> None:
         domain.calibrate(world.photo(3), np.ones((7, DIM - 1), np.float32), mean)
     with pytest.raises(ValueError, match="candidates have 63"):  # 64·63 values: would reshape into [63, 64]
         domain.calibrate(world.photo(3), np.ones((DIM, DIM - 1), np.float32), mean)
-    with pytest.raises(ValueError, match="catalog mean 32"):
+    with pytest.raises(ValueError, match="catalog mean has 32"):
         domain.calibrate(world.photo(3), world.catalog[:7], mean[:32])
     with pytest.raises(ValueError, match="beta"):
         QueryDomain(domain.reference, beta=0.0)

@@ -74,9 +74,11 @@ class Recording:
         self._view = view
         self.__dict__.update(overrides)
         self.searched_with: list[int] = []
+        self.vectors_asked: list[bool] = []
 
     def search(self, query: np.ndarray, k: int, **kwargs: Any) -> list[Hit]:
         self.searched_with.append(k)
+        self.vectors_asked.append(kwargs.get("vectors", True))
         return self._view.search(query, k, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -397,6 +399,15 @@ def test_a_sink_that_falls_behind_drops_samples_instead_of_queueing_them(embedde
 def test_a_rate_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
         QuerySampler(RecordingSink(), rate=1.5)
+
+
+def test_only_a_search_the_reranker_reads_asks_for_its_hits_vectors(view: Recording, embedder: StubEmbedder) -> None:
+    """Calibration works from the index's dot products, so a compact index rebuilds no vector for a plain photo
+    search; the re-ranker (a profile, or explain) reads the vectors of the pool it re-ranks."""
+    assert photo_search(SearchService(embedder=embedder, views=lambda: view), k=3).calibrated
+    photo_search(SearchService(embedder=embedder, views=lambda: view, rerank=rerank), k=3)  # no profile, no explain
+    photo_search(SearchService(embedder=embedder, views=lambda: view, rerank=rerank), k=3, explain=True)
+    assert view.vectors_asked == [False, False, True]
 
 
 def test_hits_keep_their_vectors_for_the_reranker(view: Recording, embedder: StubEmbedder) -> None:

@@ -382,13 +382,20 @@ class S3VectorsView:
         return normalise(vector)
 
     def search(
-        self, query: np.ndarray, k: int, *, filters: Filter | None = None, exclude: Collection[str] = frozenset()
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filters: Filter | None = None,
+        exclude: Collection[str] = frozenset(),
+        vectors: bool = True,
     ) -> list[Hit]:
         """The ``k`` (≤ 100, less the excluded) live items most like ``query``, best first, by exact cosine.
 
         S3 Vectors chooses the candidates (approximately, filters applied during the search); their stored
         vectors are fetched in the same request's second call and scored here exactly, so the order is the
-        in-Lambda index's for the same candidates.
+        in-Lambda index's for the same candidates. The hits keep those vectors whatever ``vectors`` says: they
+        are already here.
         """
         if k <= 0:
             return []
@@ -402,6 +409,10 @@ class S3VectorsView:
         keys = [entry["key"] for entry in answer.get("vectors", []) if entry["key"] not in exclude]
         items = self._index.fetch(keys)
         return _ranked(q, (items[key] for key in keys if key in items))[:k]
+
+    def calibration_terms(self, item_ids: Sequence[str], domain: QueryDomain) -> tuple[np.ndarray, np.ndarray] | None:
+        """None: this backend's hits carry their vectors, which calibration reads instead."""
+        return None
 
     def search_text(
         self,

@@ -123,6 +123,15 @@ class VectorTable(Protocol):
         """float32[len(rows)]: the rows' scores against the query with the best vectors this stage has."""
         ...
 
+    def prepare_fixed(self, vectors: np.ndarray) -> FixedVectors:
+        """What :meth:`dots_with` needs of fixed vectors (unit or not, float32[K, dim]), computed once for many rows."""
+        ...
+
+    def dots_with(self, rows: np.ndarray, fixed: FixedVectors) -> tuple[np.ndarray, np.ndarray]:
+        """(float32[len(rows)] squared norms, float32[len(rows), K] dot products with the fixed vectors) of the rows'
+        vectors: what calibration needs of a pool, without rebuilding the vectors where the codes allow."""
+        ...
+
     @property
     def reranks(self) -> bool:
         """True when first-stage scores are approximate and a pool must be re-scored with :meth:`rows`."""
@@ -147,6 +156,21 @@ class PreparedQuery:
     offset: float = 0.0  # q · mean of the first-stage projection
     coarse: np.ndarray | None = None  # (componentsᵀ q) / scale: scores a first-stage reconstruction
     residual: np.ndarray | None = None  # step ∘ q: scores int8 residual codes
+
+
+@dataclass(frozen=True, eq=False)
+class FixedVectors:
+    """Fixed vectors as a table scores rows against them: ``matrix`` (float32[K, dim]) and, for a compact table
+    with residual codes, the same terms as :class:`PreparedQuery` with one column per vector."""
+
+    matrix: np.ndarray
+    offset: np.ndarray | None = None  # [K]: vector · mean of the first-stage projection
+    coarse: np.ndarray | None = None  # [c, K]: (componentsᵀ vector) / scale
+    residual: np.ndarray | None = None  # [dim, K]: step ∘ vector
+
+
+def _squared_norms(vectors: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", vectors, vectors).astype(np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,6 +233,13 @@ class DenseVectors:
 
     def scores(self, rows: np.ndarray, query: PreparedQuery) -> np.ndarray:
         return self.vectors[rows] @ query.full
+
+    def prepare_fixed(self, vectors: np.ndarray) -> FixedVectors:
+        return FixedVectors(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def dots_with(self, rows: np.ndarray, fixed: FixedVectors) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.vectors[np.asarray(rows, dtype=np.int64)]
+        return _squared_norms(vectors), vectors @ fixed.matrix.T
 
     @property
     def reranks(self) -> bool:
@@ -323,6 +354,32 @@ class CompactVectors:
         if self.full_scales is not None:
             residual *= self.full_scales[rows].astype(np.float32)
         return (first @ query.coarse + residual + np.float32(query.offset)).astype(np.float32)
+
+    def prepare_fixed(self, vectors: np.ndarray) -> FixedVectors:
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not self.residual:
+            return FixedVectors(matrix)
+        return FixedVectors(
+            matrix,
+            offset=matrix @ self.coarse.mean,
+            coarse=np.ascontiguousarray((matrix @ self.coarse.components).T / self.coarse.scale[:, None]),
+            residual=np.ascontiguousarray((matrix * self.full_quantiser.step).T),
+        )
+
+    def dots_with(self, rows: np.ndarray, fixed: FixedVectors) -> tuple[np.ndarray, np.ndarray]:
+        """Residual codes are scored as :meth:`scores` scores them: for a calibration pool of 50 rows against 258
+        vectors at 3,984 dimensions, one product of ~1.2 ms where rebuilding the 50 vectors through the 5 MB projection
+        took 1.4 ms and scoring them 0.8 more. Their squared norms are 1: the rows code unit vectors, and the float32
+        vector's norm is what the decoded one approximates."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.chunks is None or fixed.residual is None:
+            vectors = self.rows(rows)  # the first stage's rebuilt vectors, or direct codes decoded
+            return _squared_norms(vectors), vectors @ fixed.matrix.T
+        residual = self._full_codes(rows).astype(np.float32) @ fixed.residual
+        if self.full_scales is not None:
+            residual *= self.full_scales[rows].astype(np.float32)[:, None]
+        dots = self._first_stage_points(rows) @ fixed.coarse + residual + fixed.offset
+        return np.ones(rows.size, dtype=np.float32), dots.astype(np.float32)
 
     @property
     def reranks(self) -> bool:

@@ -432,7 +432,7 @@ class IngestService:
         view = self._view()
         if view is None or len(view) == 0:
             return []
-        hits = view.search(vector, self.config.near_duplicate_k, exclude={item_id})
+        hits = view.search(vector, self.config.near_duplicate_k, exclude={item_id}, vectors=False)
         threshold = self.config.near_duplicate_threshold
         if threshold is None:
             threshold = self.embedder.card.copy_cosine

@@ -371,7 +371,7 @@ class SearchService:
                 image, self.embedder.card.preprocess, self.limits, candidate_windows, min(WINDOW_SIDES)
             )
             vectors = self.embedder.embed(np.stack([window.tensor for window in windows]))
-        best = [view.search(vector, 1) for vector in vectors]
+        best = [view.search(vector, 1, vectors=False) for vector in vectors]
         scores = [hits[0].score if hits else -1.0 for hits in best]
         items = [hits[0].item_id if hits else None for hits in best]
         chosen = select_groups([window.box for window in windows], scores, items, groups)
@@ -524,6 +524,7 @@ class SearchService:
             )
         profile = self._profile(profile_read, timings)
         pool = first_stage_k(options.k, options.offset) if profile is not None else window
+        reranks = self._rerank is not None and (profile is not None or options.explain)
         photo = query.get("type") == "image"
         filters = options.filters
         guess: CategoryGuess | None = None
@@ -542,7 +543,7 @@ class SearchService:
         if words is not None:
             pool = max(pool, FUSION_POOL)
         hits, calibrated, query = self._ranked(
-            view, vector, pool, filters, exclude, domain, timings, explain=options.explain, query=query
+            view, vector, pool, filters, exclude, domain, timings, explain=options.explain, query=query, vectors=reranks
         )
         if photo and not guessed:
             guess = self._guess(hits, calibrated)
@@ -554,7 +555,7 @@ class SearchService:
             timings.text = (self._clock() - t0) * 1000
         t1 = self._clock()
         personalized = False
-        if self._rerank is not None and (profile is not None or options.explain):
+        if reranks:
             now_ms, space = self._wall_clock_ms(), view.index_space
             fused = {hit.item_id: hit.explain for hit in hits} if words is not None and options.explain else None
             hits = self._rerank(hits, profile, now_ms=now_ms, space=space, limit=window, **self._rank_kwargs)
@@ -590,9 +591,11 @@ class SearchService:
         *,
         explain: bool = False,
         query: dict[str, Any] | None = None,
+        vectors: bool = False,
     ) -> tuple[list[Hit], bool, dict[str, Any]]:
         """The first ``pool`` hits (calibrated when ``domain`` applies), whether they are, and the query description
-        (a photo that copies a catalog photo is named there and ranked by plain cosine). Adds to the timings."""
+        (a photo that copies a catalog photo is named there and ranked by plain cosine). Adds to the timings.
+        ``vectors``: the hits must carry their vectors (the re-ranker reads them); calibration does without."""
         query = query if query is not None else {"type": "image"}
         if domain is not None:
             pool = calibration_pool(pool)
@@ -600,7 +603,7 @@ class SearchService:
         if cap is not None:
             pool = min(pool, cap)  # a smaller pool to re-rank or calibrate, never a shorter page
         t0 = self._clock()
-        hits = view.search(vector, pool, filters=to_index_filter(filters), exclude=exclude)
+        hits = view.search(vector, pool, filters=to_index_filter(filters), exclude=exclude, vectors=vectors)
         t1 = self._clock()
         timings.search += (t1 - t0) * 1000
         calibrated = False
@@ -659,18 +662,27 @@ def calibrate_hits(
     """``hits`` (raw cosine order) re-scored with ``domain`` and re-ordered within blocks of ``CALIBRATION_POOL``.
 
     Each hit's ``score`` becomes the calibrated score; with ``explain`` its ``explain`` gains ``raw`` (the plain
-    cosine), ``centred`` and ``hubness``. Returns None (serve plain cosine) when calibration cannot apply: no
-    catalog mean, a candidate without a vector, dimensions that do not match.
+    cosine), ``centred`` and ``hubness``. Hits without their vector are calibrated from the dot products the index
+    gives (:meth:`IndexReader.calibration_terms`). Returns None (serve plain cosine) when calibration cannot apply:
+    no catalog mean, a candidate the index has neither terms nor a vector for, dimensions that do not match.
     """
     catalog_mean = view.catalog_mean
     if catalog_mean is None or not hits:
         return None
-    vectors = _candidate_vectors(view, hits)
-    if vectors is None:
-        return None
     try:
         in_index_space = view.project(query)
-        calibrated, centred, hubness = domain.calibrate(in_index_space, vectors, catalog_mean)
+        terms = None
+        if any(hit.vector is None for hit in hits):
+            # from the index's codes: a compact index would otherwise rebuild 50 vectors of the full dimension
+            terms = view.calibration_terms([hit.item_id for hit in hits], domain)
+        if terms is not None:
+            raw = np.array([hit.score for hit in hits], dtype=np.float32)
+            calibrated, centred, hubness = domain.calibrate_terms(in_index_space, raw, *terms, catalog_mean)
+        else:
+            vectors = _candidate_vectors(view, hits)
+            if vectors is None:
+                return None
+            calibrated, centred, hubness = domain.calibrate(in_index_space, vectors, catalog_mean)
     except ValueError:
         log.warning("query domain does not fit this index; searching uncalibrated", exc_info=True)
         return None
