@@ -14,6 +14,12 @@ frequent word) instead of the photo, plus the first text query of a process, whi
 also times the
 same query personalised for a shopper whose profile (20 purchases) sits in an in-process moto DynamoDB table, read
 through the real store; plain and personalised requests alternate, and the report gives the overhead.
+
+The index carries a query domain, as a serving index does from its first day: ``--calibration log`` (the default)
+folds 256 query samples into the reference the way the builder does, so each photo query pays the calibration
+search serves once shoppers have searched (centring and the reference's hubness); ``seeded`` publishes ingest's seed
+instead (the first day: centring only); ``none`` publishes no domain. With a domain, uncalibrated requests
+(``calibrate=false``) alternate with the served ones and the report gives calibration's overhead.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 from catalens_tools.cli import group
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+CALIBRATIONS = ("log", "seeded", "none")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -60,6 +67,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--groups", type=int, default=0, metavar="N", help="also time groups=N (default: not)")
     parser.add_argument(
         "--text", action="store_true", help="time text queries (GET /search?q=) over synthetic titles and descriptions"
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default="log",
+        help="the query domain the index carries: a query log's reference (default, as served once shoppers have "
+        "searched), ingest's seed (a shop's first day) or none",
     )
     parser.set_defaults(func=run)
 
@@ -90,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             bucket = f"bench-index-{size}"
             s3.create_bucket(Bucket=bucket)
             build_seconds = _publish_synthetic_index(s3, bucket, size, embedder, args)
+            domain = _publish_query_domain(s3, bucket, size, embedder, args)
             os.environ["INDEX_BUCKET"] = bucket
             if dynamodb is not None:
                 _put_profile(dynamodb, s3, bucket, args)
@@ -97,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
             if args.text:
                 measured = _measure_text(handler, context, args, size)
             else:
-                measured = _measure(handler, context, query, args)
-            results[str(size)] = measured | {"index_build_s": round(build_seconds, 1)}
+                measured = _measure(handler, context, query, args, calibrated=domain is not None)
+            results[str(size)] = measured | {"index_build_s": round(build_seconds, 1), "query_domain": domain}
             del handler
     report = {
         "query": {"megapixels": args.megapixels, "jpeg_bytes": len(query), "k": args.k},
@@ -223,6 +238,37 @@ def _publish_synthetic_index(s3: Any, bucket: str, size: int, embedder: Any, arg
     return time.perf_counter() - started
 
 
+def _publish_query_domain(
+    s3: Any, bucket: str, size: int, embedder: Any, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """Give the index the query domain ``--calibration`` names, through the stores search and ingest write to and
+    the builder's refresh; what the reference holds, or None for ``none``."""
+    from catalens.composition import index_store
+    from catalens.query_domain import MAX_REFERENCE, SEED_ITEMS, SEED_VIEWS, SeedSample, seed_item_hash
+    from catalens.settings import Settings
+    from catalens_tools.synthetic import clustered_vectors
+
+    if args.calibration == "none":
+        return None
+    queries = index_store(Settings(index_bucket=bucket, index_prefix="index/"), s3).queries
+    fingerprint = embedder.fingerprint
+    if args.calibration == "log":
+        # shoppers' photos: unlabelled vectors of the model's dimension, as many as the reference keeps
+        samples, _ = clustered_vectors(MAX_REFERENCE, int(embedder.dim), seed=args.seed + 1)
+        for vector in samples:
+            queries.write_query_sample(vector, model_fingerprint=fingerprint)
+    else:
+        seeds, _ = clustered_vectors(SEED_ITEMS * SEED_VIEWS, int(embedder.dim), seed=args.seed + 1)
+        for n, vector in enumerate(seeds):
+            item_hash = seed_item_hash(f"item-{n // SEED_VIEWS:07d}", fingerprint)
+            queries.write_seed_sample(SeedSample(item_hash, n % SEED_VIEWS, vector), model_fingerprint=fingerprint)
+    entry = queries.refresh_query_domain()
+    if entry is None:
+        raise SystemExit(f"bench search: no query domain could be built for --calibration {args.calibration}")
+    domain = queries.load_query_domain(entry)
+    return {"calibration": args.calibration, "reference": len(domain), "seeded": domain.seeded}
+
+
 def _profiles_table(client: Any) -> Any:
     """The profiles table (with its siblings) in moto; the handler finds it through ``PROFILES_TABLE``."""
     from catalens.adapters.dynamodb import create_tables
@@ -273,10 +319,15 @@ def _timed_call(
     return elapsed, json.loads(response["body"])
 
 
-def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace) -> dict[str, Any]:
+def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace, *, calibrated: bool) -> dict[str, Any]:
+    """Alternated timings of the served photo query and its variants; with ``calibrated`` the served query must
+    come back calibrated (else the numbers would time a path search does not serve) and ``uncalibrated``
+    (``calibrate=false``) is timed beside it."""
     template = json.loads((REPO_ROOT / "tests" / "events" / "apigw_search_image.json").read_text())
     template["body"] = base64.b64encode(query).decode()
     variants = {"plain": {"k": str(args.k)}}
+    if calibrated:
+        variants["uncalibrated"] = {"k": str(args.k), "calibrate": "false"}
     if args.user:
         variants["personalized"] = {"k": str(args.k), "user_id": args.user}
     if not args.no_subject:
@@ -292,6 +343,9 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
             if body["personalized"] != (name == "personalized"):
                 print(f"bench search: {name} request answered personalized={body['personalized']}", file=sys.stderr)
                 raise SystemExit(1)
+            if name in ("plain", "uncalibrated") and body["calibrated"] != (calibrated and name == "plain"):
+                print(f"bench search: {name} request answered calibrated={body['calibrated']}", file=sys.stderr)
+                raise SystemExit(1)
             if index < args.warmup:
                 continue
             latencies[name].append(elapsed)
@@ -305,7 +359,11 @@ def _measure(handler: Any, context: Any, query: bytes, args: argparse.Namespace)
         result["personalization_overhead_ms"] = {
             stat: round(personal[f"{stat}_ms"] - result[f"{stat}_ms"], 2) for stat in ("p50", "mean")
         }
-    for name in ("subject", "groups"):  # region=auto (main subject) and groups=N against the plain search
+    for name in (
+        "uncalibrated",
+        "subject",
+        "groups",
+    ):  # calibrate=false, region=auto (main subject) and groups=N against the plain search
         if name not in variants:
             continue
         measured = _summary(latencies[name], stages[name])
