@@ -86,11 +86,15 @@ class SearchParams:
     Parameters
     ----------
     ef:
-        Candidate pool of the graph walk (recall vs latency); a compact table re-scores the whole pool. 256: the
-        most the 5 ms bound leaves at 1M. Whole searches on the 1M bench snapshot (compact, M-32 graph, calibrated
-        synthetic set, one thread), alternated per query, 200 rows re-scored: ef 192/256/320 give recall@10
-        0.913/0.918/0.926 at p50 4.6/4.9/5.3 ms; at 100k 0.989/0.991/0.991. The walk, not the first stage, loses
-        most of the recall: it finds 98% of the first stage's own top 10 but 93% of its top 200 at 1M.
+        Candidate pool of the graph walk (recall vs latency); a compact table re-scores the whole pool. 352: what
+        the 5 ms bound leaves at 1M once a search no longer rebuilds its hits' vectors (1.07 ms of a 1M search).
+        Whole searches on the 1M bench snapshot (compact, M-32 graph, synthetic set, one thread), alternated per
+        query, 600 timed each: ef 256 with the hits' vectors (the search before) recall@10 0.924 at p50 4.65 ms;
+        without them ef 256 0.924 at 3.60, 352 0.9375 at 4.42, 384 0.945 at 4.81 ms. Timed as `catalens bench
+        index` times them (a fresh process each, three each, alternated): 352 4.46-4.73 ms, 384 4.99-5.59 ms. At
+        100k, 1,500 timed each: 0.9952 at 3.51 ms before, 0.9956 at 3.15 ms with ef 352. The walk, not the first
+        stage, loses most of the recall: at ef 256 it finds 98% of the first stage's own top 10 but 93% of its top
+        200 at 1M.
     expand:
         Candidates expanded per step of the walk (one matmul per step). More per step means fewer steps for the
         same pool (~80 µs of numpy calls each besides scoring). Alternated at ef 256: 24 -> 32 gave p50 0.95x at
@@ -109,7 +113,7 @@ class SearchParams:
         Upper bound of the candidate pool when a filter widens it (4·ef / selectivity).
     """
 
-    ef: int = 256
+    ef: int = 352
     expand: int = 40
     probe: int = 32
     filtered_exact_below: int = 20_000
