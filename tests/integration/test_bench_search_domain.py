@@ -25,7 +25,7 @@ def test_the_bench_index_carries_the_domain_it_names(
     s3_client: Any, s3_bucket: str, calibration: str, seeded: bool
 ) -> None:
     _publish_synthetic_index(s3_client, s3_bucket, 300, EMBEDDER, _args(calibration))
-    described = _publish_query_domain(s3_client, s3_bucket, 300, EMBEDDER, _args(calibration))
+    described = _publish_query_domain(s3_client, s3_bucket, EMBEDDER, _args(calibration))
     assert described == {"calibration": calibration, "reference": MAX_REFERENCE, "seeded": seeded}
     store = index_store(Settings(index_bucket=s3_bucket, index_prefix="index/"), s3_client)
     manifest, _ = store.manifests.read()
@@ -36,6 +36,6 @@ def test_the_bench_index_carries_the_domain_it_names(
 
 def test_no_calibration_publishes_no_domain(s3_client: Any, s3_bucket: str) -> None:
     _publish_synthetic_index(s3_client, s3_bucket, 300, EMBEDDER, _args("none"))
-    assert _publish_query_domain(s3_client, s3_bucket, 300, EMBEDDER, _args("none")) is None
+    assert _publish_query_domain(s3_client, s3_bucket, EMBEDDER, _args("none")) is None
     store = index_store(Settings(index_bucket=s3_bucket, index_prefix="index/"), s3_client)
     assert store.manifests.read()[0].query_domain is None
