@@ -167,9 +167,13 @@ class QueryDomain:
         if candidates.shape[-1] != self.dim:
             raise ValueError(f"candidates have {candidates.shape[-1]} dimensions, the query domain {self.dim}")
         candidates = candidates.reshape(-1, self.dim)
-        terms = np.hstack([(candidates @ catalog_mean)[:, None], candidates @ self.term_rows.T])
-        norms = np.einsum("ij,ij->i", candidates, candidates)
-        return self.calibrate_terms(query, candidates @ query, norms, terms, catalog_mean)
+        return self.calibrate_terms(query, candidates @ query, *self.terms(candidates, catalog_mean), catalog_mean)
+
+    def terms(self, vectors: np.ndarray, catalog_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(norms, terms)`` of float32 ``vectors`` ``[P, d]`` as :meth:`calibrate_terms` takes them: squared norms
+        and dot products with the catalog mean, then with each of :attr:`term_rows`."""
+        norms = np.einsum("ij,ij->i", vectors, vectors)
+        return norms, np.hstack([(vectors @ catalog_mean)[:, None], vectors @ self.term_rows.T])
 
     def calibrate_terms(
         self,

@@ -413,10 +413,7 @@ class IndexView:
             return None
         if fresh:
             at, delta = (np.array(column, dtype=np.int64) for column in zip(*fresh, strict=True))
-            vectors = self._delta_vectors[delta]
-            norms[at] = np.einsum("ij,ij->i", vectors, vectors)
-            terms[at, 0] = vectors @ mean
-            terms[at, 1:] = vectors @ domain.term_rows.T
+            norms[at], terms[at] = domain.terms(self._delta_vectors[delta], mean)
         if stored:
             at = np.array([position for position, _ in stored], dtype=np.int64)
             rows = self.snapshot.rows_of([item_id for _, item_id in stored])
