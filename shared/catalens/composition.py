@@ -24,6 +24,7 @@ from catalens.embedder import Embedder
 from catalens.imaging import ImageLimits
 from catalens.index.cache import IndexCache
 from catalens.index.store import IndexStore
+from catalens.index.view import SearchParams
 from catalens.ports import IndexReader, IndexWriter, MetricsSink, ProfileStore
 from catalens.profiles import ProfileUpdater, index_lookup
 from catalens.service.api import search_api
@@ -76,7 +77,8 @@ def query_image_limits(settings: Settings) -> ImageLimits:
 
 def index_store(settings: Settings, s3_client: Any) -> IndexStore:
     """The index on S3 (``<index bucket>/<index prefix>``): what every function reads or writes."""
-    return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix)
+    params = SearchParams(ef=settings.search_candidates) if settings.search_candidates else None
+    return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix, search_params=params)
 
 
 def vector_index(

@@ -31,6 +31,21 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+# The walk's candidate pool a deployment may set (SearchParams.ef; a search raises it to the page it needs). 4,096
+# already takes ~40 ms per search at 1M items (docs/operations.md, "Candidates against catalog size").
+SEARCH_CANDIDATES_RANGE = (1, 4096)
+
+
+def _search_candidates(env: dict[str, str]) -> int:
+    value = _int(env, "SEARCH_CANDIDATES", 0)
+    low, high = SEARCH_CANDIDATES_RANGE
+    if value and not low <= value <= high:
+        raise ValueError(
+            f"environment variable SEARCH_CANDIDATES must be 0 (the index's default) or {low}-{high}, got {value}"
+        )
+    return value
+
+
 def _fraction(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -97,6 +112,7 @@ class Settings:
     index_backend: str = "lambda"  # template IndexBackend: "lambda" (snapshot + deltas in S3) or "s3vectors"
     vector_bucket: str = ""  # the S3 Vectors bucket and index (index_backend "s3vectors")
     vector_index: str = ""
+    search_candidates: int = 0  # template SearchCandidates: the graph walk's candidate pool (0: the index's default)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -127,6 +143,7 @@ class Settings:
             index_backend=_choice(env, "INDEX_BACKEND", "lambda", INDEX_BACKENDS),
             vector_bucket=env.get("VECTOR_BUCKET", ""),
             vector_index=env.get("VECTOR_INDEX", ""),
+            search_candidates=_search_candidates(env),
         )
 
 

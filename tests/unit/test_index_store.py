@@ -24,6 +24,7 @@ from catalens.index.layout import DELTAS_DIR
 from catalens.index.manifest import RetryPolicy
 from catalens.index.records import ItemRecord, sequencer_key
 from catalens.index.store import IndexStore
+from catalens.index.view import SearchParams
 from catalens.ports import Blob, BlobInfo, BlobStore
 from catalens_tools.in_memory.blobs import MemoryBlobStore
 
@@ -584,6 +585,31 @@ def test_a_version_load_does_not_drop_a_delta_found_while_it_ran() -> None:
     assert rig.cache.wait_idle(10)
     assert rig.cache.version == v2
     assert set(view_state(rig.cache.view())) == {"a", "b", "w", "x"}, "x survives the swap to v2"
+
+
+def test_every_view_a_store_hands_out_searches_with_its_params() -> None:
+    """A deployment's candidate pool (SEARCH_CANDIDATES) holds for the uncached view and for every view the cache
+    builds: deltas only, a first version, new deltas on the cheap path, and the next version."""
+    inner = MemoryBlobStore()
+    writer = IndexStore(inner, "ix")
+    params = SearchParams(ef=777)
+    reader = IndexStore(inner, "ix", search_params=params)
+    clock = FakeClock()
+    cache = IndexCache(reader, ttl_seconds=2, clock=clock, background=False)
+    writer.write_item(put_event("a", "1", "e"))
+    seen = [cache.view(), reader.load_view()]
+    compact(writer)
+    clock.now += 2
+    seen.append(cache.view())
+    writer.write_item(put_event("b", "2", "e"))
+    clock.now += 2
+    seen.append(cache.view())
+    compact(writer)
+    clock.now += 2
+    seen += [cache.view(), reader.load_view()]
+    assert [set(view_state(view)) for view in seen] == [{"a"}] * 3 + [{"a", "b"}] * 3
+    assert all(view.params is params for view in seen)
+    assert writer.load_view().params == SearchParams(), "a store without params keeps the defaults"
 
 
 def test_cache_keeps_answering_when_storage_fails() -> None:

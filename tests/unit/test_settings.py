@@ -52,3 +52,24 @@ def test_the_index_backend_is_lambda_unless_s3vectors_is_named() -> None:
     assert (settings.index_backend, settings.vector_bucket, settings.vector_index) == ("s3vectors", "vectors", "items")
     with pytest.raises(ValueError, match="INDEX_BACKEND must be one of lambda, s3vectors"):
         Settings.from_env({"INDEX_BACKEND": "faiss"})
+
+
+@pytest.mark.parametrize(("raw", "candidates"), [("", 0), ("0", 0), ("1024", 1024), ("4096", 4096), ("1", 1)])
+def test_search_candidates_default_to_the_index_and_take_a_pool_size(raw: str, candidates: int) -> None:
+    assert Settings.from_env({"SEARCH_CANDIDATES": raw}).search_candidates == candidates
+
+
+@pytest.mark.parametrize("raw", ["-1", "4097", "1e9"])
+def test_search_candidates_outside_their_range_name_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match="SEARCH_CANDIDATES must be"):
+        Settings.from_env({"SEARCH_CANDIDATES": raw})
+
+
+def test_the_search_candidates_setting_reaches_the_index_store() -> None:
+    """0 leaves the index's own default; a value becomes the walk's pool of every view the store hands out."""
+    from catalens.composition import index_store
+    from catalens.index import SearchParams
+
+    assert index_store(Settings(index_bucket="b"), s3_client=object()).search_params is None
+    store = index_store(Settings(index_bucket="b", search_candidates=1024), s3_client=object())
+    assert store.search_params == SearchParams(ef=1024)

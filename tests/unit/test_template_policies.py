@@ -302,6 +302,7 @@ def test_search_reads_the_query_settings_from_the_template_parameters(transforme
     assert settings.query_sample_rate == float(parameters["QuerySampleRate"]["Default"]) == 0.25
     assert settings.query_calibration is (parameters["QueryCalibration"]["Default"] == "true") is True
     assert settings.main_subject is (parameters["MainSubject"]["Default"] == "true") is Settings().main_subject
+    assert settings.search_candidates == parameters["SearchCandidates"]["Default"] == 0  # the index's own default
     for logical_id in ("IngestFunction", "ProfilesFunction", "IndexBuilderFunction"):
         other = transformed["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
         assert "QUERY_SAMPLE_RATE" not in other  # only photo searches are sampled

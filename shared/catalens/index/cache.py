@@ -232,7 +232,9 @@ class IndexCache:
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
         if deltas.keys() == state.deltas.keys():
             return
-        view = make_view(state.loaded, deltas.values(), query_domain=state.query_domain)
+        view = make_view(
+            state.loaded, deltas.values(), query_domain=state.query_domain, params=self.store.search_params
+        )
         with self._swap_lock:
             if self._state is state:  # a newer version swapped in meanwhile brings its own deltas
                 self._state = replace(state, deltas=deltas, view=view)
@@ -274,7 +276,7 @@ class IndexCache:
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
         deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=known)
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in known)
-        view = make_view(loaded, deltas.values(), query_domain=domain)
+        view = make_view(loaded, deltas.values(), query_domain=domain, params=self.store.search_params)
         return _State(manifest.generation, etag, loaded, deltas, view, manifest.query_domain, domain)
 
     def _load_version(self, entry: VersionEntry, current: _State | None) -> LoadedVersion:
@@ -340,7 +342,9 @@ class IndexCache:
                 now = self._state
                 if now is None or now.loaded is not loaded:
                     return  # another version came meanwhile
-                view = make_view(full, now.deltas.values(), query_domain=now.query_domain)
+                view = make_view(
+                    full, now.deltas.values(), query_domain=now.query_domain, params=self.store.search_params
+                )
                 self._state = replace(now, loaded=full, view=view)
 
         if not self.background:
@@ -385,7 +389,8 @@ def _carry_newer_deltas(current: _State, new: _State) -> _State:
     if not kept:
         return new
     deltas = {**new.deltas, **kept}
-    return replace(new, deltas=deltas, view=make_view(new.loaded, deltas.values(), query_domain=new.query_domain))
+    view = make_view(new.loaded, deltas.values(), query_domain=new.query_domain, params=new.view.params)
+    return replace(new, deltas=deltas, view=view)
 
 
 def _sha256(entry: VersionEntry, name: str) -> str | None:

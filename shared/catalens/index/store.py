@@ -55,7 +55,7 @@ from catalens.ports import BlobStore, ConflictError, PreconditionFailedError, de
 if TYPE_CHECKING:
     from catalens.index.build import BuildParams
     from catalens.index.snapshot import Snapshot
-    from catalens.index.view import IndexView
+    from catalens.index.view import IndexView, SearchParams
     from catalens.query_domain import QueryDomain
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ class IndexStore:
         is the limit).
     part_size:
         Version files larger than this are stored as several objects of this size (:mod:`catalens.index.transport`).
+    search_params:
+        How the views this store's readers get search a snapshot (None: :class:`~catalens.index.view.SearchParams`'
+        defaults); the search function sets the walk's candidate pool from ``SEARCH_CANDIDATES``.
     wall_clock, sleep:
         Injected by tests.
 
@@ -146,6 +149,7 @@ class IndexStore:
         retry: RetryPolicy = DEFAULT_RETRY,
         fetch_workers: int = 16,
         part_size: int = PART_SIZE,
+        search_params: SearchParams | None = None,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -161,6 +165,7 @@ class IndexStore:
         if part_size < 1:
             raise ValueError("part_size must be at least 1 byte")
         self.part_size = part_size
+        self.search_params = search_params
         self._wall_clock = wall_clock
         self._sleep = sleep
         self.manifests = ManifestStore(blob, prefix)
@@ -335,7 +340,7 @@ class IndexStore:
         loaded = self.load_version(manifest.current) if manifest.current else None
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
         deltas = self.fetch_deltas(self.list_deltas(), coverage).values()
-        return make_view(loaded, deltas, query_domain=self.queries.query_domain_of(manifest))
+        return make_view(loaded, deltas, query_domain=self.queries.query_domain_of(manifest), params=self.search_params)
 
     # ---- builder side
 
@@ -601,16 +606,20 @@ class _VersionFiles(Mapping[str, Buffer]):
 
 
 def make_view(
-    loaded: LoadedVersion | None, deltas: Iterable[Delta], *, query_domain: QueryDomain | None = None
+    loaded: LoadedVersion | None,
+    deltas: Iterable[Delta],
+    *,
+    query_domain: QueryDomain | None = None,
+    params: SearchParams | None = None,
 ) -> IndexView:
     """IndexView over a whole version plus deltas (IndexView resolves each item by sequencer).
 
     Deltas whose vectors come from another model than the snapshot's are left out (they would not
     be comparable); the builder skips them the same way. ``query_domain`` (as loaded, model space) is
-    handed to the view for calibrated photo searches.
+    handed to the view for calibrated photo searches; ``params`` (None: the defaults) to its snapshot search.
     """
     from catalens.index.view import IndexView
 
     fingerprint = loaded.snapshot.model_fingerprint if loaded else None
     records = [d.record for d in deltas if not fingerprint or d.model_fingerprint in ("", fingerprint)]
-    return IndexView(loaded.snapshot if loaded else None, records, query_domain=query_domain)
+    return IndexView(loaded.snapshot if loaded else None, records, query_domain=query_domain, params=params)
