@@ -80,7 +80,7 @@ def test_bench_search_builds_as_the_builder_does() -> None:
 def test_bench_index_reports_per_item_costs_and_skips_what_cannot_fit(capsys) -> None:
     """Smoke test at a tiny size (numbers never asserted), and a size over the memory budget is estimated, not run."""
     argv = ["bench", "index", "--sizes", "300,100000000", "--dim", "16", "--queries", "20", "--exact-queries", "5"]
-    argv += ["--cold-starts", "1", "--no-grocery", "--memory-budget", "1e9"]
+    argv += ["--cold-starts", "1", "--no-grocery", "--memory-budget", "1e9", "--candidates", "16,64"]
     assert main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["layout"], line["n"]) for line in lines] == [
@@ -97,6 +97,8 @@ def test_bench_index_reports_per_item_costs_and_skips_what_cannot_fit(capsys) ->
         assert measured["search_process"]["rss_per_item"] > 0
         assert set(measured["cold_start"]) >= {"import_s", "read_s", "verify_sha256_s", "first_answer_s"}
         assert measured["search"]["recall_at_10"] > 0.9
+        assert [pool["candidates"] for pool in measured["search_candidates"]] == [16, 64]
+        assert all(pool["recall_at_10"] > 0.9 and pool["p50_ms"] > 0 for pool in measured["search_candidates"])
         assert measured["search_process"]["heavy_modules"] == []
     assert dense["snapshot"]["bytes_per_item"] > 16 * 4
     # float32 reads everything before it answers; compact answers from its first stage and loads the chunks after

@@ -117,6 +117,12 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     parser.add_argument("--build-threads", type=int, default=2, help="threads for pynndescent/hnswlib builds")
     parser.add_argument("--graph-threshold", type=int, default=None, help="default: the builder's (GRAPH_THRESHOLD)")
     parser.add_argument("--ef", type=int, default=None, help="graph pool size (default: SearchParams.ef)")
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="comma-separated walk pools also timed as served, in the same search process (SearchCandidates: what "
+        "a deployment trades for recall)",
+    )
     parser.add_argument("--cold-starts", type=int, default=3, help="fresh search processes timed per N (median)")
     parser.add_argument("--detail", action="store_true", help="also the ef sweep and filtered search")
     parser.add_argument("--peers", action="store_true", help="also pynndescent's own query and hnswlib")
@@ -528,6 +534,8 @@ def measure_search(snapshot, spec: dict[str, Any]) -> dict[str, Any]:
         # from the codes (`catalens bench search` times that)
         hits, seconds = _timed(lambda q: view.search(q, K, vectors=False), queries)
         out["search"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
+        if spec.get("candidates"):
+            out["search_candidates"] = _candidates(snapshot, queries, truth, spec["candidates"])
         timed = queries[: spec["exact_queries"]]
         hits, seconds = _timed(lambda q: view.search(q, K, strategy="exact"), timed)
         out["exact"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth[: len(timed)])}
@@ -596,6 +604,7 @@ def bench_size(n: int, layout: Layout, args: argparse.Namespace, work: Path) -> 
 
     measure = {"queries": str(work / "queries.npy"), "truth": str(work / "truth.npy")}
     measure |= {"exact_queries": args.exact_queries, "ef": args.ef, "detail": args.detail}
+    measure["candidates"] = [int(c) for c in args.candidates.split(",") if c.strip()]
     runs = [_child(SEARCH_SCRIPT, str(folder), json.dumps(measure))]
     runs += [_child(SEARCH_SCRIPT, str(folder), "cold") for _ in range(max(0, args.cold_starts - 1))]
     first = runs[0]
@@ -641,6 +650,18 @@ def _drop_leading_rows(path: Path, rows: int) -> None:
     target.flush()
     del source, target
     target_path.replace(path)
+
+
+def _candidates(snapshot, queries, truth, pools: list[int]) -> list[dict[str, Any]]:
+    """Searches as served with other walk pools (the search function's SEARCH_CANDIDATES), after the default's."""
+    from catalens.index import IndexView, SearchParams
+
+    out = []
+    for ef in pools:
+        view = IndexView(snapshot, params=SearchParams(ef=ef))
+        hits, seconds = _timed(lambda q, view=view: view.search(q, K, vectors=False), queries)
+        out.append({"candidates": ef, **_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)})
+    return out
 
 
 def _ef_sweep(searcher, snapshot, queries, truth, expand: int) -> list[dict[str, Any]]:
