@@ -77,7 +77,7 @@ def query_image_limits(settings: Settings) -> ImageLimits:
 
 def index_store(settings: Settings, s3_client: Any) -> IndexStore:
     """The index on S3 (``<index bucket>/<index prefix>``): what every function reads or writes."""
-    params = SearchParams(ef=settings.search_candidates) if settings.search_candidates else None
+    params = SearchParams.for_candidates(settings.search_candidates) if settings.search_candidates else None
     return IndexStore(S3BlobStore(s3_client, settings.index_bucket), settings.index_prefix, search_params=params)
 
 

@@ -262,14 +262,19 @@ def test_a_graph_search_rescores_the_walks_whole_pool_when_it_is_larger(monkeypa
     )
     assert snapshot.graph is not None
     rescored = _count_rescored_rows(monkeypatch)
-    cases = ((320, "graph", 320), (64, "graph", 10 + RERANK_EXTRA), (320, "exact", 10 + RERANK_EXTRA))
-    for ef, strategy, want in cases:
+    cases = (
+        (SearchParams(ef=320), "graph", 320),
+        (SearchParams(ef=64), "graph", 10 + RERANK_EXTRA),
+        (SearchParams(ef=320), "exact", 10 + RERANK_EXTRA),
+        (SearchParams.for_candidates(800), "graph", 800),  # a deployment's SEARCH_CANDIDATES, 50 rows per step
+    )
+    for params, strategy, want in cases:
         rescored.clear()
-        view = IndexView(snapshot, params=SearchParams(ef=ef))
+        view = IndexView(snapshot, params=params)
         for q in queries[:3]:
             hits = view.search(q, 10, strategy=strategy)
             assert hits[0].item_id == f"item-{int(np.argmax(items @ q)):05d}"
-        assert rescored == [want] * 3, (ef, strategy)
+        assert rescored == [want] * 3, (params, strategy)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.float32])

@@ -72,4 +72,5 @@ def test_the_search_candidates_setting_reaches_the_index_store() -> None:
 
     assert index_store(Settings(index_bucket="b"), s3_client=object()).search_params is None
     store = index_store(Settings(index_bucket="b", search_candidates=1024), s3_client=object())
-    assert store.search_params == SearchParams(ef=1024)
+    assert store.search_params == SearchParams(ef=1024, expand=64)  # a sixteenth of the pool per step
+    assert index_store(Settings(search_candidates=100), object()).search_params == SearchParams(ef=100, expand=40)

@@ -119,6 +119,16 @@ class SearchParams:
     filtered_exact_below: int = 20_000
     max_ef: int = 2048
 
+    @classmethod
+    def for_candidates(cls, candidates: int) -> SearchParams:
+        """A deployment's pool (``SEARCH_CANDIDATES``), each step expanding a sixteenth of it (at least ``expand``).
+
+        Fewer, larger steps pay at large pools (~80 µs of numpy calls per step): on the 1M bench snapshot, alternated
+        per query (400 timed each, recall unchanged), 1,024 with 64 per step 0.96x the p50 of 40 per step, 2,048 with
+        128 0.88x (17.2 ms), 3,072 with 192 0.82x (23.8 ms, recall@10 0.9915).
+        """
+        return cls(ef=candidates, expand=max(cls.expand, candidates // 16))
+
 
 @dataclass(frozen=True)
 class _Allowed:

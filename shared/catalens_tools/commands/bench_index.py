@@ -658,7 +658,7 @@ def _candidates(snapshot, queries, truth, pools: list[int]) -> list[dict[str, An
 
     out = []
     for ef in pools:
-        view = IndexView(snapshot, params=SearchParams(ef=ef))
+        view = IndexView(snapshot, params=SearchParams.for_candidates(ef))
         hits, seconds = _timed(lambda q, view=view: view.search(q, K, vectors=False), queries)
         out.append({"candidates": ef, **_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)})
     return out
