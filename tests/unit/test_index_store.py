@@ -453,14 +453,16 @@ class CacheRig:
     clock: FakeClock = field(default_factory=FakeClock)
 
 
-def make_rig(background: bool, refresh_wait_seconds: float = 30.0) -> CacheRig:
+def make_rig(
+    background: bool, refresh_wait_seconds: float = 30.0, search_params: SearchParams | None = None
+) -> CacheRig:
     """A writer and a cache over one in-memory bucket; the cache's reads are counted (and can be blocked)."""
     inner = MemoryBlobStore()
     counting = CountingBlob(inner)
     clock = FakeClock()
     writer = IndexStore(inner, "ix")
     cache = IndexCache(
-        IndexStore(counting, "ix"),
+        IndexStore(counting, "ix", search_params=search_params),
         ttl_seconds=2,
         clock=clock,
         background=background,
@@ -559,7 +561,8 @@ def test_background_cache_does_not_hold_answers_for_a_slow_refresh() -> None:
 def test_a_version_load_does_not_drop_a_delta_found_while_it_ran() -> None:
     """The loader LISTs the deltas, then (slowly) fetches one; a revalidation meanwhile finds a newer delta.
     Swapping in the new version must keep that delta, or the photo would vanish for a TTL."""
-    rig = make_rig(background=True)
+    params = SearchParams(ef=777)
+    rig = make_rig(background=True, search_params=params)
     rig.writer.write_item(put_event("a", "1", "e"))
     compact(rig.writer)
     assert set(view_state(rig.cache.view())) == {"a"}
@@ -585,17 +588,18 @@ def test_a_version_load_does_not_drop_a_delta_found_while_it_ran() -> None:
     assert rig.cache.wait_idle(10)
     assert rig.cache.version == v2
     assert set(view_state(rig.cache.view())) == {"a", "b", "w", "x"}, "x survives the swap to v2"
+    assert rig.cache.view().params is params, "and the view that carries it searches as configured"
 
 
 def test_every_view_a_store_hands_out_searches_with_its_params() -> None:
     """A deployment's candidate pool (SEARCH_CANDIDATES) holds for the uncached view and for every view the cache
-    builds: deltas only, a first version, new deltas on the cheap path, and the next version."""
+    builds: deltas only, a first version (loaded in two stages), new deltas on the cheap path, the next version."""
     inner = MemoryBlobStore()
     writer = IndexStore(inner, "ix")
     params = SearchParams(ef=777)
     reader = IndexStore(inner, "ix", search_params=params)
     clock = FakeClock()
-    cache = IndexCache(reader, ttl_seconds=2, clock=clock, background=False)
+    cache = IndexCache(reader, ttl_seconds=2, clock=clock, background=False, stage_above_bytes=0)
     writer.write_item(put_event("a", "1", "e"))
     seen = [cache.view(), reader.load_view()]
     compact(writer)
@@ -608,6 +612,7 @@ def test_every_view_a_store_hands_out_searches_with_its_params() -> None:
     clock.now += 2
     seen += [cache.view(), reader.load_view()]
     assert [set(view_state(view)) for view in seen] == [{"a"}] * 3 + [{"a", "b"}] * 3
+    assert cache.stats.full_vectors_loaded == 2, "each version's second stage built its own view"
     assert all(view.params is params for view in seen)
     assert writer.load_view().params == SearchParams(), "a store without params keeps the defaults"
 
