@@ -348,12 +348,7 @@ class CompactVectors:
         rows = np.asarray(rows, dtype=np.int64)
         if self.chunks is None or not self.residual:
             return self.rows(rows) @ query.full
-        codes = self._full_codes(rows)
-        first = self._first_stage_points(rows)
-        residual = dot_rows(codes, query.residual)
-        if self.full_scales is not None:
-            residual *= self.full_scales[rows].astype(np.float32)
-        return (first @ query.coarse + residual + np.float32(query.offset)).astype(np.float32)
+        return self._residual_scores(rows, query.coarse, query.residual, np.float32(query.offset))
 
     def prepare_fixed(self, vectors: np.ndarray) -> FixedVectors:
         matrix = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -375,11 +370,20 @@ class CompactVectors:
         if self.chunks is None or fixed.residual is None:
             vectors = self.rows(rows)  # the first stage's rebuilt vectors, or direct codes decoded
             return _squared_norms(vectors), vectors @ fixed.matrix.T
-        residual = self._full_codes(rows).astype(np.float32) @ fixed.residual
+        dots = self._residual_scores(rows, fixed.coarse, fixed.residual, fixed.offset)
+        return np.ones(rows.size, dtype=np.float32), dots
+
+    def _residual_scores(
+        self, rows: np.ndarray, coarse: np.ndarray, residual: np.ndarray, offset: np.ndarray | np.float32
+    ) -> np.ndarray:
+        """Residual rows scored against one query (``coarse`` [c], ``residual`` [d], a scalar ``offset``) or against
+        K fixed vectors ([c, K], [d, K], [K]): first-stage point · coarse + code · residual × row scale + offset."""
+        codes = self._full_codes(rows)
+        products = dot_rows(codes, residual) if residual.ndim == 1 else codes.astype(np.float32) @ residual
         if self.full_scales is not None:
-            residual *= self.full_scales[rows].astype(np.float32)[:, None]
-        dots = self._first_stage_points(rows) @ fixed.coarse + residual + fixed.offset
-        return np.ones(rows.size, dtype=np.float32), dots.astype(np.float32)
+            scales = self.full_scales[rows].astype(np.float32)
+            products *= scales if products.ndim == 1 else scales[:, None]
+        return (self._first_stage_points(rows) @ coarse + products + offset).astype(np.float32)
 
     @property
     def reranks(self) -> bool:
