@@ -40,7 +40,7 @@ from catalens.index.deltas import Delta, DeltaKey, SnapshotCoverage
 from catalens.index.layout import SNAPSHOT_DIR
 from catalens.index.manifest import Manifest, QueryDomainEntry, VersionEntry
 from catalens.index.snapshot import is_second_stage_file
-from catalens.index.store import IndexStore, LoadedVersion, make_view
+from catalens.index.store import IndexStore, LoadedVersion
 from catalens.index.vectors import is_chunk_file
 from catalens.ports import NotModifiedError
 
@@ -232,9 +232,7 @@ class IndexCache:
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in state.deltas)
         if deltas.keys() == state.deltas.keys():
             return
-        view = make_view(
-            state.loaded, deltas.values(), query_domain=state.query_domain, params=self.store.search_params
-        )
+        view = self.store.view_of(state.loaded, deltas.values(), query_domain=state.query_domain)
         with self._swap_lock:
             if self._state is state:  # a newer version swapped in meanwhile brings its own deltas
                 self._state = replace(state, deltas=deltas, view=view)
@@ -276,7 +274,7 @@ class IndexCache:
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
         deltas = self.store.fetch_deltas(self.store.list_deltas(), coverage, known=known)
         self.stats.deltas_fetched += sum(1 for key in deltas if key not in known)
-        view = make_view(loaded, deltas.values(), query_domain=domain, params=self.store.search_params)
+        view = self.store.view_of(loaded, deltas.values(), query_domain=domain)
         return _State(manifest.generation, etag, loaded, deltas, view, manifest.query_domain, domain)
 
     def _load_version(self, entry: VersionEntry, current: _State | None) -> LoadedVersion:
@@ -342,9 +340,7 @@ class IndexCache:
                 now = self._state
                 if now is None or now.loaded is not loaded:
                     return  # another version came meanwhile
-                view = make_view(
-                    full, now.deltas.values(), query_domain=now.query_domain, params=self.store.search_params
-                )
+                view = self.store.view_of(full, now.deltas.values(), query_domain=now.query_domain)
                 self._state = replace(now, loaded=full, view=view)
 
         if not self.background:
@@ -359,7 +355,7 @@ class IndexCache:
             if only_if_newer and current is not None and new.generation < current.generation:
                 return current
             if current is not None:
-                new = _carry_newer_deltas(current, new)
+                new = _carry_newer_deltas(current, new, self.store)
                 if new.loaded is not None and not new.loaded.snapshot.complete and current.loaded is not None:
                     # keep only the old chunks the new version shares; the rest goes with the old state
                     wanted = {meta["sha256"] for meta in new.loaded.entry.files.values()}
@@ -376,7 +372,7 @@ class IndexCache:
         return new
 
 
-def _carry_newer_deltas(current: _State, new: _State) -> _State:
+def _carry_newer_deltas(current: _State, new: _State, store: IndexStore) -> _State:
     """A version load LISTed the deltas before it installs; a revalidation meanwhile may have found newer
     ones. Keep those the new version does not cover, so a photo once found does not vanish for a TTL."""
     extra = {key: delta for key, delta in current.deltas.items() if key not in new.deltas}
@@ -389,8 +385,7 @@ def _carry_newer_deltas(current: _State, new: _State) -> _State:
     if not kept:
         return new
     deltas = {**new.deltas, **kept}
-    view = make_view(new.loaded, deltas.values(), query_domain=new.query_domain, params=new.view.params)
-    return replace(new, deltas=deltas, view=view)
+    return replace(new, deltas=deltas, view=store.view_of(new.loaded, deltas.values(), query_domain=new.query_domain))
 
 
 def _sha256(entry: VersionEntry, name: str) -> str | None:

@@ -340,7 +340,13 @@ class IndexStore:
         loaded = self.load_version(manifest.current) if manifest.current else None
         coverage = loaded.coverage if loaded else SnapshotCoverage(None)
         deltas = self.fetch_deltas(self.list_deltas(), coverage).values()
-        return make_view(loaded, deltas, query_domain=self.queries.query_domain_of(manifest), params=self.search_params)
+        return self.view_of(loaded, deltas, query_domain=self.queries.query_domain_of(manifest))
+
+    def view_of(
+        self, loaded: LoadedVersion | None, deltas: Iterable[Delta], *, query_domain: QueryDomain | None = None
+    ) -> IndexView:
+        """:func:`make_view` with this store's search params: every reader's view searches as the deployment says."""
+        return make_view(loaded, deltas, query_domain=query_domain, params=self.search_params)
 
     # ---- builder side
 
