@@ -246,3 +246,44 @@ def test_visit_stamps_start_again_before_they_would_overflow(monkeypatch):
         assert fresh.search(queries[0], 5, ef=16)[0].tolist() == expected[0]
         bases.append(fresh._scratch.next_base)
     assert bases[0] == bases[1] == bases[2] <= graph_module._STAMP_LIMIT
+
+
+def test_a_filtered_search_scans_exactly_up_to_a_share_of_the_rows_and_walks_beyond(monkeypatch):
+    """At 1M rows an exact scan of the allowed rows is as fast as the filtered walk up to about a tenth of them,
+    and exact: the limit follows the snapshot's size, never below ``filtered_exact_below``."""
+    n = 1200
+    data, _ = clustered_vectors(n + 5, 24, seed=3, n_clusters=12)
+    queries, vectors = data[:5], data[5:]
+    records = [
+        ItemRecord(f"item-{i:05d}", vectors[i], {"shelf": i % 10}, f"p/{i}.jpg", f"e{i}", "01") for i in range(n)
+    ]
+    snapshot = build_snapshot(records, model_fingerprint="fp", params=BuildParams(graph_threshold=2, seed=0, n_jobs=1))
+    assert snapshot.graph is not None
+    walks: list[int] = []
+    original = GraphSearcher.search
+
+    def counted(self, *args, **kwargs):
+        walks.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GraphSearcher, "search", counted)
+    tenth, fifth = Filter.parse({"shelf": 3}), Filter.parse({"shelf": [1, 2]})  # 120 and 240 of 1,200 rows
+    cases = (
+        (SearchParams(filtered_exact_below=0, filtered_exact_share=0.1), tenth, False),
+        (SearchParams(filtered_exact_below=0, filtered_exact_share=0.1), fifth, True),
+        (SearchParams(filtered_exact_below=240, filtered_exact_share=0.1), fifth, False),
+        (SearchParams(filtered_exact_below=0, filtered_exact_share=0.0), tenth, True),
+        (SearchParams(), fifth, False),  # the defaults: at least 20k rows, or a tenth
+    )
+    for params, flt, walked in cases:
+        view = IndexView(snapshot, params=params)
+        for q in queries:
+            walks.clear()
+            hits = view.search(q, 10, filters=flt)
+            assert bool(walks) is walked, (params, flt)
+            assert all(flt.matches(h.fields) for h in hits)
+            if not walked:
+                exact = view.search(q, 10, filters=flt, strategy="exact")
+                assert [h.item_id for h in hits] == [h.item_id for h in exact]
+    assert SearchParams().filtered_exact_limit(1_000_000) == 100_000
+    assert SearchParams().filtered_exact_limit(100_000) == 20_000

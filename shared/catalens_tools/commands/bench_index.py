@@ -684,7 +684,7 @@ def _filtered(snapshot, queries, params) -> list[dict[str, Any]]:
     specs = [(f"price<= ({s:.1%})", Filter.between("price", None, cut)) for s, cut in price_cut.items()]
     specs.append(("category (~2%, cluster-correlated)", Filter.equals("category", "c07")))
     auto = IndexView(snapshot, params=params)
-    forced = IndexView(snapshot, params=replace(params, filtered_exact_below=0))
+    forced = IndexView(snapshot, params=replace(params, filtered_exact_below=0, filtered_exact_share=0.0))
     for name, flt in specs:
         selected = int(snapshot.filter_mask(flt).sum())
         exact_hits, exact_s = _timed(lambda q, f=flt: auto.search(q, K, filters=f, strategy="exact"), queries)
