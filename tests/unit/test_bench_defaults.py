@@ -117,3 +117,22 @@ def test_bench_swap_defaults_to_the_serving_dimension_at_100k(serving_dir: Path)
     assert args.items == 100_000
     assert resolve_dim(args) == (SERVING_DIM, f"card {DEFAULT_MODEL_NAME}.fp32")
     assert args.swap_headroom is None  # the cache's own rule
+
+
+def test_bench_index_detail_sweeps_and_filters_a_compact_graph_as_served(capsys) -> None:
+    """The detail ran the walk on full-dimension queries and crashed on every compact snapshot with a graph: the walk
+    runs on the narrower first stage, so the sweep and the filters now search as served."""
+    argv = ["bench", "index", "--sizes", "1500", "--dim", "400", "--layouts", "compact", "--graph-threshold", "2"]
+    argv += ["--queries", "20", "--exact-queries", "5", "--cold-starts", "1", "--no-grocery", "--detail"]
+    assert main(argv) == 0
+    (measured,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert measured["strategy"] == "graph"
+    sweep = measured["graph_ef_sweep"]
+    assert [pool["ef"] for pool in sweep] == [64, 128, 192, 256, 352]
+    assert all(pool["recall_at_10"] > 0.9 and pool["p50_ms"] > 0 for pool in sweep)
+    filtered = measured["filtered"]
+    assert len(filtered) == 5
+    for entry in filtered:
+        assert entry["rows"] > 0
+        assert entry["auto"]["recall_at_10"] == 1.0  # at 1,500 rows every filter leaves fewer than 20k: exact
+        assert 0 <= entry["graph"]["recall_at_10"] <= 1

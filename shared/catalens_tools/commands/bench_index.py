@@ -539,9 +539,8 @@ def measure_search(snapshot, spec: dict[str, Any]) -> dict[str, Any]:
         timed = queries[: spec["exact_queries"]]
         hits, seconds = _timed(lambda q: view.search(q, K, strategy="exact"), timed)
         out["exact"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth[: len(timed)])}
-        searcher = snapshot.graph_searcher
-        if searcher is not None and spec.get("detail"):
-            out["graph_ef_sweep"] = _ef_sweep(searcher, snapshot, queries, truth, params.expand)
+        if snapshot.graph is not None and spec.get("detail"):
+            out["graph_ef_sweep"] = _ef_sweep(snapshot, queries, truth, params)
         if spec.get("detail"):
             out["filtered"] = _filtered(snapshot, queries[: min(200, len(queries))], params)
     return out
@@ -664,17 +663,23 @@ def _candidates(snapshot, queries, truth, pools: list[int]) -> list[dict[str, An
     return out
 
 
-def _ef_sweep(searcher, snapshot, queries, truth, expand: int) -> list[dict[str, Any]]:
+def _ef_sweep(snapshot, queries, truth, params) -> list[dict[str, Any]]:
+    """Walk pools at and below the default, searched as served: a compact table's walk runs on its first stage and
+    its pool is re-scored with the full codes (`--candidates` times larger pools)."""
+    from dataclasses import replace
+
+    from catalens.index import IndexView
+
     sweep = []
-    for ef in (32, 48, 64, 96, 128):
-        rows, seconds = _timed(lambda q, ef=ef: searcher.search(q, K, ef=ef, expand=expand)[0], queries)
-        found = [[snapshot.item_id(int(r)) for r in row] for row in rows]
-        sweep.append({"ef": ef, "recall_at_10": _recall(found, truth), **_percentiles(seconds)})
+    for ef in sorted({64, 128, 192, 256, params.ef}):
+        view = IndexView(snapshot, params=replace(params, ef=ef))
+        hits, seconds = _timed(lambda q, view=view: view.search(q, K, strategy="graph", vectors=False), queries)
+        sweep.append({"ef": ef, "recall_at_10": _recall(_ids(hits), truth), **_percentiles(seconds)})
     return sweep
 
 
 def _filtered(snapshot, queries, params) -> list[dict[str, Any]]:
-    """Filtered search at several selectivities: auto strategy, forced graph, forced exact."""
+    """Filtered search at several selectivities, timed as served: auto strategy, forced graph, forced exact."""
     from dataclasses import replace
 
     from catalens.index import Filter, IndexView
@@ -687,13 +692,17 @@ def _filtered(snapshot, queries, params) -> list[dict[str, Any]]:
     forced = IndexView(snapshot, params=replace(params, filtered_exact_below=0, filtered_exact_share=0.0))
     for name, flt in specs:
         selected = int(snapshot.filter_mask(flt).sum())
-        exact_hits, exact_s = _timed(lambda q, f=flt: auto.search(q, K, filters=f, strategy="exact"), queries)
+        exact_hits, exact_s = _timed(
+            lambda q, f=flt: auto.search(q, K, filters=f, strategy="exact", vectors=False), queries
+        )
         truth = [[h.item_id for h in r] for r in exact_hits]
         entry: dict[str, Any] = {"filter": name, "rows": selected, "exact": _percentiles(exact_s)}
-        hits, seconds = _timed(lambda q, f=flt: auto.search(q, K, filters=f), queries)
+        hits, seconds = _timed(lambda q, f=flt: auto.search(q, K, filters=f, vectors=False), queries)
         entry["auto"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
         if snapshot.graph is not None:
-            hits, seconds = _timed(lambda q, f=flt: forced.search(q, K, filters=f, strategy="graph"), queries)
+            hits, seconds = _timed(
+                lambda q, f=flt: forced.search(q, K, filters=f, strategy="graph", vectors=False), queries
+            )
             entry["graph"] = {
                 **_percentiles(seconds),
                 "recall_at_10": _recall([[h.item_id for h in r] for r in hits], truth),
