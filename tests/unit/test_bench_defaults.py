@@ -128,7 +128,7 @@ def test_bench_index_detail_sweeps_and_filters_a_compact_graph_as_served(capsys)
     (measured,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert measured["strategy"] == "graph"
     sweep = measured["graph_ef_sweep"]
-    assert [pool["ef"] for pool in sweep] == [64, 128, 192, 256, 352]
+    assert [pool["ef"] for pool in sweep] == [200, 256, 304, 352]
     assert all(pool["recall_at_10"] > 0.9 and pool["p50_ms"] > 0 for pool in sweep)
     filtered = measured["filtered"]
     assert len(filtered) == 5

@@ -665,13 +665,14 @@ def _candidates(snapshot, queries, truth, pools: list[int]) -> list[dict[str, An
 
 def _ef_sweep(snapshot, queries, truth, params) -> list[dict[str, Any]]:
     """Walk pools at and below the default, searched as served: a compact table's walk runs on its first stage and
-    its pool is re-scored with the full codes (`--candidates` times larger pools)."""
+    its pool is re-scored with the full codes (`--candidates` times larger pools). A compact search keeps at least
+    k + RERANK_EXTRA = 200 candidates, so the sweep starts there: smaller pools would all walk as 200."""
     from dataclasses import replace
 
     from catalens.index import IndexView
 
     sweep = []
-    for ef in sorted({64, 128, 192, 256, params.ef}):
+    for ef in sorted({200, 256, 304, params.ef}):
         view = IndexView(snapshot, params=replace(params, ef=ef))
         hits, seconds = _timed(lambda q, view=view: view.search(q, K, strategy="graph", vectors=False), queries)
         sweep.append({"ef": ef, "recall_at_10": _recall(_ids(hits), truth), **_percentiles(seconds)})
