@@ -303,6 +303,12 @@ def _ids(hit_lists) -> list[list[str]]:
     return [[h.item_id for h in hits] for hits in hit_lists]
 
 
+def _served(view, queries, truth, strategy: str = "auto", filters=None) -> dict[str, Any]:
+    """Latency and recall@10 of ``view`` searched as a photo query is served: hits without their vectors."""
+    hits, seconds = _timed(lambda q: view.search(q, K, filters=filters, strategy=strategy, vectors=False), queries)
+    return {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
+
+
 def _item_id(row: int) -> str:
     return f"item-{row:07d}"
 
@@ -532,8 +538,7 @@ def measure_search(snapshot, spec: dict[str, Any]) -> dict[str, Any]:
     with threadpool_limits(1):
         # as search serves a photo query: only the re-ranker reads hits' vectors, and calibration scores its pool
         # from the codes (`catalens bench search` times that)
-        hits, seconds = _timed(lambda q: view.search(q, K, vectors=False), queries)
-        out["search"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
+        out["search"] = _served(view, queries, truth)
         if spec.get("candidates"):
             out["search_candidates"] = _candidates(snapshot, queries, truth, spec["candidates"])
         timed = queries[: spec["exact_queries"]]
@@ -655,12 +660,10 @@ def _candidates(snapshot, queries, truth, pools: list[int]) -> list[dict[str, An
     """Searches as served with other walk pools (the search function's SEARCH_CANDIDATES), after the default's."""
     from catalens.index import IndexView, SearchParams
 
-    out = []
-    for ef in pools:
-        view = IndexView(snapshot, params=SearchParams.for_candidates(ef))
-        hits, seconds = _timed(lambda q, view=view: view.search(q, K, vectors=False), queries)
-        out.append({"candidates": ef, **_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)})
-    return out
+    return [
+        {"candidates": ef, **_served(IndexView(snapshot, params=SearchParams.for_candidates(ef)), queries, truth)}
+        for ef in pools
+    ]
 
 
 def _ef_sweep(snapshot, queries, truth, params) -> list[dict[str, Any]]:
@@ -671,43 +674,31 @@ def _ef_sweep(snapshot, queries, truth, params) -> list[dict[str, Any]]:
 
     from catalens.index import IndexView
 
-    sweep = []
-    for ef in sorted({200, 256, 304, params.ef}):
-        view = IndexView(snapshot, params=replace(params, ef=ef))
-        hits, seconds = _timed(lambda q, view=view: view.search(q, K, strategy="graph", vectors=False), queries)
-        sweep.append({"ef": ef, "recall_at_10": _recall(_ids(hits), truth), **_percentiles(seconds)})
-    return sweep
+    return [
+        {"ef": ef, **_served(IndexView(snapshot, params=replace(params, ef=ef)), queries, truth, strategy="graph")}
+        for ef in sorted({200, 256, 304, params.ef})
+    ]
 
 
 def _filtered(snapshot, queries, params) -> list[dict[str, Any]]:
     """Filtered search at several selectivities, timed as served: auto strategy, forced graph, forced exact."""
-    from dataclasses import replace
-
     from catalens.index import Filter, IndexView
 
     out = []
     price_cut = {0.005: 0.45, 0.02: 1.95, 0.1: 9.95, 0.5: 49.95}  # price = (i % 1000) / 10
     specs = [(f"price<= ({s:.1%})", Filter.between("price", None, cut)) for s, cut in price_cut.items()]
     specs.append(("category (~2%, cluster-correlated)", Filter.equals("category", "c07")))
-    auto = IndexView(snapshot, params=params)
-    forced = IndexView(snapshot, params=replace(params, filtered_exact_below=0, filtered_exact_share=0.0))
+    view = IndexView(snapshot, params=params)
     for name, flt in specs:
         selected = int(snapshot.filter_mask(flt).sum())
         exact_hits, exact_s = _timed(
-            lambda q, f=flt: auto.search(q, K, filters=f, strategy="exact", vectors=False), queries
+            lambda q, f=flt: view.search(q, K, filters=f, strategy="exact", vectors=False), queries
         )
-        truth = [[h.item_id for h in r] for r in exact_hits]
+        truth = _ids(exact_hits)
         entry: dict[str, Any] = {"filter": name, "rows": selected, "exact": _percentiles(exact_s)}
-        hits, seconds = _timed(lambda q, f=flt: auto.search(q, K, filters=f, vectors=False), queries)
-        entry["auto"] = {**_percentiles(seconds), "recall_at_10": _recall(_ids(hits), truth)}
+        entry["auto"] = _served(view, queries, truth, filters=flt)
         if snapshot.graph is not None:
-            hits, seconds = _timed(
-                lambda q, f=flt: forced.search(q, K, filters=f, strategy="graph", vectors=False), queries
-            )
-            entry["graph"] = {
-                **_percentiles(seconds),
-                "recall_at_10": _recall([[h.item_id for h in r] for r in hits], truth),
-            }
+            entry["graph"] = _served(view, queries, truth, strategy="graph", filters=flt)
         out.append(entry)
     return out
 
